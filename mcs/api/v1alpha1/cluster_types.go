@@ -1,0 +1,128 @@
+package v1alpha1
+
+import (
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+// Cluster is a member cluster's record on the broker: who it is, where it
+// runs, how its gateway and tunnel are reached and which address ranges it
+// owns. Its name is the cluster id. Only the member itself writes it.
+//
+// +kubebuilder:object:root=true
+// +kubebuilder:subresource:status
+// +kubebuilder:resource:scope=Namespaced,shortName=icl
+// +kubebuilder:printcolumn:name="Region",type=string,JSONPath=`.spec.region`
+// +kubebuilder:printcolumn:name="Zone",type=string,JSONPath=`.spec.zone`
+// +kubebuilder:printcolumn:name="Ready",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].status`
+// +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
+// +kubebuilder:validation:XValidation:rule="self.metadata.name == self.spec.clusterID",message="metadata.name must equal spec.clusterID"
+type Cluster struct {
+	metav1.TypeMeta   `json:",inline"`
+	metav1.ObjectMeta `json:"metadata,omitempty"`
+
+	Spec ClusterSpec `json:"spec"`
+	// +optional
+	Status ClusterStatus `json:"status,omitempty"`
+}
+
+// ClusterSpec is what a member publishes about itself.
+type ClusterSpec struct {
+	// ClusterID is the member's cluster id (the cluster.clusterset.k8s.io
+	// ClusterProperty): an RFC 1123 DNS label, unique in the clusterset.
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=63
+	// +kubebuilder:validation:Pattern=`^[a-z0-9]([-a-z0-9]*[a-z0-9])?$`
+	// +kubebuilder:validation:XValidation:rule="self == oldSelf",message="clusterID is immutable"
+	ClusterID string `json:"clusterID"`
+
+	// Region is the member's topology.kubernetes.io/region; failover prefers
+	// clusters in the same region.
+	// +optional
+	// +kubebuilder:validation:MaxLength=63
+	Region string `json:"region,omitempty"`
+
+	// Zone is the member's topology.kubernetes.io/zone.
+	// +optional
+	// +kubebuilder:validation:MaxLength=63
+	Zone string `json:"zone,omitempty"`
+
+	// Gateways are the addresses at which the member's east-west gateway
+	// accepts mTLS traffic from other clusters.
+	// +optional
+	// +listType=atomic
+	// +kubebuilder:validation:MaxItems=16
+	Gateways []GatewayAddress `json:"gateways,omitempty"`
+
+	// WireGuard is how other clusters' gateway nodes reach this one's tunnel.
+	// +optional
+	WireGuard *WireGuardPeer `json:"wireGuard,omitempty"`
+
+	// PodCIDRs are the member's pod address ranges. Clusters routed through
+	// the tunnels must not overlap.
+	// +optional
+	// +listType=atomic
+	// +kubebuilder:validation:MaxItems=8
+	// +kubebuilder:validation:items:XValidation:rule="isCIDR(self)",message="must be a CIDR such as 10.244.0.0/16"
+	// +kubebuilder:validation:items:MaxLength=43
+	PodCIDRs []string `json:"podCIDRs,omitempty"`
+
+	// ServiceCIDRs are the member's Service address ranges.
+	// +optional
+	// +listType=atomic
+	// +kubebuilder:validation:MaxItems=8
+	// +kubebuilder:validation:items:XValidation:rule="isCIDR(self)",message="must be a CIDR such as 10.96.0.0/16"
+	// +kubebuilder:validation:items:MaxLength=43
+	ServiceCIDRs []string `json:"serviceCIDRs,omitempty"`
+
+	// Versions maps a component (agent, dns, xds, tunnel, kubernetes) to
+	// the version it runs, for skew checks and support.
+	// +optional
+	// +kubebuilder:validation:MaxProperties=16
+	Versions map[string]string `json:"versions,omitempty"`
+}
+
+// GatewayAddress is one reachable address of an east-west gateway.
+type GatewayAddress struct {
+	// Address is an IPv4 or IPv6 address.
+	// +kubebuilder:validation:MaxLength=45
+	// +kubebuilder:validation:XValidation:rule="isIP(self)",message="must be an IP address"
+	Address string `json:"address"`
+
+	// Port is the gateway's mTLS ingress port.
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=65535
+	Port int32 `json:"port"`
+}
+
+// WireGuardPeer is the public half of a member's WireGuard tunnel.
+type WireGuardPeer struct {
+	// PublicKey is the device's Curve25519 public key, base64 as wg(8)
+	// prints it.
+	// +kubebuilder:validation:Pattern=`^[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]=$`
+	PublicKey string `json:"publicKey"`
+
+	// Endpoint is the UDP address (ip:port, [ipv6]:port) other gateways send
+	// to.
+	// +kubebuilder:validation:MaxLength=64
+	// +kubebuilder:validation:XValidation:rule="self.matches('^\\\\[[0-9a-fA-F:.]+\\\\]:[0-9]{1,5}$') || self.matches('^[0-9.]+:[0-9]{1,5}$')",message="must be ip:port or [ipv6]:port"
+	Endpoint string `json:"endpoint"`
+}
+
+// ClusterStatus is what the clusterset observes about a member.
+type ClusterStatus struct {
+	// Conditions: Ready (the member heartbeats and is in use) and others
+	// that say what an operator should act on.
+	// +optional
+	// +listType=map
+	// +listMapKey=type
+	Conditions []metav1.Condition `json:"conditions,omitempty"`
+}
+
+// ClusterList is a list of Cluster records.
+//
+// +kubebuilder:object:root=true
+type ClusterList struct {
+	metav1.TypeMeta `json:",inline"`
+	metav1.ListMeta `json:"metadata,omitempty"`
+	Items           []Cluster `json:"items"`
+}

@@ -1,0 +1,347 @@
+package cluster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strconv"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+)
+
+// Cluster is one simulated cluster: the broker hub or a member.
+type Cluster struct {
+	// Name is "broker" or "member<i>".
+	Name string
+	// PodCIDR is the member's pod range (invalid for the broker); the KWOK
+	// node gets a /24 of it and its pods their IPs from that.
+	PodCIDR netip.Prefix
+	// ServiceCIDR is the cluster's Service range.
+	ServiceCIDR netip.Prefix
+	// Locality is the member node's region and zone.
+	Locality Locality
+	// Dir holds the cluster's certificates, kubeconfigs and logs.
+	Dir string
+	// Kubeconfig is an admin (system:masters) kubeconfig file.
+	Kubeconfig string
+	// Config is the admin client configuration.
+	Config *rest.Config
+	// Client is an admin clientset.
+	Client kubernetes.Interface
+
+	ca          *ca
+	apiserver   *process
+	controllers []*process // kube-controller-manager, kube-scheduler, kwok
+	member      bool
+}
+
+// NodeName is the name of the KWOK node in every member.
+const NodeName = "kwok-node-0"
+
+type clusterSpec struct {
+	member      bool
+	index       int
+	podCIDR     netip.Prefix
+	serviceCIDR netip.Prefix
+	locality    Locality
+}
+
+// newCluster writes a cluster's certificates and kubeconfigs and prepares
+// (without starting) its processes.
+func (cs *Clusterset) newCluster(name string, spec clusterSpec, bins binaries, db *etcd, ports *portSet) (*Cluster, error) {
+	dir := filepath.Join(cs.Dir, name)
+	if err := os.MkdirAll(filepath.Join(dir, "apiserver-certs"), 0o700); err != nil {
+		return nil, err
+	}
+	authority, err := newCA(name)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", name, err)
+	}
+	if err := authority.write(dir); err != nil {
+		return nil, fmt.Errorf("%s: writing CA: %w", name, err)
+	}
+	servingCert, servingKey, err := authority.issue("kube-apiserver", nil, []string{"127.0.0.1", "localhost"})
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", name, err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "serving.crt"), servingCert, 0o600); err != nil {
+		return nil, err
+	}
+	if err := os.WriteFile(filepath.Join(dir, "serving.key"), servingKey, 0o600); err != nil {
+		return nil, err
+	}
+	if err := writeServiceAccountKeys(dir); err != nil {
+		return nil, fmt.Errorf("%s: %w", name, err)
+	}
+	apiPort, err := ports.take()
+	if err != nil {
+		return nil, err
+	}
+	host := "https://127.0.0.1:" + strconv.Itoa(apiPort)
+	admin, err := authority.restConfig(host, "admin", "system:masters")
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", name, err)
+	}
+	client, err := kubernetes.NewForConfig(admin)
+	if err != nil {
+		return nil, fmt.Errorf("%s: admin client: %w", name, err)
+	}
+	c := &Cluster{
+		Name:        name,
+		PodCIDR:     spec.podCIDR,
+		ServiceCIDR: spec.serviceCIDR,
+		Locality:    spec.locality,
+		Dir:         dir,
+		Kubeconfig:  filepath.Join(dir, "admin.kubeconfig"),
+		Config:      admin,
+		Client:      client,
+		ca:          authority,
+		member:      spec.member,
+	}
+	if err := writeKubeconfig(c.Kubeconfig, []namedConfig{{name, admin}}); err != nil {
+		return nil, fmt.Errorf("%s: %w", name, err)
+	}
+	prefix := "/" + name
+	if db.prefixUsed[prefix] {
+		return nil, fmt.Errorf("%s: etcd prefix %s used twice", name, prefix)
+	}
+	db.prefixUsed[prefix] = true
+	c.apiserver = &process{
+		name: name + "/kube-apiserver",
+		bin:  bins.apiserver,
+		args: []string{
+			"--etcd-servers=" + db.clientURL,
+			"--etcd-prefix=" + prefix,
+			"--bind-address=127.0.0.1",
+			"--advertise-address=127.0.0.1",
+			"--secure-port=" + strconv.Itoa(apiPort),
+			// A loopback advertise address needs this: the endpoint
+			// reconciler refuses loopback IPs for the kubernetes Service.
+			"--endpoint-reconciler-type=none",
+			"--cert-dir=" + filepath.Join(dir, "apiserver-certs"),
+			"--tls-cert-file=" + filepath.Join(dir, "serving.crt"),
+			"--tls-private-key-file=" + filepath.Join(dir, "serving.key"),
+			"--client-ca-file=" + filepath.Join(dir, "ca.crt"),
+			"--service-account-issuer=https://" + name + ".clusterset.test",
+			"--service-account-key-file=" + filepath.Join(dir, "sa.pub"),
+			"--service-account-signing-key-file=" + filepath.Join(dir, "sa.key"),
+			"--authorization-mode=Node,RBAC",
+			"--service-cluster-ip-range=" + spec.serviceCIDR.String(),
+			"--profiling=false",
+		},
+		logPath: filepath.Join(dir, "kube-apiserver.log"),
+		reg:     cs.reg,
+	}
+	if spec.member {
+		if err := c.prepareControllers(spec, bins, host, ports); err != nil {
+			return nil, err
+		}
+	}
+	return c, nil
+}
+
+// prepareControllers writes the identities of a member's controllers and
+// prepares kube-controller-manager, kube-scheduler and KWOK.
+func (c *Cluster) prepareControllers(spec clusterSpec, bins binaries, host string, ports *portSet) error {
+	kubeconfig := func(file, user string, groups ...string) (string, error) {
+		cfg, err := c.ca.restConfig(host, user, groups...)
+		if err != nil {
+			return "", err
+		}
+		path := filepath.Join(c.Dir, file)
+		return path, writeKubeconfig(path, []namedConfig{{c.Name, cfg}})
+	}
+	kcmConfig, err := kubeconfig("controller-manager.kubeconfig", "system:kube-controller-manager")
+	if err != nil {
+		return fmt.Errorf("%s: %w", c.Name, err)
+	}
+	schedConfig, err := kubeconfig("scheduler.kubeconfig", "system:kube-scheduler")
+	if err != nil {
+		return fmt.Errorf("%s: %w", c.Name, err)
+	}
+	var kcmPort, schedPort, kwokPort int
+	for _, p := range []*int{&kcmPort, &schedPort, &kwokPort} {
+		if *p, err = ports.take(); err != nil {
+			return err
+		}
+	}
+	for _, d := range []string{"controller-manager-certs", "flexvolume", "scheduler-certs"} {
+		if err := os.MkdirAll(filepath.Join(c.Dir, d), 0o700); err != nil {
+			return err
+		}
+	}
+	nodeIP := netip.AddrFrom4([4]byte{10, 200, byte(spec.index), 10})
+	c.controllers = []*process{
+		{
+			name: c.Name + "/kube-controller-manager",
+			bin:  bins.controllerManager,
+			args: []string{
+				"--kubeconfig=" + kcmConfig,
+				"--authentication-kubeconfig=" + kcmConfig,
+				"--authorization-kubeconfig=" + kcmConfig,
+				"--bind-address=127.0.0.1",
+				"--secure-port=" + strconv.Itoa(kcmPort),
+				"--cert-dir=" + filepath.Join(c.Dir, "controller-manager-certs"),
+				"--leader-elect=false",
+				"--controllers=*",
+				// Each controller acts with its own service account, as in
+				// a real cluster, so RBAC denials show up in tests.
+				"--use-service-account-credentials=true",
+				"--service-account-private-key-file=" + filepath.Join(c.Dir, "sa.key"),
+				"--root-ca-file=" + filepath.Join(c.Dir, "ca.crt"),
+				"--allocate-node-cidrs=true",
+				"--cluster-cidr=" + spec.podCIDR.String(),
+				"--node-cidr-mask-size=24",
+				"--service-cluster-ip-range=" + spec.serviceCIDR.String(),
+				"--cluster-name=" + c.Name,
+				// Without it the controller manager creates the kubelet's
+				// default Flexvolume directory on the host.
+				"--flex-volume-plugin-dir=" + filepath.Join(c.Dir, "flexvolume"),
+				"--profiling=false",
+			},
+			logPath: filepath.Join(c.Dir, "kube-controller-manager.log"),
+		},
+		{
+			name: c.Name + "/kube-scheduler",
+			bin:  bins.scheduler,
+			args: []string{
+				"--kubeconfig=" + schedConfig,
+				"--authentication-kubeconfig=" + schedConfig,
+				"--authorization-kubeconfig=" + schedConfig,
+				"--bind-address=127.0.0.1",
+				"--secure-port=" + strconv.Itoa(schedPort),
+				"--cert-dir=" + filepath.Join(c.Dir, "scheduler-certs"),
+				"--leader-elect=false",
+				"--profiling=false",
+			},
+			logPath: filepath.Join(c.Dir, "kube-scheduler.log"),
+		},
+		{
+			name: c.Name + "/kwok",
+			bin:  bins.kwok,
+			args: []string{
+				"--kubeconfig=" + c.Kubeconfig,
+				"--config=" + bins.kwokStages,
+				"--manage-all-nodes=false",
+				"--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
+				"--server-address=127.0.0.1:" + strconv.Itoa(kwokPort),
+				"--node-ip=" + nodeIP.String(),
+			},
+			logPath: filepath.Join(c.Dir, "kwok.log"),
+		},
+	}
+	for _, p := range c.controllers {
+		p.reg = c.apiserver.reg
+	}
+	return nil
+}
+
+// start starts the cluster's apiserver and, once it is ready, a member's
+// controllers and node, and waits until the member can run pods.
+func (c *Cluster) start(ctx context.Context) error {
+	if err := c.StartAPIServer(ctx); err != nil {
+		return err
+	}
+	if !c.member {
+		return nil
+	}
+	// The controller manager acting as system:kube-controller-manager exits
+	// when RBAC bootstrap has not finished, so it starts after /readyz.
+	for _, p := range c.controllers {
+		if err := p.start(); err != nil {
+			return err
+		}
+	}
+	if err := c.createNode(ctx); err != nil {
+		return err
+	}
+	kcm, kwok := c.controllers[0], c.controllers[2]
+	return waitFor(ctx, 200*time.Millisecond, []*process{kwok, kcm}, func(ctx context.Context) error {
+		node, err := c.Client.CoreV1().Nodes().Get(ctx, NodeName, metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		if node.Spec.PodCIDR == "" {
+			return errors.New("node has no pod CIDR yet")
+		}
+		if !nodeReady(node) {
+			return errors.New("node not Ready yet")
+		}
+		_, err = c.Client.CoreV1().ServiceAccounts(metav1.NamespaceDefault).Get(ctx, "default", metav1.GetOptions{})
+		return err
+	})
+}
+
+func (c *Cluster) createNode(ctx context.Context) error {
+	labels := map[string]string{
+		"kubernetes.io/hostname": NodeName,
+		"kubernetes.io/os":       "linux",
+		"kubernetes.io/arch":     "amd64",
+		"type":                   "kwok",
+	}
+	if c.Locality.Region != "" {
+		labels[corev1.LabelTopologyRegion] = c.Locality.Region
+	}
+	if c.Locality.Zone != "" {
+		labels[corev1.LabelTopologyZone] = c.Locality.Zone
+	}
+	node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{
+		Name:   NodeName,
+		Labels: labels,
+		Annotations: map[string]string{
+			"kwok.x-k8s.io/node":          "fake",
+			"node.alpha.kubernetes.io/ttl": "0",
+		},
+	}}
+	_, err := c.Client.CoreV1().Nodes().Create(ctx, node, metav1.CreateOptions{})
+	if err != nil && !apierrors.IsAlreadyExists(err) {
+		return fmt.Errorf("%s: creating node %s: %w", c.Name, NodeName, err)
+	}
+	return nil
+}
+
+func nodeReady(n *corev1.Node) bool {
+	for _, cond := range n.Status.Conditions {
+		if cond.Type == corev1.NodeReady {
+			return cond.Status == corev1.ConditionTrue
+		}
+	}
+	return false
+}
+
+// StartAPIServer starts the cluster's kube-apiserver (again, after
+// StopAPIServer) on the same port and data, and waits for /readyz.
+func (c *Cluster) StartAPIServer(ctx context.Context) error {
+	if err := c.apiserver.start(); err != nil {
+		return err
+	}
+	return waitFor(ctx, 100*time.Millisecond, []*process{c.apiserver}, func(ctx context.Context) error {
+		return c.Client.Discovery().RESTClient().Get().AbsPath("/readyz").Do(ctx).Error()
+	})
+}
+
+// StopAPIServer stops the cluster's kube-apiserver, as in a control-plane
+// outage; its data stays in etcd and its controllers keep retrying.
+func (c *Cluster) StopAPIServer() {
+	c.apiserver.stop(15 * time.Second)
+}
+
+// RestartAPIServer stops and starts the cluster's kube-apiserver.
+func (c *Cluster) RestartAPIServer(ctx context.Context) error {
+	c.StopAPIServer()
+	return c.StartAPIServer(ctx)
+}
+
+// ConfigFor returns a client configuration that authenticates to the
+// cluster as user in groups, with a client certificate from its CA.
+func (c *Cluster) ConfigFor(user string, groups ...string) (*rest.Config, error) {
+	return c.ca.restConfig(c.Config.Host, user, groups...)
+}
