@@ -13,7 +13,7 @@ import (
 // binaries are the paths of the real Kubernetes parts built by test/tools.
 type binaries struct {
 	apiserver, controllerManager, scheduler, proxy, etcd, kwok string
-	kwokStages                                                string
+	kwokStages                                                 string
 }
 
 // findBinaries locates the tools build: dir if set, else

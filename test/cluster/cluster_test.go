@@ -55,7 +55,7 @@ func TestClustersetRunsWorkloads(t *testing.T) {
 	}
 
 	pids := cs.PIDs()
-	if want := 1 + 4 + 3*4; len(pids) != want { // etcd x2, 4 apiservers, 3 x (KCM, scheduler, KWOK)
+	if want := 2 + 4 + 3*3; len(pids) != want { // 2 etcds, 4 apiservers, 3 x (KCM, scheduler, KWOK)
 		t.Errorf("harness runs %d processes, want %d", len(pids), want)
 	}
 	cs.Stop()

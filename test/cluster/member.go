@@ -297,7 +297,7 @@ func (c *Cluster) createNode(ctx context.Context) error {
 		Name:   NodeName,
 		Labels: labels,
 		Annotations: map[string]string{
-			"kwok.x-k8s.io/node":          "fake",
+			"kwok.x-k8s.io/node":           "fake",
 			"node.alpha.kubernetes.io/ttl": "0",
 		},
 	}}

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -89,6 +90,6 @@ func (cs *Clusterset) stopAt(t time.Time) {
 type testWriter struct{ tb testing.TB }
 
 func (w testWriter) Write(p []byte) (int, error) {
-	w.tb.Log(string(p))
+	w.tb.Log(strings.TrimRight(string(p), "\n"))
 	return len(p), nil
 }
