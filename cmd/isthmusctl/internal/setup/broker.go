@@ -1,0 +1,197 @@
+package setup
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"strings"
+
+	admissionv1 "k8s.io/api/admissionregistration/v1"
+	coordinationv1 "k8s.io/api/coordination/v1"
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	brokerv1 "github.com/isthmus-dev/isthmus/mcs/api/v1alpha1"
+	"github.com/isthmus-dev/isthmus/mcs/api/crds"
+)
+
+// BrokerOptions say how to install the broker.
+type BrokerOptions struct {
+	// Namespace is the broker namespace; empty means isthmus-broker.
+	Namespace string
+}
+
+// Names of the broker's shared objects.
+const (
+	// MemberRole is the Role, in the broker namespace, bound to every
+	// member's identity.
+	MemberRole = "isthmus-member"
+	// PolicyName names the admission policy (and its binding) that lets a
+	// member write only its own records.
+	PolicyName = "isthmus-broker-member-writes"
+)
+
+var (
+	namespaceGVR     = corev1.SchemeGroupVersion.WithResource("namespaces")
+	roleGVR          = rbacv1.SchemeGroupVersion.WithResource("roles")
+	roleBindingGVR   = rbacv1.SchemeGroupVersion.WithResource("rolebindings")
+	policyGVR        = admissionv1.SchemeGroupVersion.WithResource("validatingadmissionpolicies")
+	policyBindingGVR = admissionv1.SchemeGroupVersion.WithResource("validatingadmissionpolicybindings")
+)
+
+// InstallBroker installs the broker on the hub cluster: its namespace, the
+// broker CRDs, the Role every member is bound to, and the admission policy
+// that confines each member to its own records. It reports each object to
+// out.
+func InstallBroker(ctx context.Context, hub *Clients, opts BrokerOptions, out io.Writer) error {
+	ns := opts.Namespace
+	if ns == "" {
+		ns = brokerv1.DefaultBrokerNamespace
+	}
+	a := &applier{c: hub, out: out}
+	if _, err := a.apply(ctx, namespaceGVR, &corev1.Namespace{
+		TypeMeta: metav1.TypeMeta{APIVersion: "v1", Kind: "Namespace"},
+		ObjectMeta: metav1.ObjectMeta{Name: ns, Labels: map[string]string{
+			"app.kubernetes.io/part-of": "isthmus",
+			// Nothing runs in the broker namespace: it only holds records.
+			"pod-security.kubernetes.io/enforce": "restricted",
+		}},
+	}); err != nil {
+		return err
+	}
+	brokerCRDs, err := crds.Broker()
+	if err != nil {
+		return err
+	}
+	if err := a.applyCRDs(ctx, brokerCRDs); err != nil {
+		return err
+	}
+	if _, err := a.apply(ctx, roleGVR, memberRole(ns)); err != nil {
+		return err
+	}
+	if _, err := a.apply(ctx, policyGVR, memberPolicy(ns)); err != nil {
+		return err
+	}
+	if _, err := a.apply(ctx, policyBindingGVR, &admissionv1.ValidatingAdmissionPolicyBinding{
+		TypeMeta:   metav1.TypeMeta{APIVersion: admissionv1.SchemeGroupVersion.String(), Kind: "ValidatingAdmissionPolicyBinding"},
+		ObjectMeta: metav1.ObjectMeta{Name: PolicyName, Labels: partOf},
+		Spec: admissionv1.ValidatingAdmissionPolicyBindingSpec{
+			PolicyName:        PolicyName,
+			ValidationActions: []admissionv1.ValidationAction{admissionv1.Deny},
+		},
+	}); err != nil {
+		return err
+	}
+	return nil
+}
+
+var partOf = map[string]string{"app.kubernetes.io/part-of": "isthmus"}
+
+// memberRole is what every member may do in the broker namespace: manage
+// broker records, EndpointSlices and Leases (the admission policy narrows
+// writes to its own), and request tokens (for its own ServiceAccount only,
+// again by the policy) so that it can rotate its credential. Nothing else:
+// in particular no Secrets.
+func memberRole(ns string) *rbacv1.Role {
+	rw := []string{"get", "list", "watch", "create", "update", "patch", "delete"}
+	return &rbacv1.Role{
+		TypeMeta:   metav1.TypeMeta{APIVersion: rbacv1.SchemeGroupVersion.String(), Kind: "Role"},
+		ObjectMeta: metav1.ObjectMeta{Name: MemberRole, Namespace: ns, Labels: partOf},
+		Rules: []rbacv1.PolicyRule{
+			{APIGroups: []string{brokerv1.GroupName}, Resources: []string{"clusters", "exportedservices"}, Verbs: rw},
+			{APIGroups: []string{brokerv1.GroupName}, Resources: []string{"clusters/status", "exportedservices/status"}, Verbs: []string{"get", "update", "patch"}},
+			{APIGroups: []string{discoveryv1.GroupName}, Resources: []string{"endpointslices"}, Verbs: rw},
+			{APIGroups: []string{coordinationv1.GroupName}, Resources: []string{"leases"}, Verbs: rw},
+			{APIGroups: []string{""}, Resources: []string{"serviceaccounts/token"}, Verbs: []string{"create"}},
+		},
+	}
+}
+
+// memberUserPrefix is how the broker's admission sees a member's identity:
+// the ServiceAccount isthmus-member-<cluster id> in the broker namespace.
+func memberUserPrefix(ns string) string {
+	return "system:serviceaccount:" + ns + ":" + brokerv1.MemberServiceAccountPrefix
+}
+
+// memberPolicy is the admission policy that lets a member create, change
+// and delete only the records whose source cluster is itself. The writer's
+// cluster id comes from its authenticated user name, never from the request
+// body. Each rule's message starts with the rule's name, so a denial says
+// which rule denied it.
+func memberPolicy(ns string) *admissionv1.ValidatingAdmissionPolicy {
+	prefix := memberUserPrefix(ns)
+	fail := admissionv1.Fail
+	writes := []admissionv1.OperationType{admissionv1.Create, admissionv1.Update, admissionv1.Delete}
+	// owner(o) is the cluster a record belongs to: the source-cluster label,
+	// which must agree with the record's own cluster field (a Cluster's name,
+	// a Lease's name after its prefix, an ExportedService's sourceCluster).
+	owner := func(o string) string {
+		label := fmt.Sprintf("(has(%[1]s.metadata.labels) ? %[1]s.metadata.labels[?'%[2]s'].orValue('') : '')", o, brokerv1.LabelSourceCluster)
+		id := fmt.Sprintf(`(request.resource.resource == 'clusters' ? %[1]s.metadata.name :
+  request.resource.resource == 'leases' ? (%[1]s.metadata.name.startsWith('%[2]s') ? %[1]s.metadata.name.substring(%[3]d) : '') :
+  request.resource.resource == 'exportedservices' ? %[1]s.spec.sourceCluster : %[4]s)`, o, brokerv1.LeasePrefix, len(brokerv1.LeasePrefix), label)
+		return fmt.Sprintf("%[1]s == null ? '' : (%[2]s == %[3]s ? %[2]s : '')", o, label, id)
+	}
+	return &admissionv1.ValidatingAdmissionPolicy{
+		TypeMeta:   metav1.TypeMeta{APIVersion: admissionv1.SchemeGroupVersion.String(), Kind: "ValidatingAdmissionPolicy"},
+		ObjectMeta: metav1.ObjectMeta{Name: PolicyName, Labels: partOf},
+		Spec: admissionv1.ValidatingAdmissionPolicySpec{
+			FailurePolicy: &fail,
+			MatchConstraints: &admissionv1.MatchResources{
+				NamespaceSelector: &metav1.LabelSelector{MatchLabels: map[string]string{corev1.LabelMetadataName: ns}},
+				ResourceRules: []admissionv1.NamedRuleWithOperations{
+					{RuleWithOperations: admissionv1.RuleWithOperations{Operations: writes, Rule: admissionv1.Rule{
+						APIGroups: []string{brokerv1.GroupName}, APIVersions: []string{"*"},
+						Resources: []string{"clusters", "clusters/status", "exportedservices", "exportedservices/status"}}}},
+					{RuleWithOperations: admissionv1.RuleWithOperations{Operations: writes, Rule: admissionv1.Rule{
+						APIGroups: []string{discoveryv1.GroupName}, APIVersions: []string{"*"}, Resources: []string{"endpointslices"}}}},
+					{RuleWithOperations: admissionv1.RuleWithOperations{Operations: writes, Rule: admissionv1.Rule{
+						APIGroups: []string{coordinationv1.GroupName}, APIVersions: []string{"*"}, Resources: []string{"leases"}}}},
+					{RuleWithOperations: admissionv1.RuleWithOperations{Operations: []admissionv1.OperationType{admissionv1.Create}, Rule: admissionv1.Rule{
+						APIGroups: []string{""}, APIVersions: []string{"v1"}, Resources: []string{"serviceaccounts/token"}}}},
+				},
+			},
+			// Only members are confined; operators and controllers with
+			// their own RBAC are not.
+			MatchConditions: []admissionv1.MatchCondition{{
+				Name:       "requester-is-a-member",
+				Expression: fmt.Sprintf("request.userInfo.username.startsWith('%s')", prefix),
+			}},
+			Variables: []admissionv1.Variable{
+				{Name: "me", Expression: fmt.Sprintf("request.userInfo.username.substring(%d)", len(prefix))},
+				{Name: "isToken", Expression: "request.resource.resource == 'serviceaccounts'"},
+				{Name: "newOwner", Expression: owner("object")},
+				{Name: "oldOwner", Expression: owner("oldObject")},
+			},
+			Validations: []admissionv1.Validation{
+				{
+					Expression: fmt.Sprintf("!variables.isToken || request.name == '%s' + variables.me", brokerv1.MemberServiceAccountPrefix),
+					MessageExpression: fmt.Sprintf(`"rule own-token-only: member '" + variables.me + "' may request tokens only for its own ServiceAccount %s" + variables.me + ", not " + request.name`,
+						brokerv1.MemberServiceAccountPrefix),
+					Reason: ptr(metav1.StatusReasonForbidden),
+				},
+				{
+					Expression: "variables.isToken || request.operation == 'DELETE' || variables.newOwner == variables.me",
+					MessageExpression: fmt.Sprintf(`"rule own-records-only: member '" + variables.me + "' may only write records of its own cluster; this " + request.resource.resource + " must carry label %s=" + variables.me + " and name cluster '" + variables.me + "' in %s"`,
+						brokerv1.LabelSourceCluster, ownerFieldsHelp),
+					Reason: ptr(metav1.StatusReasonForbidden),
+				},
+				{
+					Expression:        "variables.isToken || request.operation == 'CREATE' || variables.oldOwner == variables.me",
+					MessageExpression: `"rule existing-records-of-others: " + request.resource.resource + " " + request.name + " belongs to another cluster; member '" + variables.me + "' may only change or delete its own records"`,
+					Reason:            ptr(metav1.StatusReasonForbidden),
+				},
+			},
+		},
+	}
+}
+
+var ownerFieldsHelp = strings.Join([]string{
+	"its name (Cluster)",
+	"its name after '" + brokerv1.LeasePrefix + "' (Lease)",
+	"spec.sourceCluster (ExportedService)",
+}, ", ")
+
+func ptr[T any](v T) *T { return &v }

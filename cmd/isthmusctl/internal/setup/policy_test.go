@@ -1,0 +1,225 @@
+package setup
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	authenticationv1 "k8s.io/api/authentication/v1"
+	coordinationv1 "k8s.io/api/coordination/v1"
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/client-go/tools/clientcmd"
+
+	brokerv1 "github.com/isthmus-dev/isthmus/mcs/api/v1alpha1"
+)
+
+var (
+	sliceGVR = discoveryv1.SchemeGroupVersion.WithResource("endpointslices")
+	leaseGVR = coordinationv1.SchemeGroupVersion.WithResource("leases")
+)
+
+// asMember returns broker clients that act with the credentials join wrote
+// into the member's Secret, exactly as its agent will.
+func asMember(t *testing.T, member *Clients) *Clients {
+	t.Helper()
+	s, err := member.Kube.CoreV1().Secrets(MemberNamespace).Get(context.Background(), BrokerSecret, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := clientcmd.RESTConfigFromKubeConfig(s.Data[BrokerSecretKey])
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := NewClients(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+func memberSlice(cluster string) *discoveryv1.EndpointSlice {
+	ready := true
+	port, name, proto := int32(8080), "http", corev1.ProtocolTCP
+	return &discoveryv1.EndpointSlice{
+		TypeMeta: metav1.TypeMeta{APIVersion: "discovery.k8s.io/v1", Kind: "EndpointSlice"},
+		ObjectMeta: metav1.ObjectMeta{Name: "web-demo-" + cluster + "-ipv4", Namespace: brokerv1.DefaultBrokerNamespace, Labels: map[string]string{
+			brokerv1.LabelSourceCluster: cluster, brokerv1.LabelServiceName: "web",
+			brokerv1.LabelServiceNamespace: "demo", brokerv1.LabelManagedBy: brokerv1.ManagedBy,
+		}},
+		AddressType: discoveryv1.AddressTypeIPv4,
+		Endpoints:   []discoveryv1.Endpoint{{Addresses: []string{"10.241.0.5"}, Conditions: discoveryv1.EndpointConditions{Ready: &ready}}},
+		Ports:       []discoveryv1.EndpointPort{{Name: &name, Port: &port, Protocol: &proto}},
+	}
+}
+
+func memberLease(cluster string) *coordinationv1.Lease {
+	holder, secs := cluster, int32(30)
+	return &coordinationv1.Lease{
+		TypeMeta: metav1.TypeMeta{APIVersion: "coordination.k8s.io/v1", Kind: "Lease"},
+		ObjectMeta: metav1.ObjectMeta{Name: brokerv1.LeaseName(cluster), Namespace: brokerv1.DefaultBrokerNamespace,
+			Labels: map[string]string{brokerv1.LabelSourceCluster: cluster}},
+		Spec: coordinationv1.LeaseSpec{HolderIdentity: &holder, LeaseDurationSeconds: &secs, RenewTime: &metav1.MicroTime{Time: time.Now()}},
+	}
+}
+
+func wantDenied(t *testing.T, err error, rule string) {
+	t.Helper()
+	if err == nil {
+		t.Fatalf("allowed, want denied by %s", rule)
+	}
+	if !apierrors.IsForbidden(err) || !strings.Contains(err.Error(), rule) {
+		t.Fatalf("want Forbidden naming %q, got: %v", rule, err)
+	}
+}
+
+// TestMembersWriteOnlyTheirOwnRecords checks the broker's least privilege
+// with the members' real credentials: alpha manages its own Cluster,
+// ExportedService, EndpointSlice and Lease; beta can neither create records
+// in alpha's name nor change or delete alpha's; neither can read Secrets,
+// write outside the broker namespace, or mint another member's token.
+// Every denial by the admission policy names the rule that denied it.
+func TestMembersWriteOnlyTheirOwnRecords(t *testing.T) {
+	_, a, b := joined(t)
+	ctx := ctxFor(t)
+	asAlpha, asBeta := asMember(t, a), asMember(t, b)
+	ns := brokerv1.DefaultBrokerNamespace
+	dryRun := metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}}
+
+	kinds := []struct {
+		name string
+		gvr  schema.GroupVersionResource
+		make func(cluster string) *unstructured.Unstructured
+		// impostor is a record labelled as beta's that names alpha in its
+		// own cluster field; nil where the label is the only owner field.
+		impostor func() *unstructured.Unstructured
+	}{
+		{"Cluster", clusterGVR,
+			func(c string) *unstructured.Unstructured { return toUnstructured(t, validCluster(c)) },
+			func() *unstructured.Unstructured {
+				c := validCluster(alpha)
+				c.Labels[brokerv1.LabelSourceCluster] = beta
+				return toUnstructured(t, c)
+			}},
+		{"ExportedService", exportedServiceGVR,
+			func(c string) *unstructured.Unstructured { return toUnstructured(t, validExport(c, "demo", "web")) },
+			func() *unstructured.Unstructured {
+				e := validExport(alpha, "demo", "web")
+				e.Labels[brokerv1.LabelSourceCluster] = beta
+				return toUnstructured(t, e)
+			}},
+		{"EndpointSlice", sliceGVR,
+			func(c string) *unstructured.Unstructured { return toUnstructured(t, memberSlice(c)) }, nil},
+		{"Lease", leaseGVR,
+			func(c string) *unstructured.Unstructured { return toUnstructured(t, memberLease(c)) },
+			func() *unstructured.Unstructured {
+				l := memberLease(alpha)
+				l.Labels[brokerv1.LabelSourceCluster] = beta
+				return toUnstructured(t, l)
+			}},
+	}
+	for _, k := range kinds {
+		t.Run(k.name, func(t *testing.T) {
+			alphaRes := asAlpha.Dynamic.Resource(k.gvr).Namespace(ns)
+			betaRes := asBeta.Dynamic.Resource(k.gvr).Namespace(ns)
+
+			// The policy is enforced a moment after it is written.
+			eventually(t, "beta creating a record in alpha's name", func() error {
+				_, err := betaRes.Create(ctx, k.make(alpha), dryRun)
+				if err == nil {
+					return errString("allowed")
+				}
+				return nil
+			})
+			_, err := betaRes.Create(ctx, k.make(alpha), dryRun)
+			wantDenied(t, err, "rule own-records-only")
+			if k.impostor != nil {
+				_, err := betaRes.Create(ctx, k.impostor(), dryRun)
+				wantDenied(t, err, "rule own-records-only")
+			}
+
+			own, err := alphaRes.Create(ctx, k.make(alpha), metav1.CreateOptions{})
+			if err != nil {
+				t.Fatalf("alpha creating its own %s: %v", k.name, err)
+			}
+			// Beta sees alpha's records (importers read every member's)...
+			seen, err := betaRes.Get(ctx, own.GetName(), metav1.GetOptions{})
+			if err != nil {
+				t.Fatalf("beta reading alpha's %s: %v", k.name, err)
+			}
+			// ...but may not change them, not even by relabelling them as its own...
+			changed := seen.DeepCopy()
+			changed.SetAnnotations(map[string]string{"tampered": "yes"})
+			_, err = betaRes.Update(ctx, changed, metav1.UpdateOptions{})
+			wantDenied(t, err, "rule ")
+			if k.name == "EndpointSlice" {
+				stolen := seen.DeepCopy()
+				labels := stolen.GetLabels()
+				labels[brokerv1.LabelSourceCluster] = beta
+				stolen.SetLabels(labels)
+				_, err = betaRes.Update(ctx, stolen, metav1.UpdateOptions{})
+				wantDenied(t, err, "rule existing-records-of-others")
+			}
+			// ...nor delete them.
+			err = betaRes.Delete(ctx, own.GetName(), metav1.DeleteOptions{})
+			wantDenied(t, err, "rule existing-records-of-others")
+
+			// Alpha manages its own.
+			mine := own.DeepCopy()
+			mine.SetAnnotations(map[string]string{"touched": "by-alpha"})
+			if _, err := alphaRes.Update(ctx, mine, metav1.UpdateOptions{}); err != nil {
+				t.Fatalf("alpha updating its own %s: %v", k.name, err)
+			}
+			if err := alphaRes.Delete(ctx, own.GetName(), metav1.DeleteOptions{}); err != nil {
+				t.Fatalf("alpha deleting its own %s: %v", k.name, err)
+			}
+			// Beta's own records are beta's business.
+			if _, err := betaRes.Create(ctx, k.make(beta), dryRun); err != nil {
+				t.Fatalf("beta creating its own %s: %v", k.name, err)
+			}
+		})
+	}
+
+	t.Run("Secrets", func(t *testing.T) {
+		for name, m := range map[string]*Clients{alpha: asAlpha, beta: asBeta} {
+			_, err := m.Kube.CoreV1().Secrets(ns).List(ctx, metav1.ListOptions{})
+			if !apierrors.IsForbidden(err) {
+				t.Errorf("%s listing Secrets in the broker namespace: %v, want Forbidden", name, err)
+			}
+			_, err = m.Kube.CoreV1().Secrets("").List(ctx, metav1.ListOptions{})
+			if !apierrors.IsForbidden(err) {
+				t.Errorf("%s listing Secrets cluster-wide: %v, want Forbidden", name, err)
+			}
+		}
+	})
+
+	t.Run("OutsideTheBrokerNamespace", func(t *testing.T) {
+		slice := memberSlice(alpha)
+		slice.Namespace = metav1.NamespaceDefault
+		_, err := asAlpha.Dynamic.Resource(sliceGVR).Namespace(metav1.NamespaceDefault).Create(ctx, toUnstructured(t, slice), dryRun)
+		if !apierrors.IsForbidden(err) {
+			t.Errorf("alpha writing an EndpointSlice in default: %v, want Forbidden", err)
+		}
+	})
+
+	t.Run("Tokens", func(t *testing.T) {
+		req := &authenticationv1.TokenRequest{Spec: authenticationv1.TokenRequestSpec{ExpirationSeconds: ptr(int64(600))}}
+		_, err := asBeta.Kube.CoreV1().ServiceAccounts(ns).CreateToken(ctx, brokerv1.MemberServiceAccount(alpha), req, metav1.CreateOptions{})
+		wantDenied(t, err, "rule own-token-only")
+		// A member may renew its own credential.
+		tr, err := asBeta.Kube.CoreV1().ServiceAccounts(ns).CreateToken(ctx, brokerv1.MemberServiceAccount(beta), req, metav1.CreateOptions{})
+		if err != nil || tr.Status.Token == "" {
+			t.Fatalf("beta renewing its own token: %v", err)
+		}
+	})
+}
+
+type errString string
+
+func (e errString) Error() string { return string(e) }
+
