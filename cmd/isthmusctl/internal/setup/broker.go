@@ -13,8 +13,8 @@ import (
 	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
-	brokerv1 "github.com/isthmus-dev/isthmus/mcs/api/v1alpha1"
 	"github.com/isthmus-dev/isthmus/mcs/api/crds"
+	brokerv1 "github.com/isthmus-dev/isthmus/mcs/api/v1alpha1"
 )
 
 // BrokerOptions say how to install the broker.

@@ -222,4 +222,3 @@ func TestMembersWriteOnlyTheirOwnRecords(t *testing.T) {
 type errString string
 
 func (e errString) Error() string { return string(e) }
-

@@ -110,4 +110,3 @@ func wantErrContaining(t *testing.T, err error, parts ...string) {
 		}
 	}
 }
-

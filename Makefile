@@ -1,0 +1,53 @@
+# Isthmus. `make test` and `make demo` are the two commands (README.md);
+# the rest are their parts. `make help` lists the targets.
+
+SHELL := bash
+.SHELLFLAGS := -euo pipefail -c
+GO ?= go
+BIN := $(CURDIR)/bin
+export GOBIN := $(BIN)
+
+STATICCHECK_VERSION := v0.8.2
+CONTROLLER_GEN_VERSION := v0.23.0
+# Debian packages the tests use (`make deps` installs the missing ones).
+DEBIAN_PACKAGES := git
+
+.PHONY: help
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 20
+
+.PHONY: build
+build: ## build isthmusctl into bin/
+	$(GO) build -o $(BIN)/ ./cmd/...
+
+.PHONY: deps
+deps: ## install the Debian packages the tests need, when missing
+	@missing=(); for p in $(DEBIAN_PACKAGES); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || missing+=($$p); done; \
+	if [ $${#missing[@]} -gt 0 ]; then \
+		echo "installing $${missing[*]}"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$${missing[@]}"; \
+	fi
+
+.PHONY: tools
+tools: ## build the test Kubernetes binaries once per machine (first time: ~13 min)
+	@bash test/tools/build.sh
+
+.PHONY: test
+test: deps tools ## set up everything, then run every test with the race detector
+	ISTHMUS_TOOLS_DIR="$$(bash test/tools/build.sh)" $(GO) test -race -count=1 -timeout 20m ./...
+
+.PHONY: lint
+lint: ## gofmt, go vet, staticcheck and generated files up to date
+	@unformatted=$$(gofmt -l $$(git ls-files '*.go')); \
+	if [ -n "$$unformatted" ]; then echo "gofmt would change:"; echo "$$unformatted"; exit 1; fi
+	$(GO) vet ./...
+	cd test/tools && $(GO) vet ./...
+	$(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
+	$(BIN)/staticcheck ./...
+	$(MAKE) --no-print-directory generate
+	@git diff --exit-code -- mcs/api || { echo "generated files are stale: run make generate and commit"; exit 1; }
+
+.PHONY: generate
+generate: ## regenerate deep-copies and CRD manifests from mcs/api
+	$(GO) run sigs.k8s.io/controller-tools/cmd/controller-gen@$(CONTROLLER_GEN_VERSION) \
+		object paths=./mcs/api/... crd:crdVersions=v1 output:crd:dir=./mcs/api/crds

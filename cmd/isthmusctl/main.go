@@ -1,0 +1,137 @@
+// Command isthmusctl is the operator's CLI for an Isthmus clusterset:
+// `isthmusctl broker install` prepares the hub cluster, and
+// `isthmusctl join` makes a cluster a member. Both are idempotent and print
+// what they did; both take --kubeconfig and --context like kubectl.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/isthmus-dev/isthmus/cmd/internal/kube"
+	"github.com/isthmus-dev/isthmus/cmd/isthmusctl/internal/setup"
+	brokerv1 "github.com/isthmus-dev/isthmus/mcs/api/v1alpha1"
+)
+
+const usage = `isthmusctl operates an Isthmus clusterset.
+
+Usage:
+  isthmusctl broker install [flags]   install the broker on the hub cluster
+  isthmusctl join [flags]             join a member cluster to the broker
+
+Run "isthmusctl <command> -h" for a command's flags.
+`
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, os.Args[1:], os.Stdout, os.Stderr); err != nil {
+		if !errors.Is(err, flag.ErrHelp) {
+			fmt.Fprintln(os.Stderr, "isthmusctl:", err)
+		}
+		os.Exit(1)
+	}
+}
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	switch {
+	case len(args) >= 2 && args[0] == "broker" && args[1] == "install":
+		return brokerInstall(ctx, args[2:], stdout, stderr)
+	case len(args) >= 1 && args[0] == "join":
+		return join(ctx, args[1:], stdout, stderr)
+	case len(args) >= 1 && (args[0] == "-h" || args[0] == "--help" || args[0] == "help"):
+		fmt.Fprint(stdout, usage)
+		return nil
+	default:
+		fmt.Fprint(stderr, usage)
+		return errors.New("unknown command")
+	}
+}
+
+func brokerInstall(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("isthmusctl broker install", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	kubeconfig := fs.String("kubeconfig", "", "kubeconfig of the hub cluster (default: $KUBECONFIG or ~/.kube/config)")
+	kubeContext := fs.String("context", "", "kubeconfig context of the hub cluster")
+	namespace := fs.String("namespace", brokerv1.DefaultBrokerNamespace, "broker namespace")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	hub, err := clientsFor(*kubeconfig, *kubeContext)
+	if err != nil {
+		return err
+	}
+	if err := setup.InstallBroker(ctx, hub, setup.BrokerOptions{Namespace: *namespace}, stdout); err != nil {
+		return fmt.Errorf("installing the broker on %s: %w", hub.Config.Host, err)
+	}
+	fmt.Fprintf(stdout, "broker ready in namespace %s of %s\n", *namespace, hub.Config.Host)
+	return nil
+}
+
+func join(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("isthmusctl join", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	kubeconfig := fs.String("kubeconfig", "", "kubeconfig of the joining member cluster (default: $KUBECONFIG or ~/.kube/config)")
+	kubeContext := fs.String("context", "", "kubeconfig context of the joining member cluster")
+	brokerKubeconfig := fs.String("broker-kubeconfig", "", "kubeconfig of the hub cluster (default: as --kubeconfig)")
+	brokerContext := fs.String("broker-context", "", "kubeconfig context of the hub cluster")
+	brokerServer := fs.String("broker-server", "", "broker API address as the member reaches it (default: the hub kubeconfig's)")
+	brokerNamespace := fs.String("broker-namespace", brokerv1.DefaultBrokerNamespace, "broker namespace")
+	clusterID := fs.String("cluster-id", "", "the member's cluster id, a DNS label (default: its cluster.clusterset.k8s.io ClusterProperty)")
+	tokenTTL := fs.Duration("token-ttl", 90*24*time.Hour, "lifetime of the member's broker token; join renews it after half")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if *brokerKubeconfig == "" {
+		*brokerKubeconfig = *kubeconfig
+	}
+	if *brokerContext == "" && *brokerKubeconfig == *kubeconfig {
+		return errors.New("--broker-context is required when the hub and the member share a kubeconfig")
+	}
+	hub, err := clientsFor(*brokerKubeconfig, *brokerContext)
+	if err != nil {
+		return err
+	}
+	member, err := clientsFor(*kubeconfig, *kubeContext)
+	if err != nil {
+		return err
+	}
+	id, err := setup.Join(ctx, hub, member, setup.JoinOptions{
+		ClusterID:       *clusterID,
+		BrokerNamespace: *brokerNamespace,
+		BrokerServer:    *brokerServer,
+		TokenTTL:        *tokenTTL,
+	}, stdout)
+	if err != nil {
+		return fmt.Errorf("joining %s to the broker at %s: %w", member.Config.Host, hub.Config.Host, err)
+	}
+	fmt.Fprintf(stdout, "cluster %s joined the broker at %s\n", id, hub.Config.Host)
+	return nil
+}
+
+// parse parses flags and refuses stray arguments, which are usually a
+// mistyped flag.
+func parse(fs *flag.FlagSet, args []string) error {
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	return nil
+}
+
+func clientsFor(kubeconfig, context string) (*setup.Clients, error) {
+	cfg, err := kube.Config(kubeconfig, context)
+	if err != nil {
+		return nil, err
+	}
+	return setup.NewClients(cfg)
+}
