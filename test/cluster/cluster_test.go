@@ -54,6 +54,29 @@ func TestClustersetRunsWorkloads(t *testing.T) {
 		t.Errorf("broker runs controllers: %d", len(cs.Broker.controllers))
 	}
 
+	// An apiserver stopped and started again keeps its data and port, and
+	// clients made before the restart work again.
+	b := cs.Broker
+	if _, err := b.Client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "kept"}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	b.StopAPIServer()
+	if _, err := b.Client.CoreV1().Namespaces().Get(ctx, "kept", metav1.GetOptions{}); err == nil {
+		t.Error("stopped apiserver still answers")
+	}
+	if err := b.StartAPIServer(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.Client.CoreV1().Namespaces().Get(ctx, "kept", metav1.GetOptions{}); err != nil {
+		t.Errorf("after restart: %v", err)
+	}
+	if err := cs.Members[0].RestartAPIServer(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := checkWorkload(ctx, cs.Members[0], "demo"); err != nil {
+		t.Errorf("member1 after restart: %v", err)
+	}
+
 	pids := cs.PIDs()
 	if want := 2 + 4 + 3*3; len(pids) != want { // 2 etcds, 4 apiservers, 3 x (KCM, scheduler, KWOK)
 		t.Errorf("harness runs %d processes, want %d", len(pids), want)

@@ -329,9 +329,12 @@ func (c *Cluster) StartAPIServer(ctx context.Context) error {
 }
 
 // StopAPIServer stops the cluster's kube-apiserver, as in a control-plane
-// outage; its data stays in etcd and its controllers keep retrying.
+// outage; its data stays in etcd and its controllers keep retrying. A
+// member's apiserver, drained by its controllers' watches, can take over
+// 15 s to shut down gracefully; it gets 5 s and is then killed, which is
+// an outage all the same.
 func (c *Cluster) StopAPIServer() {
-	c.apiserver.stop(15 * time.Second)
+	c.apiserver.stop(5 * time.Second)
 }
 
 // RestartAPIServer stops and starts the cluster's kube-apiserver.
