@@ -38,6 +38,9 @@ type Options struct {
 	StartTimeout time.Duration
 	// Log receives the harness's progress. Nil means discard.
 	Log *slog.Logger
+	// BeforeStop, if set, runs when Stop begins, before any process ends:
+	// a test binary stops what it runs against the clusterset there.
+	BeforeStop func()
 }
 
 // Locality is a member node's topology.kubernetes.io region and zone.
@@ -59,12 +62,13 @@ type Clusterset struct {
 	// StartDuration is how long the start took, up to every member ready.
 	StartDuration time.Duration
 
-	log      *slog.Logger
-	etcds    []*process
-	reg      *pidRegistry
-	stopOnce sync.Once
-	timersMu sync.Mutex
-	timers   []*time.Timer // deadline guards, disarmed by Stop
+	log        *slog.Logger
+	beforeStop func()
+	etcds      []*process
+	reg        *pidRegistry
+	stopOnce   sync.Once
+	timersMu   sync.Mutex
+	timers     []*time.Timer // deadline guards, disarmed by Stop
 }
 
 const maxMembers = 15
@@ -109,6 +113,7 @@ func New(ctx context.Context, opts Options) (_ *Clusterset, err error) {
 		Dir:        dir,
 		Kubeconfig: filepath.Join(dir, "kubeconfig"),
 		log:        log,
+		beforeStop: opts.BeforeStop,
 		reg:        &pidRegistry{path: filepath.Join(dir, childrenFile), pids: map[int]string{}},
 	}
 	defer func() {
@@ -207,6 +212,9 @@ func (cs *Clusterset) Stop() {
 	}
 	cs.timersMu.Unlock()
 	cs.stopOnce.Do(func() {
+		if cs.beforeStop != nil {
+			cs.beforeStop()
+		}
 		var wg sync.WaitGroup
 		stopAll := func(procs []*process) {
 			for _, p := range procs {

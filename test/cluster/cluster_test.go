@@ -49,6 +49,14 @@ func TestClustersetRunsWorkloads(t *testing.T) {
 		}
 	}
 
+	// KWOK keeps each node's Lease, so nodes (and their pods) stay Ready
+	// however long a test runs.
+	for _, m := range cs.Members {
+		if _, err := m.Client.CoordinationV1().Leases(corev1.NamespaceNodeLease).Get(ctx, NodeName, metav1.GetOptions{}); err != nil {
+			t.Errorf("%s: node Lease: %v", m.Name, err)
+		}
+	}
+
 	// The broker runs no controllers: it is an API only.
 	if len(cs.Broker.controllers) != 0 {
 		t.Errorf("broker runs controllers: %d", len(cs.Broker.controllers))

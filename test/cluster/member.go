@@ -234,6 +234,11 @@ func (c *Cluster) prepareControllers(spec clusterSpec, bins binaries, host strin
 				"--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
 				"--server-address=127.0.0.1:" + strconv.Itoa(kwokPort),
 				"--node-ip=" + nodeIP.String(),
+				// Without a node Lease the only heartbeat is the status
+				// patch of the heartbeat stage, about once a minute, which
+				// outlasts the controller manager's grace period: the node
+				// would go NotReady now and then, and its pods with it.
+				"--node-lease-duration-seconds=40",
 			},
 			logPath: filepath.Join(c.Dir, "kwok.log"),
 		},

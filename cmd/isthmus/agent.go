@@ -1,0 +1,152 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"strings"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+	mcsclient "sigs.k8s.io/mcs-api/pkg/client/clientset/versioned"
+
+	"github.com/isthmus-dev/isthmus/cmd/internal/kube"
+	"github.com/isthmus-dev/isthmus/cmd/internal/serve"
+	"github.com/isthmus-dev/isthmus/cmd/internal/setup"
+	"github.com/isthmus-dev/isthmus/mcs/agent"
+	brokerv1 "github.com/isthmus-dev/isthmus/mcs/api/v1alpha1"
+)
+
+// version is stamped at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+// runAgent is `isthmus agent`: the MCS agent of one member cluster.
+func runAgent(ctx context.Context, args []string, log *slog.Logger) error {
+	fs := flag.NewFlagSet("isthmus agent", flag.ContinueOnError)
+	kubeconfig := fs.String("kubeconfig", "", "kubeconfig of this cluster (default: in-cluster or $KUBECONFIG)")
+	kubeContext := fs.String("context", "", "kubeconfig context of this cluster")
+	brokerKubeconfig := fs.String("broker-kubeconfig", "", "kubeconfig for the broker (default: the isthmus-system/isthmus-broker Secret that isthmusctl join wrote)")
+	brokerNamespace := fs.String("broker-namespace", "", "broker namespace (default: the broker kubeconfig's, else isthmus-broker)")
+	clusterID := fs.String("cluster-id", "", "this cluster's id (default: its cluster.clusterset.k8s.io ClusterProperty)")
+	region := fs.String("region", "", "this cluster's region, for locality-aware failover")
+	zone := fs.String("zone", "", "this cluster's zone")
+	podCIDRs := fs.String("pod-cidrs", "", "comma-separated pod CIDRs of this cluster, published to the clusterset")
+	serviceCIDRs := fs.String("service-cidrs", "", "comma-separated Service CIDRs of this cluster")
+	leaseDuration := fs.Duration("lease-duration", 30*time.Second, "validity of this cluster's heartbeat; a peer silent this long is unhealthy")
+	withdrawAfter := fs.Duration("withdraw-after", 5*time.Minute, "how long a peer may be silent before its exports leave this cluster's imports")
+	metricsAddr := fs.String("metrics-addr", "127.0.0.1:9470", "address for /metrics, /healthz and /readyz (empty: none)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+
+	localCfg, err := kube.Config(*kubeconfig, *kubeContext)
+	if err != nil {
+		return err
+	}
+	local, err := kubernetes.NewForConfig(localCfg)
+	if err != nil {
+		return fmt.Errorf("making the local client: %w", err)
+	}
+	localDyn, err := dynamic.NewForConfig(localCfg)
+	if err != nil {
+		return fmt.Errorf("making the local dynamic client: %w", err)
+	}
+	localMCS, err := mcsclient.NewForConfig(localCfg)
+	if err != nil {
+		return fmt.Errorf("making the local MCS client: %w", err)
+	}
+	id, err := agent.ClusterID(ctx, localDyn, *clusterID)
+	if err != nil {
+		return err
+	}
+	brokerCfg, ns, err := brokerConfig(ctx, local, *brokerKubeconfig)
+	if err != nil {
+		return err
+	}
+	if *brokerNamespace != "" {
+		ns = *brokerNamespace
+	}
+	broker, err := kubernetes.NewForConfig(brokerCfg)
+	if err != nil {
+		return fmt.Errorf("making the broker client: %w", err)
+	}
+	brokerDyn, err := dynamic.NewForConfig(brokerCfg)
+	if err != nil {
+		return fmt.Errorf("making the broker dynamic client: %w", err)
+	}
+
+	reg := serve.NewRegistry()
+	health := serve.NewHealth()
+	a, err := agent.New(agent.Config{
+		ClusterID: id, BrokerNamespace: ns, Region: *region, Zone: *zone,
+		PodCIDRs: split(*podCIDRs), ServiceCIDRs: split(*serviceCIDRs), Version: version,
+		Local: local, LocalMCS: localMCS, Broker: broker, BrokerDynamic: brokerDyn,
+		LeaseDuration: *leaseDuration, WithdrawAfter: *withdrawAfter,
+		Log: log, Registry: reg,
+	})
+	if err != nil {
+		return err
+	}
+	health.Add("agent", a.Ready)
+	log.Info("starting the MCS agent", "cluster", id, "broker", brokerCfg.Host, "brokerNamespace", ns)
+	errs := make(chan error, 2)
+	go func() { errs <- serve.Run(ctx, *metricsAddr, reg, health, log) }()
+	go func() { errs <- a.Run(ctx) }()
+	err = <-errs
+	if err == nil {
+		err = <-errs
+	}
+	return err
+}
+
+// brokerConfig loads the broker credential: a kubeconfig file if given,
+// else the Secret join stored in this cluster. It returns the namespace the
+// credential names, or the default.
+func brokerConfig(ctx context.Context, local kubernetes.Interface, path string) (*rest.Config, string, error) {
+	var raw clientcmd.ClientConfig
+	if path != "" {
+		rules := &clientcmd.ClientConfigLoadingRules{ExplicitPath: path}
+		raw = clientcmd.NewNonInteractiveDeferredLoadingClientConfig(rules, &clientcmd.ConfigOverrides{})
+	} else {
+		s, err := local.CoreV1().Secrets(setup.MemberNamespace).Get(ctx, setup.BrokerSecret, metav1.GetOptions{})
+		if err != nil {
+			return nil, "", fmt.Errorf("reading the broker credential from Secret %s/%s (run isthmusctl join, or pass --broker-kubeconfig): %w",
+				setup.MemberNamespace, setup.BrokerSecret, err)
+		}
+		data := s.Data[setup.BrokerSecretKey]
+		if len(data) == 0 {
+			return nil, "", errors.New("the broker Secret holds no kubeconfig: run isthmusctl join again")
+		}
+		if raw, err = clientcmd.NewClientConfigFromBytes(data); err != nil {
+			return nil, "", fmt.Errorf("parsing the broker kubeconfig: %w", err)
+		}
+	}
+	cfg, err := raw.ClientConfig()
+	if err != nil {
+		return nil, "", fmt.Errorf("loading the broker kubeconfig: %w", err)
+	}
+	ns, _, err := raw.Namespace()
+	if err != nil || ns == "" || ns == metav1.NamespaceDefault {
+		ns = brokerv1.DefaultBrokerNamespace
+	}
+	return cfg, ns, nil
+}
+
+func split(s string) []string {
+	var out []string
+	for _, p := range strings.Split(s, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			out = append(out, p)
+		}
+	}
+	return out
+}

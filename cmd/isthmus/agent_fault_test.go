@@ -1,0 +1,251 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/tools/clientcmd"
+	mcsv1beta1 "sigs.k8s.io/mcs-api/pkg/apis/v1beta1"
+
+	"github.com/isthmus-dev/isthmus/cmd/internal/setup"
+	brokerv1 "github.com/isthmus-dev/isthmus/mcs/api/v1alpha1"
+	"github.com/isthmus-dev/isthmus/mcs/agent"
+	"github.com/isthmus-dev/isthmus/test/cluster"
+)
+
+// TestBrokerOutage stops the broker for longer than every grace period:
+// no import is withdrawn meanwhile, an export made during the outage is
+// published when the broker returns, and nothing exported before is lost.
+func TestBrokerOutage(t *testing.T) {
+	clusterset(t)
+	ctx := ctxFor(t, 3*time.Minute)
+	ns := "outage"
+	namespace(t, ctx, ns, 0, 1, 2)
+	workload(t, ctx, 0, ns, "before", 1, false)
+	exportService(t, ctx, 0, ns, "before", nil, nil)
+	eventually(t, propagation, "imported in b before the outage", func() error {
+		v, err := viewImport(ctx, t, 1, ns, "before")
+		if err == nil && len(v.endpoints["a"]) != 1 {
+			err = fmt.Errorf("endpoints %v", v.endpoints)
+		}
+		return err
+	})
+
+	clusters.Broker.StopAPIServer()
+	restarted := false
+	defer func() {
+		if !restarted {
+			_ = clusters.Broker.StartAPIServer(context.Background())
+		}
+	}()
+	workload(t, ctx, 0, ns, "during", 1, false)
+	exportService(t, ctx, 0, ns, "during", nil, nil)
+	always(t, withdrawAfter+3*time.Second, "imports kept while the broker is away", func() error {
+		for i := range clusters.Members {
+			v, err := viewImport(ctx, t, i, ns, "before")
+			if err != nil {
+				return fmt.Errorf("%s lost its import: %w", ids[i], err)
+			}
+			if len(v.endpoints["a"]) != 1 || len(v.si.Spec.IPs) != 1 {
+				return fmt.Errorf("%s's import changed: %v %v", ids[i], v.endpoints, v.si.Spec.IPs)
+			}
+		}
+		return nil
+	})
+	if err := clusters.Broker.StartAPIServer(ctx); err != nil {
+		t.Fatal(err)
+	}
+	restarted = true
+	for i := range clusters.Members {
+		eventually(t, time.Minute, fmt.Sprintf("export made during the outage imported in %s", ids[i]), func() error {
+			v, err := viewImport(ctx, t, i, ns, "during")
+			if err == nil && len(v.endpoints["a"]) != 1 {
+				bs, _ := clusters.Broker.Client.DiscoveryV1().EndpointSlices(brokerv1.DefaultBrokerNamespace).List(ctx, metav1.ListOptions{})
+				var names []string
+				for _, s := range bs.Items {
+					names = append(names, s.Name)
+				}
+				ls, _ := clusters.Members[0].Client.DiscoveryV1().EndpointSlices(ns).List(ctx, metav1.ListOptions{})
+				for _, s := range ls.Items {
+					var rs []string
+					for _, e := range s.Endpoints {
+						if e.Conditions.Ready != nil {
+							rs = append(rs, fmt.Sprint(e.Addresses, *e.Conditions.Ready))
+						}
+					}
+					names = append(names, "local:"+s.Name+fmt.Sprint(rs))
+				}
+				err = fmt.Errorf("endpoints %v; broker slices %v", v.endpoints, names)
+			}
+			return err
+		})
+		if _, err := viewImport(ctx, t, i, ns, "before"); err != nil {
+			t.Errorf("%s lost the earlier import after the outage: %v", ids[i], err)
+		}
+	}
+}
+
+// TestMemberLost stops b's agent: its Lease lapses, b's exports leave the
+// other members' imports after the withdraw period (and not before the
+// lease runs out), and come back when b's agent returns, with no manual
+// step.
+func TestMemberLost(t *testing.T) {
+	clusterset(t)
+	ctx := ctxFor(t, 3*time.Minute)
+	ns := "lost"
+	namespace(t, ctx, ns, 0, 1, 2)
+	workload(t, ctx, 0, ns, "svc", 1, false)
+	workload(t, ctx, 1, ns, "svc", 1, false)
+	exportService(t, ctx, 0, ns, "svc", nil, nil)
+	exportService(t, ctx, 1, ns, "svc", nil, nil)
+	both := func() error {
+		v, err := viewImport(ctx, t, 2, ns, "svc")
+		if err != nil {
+			return err
+		}
+		if got := statusClusters(v.si); !slices.Equal(got, []string{"a", "b"}) || len(v.endpoints["b"]) != 1 {
+			return fmt.Errorf("clusters %v, endpoints %v", got, v.endpoints)
+		}
+		return nil
+	}
+	eventually(t, propagation, "both clusters imported in c", both)
+
+	stopAgent(t, 1)
+	stopped := time.Now()
+	always(t, leaseDuration, "b kept while its lease is valid", both)
+	eventually(t, withdrawAfter+15*time.Second, "b withdrawn from c's import", func() error {
+		v, err := viewImport(ctx, t, 2, ns, "svc")
+		if err != nil {
+			return err
+		}
+		if got := statusClusters(v.si); !slices.Equal(got, []string{"a"}) || len(v.endpoints["b"]) != 0 {
+			return fmt.Errorf("clusters %v, endpoints %v", got, v.endpoints)
+		}
+		return nil
+	})
+	// b renewed its Lease at most a third of its duration before it
+	// stopped; withdrawal may come no earlier than withdrawAfter after that.
+	if took := time.Since(stopped); took < withdrawAfter-leaseDuration/3 {
+		t.Errorf("b withdrawn %v after it stopped, before the %v withdraw period", took, withdrawAfter)
+	}
+
+	if err := startAgent(1); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, propagation, "b back in c's import", func() error {
+		err := both()
+		if err != nil {
+			for i, m := range clusters.Members {
+				n, _ := m.Client.CoreV1().Nodes().Get(ctx, cluster.NodeName, metav1.GetOptions{})
+				pods, _ := m.Client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{})
+				var ps []string
+				for _, p := range pods.Items {
+					ps = append(ps, fmt.Sprintf("%s:%s:%v", p.Name, p.Status.Phase, p.Status.Conditions))
+				}
+				err = fmt.Errorf("%w; %s node %v pods %v", err, ids[i], n.Status.Conditions, ps)
+			}
+		}
+		return err
+	})
+}
+
+// TestRestartWithoutChurn restarts a's agent with nothing changed: it
+// writes nothing to the broker but its heartbeat.
+func TestRestartWithoutChurn(t *testing.T) {
+	clusterset(t)
+	ctx := ctxFor(t, 2*time.Minute)
+	ns := "churn"
+	namespace(t, ctx, ns, 0, 1, 2)
+	workload(t, ctx, 0, ns, "steady", 2, true)
+	exportService(t, ctx, 0, ns, "steady", nil, nil)
+	eventually(t, propagation, "imported in c", func() error {
+		v, err := viewImport(ctx, t, 2, ns, "steady")
+		if err == nil && len(v.endpoints["a"]) != 2 {
+			err = fmt.Errorf("endpoints %v", v.endpoints)
+		}
+		return err
+	})
+	stopAgent(t, 0)
+	if err := startAgent(0); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(3 * time.Second)
+	for _, target := range []string{`target="broker"`, `target="local"`} {
+		if n := metric(t, 0, "isthmus_agent_writes_total", target); n != 0 {
+			t.Errorf("restarted agent made %v writes (%s) with nothing changed", n, target)
+		}
+	}
+	if n := metric(t, 0, "isthmus_agent_writes_total", `target="broker-lease"`); n == 0 {
+		t.Error("restarted agent has not renewed its heartbeat")
+	}
+}
+
+// TestAgentCredentialsAreConfined writes, with b's agent credential (the
+// Secret join stored in b), over a's export record and endpoints: the
+// broker refuses.
+func TestAgentCredentialsAreConfined(t *testing.T) {
+	clusterset(t)
+	ctx := ctxFor(t, time.Minute)
+	ns := "confined"
+	namespace(t, ctx, ns, 0)
+	workload(t, ctx, 0, ns, "mine", 1, false)
+	exportService(t, ctx, 0, ns, "mine", nil, nil)
+	eventually(t, propagation, "a exported", wantCondition(ctx, t, 0, ns, "mine", mcsv1beta1.ServiceExportConditionReady, metav1.ConditionTrue, "Exported"))
+
+	secret, err := clusters.Members[1].Client.CoreV1().Secrets(setup.MemberNamespace).Get(ctx, setup.BrokerSecret, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := clientcmd.RESTConfigFromKubeConfig(secret.Data[setup.BrokerSecretKey])
+	if err != nil {
+		t.Fatal(err)
+	}
+	asB, err := dynamic.NewForConfig(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res := asB.Resource(brokerv1.SchemeGroupVersion.WithResource("exportedservices")).Namespace(brokerv1.DefaultBrokerNamespace)
+	rec, err := res.Get(ctx, brokerv1.ExportedServiceName("a", ns, "mine"), metav1.GetOptions{})
+	if err != nil {
+		t.Fatalf("b cannot read a's record: %v", err)
+	}
+	rec.SetAnnotations(map[string]string{"hijacked": "by-b"})
+	if _, err := res.Update(ctx, rec, metav1.UpdateOptions{}); err == nil || !strings.Contains(err.Error(), "rule own-records-only") {
+		t.Errorf("b overwrote a's export record: %v", err)
+	}
+	if err := res.Delete(ctx, rec.GetName(), metav1.DeleteOptions{}); err == nil || !strings.Contains(err.Error(), "rule existing-records-of-others") {
+		t.Errorf("b deleted a's export record: %v", err)
+	}
+}
+
+// TestClusterIDMustBeSettled checks the agent's refusal to start without a
+// cluster id or with one that disagrees with the ClusterProperty.
+func TestClusterIDMustBeSettled(t *testing.T) {
+	clusterset(t)
+	ctx := ctxFor(t, time.Minute)
+	m := clusters.Members[0]
+	err := runAgent(ctx, []string{"--kubeconfig", m.Kubeconfig, "--cluster-id", "zz", "--metrics-addr", ""}, discardLog())
+	if err == nil || !strings.Contains(err.Error(), "--cluster-id=zz disagrees with ClusterProperty cluster.clusterset.k8s.io=a") {
+		t.Errorf("agent with a disagreeing --cluster-id: %v", err)
+	}
+	// A cluster without the property (here, the broker itself) needs the flag.
+	localDyn, err := dynamic.NewForConfig(clusters.Broker.Config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := agent.ClusterID(ctx, localDyn, ""); err == nil || !strings.Contains(err.Error(), "no cluster id: set --cluster-id") {
+		t.Errorf("no id anywhere: %v", err)
+	}
+	if id, err := agent.ClusterID(ctx, localDyn, "east"); err != nil || id != "east" {
+		t.Errorf("flag only: %q, %v", id, err)
+	}
+	if _, err := agent.ClusterID(ctx, localDyn, "Not_A_Label"); err == nil {
+		t.Error("accepted a cluster id that is not a DNS label")
+	}
+}

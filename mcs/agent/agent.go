@@ -1,0 +1,192 @@
+// Package agent is the MCS agent of one member cluster. Its export
+// controller publishes this cluster's ServiceExports to the broker (one
+// ExportedService record per service and copies of the service's
+// EndpointSlices, all owned by this cluster); its import controller builds,
+// from every cluster's records, the ServiceImports, derived Services and
+// EndpointSlices of this cluster; its heartbeat keeps this cluster's Lease
+// and Cluster record on the broker. It reads the broker only through
+// informers, so while the broker is away it keeps what it last saw and
+// withdraws nothing.
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/util/validation"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/kubernetes/scheme"
+	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
+	corelisters "k8s.io/client-go/listers/core/v1"
+	"k8s.io/client-go/tools/cache"
+	"k8s.io/client-go/tools/record"
+	mcsv1beta1 "sigs.k8s.io/mcs-api/pkg/apis/v1beta1"
+	mcsclient "sigs.k8s.io/mcs-api/pkg/client/clientset/versioned"
+	mcslisters "sigs.k8s.io/mcs-api/pkg/client/listers/apis/v1beta1"
+
+	brokerv1 "github.com/isthmus-dev/isthmus/mcs/api/v1alpha1"
+)
+
+// Config is what an agent needs. Clients, the logger and the registry are
+// the caller's; the agent reads no flags and no globals.
+type Config struct {
+	// ClusterID is this cluster's id, a DNS label.
+	ClusterID string
+	// BrokerNamespace is the broker namespace on the hub.
+	BrokerNamespace string
+	// Region and Zone place this cluster for locality-aware failover.
+	Region, Zone string
+	// PodCIDRs and ServiceCIDRs are published in the Cluster record.
+	PodCIDRs, ServiceCIDRs []string
+	// Version is the agent's version, published in the Cluster record.
+	Version string
+
+	// Local reaches this cluster; Broker reaches the hub with this
+	// member's own identity.
+	Local         kubernetes.Interface
+	LocalMCS      mcsclient.Interface
+	Broker        kubernetes.Interface
+	BrokerDynamic dynamic.Interface
+
+	// LeaseDuration is how long this cluster's heartbeat Lease is valid; it
+	// is renewed every third of it. Zero means 30 s. Another cluster whose
+	// Lease has not been renewed for LeaseDuration is unhealthy.
+	LeaseDuration time.Duration
+	// WithdrawAfter is how long an unrenewed Lease may be before that
+	// cluster's exports are withdrawn from this cluster's imports. Zero
+	// means 5 minutes.
+	WithdrawAfter time.Duration
+	// Workers per controller; zero means 2.
+	Workers int
+
+	Log      *slog.Logger
+	Registry prometheus.Registerer
+}
+
+// Agent is a running MCS agent.
+type Agent struct {
+	cfg     Config
+	log     *slog.Logger
+	metrics *metrics
+	events  record.EventRecorder
+
+	informers   []cache.SharedIndexInformer
+	synced      []cache.InformerSynced
+	ready       atomic.Bool
+	heartbeatOK atomic.Bool
+
+	services       corelisters.ServiceLister
+	namespaces     corelisters.NamespaceLister
+	localSlices    cache.Indexer // this cluster's Services' EndpointSlices, byService
+	ownSlices      cache.Indexer // EndpointSlices the agent wrote here, byService (the import's name)
+	derived        cache.Indexer // derived Services the agent wrote here, byService
+	serviceExports mcslisters.ServiceExportLister
+	serviceImports mcslisters.ServiceImportLister
+	brokerSlices   cache.Indexer // broker EndpointSlices, byService
+	brokerExports  cache.Indexer // broker ExportedServices, byService
+	clusters       cache.Store   // broker Cluster records
+	leases         cache.Store   // broker Leases
+
+	exports *controller
+	imports *controller
+
+	emptySince atomic.Pointer[time.Time] // when the broker view became empty
+	link       atomic.Pointer[brokerLink]
+
+	healthMu sync.Mutex
+	health   map[string]clusterHealth // last computed health per cluster
+}
+
+const byService = "byService"
+
+var (
+	exportedServiceGVR = brokerv1.SchemeGroupVersion.WithResource("exportedservices")
+	clusterGVR         = brokerv1.SchemeGroupVersion.WithResource("clusters")
+)
+
+// New checks the configuration and prepares the agent's informers.
+func New(cfg Config) (*Agent, error) {
+	if errs := validation.IsDNS1123Label(cfg.ClusterID); len(errs) > 0 {
+		return nil, fmt.Errorf("cluster id %q is not a DNS label: %v", cfg.ClusterID, errs)
+	}
+	if cfg.BrokerNamespace == "" {
+		cfg.BrokerNamespace = brokerv1.DefaultBrokerNamespace
+	}
+	if cfg.LeaseDuration == 0 {
+		cfg.LeaseDuration = 30 * time.Second
+	}
+	if cfg.WithdrawAfter == 0 {
+		cfg.WithdrawAfter = 5 * time.Minute
+	}
+	if cfg.WithdrawAfter < cfg.LeaseDuration {
+		return nil, fmt.Errorf("withdraw-after %v is shorter than the lease duration %v", cfg.WithdrawAfter, cfg.LeaseDuration)
+	}
+	if cfg.Workers == 0 {
+		cfg.Workers = 2
+	}
+	if cfg.Local == nil || cfg.LocalMCS == nil || cfg.Broker == nil || cfg.BrokerDynamic == nil || cfg.Log == nil || cfg.Registry == nil {
+		return nil, errors.New("agent config lacks a client, the logger or the registry")
+	}
+	a := &Agent{cfg: cfg, log: cfg.Log.With("cluster", cfg.ClusterID), metrics: newMetrics(cfg.Registry), health: map[string]clusterHealth{}}
+
+	eventScheme := runtime.NewScheme()
+	if err := scheme.AddToScheme(eventScheme); err != nil {
+		return nil, err
+	}
+	if err := mcsv1beta1.Install(eventScheme); err != nil {
+		return nil, err
+	}
+	broadcaster := record.NewBroadcaster()
+	broadcaster.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: cfg.Local.CoreV1().Events("")})
+	a.events = broadcaster.NewRecorder(eventScheme, corev1.EventSource{Component: "isthmus-agent"})
+
+	a.exports = newController("export", a.syncExport, a.log, a.metrics)
+	a.imports = newController("import", a.syncImport, a.log, a.metrics)
+	if err := a.setupInformers(); err != nil {
+		return nil, err
+	}
+	return a, nil
+}
+
+// Run runs the agent until ctx ends: informers, both controllers, the
+// heartbeat and the health watch.
+func (a *Agent) Run(ctx context.Context) error {
+	for _, inf := range a.informers {
+		go inf.Run(ctx.Done())
+	}
+	if !cache.WaitForCacheSync(ctx.Done(), a.synced...) {
+		return fmt.Errorf("waiting for informers to sync: %w", ctx.Err())
+	}
+	a.ready.Store(true)
+	// The heartbeat starts after the sync so that it finds the Cluster
+	// record in the cache and does not rewrite an unchanged one.
+	go a.heartbeat(ctx)
+	a.log.Info("synced with the local cluster and the broker")
+	go a.watchHealth(ctx)
+	var wg sync.WaitGroup
+	wg.Go(func() { a.exports.run(ctx, a.cfg.Workers) })
+	wg.Go(func() { a.imports.run(ctx, a.cfg.Workers) })
+	wg.Wait()
+	return nil
+}
+
+// Ready reports nil once the agent has synced with both its cluster and
+// the broker and has renewed its heartbeat once.
+func (a *Agent) Ready() error {
+	if !a.ready.Load() {
+		return errors.New("informers not synced with the local cluster and the broker yet")
+	}
+	if !a.heartbeatOK.Load() {
+		return errors.New("no heartbeat to the broker has succeeded yet")
+	}
+	return nil
+}

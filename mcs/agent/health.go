@@ -1,0 +1,226 @@
+package agent
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	coordinationv1 "k8s.io/api/coordination/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	brokerv1 "github.com/isthmus-dev/isthmus/mcs/api/v1alpha1"
+)
+
+// clusterHealth is what this agent concludes from another cluster's
+// heartbeat Lease.
+type clusterHealth int
+
+const (
+	healthy   clusterHealth = iota
+	unhealthy               // Lease not renewed for LeaseDuration: still imported
+	withdrawn               // Lease not renewed for WithdrawAfter: left out of imports
+)
+
+// brokerLink is this agent's own connection to the broker: up or down,
+// since when.
+type brokerLink struct {
+	up    bool
+	since time.Time
+}
+
+func (h clusterHealth) String() string {
+	return [...]string{"healthy", "unhealthy", "withdrawn"}[h]
+}
+
+// healthOf computes a cluster's health from its Lease. This cluster is
+// always healthy to itself, and a cluster without a Lease has not started
+// heartbeating yet, which is no reason to drop its exports.
+//
+// A peer's silence only counts while this agent itself reaches the broker:
+// when the broker is away, every Lease stops being renewed and nothing is
+// learned about the peers, so their health is frozen as of the moment the
+// broker was lost; and after the broker returns, each peer is given a
+// full period to renew again.
+func (a *Agent) healthOf(cluster string) clusterHealth {
+	if cluster == a.cfg.ClusterID {
+		return healthy
+	}
+	o, ok, _ := a.leases.GetByKey(a.cfg.BrokerNamespace + "/" + brokerv1.LeaseName(cluster))
+	if !ok {
+		return healthy
+	}
+	l := o.(*coordinationv1.Lease)
+	if l.Spec.RenewTime == nil {
+		return healthy
+	}
+	link := a.link.Load()
+	if link == nil {
+		return healthy // the broker has not been reached yet
+	}
+	ref := time.Now()
+	if !link.up {
+		ref = link.since
+	}
+	last := l.Spec.RenewTime.Time
+	if link.up && link.since.After(last) {
+		last = link.since
+	}
+	age := ref.Sub(last)
+	switch {
+	case age > a.cfg.WithdrawAfter:
+		return withdrawn
+	case age > a.cfg.LeaseDuration:
+		return unhealthy
+	}
+	return healthy
+}
+
+// recheckHealth recomputes every known cluster's health and, when any
+// changed, queues every import.
+func (a *Agent) recheckHealth() {
+	changed := false
+	a.healthMu.Lock()
+	for _, o := range a.leases.List() {
+		l := o.(*coordinationv1.Lease)
+		cluster := l.Labels[brokerv1.LabelSourceCluster]
+		if cluster == "" || cluster == a.cfg.ClusterID {
+			continue
+		}
+		h := a.healthOf(cluster)
+		if old, seen := a.health[cluster]; !seen || old != h {
+			if seen {
+				a.log.Info("cluster health changed", "peer", cluster, "from", old, "to", h)
+			}
+			a.health[cluster] = h
+			changed = true
+		}
+	}
+	a.healthMu.Unlock()
+	if changed {
+		a.importsAll()
+	}
+}
+
+// watchHealth rechecks health as time passes, since a Lease that stops
+// being renewed sends no event.
+func (a *Agent) watchHealth(ctx context.Context) {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			a.recheckHealth()
+		}
+	}
+}
+
+// heartbeat renews this cluster's Lease every third of its duration and
+// keeps its Cluster record current.
+func (a *Agent) heartbeat(ctx context.Context) {
+	period := a.cfg.LeaseDuration / 3
+	recordDone, connected := false, true
+	for {
+		beat, cancel := context.WithTimeout(ctx, period)
+		err := a.renewLease(beat)
+		cancel()
+		if err == nil && !recordDone {
+			if err = a.publishCluster(ctx); err == nil {
+				recordDone = true
+			}
+		}
+		if err != nil {
+			if connected {
+				a.log.Warn("lost the broker; imports keep their last state", "err", err)
+			}
+			if connected {
+				a.link.Store(&brokerLink{up: false, since: time.Now()})
+			}
+			connected = false
+			a.metrics.brokerConnected.Set(0)
+		} else {
+			if !connected && a.heartbeatOK.Load() {
+				// Publish at once what was exported while the broker was
+				// away, instead of waiting out each key's backoff.
+				a.log.Info("broker reachable again; republishing exports")
+				a.exportsAll()
+			}
+			if !connected || a.link.Load() == nil {
+				a.link.Store(&brokerLink{up: true, since: time.Now()})
+			}
+			connected = true
+			a.metrics.brokerConnected.Set(1)
+			a.heartbeatOK.Store(true)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(period):
+		}
+	}
+}
+
+func (a *Agent) renewLease(ctx context.Context) error {
+	api := a.cfg.Broker.CoordinationV1().Leases(a.cfg.BrokerNamespace)
+	name := brokerv1.LeaseName(a.cfg.ClusterID)
+	now := metav1.NowMicro()
+	secs := int32(a.cfg.LeaseDuration / time.Second)
+	l, err := api.Get(ctx, name, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		holder := a.cfg.ClusterID
+		_, err = api.Create(ctx, &coordinationv1.Lease{
+			ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{brokerv1.LabelSourceCluster: a.cfg.ClusterID}},
+			Spec:       coordinationv1.LeaseSpec{HolderIdentity: &holder, LeaseDurationSeconds: &secs, AcquireTime: &now, RenewTime: &now},
+		}, metav1.CreateOptions{FieldManager: fieldManager})
+		a.countWrite("broker-lease", "create", err)
+		return err
+	}
+	if err != nil {
+		return fmt.Errorf("reading the heartbeat Lease: %w", err)
+	}
+	l.Spec.RenewTime, l.Spec.LeaseDurationSeconds = &now, &secs
+	_, err = api.Update(ctx, l, metav1.UpdateOptions{FieldManager: fieldManager})
+	a.countWrite("broker-lease", "update", err)
+	if err != nil {
+		return fmt.Errorf("renewing the heartbeat Lease: %w", err)
+	}
+	return nil
+}
+
+// publishCluster applies this cluster's record: its id, locality and
+// address ranges. The tunnel and gateway fields belong to other roles,
+// which apply them under their own field managers.
+func (a *Agent) publishCluster(ctx context.Context) error {
+	rec := &brokerv1.Cluster{
+		TypeMeta: metav1.TypeMeta{APIVersion: brokerv1.SchemeGroupVersion.String(), Kind: "Cluster"},
+		ObjectMeta: metav1.ObjectMeta{Name: a.cfg.ClusterID, Namespace: a.cfg.BrokerNamespace,
+			Labels: map[string]string{brokerv1.LabelSourceCluster: a.cfg.ClusterID}},
+		Spec: brokerv1.ClusterSpec{
+			ClusterID:    a.cfg.ClusterID,
+			Region:       a.cfg.Region,
+			Zone:         a.cfg.Zone,
+			PodCIDRs:     a.cfg.PodCIDRs,
+			ServiceCIDRs: a.cfg.ServiceCIDRs,
+		},
+	}
+	if a.cfg.Version != "" {
+		rec.Spec.Versions = map[string]string{"agent": a.cfg.Version}
+	}
+	hash := contentHash([]any{rec.Labels, rec.Spec})
+	if o, ok, _ := a.clusters.GetByKey(rec.Namespace + "/" + rec.Name); ok && o.(*brokerv1.Cluster).Annotations[annotationHash] == hash {
+		return nil
+	}
+	rec.Annotations = map[string]string{annotationHash: hash}
+	u, err := toUnstructured(rec)
+	if err != nil {
+		return err
+	}
+	_, err = a.cfg.BrokerDynamic.Resource(clusterGVR).Namespace(a.cfg.BrokerNamespace).Apply(ctx, rec.Name, u, applyOptions)
+	a.countWrite("broker", "apply", err)
+	if err != nil {
+		return fmt.Errorf("publishing the Cluster record: %w", err)
+	}
+	return nil
+}

@@ -1,0 +1,203 @@
+package agent
+
+import (
+	"fmt"
+
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/client-go/dynamic/dynamicinformer"
+	coordinationinformers "k8s.io/client-go/informers/coordination/v1"
+	coreinformers "k8s.io/client-go/informers/core/v1"
+	discoveryinformers "k8s.io/client-go/informers/discovery/v1"
+	corelisters "k8s.io/client-go/listers/core/v1"
+	"k8s.io/client-go/tools/cache"
+	mcsv1beta1 "sigs.k8s.io/mcs-api/pkg/apis/v1beta1"
+	mcsinformers "sigs.k8s.io/mcs-api/pkg/client/informers/externalversions/apis/v1beta1"
+	mcslisters "sigs.k8s.io/mcs-api/pkg/client/listers/apis/v1beta1"
+
+	brokerv1 "github.com/isthmus-dev/isthmus/mcs/api/v1alpha1"
+)
+
+// setupInformers makes the agent's informers, each with the narrowest
+// selector that still shows it what it needs, and wires their events to
+// the controllers' queues. Nothing resyncs on a timer: events drive
+// everything, and the health watch covers time passing.
+func (a *Agent) setupInformers() error {
+	local, broker, ns := a.cfg.Local, a.cfg.Broker, a.cfg.BrokerNamespace
+	indexByService := cache.Indexers{byService: serviceIndex}
+	managedByUs := func(o *metav1.ListOptions) {
+		o.LabelSelector = discoveryv1.LabelManagedBy + "=" + brokerv1.ManagedBy
+	}
+
+	svcInf := coreinformers.NewServiceInformer(local, metav1.NamespaceAll, 0, cache.Indexers{})
+	nsInf := coreinformers.NewNamespaceInformer(local, 0, cache.Indexers{})
+	localSliceInf := discoveryinformers.NewFilteredEndpointSliceInformer(local, metav1.NamespaceAll, 0, indexByService, func(o *metav1.ListOptions) {
+		o.LabelSelector = discoveryv1.LabelManagedBy + "!=" + brokerv1.ManagedBy + "," + discoveryv1.LabelServiceName
+	})
+	ownSliceInf := discoveryinformers.NewFilteredEndpointSliceInformer(local, metav1.NamespaceAll, 0, indexByService, managedByUs)
+	derivedInf := coreinformers.NewFilteredServiceInformer(local, metav1.NamespaceAll, 0, indexByService, func(o *metav1.ListOptions) {
+		o.LabelSelector = labelDerivedFor
+	})
+	exportInf := mcsinformers.NewServiceExportInformer(a.cfg.LocalMCS, metav1.NamespaceAll, 0, cache.Indexers{})
+	importInf := mcsinformers.NewServiceImportInformer(a.cfg.LocalMCS, metav1.NamespaceAll, 0, cache.Indexers{})
+	brokerSliceInf := discoveryinformers.NewFilteredEndpointSliceInformer(broker, ns, 0, indexByService, managedByUs)
+	leaseInf := coordinationinformers.NewLeaseInformer(broker, ns, 0, cache.Indexers{})
+	brokerExportInf := dynamicinformer.NewFilteredDynamicInformer(a.cfg.BrokerDynamic, exportedServiceGVR, ns, 0, indexByService, nil).Informer()
+	clusterInf := dynamicinformer.NewFilteredDynamicInformer(a.cfg.BrokerDynamic, clusterGVR, ns, 0, cache.Indexers{}, nil).Informer()
+	if err := brokerExportInf.SetTransform(typed[brokerv1.ExportedService]); err != nil {
+		return err
+	}
+	if err := clusterInf.SetTransform(typed[brokerv1.Cluster]); err != nil {
+		return err
+	}
+
+	a.services = corelisters.NewServiceLister(svcInf.GetIndexer())
+	a.namespaces = corelisters.NewNamespaceLister(nsInf.GetIndexer())
+	a.localSlices = localSliceInf.GetIndexer()
+	a.ownSlices = ownSliceInf.GetIndexer()
+	a.derived = derivedInf.GetIndexer()
+	a.serviceExports = mcslisters.NewServiceExportLister(exportInf.GetIndexer())
+	a.serviceImports = mcslisters.NewServiceImportLister(importInf.GetIndexer())
+	a.brokerSlices = brokerSliceInf.GetIndexer()
+	a.brokerExports = brokerExportInf.GetIndexer()
+	a.clusters = clusterInf.GetStore()
+	a.leases = leaseInf.GetStore()
+
+	// Which keys an object's change concerns.
+	both := func(key string) { a.exports.enqueue(key); a.imports.enqueue(key) }
+	handlers := []struct {
+		inf cache.SharedIndexInformer
+		fn  func(obj any)
+	}{
+		{exportInf, func(o any) { both(objectKey(o)) }},
+		{svcInf, func(o any) { a.exports.enqueue(objectKey(o)) }},
+		{localSliceInf, func(o any) { both(sliceServiceKey(o, discoveryv1.LabelServiceName)) }},
+		{brokerExportInf, func(o any) {
+			if e, ok := unwrap(o).(*brokerv1.ExportedService); ok {
+				both(e.Spec.ServiceNamespace + "/" + e.Spec.ServiceName)
+			}
+		}},
+		{brokerSliceInf, func(o any) { a.imports.enqueue(brokerSliceServiceKey(o)) }},
+		{nsInf, func(o any) { a.importsInNamespace(unwrap(o).(metav1.Object).GetName()) }},
+		{importInf, func(o any) { a.imports.enqueue(objectKey(o)) }},
+		{ownSliceInf, func(o any) { a.imports.enqueue(ownKey(o)) }},
+		{derivedInf, func(o any) { a.imports.enqueue(ownKey(o)) }},
+		{clusterInf, func(any) { a.importsAll() }},
+		{leaseInf, func(any) { a.recheckHealth() }},
+	}
+	for _, h := range handlers {
+		fn := h.fn
+		if _, err := h.inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
+			AddFunc:    fn,
+			UpdateFunc: func(_, o any) { fn(o) },
+			DeleteFunc: fn,
+		}); err != nil {
+			return fmt.Errorf("adding event handler: %w", err)
+		}
+		a.informers = append(a.informers, h.inf)
+		a.synced = append(a.synced, h.inf.HasSynced)
+	}
+	return nil
+}
+
+// typed converts the dynamic informer's unstructured objects to the broker
+// types once, as they enter the cache.
+func typed[T any, PT interface {
+	*T
+	runtime.Object
+}](obj any) (any, error) {
+	u, ok := obj.(*unstructured.Unstructured)
+	if !ok {
+		return obj, nil // tombstones and already-typed objects pass through
+	}
+	out := PT(new(T))
+	if err := runtime.DefaultUnstructuredConverter.FromUnstructured(u.Object, out); err != nil {
+		return nil, fmt.Errorf("decoding %s %s: %w", u.GetKind(), u.GetName(), err)
+	}
+	return out, nil
+}
+
+// serviceIndex files an object under the namespace/name of the service it
+// belongs to.
+func serviceIndex(obj any) ([]string, error) {
+	switch o := obj.(type) {
+	case *brokerv1.ExportedService:
+		return []string{o.Spec.ServiceNamespace + "/" + o.Spec.ServiceName}, nil
+	case *discoveryv1.EndpointSlice:
+		if o.Labels[discoveryv1.LabelManagedBy] != brokerv1.ManagedBy {
+			return []string{o.Namespace + "/" + o.Labels[discoveryv1.LabelServiceName]}, nil
+		}
+		if o.Labels[brokerv1.LabelServiceNamespace] != "" {
+			// On the broker: the service's namespace is a label.
+			return []string{o.Labels[brokerv1.LabelServiceNamespace] + "/" + o.Labels[brokerv1.LabelServiceName]}, nil
+		}
+		return []string{o.Namespace + "/" + ownerImport(o.Labels)}, nil
+	case *corev1.Service:
+		return []string{o.Namespace + "/" + o.Labels[labelDerivedFor]}, nil
+	}
+	return nil, nil
+}
+
+// ownerImport is the import an agent-written local object belongs to.
+func ownerImport(l map[string]string) string {
+	if n := l[labelDerivedFor]; n != "" {
+		return n
+	}
+	return l[mcsv1beta1.LabelServiceName]
+}
+
+func unwrap(obj any) any {
+	if t, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+		return t.Obj
+	}
+	return obj
+}
+
+func objectKey(obj any) string {
+	o := unwrap(obj).(metav1.Object)
+	return o.GetNamespace() + "/" + o.GetName()
+}
+
+func sliceServiceKey(obj any, label string) string {
+	o := unwrap(obj).(metav1.Object)
+	return o.GetNamespace() + "/" + o.GetLabels()[label]
+}
+
+func brokerSliceServiceKey(obj any) string {
+	l := unwrap(obj).(metav1.Object).GetLabels()
+	return l[brokerv1.LabelServiceNamespace] + "/" + l[brokerv1.LabelServiceName]
+}
+
+func ownKey(obj any) string {
+	o := unwrap(obj).(metav1.Object)
+	return o.GetNamespace() + "/" + ownerImport(o.GetLabels())
+}
+
+// importsInNamespace queues every service the broker knows in namespace ns,
+// for a namespace that just appeared here (namespace sameness).
+func (a *Agent) importsInNamespace(ns string) {
+	for _, key := range a.brokerExports.ListIndexFuncValues(byService) {
+		if n, _, _ := cutKey(key); n == ns {
+			a.imports.enqueue(key)
+		}
+	}
+}
+
+// exportsAll queues every local ServiceExport.
+func (a *Agent) exportsAll() {
+	all, _ := a.serviceExports.List(everything)
+	for _, se := range all {
+		a.exports.enqueue(se.Namespace + "/" + se.Name)
+	}
+}
+
+// importsAll queues every service the broker knows, for changes that can
+// move any import (a cluster record's region, a cluster's health).
+func (a *Agent) importsAll() {
+	for _, key := range a.brokerExports.ListIndexFuncValues(byService) {
+		a.imports.enqueue(key)
+	}
+}
