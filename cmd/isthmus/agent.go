@@ -2,10 +2,12 @@ package main
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
 	"flag"
 	"fmt"
 	"log/slog"
+	"os"
 	"strings"
 	"time"
 
@@ -41,6 +43,8 @@ func runAgent(ctx context.Context, args []string, log *slog.Logger) error {
 	leaseDuration := fs.Duration("lease-duration", 30*time.Second, "validity of this cluster's heartbeat; a peer silent this long is unhealthy")
 	withdrawAfter := fs.Duration("withdraw-after", 5*time.Minute, "how long a peer may be silent before its exports leave this cluster's imports")
 	metricsAddr := fs.String("metrics-addr", "127.0.0.1:9470", "address for /metrics, /healthz and /readyz (empty: none)")
+	leaderElect := fs.Bool("leader-elect", true, "elect one writing leader among the agent's replicas")
+	leaderNamespace := fs.String("leader-elect-namespace", setup.MemberNamespace, "namespace of this cluster holding the election Lease")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -86,13 +90,17 @@ func runAgent(ctx context.Context, args []string, log *slog.Logger) error {
 
 	reg := serve.NewRegistry()
 	health := serve.NewHealth()
-	a, err := agent.New(agent.Config{
+	cfg := agent.Config{
 		ClusterID: id, BrokerNamespace: ns, Region: *region, Zone: *zone,
 		PodCIDRs: split(*podCIDRs), ServiceCIDRs: split(*serviceCIDRs), Version: version,
 		Local: local, LocalMCS: localMCS, Broker: broker, BrokerDynamic: brokerDyn,
 		LeaseDuration: *leaseDuration, WithdrawAfter: *withdrawAfter,
 		Log: log, Registry: reg,
-	})
+	}
+	if *leaderElect {
+		cfg.LeaderElectionNamespace, cfg.Identity = *leaderNamespace, identity()
+	}
+	a, err := agent.New(cfg)
 	if err != nil {
 		return err
 	}
@@ -139,6 +147,15 @@ func brokerConfig(ctx context.Context, local kubernetes.Interface, path string) 
 		ns = brokerv1.DefaultBrokerNamespace
 	}
 	return cfg, ns, nil
+}
+
+// identity names this replica in the leader election: the host (the pod's
+// name in a cluster) and a random suffix, so restarts never collide.
+func identity() string {
+	host, _ := os.Hostname()
+	b := make([]byte, 4)
+	_, _ = rand.Read(b)
+	return fmt.Sprintf("%s-%x", host, b)
 }
 
 func split(s string) []string {

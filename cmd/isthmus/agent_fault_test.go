@@ -14,8 +14,8 @@ import (
 	mcsv1beta1 "sigs.k8s.io/mcs-api/pkg/apis/v1beta1"
 
 	"github.com/isthmus-dev/isthmus/cmd/internal/setup"
-	brokerv1 "github.com/isthmus-dev/isthmus/mcs/api/v1alpha1"
 	"github.com/isthmus-dev/isthmus/mcs/agent"
+	brokerv1 "github.com/isthmus-dev/isthmus/mcs/api/v1alpha1"
 	"github.com/isthmus-dev/isthmus/test/cluster"
 )
 
@@ -248,4 +248,41 @@ func TestClusterIDMustBeSettled(t *testing.T) {
 	if _, err := agent.ClusterID(ctx, localDyn, "Not_A_Label"); err == nil {
 		t.Error("accepted a cluster id that is not a DNS label")
 	}
+}
+
+// TestTwoReplicas runs a second agent for c: it stands by and writes
+// nothing while the first leads; when the leader stops, it takes over and
+// c's new exports still reach the clusterset.
+func TestTwoReplicas(t *testing.T) {
+	clusterset(t)
+	ctx := ctxFor(t, 2*time.Minute)
+	ns := "replicas"
+	namespace(t, ctx, ns, 0, 2)
+	const standby = 12
+	if err := startReplica(standby, 2); err != nil {
+		t.Fatal(err)
+	}
+	workload(t, ctx, 2, ns, "first", 1, false)
+	exportService(t, ctx, 2, ns, "first", nil, nil)
+	eventually(t, propagation, "c's export imported in a", func() error {
+		_, err := viewImport(ctx, t, 0, ns, "first")
+		return err
+	})
+	for _, target := range []string{`target="broker"`, `target="local"`, `target="broker-lease"`} {
+		if n := metric(t, standby, "isthmus_agent_writes_total", target); n != 0 {
+			t.Errorf("the standby replica wrote %v times (%s)", n, target)
+		}
+	}
+
+	stopAgent(t, 2) // the leader releases its Lease as it stops
+	agentsMu.Lock()
+	agents[2] = agents[standby]
+	delete(agents, standby)
+	agentsMu.Unlock()
+	workload(t, ctx, 2, ns, "second", 1, false)
+	exportService(t, ctx, 2, ns, "second", nil, nil)
+	eventually(t, propagation, "exported through the new leader", func() error {
+		_, err := viewImport(ctx, t, 0, ns, "second")
+		return err
+	})
 }

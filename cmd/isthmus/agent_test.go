@@ -103,7 +103,10 @@ func clusterset(t *testing.T) {
 }
 
 // startAgent runs `isthmus agent` for member i and waits until it is ready.
-func startAgent(i int) error {
+func startAgent(i int) error { return startReplica(i, i) }
+
+// startReplica runs an agent replica for member i, known as slot.
+func startReplica(slot, i int) error {
 	m := clusters.Members[i]
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -122,7 +125,7 @@ func startAgent(i int) error {
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})).With("member", ids[i])
 	go func() { ra.done <- runAgent(ctx, args, log) }()
 	agentsMu.Lock()
-	agents[i] = ra
+	agents[slot] = ra
 	agentsMu.Unlock()
 	deadline := time.Now().Add(time.Minute)
 	for time.Now().Before(deadline) {

@@ -67,6 +67,12 @@ type Config struct {
 	WithdrawAfter time.Duration
 	// Workers per controller; zero means 2.
 	Workers int
+	// LeaderElectionNamespace, when set, makes replicas of the agent elect
+	// one leader through a Lease of that name in that namespace of this
+	// cluster; only the leader writes. Empty runs without election.
+	LeaderElectionNamespace string
+	// Identity names this replica in the election.
+	Identity string
 
 	Log      *slog.Logger
 	Registry prometheus.Registerer
@@ -83,6 +89,7 @@ type Agent struct {
 	synced      []cache.InformerSynced
 	ready       atomic.Bool
 	heartbeatOK atomic.Bool
+	leading     atomic.Bool
 
 	services       corelisters.ServiceLister
 	namespaces     corelisters.NamespaceLister
@@ -167,16 +174,26 @@ func (a *Agent) Run(ctx context.Context) error {
 		return fmt.Errorf("waiting for informers to sync: %w", ctx.Err())
 	}
 	a.ready.Store(true)
-	// The heartbeat starts after the sync so that it finds the Cluster
-	// record in the cache and does not rewrite an unchanged one.
-	go a.heartbeat(ctx)
 	a.log.Info("synced with the local cluster and the broker")
+	if a.cfg.LeaderElectionNamespace == "" {
+		a.lead(ctx)
+		return nil
+	}
+	return a.elect(ctx)
+}
+
+// lead does the agent's writing work until ctx ends. The heartbeat starts
+// after the sync so that it finds the Cluster record in the cache and does
+// not rewrite an unchanged one.
+func (a *Agent) lead(ctx context.Context) {
+	a.leading.Store(true)
+	defer a.leading.Store(false)
+	go a.heartbeat(ctx)
 	go a.watchHealth(ctx)
 	var wg sync.WaitGroup
 	wg.Go(func() { a.exports.run(ctx, a.cfg.Workers) })
 	wg.Go(func() { a.imports.run(ctx, a.cfg.Workers) })
 	wg.Wait()
-	return nil
 }
 
 // Ready reports nil once the agent has synced with both its cluster and
@@ -185,7 +202,7 @@ func (a *Agent) Ready() error {
 	if !a.ready.Load() {
 		return errors.New("informers not synced with the local cluster and the broker yet")
 	}
-	if !a.heartbeatOK.Load() {
+	if a.leading.Load() && !a.heartbeatOK.Load() {
 		return errors.New("no heartbeat to the broker has succeeded yet")
 	}
 	return nil

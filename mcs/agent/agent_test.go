@@ -1,0 +1,119 @@
+package agent
+
+import (
+	"slices"
+	"testing"
+	"time"
+
+	discoveryv1 "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/tools/cache"
+	mcsv1beta1 "sigs.k8s.io/mcs-api/pkg/apis/v1beta1"
+	mcslisters "sigs.k8s.io/mcs-api/pkg/client/listers/apis/v1beta1"
+
+	brokerv1 "github.com/isthmus-dev/isthmus/mcs/api/v1alpha1"
+)
+
+func slicesWith(ready ...bool) []*discoveryv1.EndpointSlice {
+	s := &discoveryv1.EndpointSlice{AddressType: discoveryv1.AddressTypeIPv4}
+	for _, r := range ready {
+		s.Endpoints = append(s.Endpoints, discoveryv1.Endpoint{Addresses: []string{"10.0.0.1"}, Conditions: discoveryv1.EndpointConditions{Ready: &r}})
+	}
+	return []*discoveryv1.EndpointSlice{s}
+}
+
+func TestChooseClusters(t *testing.T) {
+	clusters := cache.NewStore(cache.MetaNamespaceKeyFunc)
+	for id, region := range map[string]string{"a": "eu", "b": "us", "c": "eu", "d": "us"} {
+		clusters.Add(&brokerv1.Cluster{ObjectMeta: metav1.ObjectMeta{Name: id, Namespace: "ns"}, Spec: brokerv1.ClusterSpec{ClusterID: id, Region: region}})
+	}
+	a := &Agent{cfg: Config{ClusterID: "a", Region: "eu", BrokerNamespace: "ns"}, clusters: clusters}
+	tests := []struct {
+		name      string
+		byCluster map[string][]*discoveryv1.EndpointSlice
+		policy    string
+		want      []string
+	}{
+		{"local ready stays local", map[string][]*discoveryv1.EndpointSlice{"a": slicesWith(true), "b": slicesWith(true), "c": slicesWith(true)}, LocalityLocal, []string{"a"}},
+		{"one ready local endpoint is enough", map[string][]*discoveryv1.EndpointSlice{"a": slicesWith(false, true), "c": slicesWith(true)}, LocalityLocal, []string{"a"}},
+		{"none local: same region first", map[string][]*discoveryv1.EndpointSlice{"a": slicesWith(false), "b": slicesWith(true), "c": slicesWith(true)}, LocalityLocal, []string{"c"}},
+		{"same region not ready: other regions", map[string][]*discoveryv1.EndpointSlice{"a": nil, "b": slicesWith(true), "c": slicesWith(false), "d": slicesWith(true)}, LocalityLocal, []string{"b", "d"}},
+		{"no local export at all", map[string][]*discoveryv1.EndpointSlice{"b": slicesWith(true), "c": slicesWith(true)}, LocalityLocal, []string{"c"}},
+		{"nothing ready anywhere: keep all", map[string][]*discoveryv1.EndpointSlice{"a": slicesWith(false), "b": slicesWith(false)}, LocalityLocal, []string{"a", "b"}},
+		{"spread", map[string][]*discoveryv1.EndpointSlice{"a": slicesWith(true), "b": slicesWith(true)}, LocalitySpread, []string{"a", "b"}},
+		{"remote-first", map[string][]*discoveryv1.EndpointSlice{"a": slicesWith(true), "b": slicesWith(true), "c": slicesWith(true)}, LocalityRemoteFirst, []string{"c"}},
+		{"remote-first falls back to local", map[string][]*discoveryv1.EndpointSlice{"a": slicesWith(true), "b": slicesWith(false)}, LocalityRemoteFirst, []string{"a"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := a.chooseClusters(tt.byCluster, tt.policy); !slices.Equal(got, tt.want) {
+				t.Errorf("chooseClusters = %v, want %v", got, tt.want)
+			}
+		})
+	}
+}
+
+func TestLocalityOf(t *testing.T) {
+	exp := func(cluster, policy string) *brokerv1.ExportedService {
+		e := &brokerv1.ExportedService{Spec: brokerv1.ExportedServiceSpec{SourceCluster: cluster}}
+		if policy != "" {
+			e.Annotations = map[string]string{AnnotationLocality: policy}
+		}
+		return e
+	}
+	for _, tt := range []struct {
+		exports []*brokerv1.ExportedService
+		want    string
+	}{
+		{[]*brokerv1.ExportedService{exp("a", "spread"), exp("b", "")}, LocalitySpread},
+		{[]*brokerv1.ExportedService{exp("a", ""), exp("b", "spread")}, LocalityLocal}, // the winner's policy counts
+		{[]*brokerv1.ExportedService{exp("a", "nonsense")}, LocalityLocal},
+		{[]*brokerv1.ExportedService{exp("a", "remote-first")}, LocalityRemoteFirst},
+	} {
+		if got := localityOf(tt.exports, "a"); got != tt.want {
+			t.Errorf("localityOf(%v) = %q, want %q", tt.exports[0].Annotations, got, tt.want)
+		}
+	}
+}
+
+// TestMassWithdrawalGuard: an empty broker view is not believed at once
+// while this cluster holds several imports; it is after WithdrawAfter, and
+// any export on the broker ends the suspicion.
+func TestMassWithdrawalGuard(t *testing.T) {
+	imports := cache.NewIndexer(cache.MetaNamespaceKeyFunc, cache.Indexers{})
+	exports := cache.NewIndexer(cache.MetaNamespaceKeyFunc, cache.Indexers{byService: serviceIndex})
+	a := &Agent{cfg: Config{WithdrawAfter: time.Minute}, brokerExports: exports, serviceImports: mcslisters.NewServiceImportLister(imports)}
+
+	imports.Add(&mcsv1beta1.ServiceImport{ObjectMeta: metav1.ObjectMeta{Name: "one", Namespace: "x"}})
+	if a.brokerViewSuspect() {
+		t.Error("one import: an empty broker is believed")
+	}
+	for _, n := range []string{"two", "three"} {
+		imports.Add(&mcsv1beta1.ServiceImport{ObjectMeta: metav1.ObjectMeta{Name: n, Namespace: "x"}})
+	}
+	if !a.brokerViewSuspect() {
+		t.Error("three imports and an empty broker: not suspected")
+	}
+	long := time.Now().Add(-2 * time.Minute)
+	a.emptySince.Store(&long)
+	if a.brokerViewSuspect() {
+		t.Error("empty for longer than WithdrawAfter: still suspected")
+	}
+	exports.Add(&brokerv1.ExportedService{ObjectMeta: metav1.ObjectMeta{Name: "e", Namespace: "b"}})
+	if a.brokerViewSuspect() || a.emptySince.Load() != nil {
+		t.Error("an export on the broker: still suspected")
+	}
+}
+
+func TestNames(t *testing.T) {
+	if got := derivedServiceName("web"); len(got) != len("derived-")+10 || got != derivedServiceName("web") || got == derivedServiceName("api") {
+		t.Errorf("derivedServiceName: %q", got)
+	}
+	long := string(make([]byte, 300))
+	if n := brokerSliceName("a", "b", long); len(n) > 253 {
+		t.Errorf("broker slice name of %d characters", len(n))
+	}
+	if importSliceName("web", "east", discoveryv1.AddressTypeIPv6) != "web-east-ipv6" {
+		t.Error("importSliceName")
+	}
+}
