@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"crypto/rand"
-	"errors"
 	"flag"
 	"fmt"
 	"log/slog"
@@ -11,18 +10,14 @@ import (
 	"strings"
 	"time"
 
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/rest"
-	"k8s.io/client-go/tools/clientcmd"
 	mcsclient "sigs.k8s.io/mcs-api/pkg/client/clientset/versioned"
 
 	"github.com/isthmus-dev/isthmus/cmd/internal/kube"
 	"github.com/isthmus-dev/isthmus/cmd/internal/serve"
-	"github.com/isthmus-dev/isthmus/cmd/internal/setup"
+	"github.com/isthmus-dev/isthmus/mcs/setup"
 	"github.com/isthmus-dev/isthmus/mcs/agent"
-	brokerv1 "github.com/isthmus-dev/isthmus/mcs/api/v1alpha1"
 )
 
 // version is stamped at build time with -ldflags "-X main.version=...".
@@ -72,7 +67,7 @@ func runAgent(ctx context.Context, args []string, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	brokerCfg, ns, err := brokerConfig(ctx, local, *brokerKubeconfig)
+	brokerCfg, ns, err := setup.BrokerConfig(ctx, local, *brokerKubeconfig)
 	if err != nil {
 		return err
 	}
@@ -114,39 +109,6 @@ func runAgent(ctx context.Context, args []string, log *slog.Logger) error {
 		err = <-errs
 	}
 	return err
-}
-
-// brokerConfig loads the broker credential: a kubeconfig file if given,
-// else the Secret join stored in this cluster. It returns the namespace the
-// credential names, or the default.
-func brokerConfig(ctx context.Context, local kubernetes.Interface, path string) (*rest.Config, string, error) {
-	var raw clientcmd.ClientConfig
-	if path != "" {
-		rules := &clientcmd.ClientConfigLoadingRules{ExplicitPath: path}
-		raw = clientcmd.NewNonInteractiveDeferredLoadingClientConfig(rules, &clientcmd.ConfigOverrides{})
-	} else {
-		s, err := local.CoreV1().Secrets(setup.MemberNamespace).Get(ctx, setup.BrokerSecret, metav1.GetOptions{})
-		if err != nil {
-			return nil, "", fmt.Errorf("reading the broker credential from Secret %s/%s (run isthmusctl join, or pass --broker-kubeconfig): %w",
-				setup.MemberNamespace, setup.BrokerSecret, err)
-		}
-		data := s.Data[setup.BrokerSecretKey]
-		if len(data) == 0 {
-			return nil, "", errors.New("the broker Secret holds no kubeconfig: run isthmusctl join again")
-		}
-		if raw, err = clientcmd.NewClientConfigFromBytes(data); err != nil {
-			return nil, "", fmt.Errorf("parsing the broker kubeconfig: %w", err)
-		}
-	}
-	cfg, err := raw.ClientConfig()
-	if err != nil {
-		return nil, "", fmt.Errorf("loading the broker kubeconfig: %w", err)
-	}
-	ns, _, err := raw.Namespace()
-	if err != nil || ns == "" || ns == metav1.NamespaceDefault {
-		ns = brokerv1.DefaultBrokerNamespace
-	}
-	return cfg, ns, nil
 }
 
 // identity names this replica in the leader election: the host (the pod's

@@ -16,7 +16,7 @@ import (
 	"time"
 
 	"github.com/isthmus-dev/isthmus/cmd/internal/kube"
-	"github.com/isthmus-dev/isthmus/cmd/internal/setup"
+	"github.com/isthmus-dev/isthmus/mcs/setup"
 	brokerv1 "github.com/isthmus-dev/isthmus/mcs/api/v1alpha1"
 )
 

@@ -323,3 +323,37 @@ func jwtExpiry(token string) (time.Time, bool) {
 	}
 	return time.Unix(claims.Exp, 0), true
 }
+
+// BrokerConfig loads the broker credential: a kubeconfig file if given,
+// else the Secret join stored in this cluster. It returns the namespace the
+// credential names, or the default.
+func BrokerConfig(ctx context.Context, local kubernetes.Interface, path string) (*rest.Config, string, error) {
+	var raw clientcmd.ClientConfig
+	if path != "" {
+		rules := &clientcmd.ClientConfigLoadingRules{ExplicitPath: path}
+		raw = clientcmd.NewNonInteractiveDeferredLoadingClientConfig(rules, &clientcmd.ConfigOverrides{})
+	} else {
+		s, err := local.CoreV1().Secrets(MemberNamespace).Get(ctx, BrokerSecret, metav1.GetOptions{})
+		if err != nil {
+			return nil, "", fmt.Errorf("reading the broker credential from Secret %s/%s (run isthmusctl join, or pass --broker-kubeconfig): %w",
+				MemberNamespace, BrokerSecret, err)
+		}
+		data := s.Data[BrokerSecretKey]
+		if len(data) == 0 {
+			return nil, "", errors.New("the broker Secret holds no kubeconfig: run isthmusctl join again")
+		}
+		if raw, err = clientcmd.NewClientConfigFromBytes(data); err != nil {
+			return nil, "", fmt.Errorf("parsing the broker kubeconfig: %w", err)
+		}
+	}
+	cfg, err := raw.ClientConfig()
+	if err != nil {
+		return nil, "", fmt.Errorf("loading the broker kubeconfig: %w", err)
+	}
+	ns, _, err := raw.Namespace()
+	if err != nil || ns == "" || ns == metav1.NamespaceDefault {
+		ns = brokerv1.DefaultBrokerNamespace
+	}
+	return cfg, ns, nil
+}
+

@@ -1,0 +1,362 @@
+// Command mcslatency measures how fast the MCS agent carries a change from
+// one member cluster to another, against the floor measured in the same
+// run on the same apiservers: a bare client-go write in cluster A relayed
+// through two watch hops (A -> broker -> B) by the simplest possible
+// relays. It starts its own clusterset (test/cluster: real apiservers,
+// etcd, controller managers and KWOK), installs the broker, joins two
+// members with their own identities and runs their agents in process.
+//
+//	go run ./bench/mcslatency -samples 200
+//
+// It prints p50/p99 of each measurement and the ratio to the floor.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"runtime"
+	"slices"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/cache"
+	mcsv1beta1 "sigs.k8s.io/mcs-api/pkg/apis/v1beta1"
+	mcsclient "sigs.k8s.io/mcs-api/pkg/client/clientset/versioned"
+	mcsinformers "sigs.k8s.io/mcs-api/pkg/client/informers/externalversions"
+
+	"github.com/isthmus-dev/isthmus/mcs/agent"
+	brokerv1 "github.com/isthmus-dev/isthmus/mcs/api/v1alpha1"
+	"github.com/isthmus-dev/isthmus/mcs/setup"
+	"github.com/isthmus-dev/isthmus/test/cluster"
+)
+
+const ns = "bench"
+
+func main() {
+	samples := flag.Int("samples", 200, "samples per measurement")
+	flag.Parse()
+	if err := run(*samples); err != nil {
+		fmt.Fprintln(os.Stderr, "mcslatency:", err)
+		os.Exit(1)
+	}
+}
+
+func run(samples int) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
+	defer cancel()
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	cs, err := cluster.New(ctx, cluster.Options{Broker: true, Members: 2, Log: log})
+	if err != nil {
+		return err
+	}
+	defer cs.Stop()
+	a, b := cs.Members[0], cs.Members[1]
+	if err := joinAndRun(ctx, cs, log); err != nil {
+		return err
+	}
+	for _, m := range cs.Members {
+		if _, err := m.Client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {
+			return err
+		}
+	}
+
+	floor, err := measureFloor(ctx, cs, samples)
+	if err != nil {
+		return fmt.Errorf("floor: %w", err)
+	}
+	cpu0 := cpuTime()
+	exports, err := measureExports(ctx, a, b, samples)
+	if err != nil {
+		return fmt.Errorf("export-to-imported: %w", err)
+	}
+	endpoints, err := measureEndpoints(ctx, a, b, samples)
+	if err != nil {
+		return fmt.Errorf("endpoint-change-to-imported: %w", err)
+	}
+	cpu := cpuTime() - cpu0
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+
+	fmt.Printf("conditions: %d samples each, sequential; broker + 2 members on loopback (real kube-apiserver %s, etcd, KWOK), 2 agents in this process; %d CPUs\n",
+		samples, "v1.37.2", runtime.NumCPU())
+	fmt.Printf("| measurement | p50 | p99 | p50 / floor p50 | p99 / floor p99 |\n|---|---|---|---|---|\n")
+	row := func(name string, d []time.Duration) {
+		fmt.Printf("| %s | %v | %v | %.2f | %.2f |\n", name, pct(d, 50), pct(d, 99),
+			float64(pct(d, 50))/float64(pct(floor, 50)), float64(pct(d, 99))/float64(pct(floor, 99)))
+	}
+	row("floor: bare write, two watch hops (A -> broker -> B)", floor)
+	row("export-to-imported (ServiceExport in A -> ServiceImport in B)", exports)
+	row("endpoint-change-to-imported (EndpointSlice in A -> MCS slice in B)", endpoints)
+	fmt.Printf("process CPU during the agent measurements: %v (both agents, the clients and the watches); Go heap in use at the end: %d MiB\n",
+		cpu.Round(time.Millisecond), ms.HeapInuse>>20)
+	return nil
+}
+
+// joinAndRun installs the broker, joins the members as "a" and "b" and
+// runs their agents, each with its own broker credential.
+func joinAndRun(ctx context.Context, cs *cluster.Clusterset, log *slog.Logger) error {
+	hub, err := setup.NewClients(cs.Broker.Config)
+	if err != nil {
+		return err
+	}
+	if err := setup.InstallBroker(ctx, hub, setup.BrokerOptions{}, io.Discard); err != nil {
+		return err
+	}
+	for i, m := range cs.Members {
+		id := string(rune('a' + i))
+		member, err := setup.NewClients(m.Config)
+		if err != nil {
+			return err
+		}
+		if _, err := setup.Join(ctx, hub, member, setup.JoinOptions{ClusterID: id}, io.Discard); err != nil {
+			return err
+		}
+		brokerCfg, brokerNS, err := setup.BrokerConfig(ctx, member.Kube, "")
+		if err != nil {
+			return err
+		}
+		broker, err := kubernetes.NewForConfig(brokerCfg)
+		if err != nil {
+			return err
+		}
+		brokerDyn, err := dynamic.NewForConfig(brokerCfg)
+		if err != nil {
+			return err
+		}
+		localMCS, err := mcsclient.NewForConfig(m.Config)
+		if err != nil {
+			return err
+		}
+		ag, err := agent.New(agent.Config{ClusterID: id, BrokerNamespace: brokerNS,
+			Local: member.Kube, LocalMCS: localMCS, Broker: broker, BrokerDynamic: brokerDyn,
+			Log: log, Registry: prometheus.NewRegistry()})
+		if err != nil {
+			return err
+		}
+		go func() {
+			if err := ag.Run(ctx); err != nil {
+				log.Error("agent stopped", "cluster", id, "err", err)
+			}
+		}()
+		for ag.Ready() != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	return nil
+}
+
+// seen records when each name was first seen by a watch.
+type seen struct {
+	mu    sync.Mutex
+	at    map[string]time.Time
+	match func(obj any) (string, bool)
+}
+
+func newSeen(match func(obj any) (string, bool)) *seen {
+	return &seen{at: map[string]time.Time{}, match: match}
+}
+
+func (s *seen) handle(obj any) {
+	if key, ok := s.match(obj); ok {
+		s.mu.Lock()
+		if _, dup := s.at[key]; !dup {
+			s.at[key] = time.Now()
+		}
+		s.mu.Unlock()
+	}
+}
+
+func (s *seen) handlers() cache.ResourceEventHandlerFuncs {
+	return cache.ResourceEventHandlerFuncs{AddFunc: s.handle, UpdateFunc: func(_, o any) { s.handle(o) }}
+}
+
+// wait returns when key was seen, polling the record.
+func (s *seen) wait(ctx context.Context, key string) (time.Time, error) {
+	for {
+		s.mu.Lock()
+		t, ok := s.at[key]
+		s.mu.Unlock()
+		if ok {
+			return t, nil
+		}
+		select {
+		case <-ctx.Done():
+			return time.Time{}, fmt.Errorf("waiting for %s: %w", key, ctx.Err())
+		case <-time.After(200 * time.Microsecond):
+		}
+	}
+}
+
+// measureFloor relays ConfigMaps A -> broker -> B with one watch and one
+// write per hop, the least any controller could do.
+func measureFloor(ctx context.Context, cs *cluster.Clusterset, samples int) ([]time.Duration, error) {
+	a, hub, b := cs.Members[0].Client, cs.Broker.Client, cs.Members[1].Client
+	relay := func(from kubernetes.Interface, fromNS string, to kubernetes.Interface, toNS string) {
+		f := informers.NewSharedInformerFactoryWithOptions(from, 0, informers.WithNamespace(fromNS))
+		inf := f.Core().V1().ConfigMaps().Informer()
+		inf.AddEventHandler(cache.ResourceEventHandlerFuncs{AddFunc: func(o any) {
+			cm := o.(*corev1.ConfigMap)
+			if cm.Labels["floor"] != "yes" {
+				return
+			}
+			_, _ = to.CoreV1().ConfigMaps(toNS).Create(ctx, &corev1.ConfigMap{
+				ObjectMeta: metav1.ObjectMeta{Name: cm.Name, Labels: cm.Labels}, Data: cm.Data}, metav1.CreateOptions{})
+		}})
+		f.Start(ctx.Done())
+		f.WaitForCacheSync(ctx.Done())
+	}
+	relay(a, ns, hub, brokerv1.DefaultBrokerNamespace)
+	relay(hub, brokerv1.DefaultBrokerNamespace, b, ns)
+	s := newSeen(func(o any) (string, bool) { return o.(*corev1.ConfigMap).Name, o.(*corev1.ConfigMap).Labels["floor"] == "yes" })
+	f := informers.NewSharedInformerFactoryWithOptions(b, 0, informers.WithNamespace(ns))
+	f.Core().V1().ConfigMaps().Informer().AddEventHandler(s.handlers())
+	f.Start(ctx.Done())
+	f.WaitForCacheSync(ctx.Done())
+
+	var out []time.Duration
+	for i := range samples {
+		name := fmt.Sprintf("floor-%d", i)
+		start := time.Now()
+		if _, err := a.CoreV1().ConfigMaps(ns).Create(ctx, &corev1.ConfigMap{
+			ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{"floor": "yes"}}}, metav1.CreateOptions{}); err != nil {
+			return nil, err
+		}
+		t, err := s.wait(ctx, name)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, t.Sub(start))
+	}
+	return out, nil
+}
+
+// measureExports times ServiceExport creation in A until the ServiceImport
+// appears in B, for Services that already exist.
+func measureExports(ctx context.Context, a, b *cluster.Cluster, samples int) ([]time.Duration, error) {
+	mcsA, err := mcsclient.NewForConfig(a.Config)
+	if err != nil {
+		return nil, err
+	}
+	mcsB, err := mcsclient.NewForConfig(b.Config)
+	if err != nil {
+		return nil, err
+	}
+	s := newSeen(func(o any) (string, bool) { return o.(*mcsv1beta1.ServiceImport).Name, true })
+	f := mcsinformers.NewSharedInformerFactoryWithOptions(mcsB, 0, mcsinformers.WithNamespace(ns))
+	f.Multicluster().V1beta1().ServiceImports().Informer().AddEventHandler(s.handlers())
+	f.Start(ctx.Done())
+	f.WaitForCacheSync(ctx.Done())
+	var out []time.Duration
+	for i := range samples {
+		name := fmt.Sprintf("svc-%d", i)
+		if _, err := a.Client.CoreV1().Services(ns).Create(ctx, &corev1.Service{
+			ObjectMeta: metav1.ObjectMeta{Name: name},
+			Spec:       corev1.ServiceSpec{Ports: []corev1.ServicePort{{Name: "http", Port: 80}}},
+		}, metav1.CreateOptions{}); err != nil {
+			return nil, err
+		}
+		start := time.Now()
+		if _, err := mcsA.MulticlusterV1beta1().ServiceExports(ns).Create(ctx, &mcsv1beta1.ServiceExport{
+			ObjectMeta: metav1.ObjectMeta{Name: name}}, metav1.CreateOptions{}); err != nil {
+			return nil, err
+		}
+		t, err := s.wait(ctx, name)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, t.Sub(start))
+	}
+	return out, nil
+}
+
+// measureEndpoints changes the address in a hand-written EndpointSlice of
+// an exported selector-less Service in A and times until B's MCS slice
+// lists the new address.
+func measureEndpoints(ctx context.Context, a, b *cluster.Cluster, samples int) ([]time.Duration, error) {
+	mcsA, err := mcsclient.NewForConfig(a.Config)
+	if err != nil {
+		return nil, err
+	}
+	const svc = "endpoints"
+	if _, err := a.Client.CoreV1().Services(ns).Create(ctx, &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Name: svc},
+		Spec:       corev1.ServiceSpec{Ports: []corev1.ServicePort{{Name: "http", Port: 80}}},
+	}, metav1.CreateOptions{}); err != nil {
+		return nil, err
+	}
+	port, pname, ready := int32(8080), "http", true
+	slice := &discoveryv1.EndpointSlice{
+		ObjectMeta: metav1.ObjectMeta{Name: svc + "-bench", Labels: map[string]string{
+			discoveryv1.LabelServiceName: svc, discoveryv1.LabelManagedBy: "bench.isthmus.dev"}},
+		AddressType: discoveryv1.AddressTypeIPv4,
+		Endpoints:   []discoveryv1.Endpoint{{Addresses: []string{"10.241.100.0"}, Conditions: discoveryv1.EndpointConditions{Ready: &ready}}},
+		Ports:       []discoveryv1.EndpointPort{{Name: &pname, Port: &port}},
+	}
+	created, err := a.Client.DiscoveryV1().EndpointSlices(ns).Create(ctx, slice, metav1.CreateOptions{})
+	if err != nil {
+		return nil, err
+	}
+	if _, err := mcsA.MulticlusterV1beta1().ServiceExports(ns).Create(ctx, &mcsv1beta1.ServiceExport{
+		ObjectMeta: metav1.ObjectMeta{Name: svc}}, metav1.CreateOptions{}); err != nil {
+		return nil, err
+	}
+	s := newSeen(func(o any) (string, bool) {
+		es := o.(*discoveryv1.EndpointSlice)
+		if es.Labels[mcsv1beta1.LabelServiceName] != svc || len(es.Endpoints) == 0 || len(es.Endpoints[0].Addresses) == 0 {
+			return "", false
+		}
+		return es.Endpoints[0].Addresses[0], true
+	})
+	f := informers.NewSharedInformerFactoryWithOptions(b.Client, 0, informers.WithNamespace(ns))
+	f.Discovery().V1().EndpointSlices().Informer().AddEventHandler(s.handlers())
+	f.Start(ctx.Done())
+	f.WaitForCacheSync(ctx.Done())
+	if _, err := s.wait(ctx, "10.241.100.0"); err != nil {
+		return nil, err
+	}
+	var out []time.Duration
+	for i := range samples {
+		addr := fmt.Sprintf("10.241.%d.%d", 101+i/250, 1+i%250)
+		created.Endpoints[0].Addresses = []string{addr}
+		start := time.Now()
+		updated, err := a.Client.DiscoveryV1().EndpointSlices(ns).Update(ctx, created, metav1.UpdateOptions{})
+		if err != nil {
+			return nil, err
+		}
+		created = updated
+		t, err := s.wait(ctx, addr)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, t.Sub(start))
+	}
+	return out, nil
+}
+
+func pct(d []time.Duration, p int) time.Duration {
+	s := slices.Clone(d)
+	slices.Sort(s)
+	i := (len(s)*p+99)/100 - 1
+	return s[max(i, 0)].Round(10 * time.Microsecond)
+}
+
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
