@@ -222,7 +222,9 @@ func measureFloor(ctx context.Context, cs *cluster.Clusterset, samples int) ([]t
 	}
 	relay(a, ns, hub, brokerv1.DefaultBrokerNamespace)
 	relay(hub, brokerv1.DefaultBrokerNamespace, b, ns)
-	s := newSeen(func(o any) (string, bool) { return o.(*corev1.ConfigMap).Name, o.(*corev1.ConfigMap).Labels["floor"] == "yes" })
+	s := newSeen(func(o any) (string, bool) {
+		return o.(*corev1.ConfigMap).Name, o.(*corev1.ConfigMap).Labels["floor"] == "yes"
+	})
 	f := informers.NewSharedInformerFactoryWithOptions(b, 0, informers.WithNamespace(ns))
 	f.Core().V1().ConfigMaps().Informer().AddEventHandler(s.handlers())
 	f.Start(ctx.Done())

@@ -16,8 +16,8 @@ import (
 
 	"github.com/isthmus-dev/isthmus/cmd/internal/kube"
 	"github.com/isthmus-dev/isthmus/cmd/internal/serve"
-	"github.com/isthmus-dev/isthmus/mcs/setup"
 	"github.com/isthmus-dev/isthmus/mcs/agent"
+	"github.com/isthmus-dev/isthmus/mcs/setup"
 )
 
 // version is stamped at build time with -ldflags "-X main.version=...".

@@ -16,8 +16,8 @@ import (
 	"time"
 
 	"github.com/isthmus-dev/isthmus/cmd/internal/kube"
-	"github.com/isthmus-dev/isthmus/mcs/setup"
 	brokerv1 "github.com/isthmus-dev/isthmus/mcs/api/v1alpha1"
+	"github.com/isthmus-dev/isthmus/mcs/setup"
 )
 
 const usage = `isthmusctl operates an Isthmus clusterset.

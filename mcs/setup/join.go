@@ -356,4 +356,3 @@ func BrokerConfig(ctx context.Context, local kubernetes.Interface, path string) 
 	}
 	return cfg, ns, nil
 }
-
