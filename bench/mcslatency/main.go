@@ -127,6 +127,8 @@ func joinAndRun(ctx context.Context, cs *cluster.Clusterset, log *slog.Logger) e
 		if err != nil {
 			return err
 		}
+		// As `isthmus agent` does by default (--kube-api-qps, --kube-api-burst).
+		brokerCfg.QPS, brokerCfg.Burst = 50, 100
 		broker, err := kubernetes.NewForConfig(brokerCfg)
 		if err != nil {
 			return err

@@ -38,6 +38,8 @@ func runAgent(ctx context.Context, args []string, log *slog.Logger) error {
 	leaseDuration := fs.Duration("lease-duration", 30*time.Second, "validity of this cluster's heartbeat; a peer silent this long is unhealthy")
 	withdrawAfter := fs.Duration("withdraw-after", 5*time.Minute, "how long a peer may be silent before its exports leave this cluster's imports")
 	metricsAddr := fs.String("metrics-addr", "127.0.0.1:9470", "address for /metrics, /healthz and /readyz (empty: none)")
+	qps := fs.Float64("kube-api-qps", 50, "requests per second to each apiserver (client-go's default of 5 throttles a clusterset)")
+	burst := fs.Int("kube-api-burst", 100, "request burst to each apiserver")
 	leaderElect := fs.Bool("leader-elect", true, "elect one writing leader among the agent's replicas")
 	leaderNamespace := fs.String("leader-elect-namespace", setup.MemberNamespace, "namespace of this cluster holding the election Lease")
 	if err := fs.Parse(args); err != nil {
@@ -51,6 +53,7 @@ func runAgent(ctx context.Context, args []string, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	localCfg.QPS, localCfg.Burst = float32(*qps), *burst
 	local, err := kubernetes.NewForConfig(localCfg)
 	if err != nil {
 		return fmt.Errorf("making the local client: %w", err)
@@ -74,6 +77,7 @@ func runAgent(ctx context.Context, args []string, log *slog.Logger) error {
 	if *brokerNamespace != "" {
 		ns = *brokerNamespace
 	}
+	brokerCfg.QPS, brokerCfg.Burst = float32(*qps), *burst
 	broker, err := kubernetes.NewForConfig(brokerCfg)
 	if err != nil {
 		return fmt.Errorf("making the broker client: %w", err)
