@@ -66,30 +66,56 @@ func (h *Handler) Respond(dst, req []byte, from netip.Addr, tcp bool) []byte {
 	return out
 }
 
-// ServeDNS answers a request miekg/dns (or CoreDNS) has parsed.
+// ServeDNS answers a request miekg/dns has parsed (the daemon's TCP path).
 func (h *Handler) ServeDNS(w dns.ResponseWriter, r *dns.Msg) {
+	bp := h.bufs.Get().(*[]byte)
+	defer h.bufs.Put(bp)
+	if out := h.AppendAnswer((*bp)[:0], r, w.RemoteAddr()); out != nil {
+		_, _ = w.Write(out)
+	}
+}
+
+// AppendAnswer appends the response to a parsed request from remote (a
+// *net.UDPAddr or *net.TCPAddr, which sets the transport) to dst; nil
+// means send nothing. CoreDNS's plugin form answers through it.
+func (h *Handler) AppendAnswer(dst []byte, r *dns.Msg, remote net.Addr) []byte {
 	start := time.Now()
 	q := new(query)
 	st := q.fromMsg(r)
 	var from netip.Addr
 	tcp := false
-	switch a := w.RemoteAddr().(type) {
+	switch a := remote.(type) {
 	case *net.UDPAddr:
 		from, _ = netip.AddrFromSlice(a.IP)
 	case *net.TCPAddr:
 		from, _ = netip.AddrFromSlice(a.IP)
 		tcp = true
 	}
-	bp := h.bufs.Get().(*[]byte)
-	defer h.bufs.Put(bp)
-	out := h.respond((*bp)[:0], q, st, from, tcp, start)
-	if out == nil {
-		return
-	}
-	_, _ = w.Write(out)
-	if h.obs != nil {
+	out := h.respond(dst, q, st, from.Unmap(), tcp, start)
+	if out != nil && h.obs != nil {
 		h.obs.Observe(q.qtype, rcodeOf(out), time.Since(start))
 	}
+	return out
+}
+
+// InZones reports whether name (presentation form) is in one of the
+// handler's zones: the plugin form passes other names on.
+func (h *Handler) InZones(name string) bool {
+	var q query
+	var buf [256]byte
+	n, err := dns.PackDomainName(name, buf[:], 0, nil, false)
+	if err != nil {
+		return false
+	}
+	if _, ok := q.parseName(buf[:n], 0); !ok {
+		return false
+	}
+	for _, z := range h.zones {
+		if inZone(q.lower[:q.nameLen], q.offs[:q.nlabels], &zone{wire: z}) >= 0 {
+			return true
+		}
+	}
+	return false
 }
 
 func (h *Handler) respond(b []byte, q *query, st status, from netip.Addr, tcp bool, now time.Time) []byte {
