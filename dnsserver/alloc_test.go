@@ -26,6 +26,8 @@ func TestRespondDoesNotAllocate(t *testing.T) {
 		{"nope.demo.svc.clusterset.local.", dns.TypeA, true},
 		{"echo.demo.svc.clusterset.local.", dns.TypeTXT, false},
 		{"example.com.", dns.TypeA, false},
+		{"db.demo.svc.clusterset.local.", dns.TypeANY, false},
+		{"EcHo.demo.svc.clusterset.local.", dns.TypeSRV, true},
 	} {
 		m := new(dns.Msg)
 		m.SetQuestion(tc.name, tc.qtype)

@@ -137,7 +137,9 @@ func (s *Source) Run(ctx context.Context) error {
 		case <-ctx.Done():
 			return nil
 		case <-s.changed:
-			s.publish()
+			if s.builder.Dirty() {
+				s.publish()
+			}
 		case <-probe.C:
 			pctx, cancel := context.WithTimeout(ctx, probeEvery)
 			if _, err := s.kube.Discovery().RESTClient().Get().AbsPath("/version").DoRaw(pctx); err == nil {

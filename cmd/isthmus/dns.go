@@ -46,7 +46,7 @@ func dnsRole(ctx context.Context, args []string, log *slog.Logger) error {
 	if fs.NArg() > 0 {
 		return fmt.Errorf("unexpected arguments %q", fs.Args())
 	}
-	if *ttl > 3600 {
+	if *ttl == 0 || *ttl > 3600 {
 		return fmt.Errorf("--ttl %d: must be 1-3600", *ttl)
 	}
 	var addrs []netip.Addr

@@ -25,6 +25,9 @@ import (
 func TestDNSRoleFlagErrors(t *testing.T) {
 	for _, args := range [][]string{
 		{"--ttl", "4000"},
+		{"--ttl", "0"},
+		{"--max-udp-size", "100"},
+		{"--cluster-zone", "x.clusterset.local"},
 		{"--ns-addr", "not-an-ip"},
 		{"--zone", "a..b", "--kubeconfig", "/nonexistent"},
 		{"extra-arg"},
