@@ -24,9 +24,25 @@ type Listener struct {
 
 // Listen binds addr over UDP (sockets sockets sharing the port with
 // SO_REUSEPORT, so the kernel spreads queries over that many reader
-// goroutines) and TCP. Port 0 picks one free port for both.
+// goroutines) and TCP. Port 0 picks one port free for both.
 func Listen(ctx context.Context, addr string, sockets int) (*Listener, error) {
-	sockets = max(sockets, 1)
+	_, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return nil, fmt.Errorf("listen address %q: %w", addr, err)
+	}
+	tries := 1
+	if port == "0" {
+		tries = 20 // a port free for UDP may be taken for TCP: pick another
+	}
+	for i := 1; ; i++ {
+		l, err := listen(ctx, addr, max(sockets, 1))
+		if err == nil || i >= tries {
+			return l, err
+		}
+	}
+}
+
+func listen(ctx context.Context, addr string, sockets int) (*Listener, error) {
 	lc := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
 		var serr error
 		err := c.Control(func(fd uintptr) {
