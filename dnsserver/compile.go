@@ -225,7 +225,7 @@ func compileHeadless(p *packer, s *service, owner string, units []unit) {
 		s.sub[wireKey(l)] = &node{srv: p.answer(l+owner, dns.TypeSRV, len(units), genSRV(l))}
 		s.addENT(protoLabel(l))
 	}
-	for i, u := range units {
+	for _, u := range units {
 		one := func(v6 bool) genFunc {
 			return func(sel []int, _ bool) ([]dns.RR, []dns.RR) {
 				if len(sel) == 0 {
@@ -237,7 +237,6 @@ func compileHeadless(p *packer, s *service, owner string, units []unit) {
 				return addrRRs(u.target, u.v4, ttl), nil
 			}
 		}
-		_ = i
 		host := &node{}
 		host.a = p.answer(u.target, dns.TypeA, 1, one(false))
 		host.aaaa = p.answer(u.target, dns.TypeAAAA, 1, one(true))
