@@ -10,7 +10,7 @@ export GOBIN := $(BIN)
 STATICCHECK_VERSION := v0.8.2
 CONTROLLER_GEN_VERSION := v0.23.0
 # Debian packages the tests use (`make deps` installs the missing ones).
-DEBIAN_PACKAGES := git
+DEBIAN_PACKAGES := git bind9-dnsutils
 
 .PHONY: help
 help: ## list the targets
@@ -36,12 +36,17 @@ tools: ## build the test Kubernetes binaries once per machine (first time: ~13 m
 test: deps tools ## set up everything, then run every test with the race detector
 	ISTHMUS_TOOLS_DIR="$$(bash test/tools/build.sh)" $(GO) test -race -count=1 -timeout 20m ./...
 
+.PHONY: test-coredns-plugin
+test-coredns-plugin: deps tools ## the CoreDNS plugin's own module: builds a minimal CoreDNS (first time: minutes)
+	cd dnsserver/coredns && ISTHMUS_TOOLS_DIR="$$(bash ../../test/tools/build.sh)" $(GO) test -race -count=1 -timeout 20m ./...
+
 .PHONY: lint
 lint: ## gofmt, go vet, staticcheck and generated files up to date
 	@unformatted=$$(gofmt -l $$(git ls-files '*.go')); \
 	if [ -n "$$unformatted" ]; then echo "gofmt would change:"; echo "$$unformatted"; exit 1; fi
 	$(GO) vet ./...
 	cd test/tools && $(GO) vet ./...
+	cd dnsserver/coredns && $(GO) vet ./...
 	$(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
 	$(BIN)/staticcheck ./...
 	$(MAKE) --no-print-directory generate

@@ -23,6 +23,7 @@ type role func(ctx context.Context, args []string, log *slog.Logger) error
 func roles() map[string]role {
 	return map[string]role{
 		"agent": runAgent,
+		"dns": dnsRole,
 	}
 }
 

@@ -1,0 +1,190 @@
+package dnsserver
+
+import (
+	"maps"
+	"net/netip"
+	"strings"
+	"sync"
+	"time"
+
+	discoveryv1 "k8s.io/api/discovery/v1"
+	mcsv1beta1 "sigs.k8s.io/mcs-api/pkg/apis/v1beta1"
+)
+
+type svcID struct{ ns, name string }
+
+// Builder keeps the objects the index is made of and builds Indexes,
+// recompiling only the services whose objects changed since the last
+// Build. It is safe for concurrent use.
+type Builder struct {
+	cfg     Config
+	nsAddrs []netip.Addr
+
+	mu      sync.Mutex
+	imports map[svcID]*mcsv1beta1.ServiceImport
+	slices  map[svcID]map[string]*discoveryv1.EndpointSlice
+	// sliceOwner remembers which service a slice counted for, so a slice
+	// whose service-name label changes leaves its old service.
+	sliceOwner map[svcID]svcID
+	dirty      map[svcID]bool
+	built      map[svcID]*service
+	last       *Index
+	serial     uint32
+}
+
+// NewBuilder returns a Builder for cfg. nsAddrs are the addresses the
+// server is reachable at, served as ns.dns.<zone> (the apex NS target);
+// none leaves that name without addresses.
+func NewBuilder(cfg Config, nsAddrs []netip.Addr) (*Builder, error) {
+	c, err := cfg.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	return &Builder{
+		cfg:        c,
+		nsAddrs:    nsAddrs,
+		imports:    map[svcID]*mcsv1beta1.ServiceImport{},
+		slices:     map[svcID]map[string]*discoveryv1.EndpointSlice{},
+		sliceOwner: map[svcID]svcID{},
+		dirty:      map[svcID]bool{},
+		built:      map[svcID]*service{},
+	}, nil
+}
+
+// Config is the Builder's configuration with defaults filled in.
+func (b *Builder) Config() Config { return b.cfg }
+
+// SetImport adds or replaces a ServiceImport.
+func (b *Builder) SetImport(si *mcsv1beta1.ServiceImport) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	id := svcID{si.Namespace, si.Name}
+	b.imports[id] = si
+	b.dirty[id] = true
+}
+
+// DeleteImport removes a ServiceImport.
+func (b *Builder) DeleteImport(namespace, name string) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	id := svcID{namespace, name}
+	delete(b.imports, id)
+	b.dirty[id] = true
+}
+
+// SetSlice adds or replaces an MCS EndpointSlice; it counts for the
+// service its multicluster.kubernetes.io/service-name label names.
+func (b *Builder) SetSlice(es *discoveryv1.EndpointSlice) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	key := svcID{es.Namespace, es.Name}
+	b.removeSlice(key)
+	svc := es.Labels[mcsv1beta1.LabelServiceName]
+	if svc == "" {
+		return
+	}
+	id := svcID{es.Namespace, svc}
+	if b.slices[id] == nil {
+		b.slices[id] = map[string]*discoveryv1.EndpointSlice{}
+	}
+	b.slices[id][es.Name] = es
+	b.sliceOwner[key] = id
+	b.dirty[id] = true
+}
+
+// DeleteSlice removes an EndpointSlice.
+func (b *Builder) DeleteSlice(namespace, name string) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.removeSlice(svcID{namespace, name})
+}
+
+func (b *Builder) removeSlice(key svcID) {
+	id, ok := b.sliceOwner[key]
+	if !ok {
+		return
+	}
+	delete(b.sliceOwner, key)
+	delete(b.slices[id], key.name)
+	if len(b.slices[id]) == 0 {
+		delete(b.slices, id)
+	}
+	b.dirty[id] = true
+}
+
+// Dirty reports whether objects changed since the last Build.
+func (b *Builder) Dirty() bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return len(b.dirty) > 0 || b.last == nil
+}
+
+// Build returns an Index of the current objects. Services whose objects
+// did not change keep their packed answers from the previous Index.
+func (b *Builder) Build() *Index {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.last != nil && len(b.dirty) == 0 {
+		return b.last
+	}
+	// The serial follows the clock so that it also grows across restarts;
+	// it grows by at least one per change.
+	b.serial = max(b.serial+1, uint32(time.Now().Unix()))
+	ix := &Index{cfg: &b.cfg, serial: b.serial}
+	if b.last != nil {
+		ix.services = maps.Clone(b.last.services)
+		ix.namespaces = maps.Clone(b.last.namespaces)
+		ix.clusterIDs = maps.Clone(b.last.clusterIDs)
+		ix.names = b.last.names
+	} else {
+		ix.services, ix.namespaces, ix.clusterIDs = map[string]*service{}, map[string]int{}, map[string]int{}
+	}
+	for id := range b.dirty {
+		ix.remove(id, b.built[id])
+		delete(b.built, id)
+		if !validName(id.name) || !validName(id.ns) || strings.Contains(id.name+id.ns, ".") {
+			continue // not a name this zone can hold
+		}
+		var slices []*discoveryv1.EndpointSlice
+		for _, es := range b.slices[id] {
+			slices = append(slices, es)
+		}
+		if s := compileService(&b.cfg, b.imports[id], slices); s != nil {
+			b.built[id] = s
+			ix.add(id, s)
+		}
+	}
+	clear(b.dirty)
+	ix.main = newZone(&b.cfg, b.cfg.Zone, b.serial, b.nsAddrs, true)
+	if b.cfg.ClusterZone != "" {
+		ix.cluster = newZone(&b.cfg, b.cfg.ClusterZone, b.serial, b.nsAddrs, false)
+	}
+	b.last = ix
+	return ix
+}
+
+func (ix *Index) add(id svcID, s *service) {
+	ix.services[wireKey(id.name+"."+id.ns+".")] = s
+	ix.namespaces[wireKey(id.ns+".")]++
+	for c := range s.clusters {
+		ix.clusterIDs[c]++
+	}
+	ix.names += s.names
+}
+
+func (ix *Index) remove(id svcID, s *service) {
+	if s == nil {
+		return
+	}
+	delete(ix.services, wireKey(id.name+"."+id.ns+"."))
+	ns := wireKey(id.ns + ".")
+	if ix.namespaces[ns]--; ix.namespaces[ns] <= 0 {
+		delete(ix.namespaces, ns)
+	}
+	for c := range s.clusters {
+		if ix.clusterIDs[c]--; ix.clusterIDs[c] <= 0 {
+			delete(ix.clusterIDs, c)
+		}
+	}
+	ix.names -= s.names
+}
