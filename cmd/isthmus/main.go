@@ -21,7 +21,9 @@ type role func(ctx context.Context, args []string, log *slog.Logger) error
 
 // roles lists the roles this binary runs. Each lives in its own file.
 func roles() map[string]role {
-	return map[string]role{}
+	return map[string]role{
+		"tunnel": tunnelRole,
+	}
 }
 
 func main() {
