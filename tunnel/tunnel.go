@@ -239,12 +239,40 @@ func (t *Tunnel) Run(ctx context.Context) (err error) {
 			}
 			do()
 		case <-resync.C:
+			if err := t.followKey(ctx, client, dev.Name); err != nil {
+				t.log.Error("following the key Secret", "err", err)
+			}
 			do()
 		case <-probes.C:
 			t.probeAll()
 			status.maybeWrite(ctx, t)
 		}
 	}
+}
+
+// followKey re-reads the key Secret and, when it holds another key (a
+// rotation), puts that key on the device and publishes its public half.
+// Peers follow through the broker: their next reconcile adds a peer with
+// the new key, which takes over the allowed IPs, and removes the old one.
+func (t *Tunnel) followKey(ctx context.Context, client wgClient, dev string) error {
+	key, err := LoadOrCreateKey(ctx, t.local, t.cfg.KeyNamespace, t.cfg.KeySecret)
+	if err != nil {
+		return err
+	}
+	t.mu.Lock()
+	old := t.pub
+	t.mu.Unlock()
+	if key.PublicKey() == old {
+		return nil
+	}
+	if err := client.ConfigureDevice(dev, wgtypes.Config{PrivateKey: &key}); err != nil {
+		return fmt.Errorf("putting the rotated key on %s: %w", dev, err)
+	}
+	t.mu.Lock()
+	t.pub = key.PublicKey()
+	t.mu.Unlock()
+	t.log.Info("WireGuard key rotated", "old", old.String(), "new", key.PublicKey().String())
+	return t.publishSpec(ctx)
 }
 
 // echoState is the running echo server and the address it serves.
