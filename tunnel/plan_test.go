@@ -216,3 +216,17 @@ func FuzzPlan(f *testing.F) {
 		}
 	})
 }
+
+func TestJoinCapped(t *testing.T) {
+	var items []string
+	for i := range 25 {
+		items = append(items, strings.Repeat("x", i+1))
+	}
+	got := joinCapped(items)
+	if !strings.HasSuffix(got, "; and 5 more (see isthmus_tunnel_peer_state)") || strings.Count(got, ";") != 20 {
+		t.Errorf("joinCapped = %q", got)
+	}
+	if got := joinCapped(items[:2]); got != "x; xx" {
+		t.Errorf("joinCapped = %q", got)
+	}
+}

@@ -146,17 +146,28 @@ func (t *Tunnel) conditions() []metav1.Condition {
 	switch {
 	case len(down) > 0:
 		connected.Status, connected.Reason = metav1.ConditionFalse, "PeersNotConnected"
-		connected.Message = strings.Join(down, "; ")
+		connected.Message = joinCapped(down)
 	case len(up) == 0:
 		connected.Reason, connected.Message = "NoPeers", "no remote cluster is peered"
 	default:
-		connected.Message = "connected to " + strings.Join(up, ", ")
+		connected.Message = fmt.Sprintf("connected to %d clusters: %s", len(up), joinCapped(up))
 	}
 	if len(bad) > 0 {
 		conflict.Status, conflict.Reason = metav1.ConditionTrue, strings.Join(kinds, "And")
-		conflict.Message = strings.Join(bad, "; ")
+		conflict.Message = joinCapped(bad)
 	}
 	return []metav1.Condition{ready, connected, conflict}
+}
+
+// maxListed caps how many clusters a condition message names, so a large
+// clusterset stays well inside the API's 32 KiB message limit.
+const maxListed = 20
+
+func joinCapped(items []string) string {
+	if len(items) <= maxListed {
+		return strings.Join(items, "; ")
+	}
+	return fmt.Sprintf("%s; and %d more (see isthmus_tunnel_peer_state)", strings.Join(items[:maxListed], "; "), len(items)-maxListed)
 }
 
 func implementationReason(d *Device) string {

@@ -176,7 +176,7 @@ func TestHealthMetricsAndReadiness(t *testing.T) {
 			return err
 		}
 		cond := condition(rec, "TunnelPeersConnected")
-		if cond == nil || cond.Status != "True" || !strings.Contains(cond.Message, "tnl-b, tnl-c") {
+		if cond == nil || cond.Status != "True" || !strings.Contains(cond.Message, "connected to 2 clusters: tnl-b; tnl-c") {
 			return fmt.Errorf("TunnelPeersConnected is %+v", cond)
 		}
 		return nil
