@@ -112,7 +112,8 @@ type Tunnel struct {
 	verdicts []Verdict
 	notReady error
 
-	seq atomic.Uint64
+	seq     atomic.Uint64
+	records recordCache // used by the reconcile loop only
 }
 
 // New returns a tunnel for cfg: broker holds the cluster records, local
@@ -213,9 +214,26 @@ func (t *Tunnel) Run(ctx context.Context) (err error) {
 	defer echo.stopFn()
 	resync := time.NewTicker(t.cfg.Resync)
 	defer resync.Stop()
-	probes := time.NewTicker(t.cfg.ProbeInterval)
-	defer probes.Stop()
-	var status statusWriter
+	// Probes run apart from the reconcile loop: a round waits up to a
+	// probe timeout for unreachable peers, and record changes must not
+	// wait for it.
+	probing := make(chan struct{})
+	go func() {
+		defer close(probing)
+		probes := time.NewTicker(t.cfg.ProbeInterval)
+		defer probes.Stop()
+		var status statusWriter
+		for {
+			select {
+			case <-infCtx.Done():
+				return
+			case <-probes.C:
+				t.probeAll()
+				status.maybeWrite(infCtx, t)
+			}
+		}
+	}()
+	defer func() { stopInf(); <-probing }()
 	do := func() {
 		start := time.Now()
 		err := t.reconcile(ctx, rec, inf, &echo)
@@ -243,9 +261,6 @@ func (t *Tunnel) Run(ctx context.Context) (err error) {
 				t.log.Error("following the key Secret", "err", err)
 			}
 			do()
-		case <-probes.C:
-			t.probeAll()
-			status.maybeWrite(ctx, t)
 		}
 	}
 }
@@ -305,7 +320,7 @@ func (e *echoState) stopFn() {
 
 // reconcile runs one pass: read the records, plan, apply by difference.
 func (t *Tunnel) reconcile(ctx context.Context, rec *reconciler, inf cache.SharedIndexInformer, echo *echoState) error {
-	records, err := clusterRecords(inf.GetStore())
+	records, err := t.records.decode(inf.GetStore())
 	if err != nil {
 		return err
 	}
@@ -447,20 +462,37 @@ func (t *Tunnel) Status() (*Device, []PeerStatus, error) {
 	return dev, out, nil
 }
 
-// clusterRecords reads every cluster record from the informer's store.
-func clusterRecords(store cache.Store) ([]brokerv1.Cluster, error) {
+// recordCache decodes the informer's records, converting each object
+// only when its resourceVersion changed: with many clusters the
+// conversion, not the device, would otherwise dominate a pass.
+type recordCache struct {
+	byName map[string]cachedRecord
+}
+
+type cachedRecord struct {
+	resourceVersion string
+	record          brokerv1.Cluster
+}
+
+func (rc *recordCache) decode(store cache.Store) ([]brokerv1.Cluster, error) {
 	objs := store.List()
+	next := make(map[string]cachedRecord, len(objs))
 	out := make([]brokerv1.Cluster, 0, len(objs))
 	for _, o := range objs {
 		u, ok := o.(*unstructured.Unstructured)
 		if !ok {
 			continue
 		}
-		var c brokerv1.Cluster
-		if err := runtime.DefaultUnstructuredConverter.FromUnstructured(u.Object, &c); err != nil {
-			return nil, fmt.Errorf("decoding cluster record %s: %w", u.GetName(), err)
+		c, ok := rc.byName[u.GetName()]
+		if !ok || c.resourceVersion != u.GetResourceVersion() {
+			c = cachedRecord{resourceVersion: u.GetResourceVersion()}
+			if err := runtime.DefaultUnstructuredConverter.FromUnstructured(u.Object, &c.record); err != nil {
+				return nil, fmt.Errorf("decoding cluster record %s: %w", u.GetName(), err)
+			}
 		}
-		out = append(out, c)
+		next[u.GetName()] = c
+		out = append(out, c.record)
 	}
+	rc.byName = next
 	return out, nil
 }
