@@ -206,6 +206,19 @@ func linkUp(name string, addr net.IP) (netlink.Link, error) {
 		if err := netlink.AddrReplace(l, a); err != nil {
 			return nil, fmt.Errorf("adding address %s to %s: %w", addr, name, err)
 		}
+		// The device is ours alone: an address left from an earlier pod
+		// CIDR would answer for a range we no longer own.
+		have, err := netlink.AddrList(l, netlink.FAMILY_ALL)
+		if err != nil {
+			return nil, fmt.Errorf("listing addresses of %s: %w", name, err)
+		}
+		for _, h := range have {
+			if !h.IP.Equal(addr) && h.IP.IsGlobalUnicast() {
+				if err := netlink.AddrDel(l, &h); err != nil {
+					return nil, fmt.Errorf("removing old address %s from %s: %w", h.IPNet, name, err)
+				}
+			}
+		}
 	}
 	if err := netlink.LinkSetUp(l); err != nil {
 		return nil, fmt.Errorf("bringing %s up: %w", name, err)

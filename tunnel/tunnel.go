@@ -184,7 +184,9 @@ func (t *Tunnel) Run(ctx context.Context) (err error) {
 	t.log.Info("WireGuard device up", "device", dev.Name, "implementation", dev.Implementation, "offload", dev.Offload,
 		"publicKey", key.PublicKey().String(), "listenPort", port)
 	if err := t.publishSpec(ctx); err != nil {
-		return err
+		// Not fatal: the broker may be away for a while, and every pass
+		// publishes again until the record carries our key.
+		t.log.Error("publishing the tunnel's key and endpoint; will retry", "err", err)
 	}
 
 	trigger := make(chan struct{}, 1)
@@ -344,11 +346,12 @@ func (t *Tunnel) reconcile(ctx context.Context, rec *reconciler, inf cache.Share
 		if len(local.PodCIDRs) > 0 {
 			addr = TunnelAddress(local.PodCIDRs[0])
 		}
-		if own.Spec.WireGuard == nil || own.Spec.WireGuard.PublicKey != local.PublicKey.String() || own.Spec.WireGuard.Endpoint != t.cfg.Endpoint.String() {
-			// Someone changed our fields, or the record was recreated.
-			if err := t.publishSpec(ctx); err != nil {
-				return err
-			}
+	}
+	if own == nil || own.Spec.WireGuard == nil || own.Spec.WireGuard.PublicKey != local.PublicKey.String() || own.Spec.WireGuard.Endpoint != t.cfg.Endpoint.String() {
+		// Not published yet, changed by someone else, or the record was
+		// deleted and must be recreated.
+		if err := t.publishSpec(ctx); err != nil {
+			return err
 		}
 	}
 	var ip []byte
