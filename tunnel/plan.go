@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/google/btree"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
 	brokerv1 "github.com/isthmus-dev/isthmus/mcs/api/v1alpha1"
@@ -67,17 +68,13 @@ func Plan(local Local, records []brokerv1.Cluster) ([]Peer, []Verdict) {
 		}
 		return cmp.Compare(a.Name, b.Name)
 	})
-	type claim struct {
-		cluster string
-		prefix  netip.Prefix
-	}
 	keys := map[wgtypes.Key]string{}
-	var claimed []claim
+	var claimed claims
 	for _, p := range local.PodCIDRs {
-		claimed = append(claimed, claim{"", p})
+		claimed.add("", p)
 	}
 	for _, p := range local.ServiceCIDRs {
-		claimed = append(claimed, claim{"", p})
+		claimed.add("", p)
 	}
 	var peers []Peer
 	var verdicts []Verdict
@@ -108,14 +105,12 @@ func Plan(local Local, records []brokerv1.Cluster) ([]Peer, []Verdict) {
 		keys[peer.Key] = r.Name
 		var overlaps []string
 		for _, p := range peer.AllowedIPs {
-			for _, c := range claimed {
-				if p.Overlaps(c.prefix) {
-					who := "this cluster's own " + c.prefix.String()
-					if c.cluster != "" {
-						who = "cluster " + c.cluster + "'s " + c.prefix.String() + " (older record wins)"
-					}
-					overlaps = append(overlaps, fmt.Sprintf("%s overlaps %s", p, who))
+			for _, c := range claimed.overlapping(p) {
+				who := "this cluster's own " + c.prefix.String()
+				if c.cluster != "" {
+					who = "cluster " + c.cluster + "'s " + c.prefix.String() + " (older record wins)"
 				}
+				overlaps = append(overlaps, fmt.Sprintf("%s overlaps %s", p, who))
 			}
 		}
 		if len(overlaps) > 0 {
@@ -124,12 +119,62 @@ func Plan(local Local, records []brokerv1.Cluster) ([]Peer, []Verdict) {
 			continue
 		}
 		for _, p := range peer.AllowedIPs {
-			claimed = append(claimed, claim{r.Name, p})
+			claimed.add(r.Name, p)
 		}
 		peers = append(peers, peer)
 		verdicts = append(verdicts, v)
 	}
 	return peers, verdicts
+}
+
+// claim is a CIDR taken by a cluster ("" for this one).
+type claim struct {
+	cluster string
+	prefix  netip.Prefix
+}
+
+// claims finds overlaps in O(bits + log n) per CIDR instead of comparing
+// every pair: two prefixes overlap exactly when one contains the other, so
+// the containers of p are p's shorter prefixes (looked up by value) and
+// the contained ones start inside p (found in address order).
+type claims struct {
+	exact  map[netip.Prefix]string
+	sorted *btree.BTreeG[claim]
+}
+
+func (c *claims) add(cluster string, p netip.Prefix) {
+	if c.exact == nil {
+		c.exact = map[netip.Prefix]string{}
+		c.sorted = btree.NewG(16, func(a, b claim) bool { return comparePrefix(a.prefix, b.prefix) < 0 })
+	}
+	if _, ok := c.exact[p]; ok {
+		return
+	}
+	c.exact[p] = cluster
+	c.sorted.ReplaceOrInsert(claim{cluster, p})
+}
+
+func (c *claims) overlapping(p netip.Prefix) []claim {
+	if c.exact == nil {
+		return nil
+	}
+	var out []claim
+	for bits := 0; bits <= p.Bits(); bits++ {
+		q, _ := p.Addr().Prefix(bits)
+		if owner, ok := c.exact[q]; ok {
+			out = append(out, claim{owner, q})
+		}
+	}
+	c.sorted.AscendGreaterOrEqual(claim{prefix: netip.PrefixFrom(p.Addr(), 0)}, func(e claim) bool {
+		if !p.Contains(e.prefix.Addr()) {
+			return false
+		}
+		if e.prefix.Bits() > p.Bits() {
+			out = append(out, e)
+		}
+		return true
+	})
+	return out
 }
 
 // parseRecord reads a remote record's tunnel facts, rejecting what the

@@ -1,6 +1,7 @@
 package tunnel
 
 import (
+	"fmt"
 	"net/netip"
 	"strings"
 	"testing"
@@ -228,5 +229,23 @@ func TestJoinCapped(t *testing.T) {
 	}
 	if got := joinCapped(items[:2]); got != "x; xx" {
 		t.Errorf("joinCapped = %q", got)
+	}
+}
+
+// BenchmarkPlan plans a clusterset of b.N-independent sizes; the figures
+// go to bench/README.md through bench/tunnel.
+func BenchmarkPlan(b *testing.B) {
+	for _, n := range []int{10, 100, 1000} {
+		b.Run(fmt.Sprint(n), func(b *testing.B) {
+			var records []brokerv1.Cluster
+			for i := range n {
+				records = append(records, rec(fmt.Sprintf("c%d", i), i, key(b).String(), "192.0.2.1:51820",
+					[]string{fmt.Sprintf("10.%d.%d.0/24", 64+i/256, i%256)}, fmt.Sprintf("172.%d.%d.0/24", 16+i/256, i%256)))
+			}
+			b.ResetTimer()
+			for b.Loop() {
+				Plan(Local{Cluster: "c0"}, records)
+			}
+		})
 	}
 }
