@@ -95,6 +95,14 @@ func run(reps int, dur time.Duration, peerCounts string) error {
 	fmt.Printf("conditions: %s, %d CPUs (%s), kernel %s, veth MTU 1500, tunnel MTU 1420, iperf3 %d x %s per cell, no CPU pinning; other sessions share the machine\n",
 		time.Now().UTC().Format(time.RFC3339), strings.Count(string(cpu), "processor\t:"), modelName(string(cpu)), kernel(), reps, dur)
 
+	// The broker runs through every measurement, so its apiserver and
+	// etcd load the machine equally for each path.
+	cs, err := cluster.New(context.Background(), cluster.Options{Broker: true, Log: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))})
+	if err != nil {
+		return err
+	}
+	defer cs.Stop()
+
 	var results []result
 	r, err := measure("plain veth", underB, underA, reps, dur)
 	if err != nil {
@@ -113,11 +121,6 @@ func run(reps int, dur time.Duration, peerCounts string) error {
 	}
 	results = append(results, r)
 
-	cs, err := cluster.New(context.Background(), cluster.Options{Broker: true, Log: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))})
-	if err != nil {
-		return err
-	}
-	defer cs.Stop()
 	d, err := startDaemons(context.Background(), cs, filepath.Join(dir, "isthmus"))
 	if err != nil {
 		return err
