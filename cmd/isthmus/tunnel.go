@@ -7,10 +7,16 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"os"
+	"sync/atomic"
 	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/leaderelection"
+	"k8s.io/client-go/tools/leaderelection/resourcelock"
 
 	"github.com/isthmus-dev/isthmus/cmd/internal/kube"
 	"github.com/isthmus-dev/isthmus/cmd/internal/serve"
@@ -44,6 +50,11 @@ func tunnelRole(ctx context.Context, args []string, log *slog.Logger) error {
 	keyNS := fs.String("key-namespace", "isthmus-system", "namespace of the key Secret in this cluster")
 	keySecret := fs.String("key-secret", "isthmus-tunnel-key", "name of the Secret holding the cluster's WireGuard private key, shared by its gateway replicas")
 	addr := fs.String("metrics-addr", ":9093", "address of /metrics, /healthz and /readyz (empty: none)")
+	leaderElect := fs.Bool("leader-elect", true, "run the device only while holding the gateway Lease in --key-namespace, so one replica at a time is active")
+	identity := fs.String("leader-elect-identity", "", "this replica's name in the Lease (empty: the host name)")
+	leaseDuration := fs.Duration("leader-elect-lease-duration", 15*time.Second, "how long a dead leader's Lease blocks a standby")
+	renewDeadline := fs.Duration("leader-elect-renew-deadline", 10*time.Second, "how long the leader retries renewing before it gives up")
+	retryPeriod := fs.Duration("leader-elect-retry-period", 2*time.Second, "how often a standby tries to take the Lease")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -101,7 +112,71 @@ func tunnelRole(ctx context.Context, args []string, log *slog.Logger) error {
 	defer cancel()
 	served := make(chan error, 1)
 	go func() { served <- serve.Run(ctx, *addr, reg, health, log) }()
-	runErr := t.Run(ctx)
+	var runErr error
+	if !*leaderElect {
+		runErr = t.Run(ctx)
+	} else {
+		runErr = runElected(ctx, local, *keyNS, "isthmus-tunnel-"+*clusterID, *identity,
+			[3]time.Duration{*leaseDuration, *renewDeadline, *retryPeriod}, t.Run, log)
+	}
 	cancel()
 	return errors.Join(runErr, <-served)
+}
+
+// runElected runs fn only while this replica holds the gateway Lease: the
+// replicas share one key, and two active devices with it would make every
+// peer roam back and forth between them. A standby takes over when the
+// leader's Lease expires, or at once when the leader shuts down cleanly
+// (it releases the Lease). Losing the Lease stops fn and ends the process.
+func runElected(ctx context.Context, c kubernetes.Interface, ns, name, identity string, timing [3]time.Duration,
+	fn func(context.Context) error, log *slog.Logger) error {
+	if identity == "" {
+		h, err := os.Hostname()
+		if err != nil {
+			return fmt.Errorf("finding a leader election identity: %w", err)
+		}
+		identity = h
+	}
+	lock := &resourcelock.LeaseLock{
+		LeaseMeta:  metav1.ObjectMeta{Namespace: ns, Name: name},
+		Client:     c.CoordinationV1(),
+		LockConfig: resourcelock.ResourceLockConfig{Identity: identity},
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	// fn runs on the elector's goroutine; it must finish its clean
+	// shutdown (peers, routes, device) before the process exits.
+	var runErr error
+	var started atomic.Bool
+	done := make(chan struct{})
+	le, err := leaderelection.NewLeaderElector(leaderelection.LeaderElectionConfig{
+		Lock: lock, Name: name, ReleaseOnCancel: true,
+		LeaseDuration: timing[0], RenewDeadline: timing[1], RetryPeriod: timing[2],
+		Callbacks: leaderelection.LeaderCallbacks{
+			OnStartedLeading: func(ctx context.Context) {
+				started.Store(true)
+				defer close(done)
+				log.Info("holding the gateway Lease; this replica is active", "lease", ns+"/"+name, "identity", identity)
+				runErr = fn(ctx)
+				cancel()
+			},
+			OnStoppedLeading: func() {
+				log.Info("not holding the gateway Lease", "lease", ns+"/"+name, "identity", identity)
+				cancel()
+			},
+			OnNewLeader: func(leader string) {
+				if leader != identity {
+					log.Info("standing by", "leader", leader)
+				}
+			},
+		},
+	})
+	if err != nil {
+		return fmt.Errorf("setting up leader election on Lease %s/%s: %w", ns, name, err)
+	}
+	le.Run(ctx)
+	if started.Load() {
+		<-done
+	}
+	return runErr
 }

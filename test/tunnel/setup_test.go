@@ -45,6 +45,9 @@ const (
 	podPort     = 7007
 	metricsAddr = "127.0.0.1:9093"
 	agentFields = "tnl-test-agent"
+	// leaseDuration is how long a killed gateway's Lease blocks its
+	// standby in these tests (production default 15 s).
+	leaseDuration = 2 * time.Second
 )
 
 // member is one simulated cluster: a namespace holding its gateway (the
@@ -241,6 +244,8 @@ func (w *world) start(mb *member, extra ...string) error {
 		"--cluster-id", mb.id, "--device", mb.dev, "--endpoint", mb.endpoint(),
 		"--key-namespace", mb.id + "-system", "--resync", resync.String(), "--status-interval", "500ms",
 		"--route-protocol", strconv.Itoa(routeProto), "--metrics-addr", metricsAddr,
+		"--leader-elect-identity", mb.ns, "--leader-elect-lease-duration", leaseDuration.String(),
+		"--leader-elect-renew-deadline", "1500ms", "--leader-elect-retry-period", "250ms",
 	}, extra...)
 	cmd := exec.Command("ip", args...)
 	if mb.logs == nil {
