@@ -54,3 +54,31 @@ func LoadOrCreateKey(ctx context.Context, c kubernetes.Interface, namespace, nam
 	}
 	return k, nil
 }
+
+// RotateKey writes a new private key into the cluster's key Secret and
+// returns the old and new public keys. The running tunnel picks the new
+// key up at its next resync, puts it on the device and publishes it; the
+// other clusters follow through the broker. The update carries the
+// Secret's resourceVersion, so a concurrent rotation fails instead of
+// being lost.
+func RotateKey(ctx context.Context, c kubernetes.Interface, namespace, name string) (oldPub, newPub wgtypes.Key, err error) {
+	s, err := c.CoreV1().Secrets(namespace).Get(ctx, name, metav1.GetOptions{})
+	if err != nil {
+		return oldPub, newPub, fmt.Errorf("reading the WireGuard key Secret %s/%s: %w", namespace, name, err)
+	}
+	if old, err := wgtypes.ParseKey(string(s.Data[KeySecretField])); err == nil {
+		oldPub = old.PublicKey()
+	}
+	k, err := wgtypes.GeneratePrivateKey()
+	if err != nil {
+		return oldPub, newPub, fmt.Errorf("generating a WireGuard private key: %w", err)
+	}
+	if s.Data == nil {
+		s.Data = map[string][]byte{}
+	}
+	s.Data[KeySecretField] = []byte(k.String())
+	if _, err := c.CoreV1().Secrets(namespace).Update(ctx, s, metav1.UpdateOptions{FieldManager: FieldManager}); err != nil {
+		return oldPub, newPub, fmt.Errorf("writing the new key to Secret %s/%s: %w", namespace, name, err)
+	}
+	return oldPub, k.PublicKey(), nil
+}

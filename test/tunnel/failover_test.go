@@ -108,8 +108,8 @@ func TestFailoverToSecondGatewayWithSameKey(t *testing.T) {
 	}
 }
 
-// TestKeyRotationThroughBroker: a new key written to tnl-b's Secret (what
-// a rotation does) reaches tnl-b's device and record within a resync, and
+// TestKeyRotationThroughBroker: `isthmusctl tunnel rotate-key` writes a
+// new key to tnl-b's Secret; it reaches tnl-b's device and record within a resync, and
 // the other clusters swap the peer from the record: connectivity returns
 // and the old key is gone from their devices.
 func TestKeyRotationThroughBroker(t *testing.T) {
@@ -117,21 +117,24 @@ func TestKeyRotationThroughBroker(t *testing.T) {
 	ctx := context.Background()
 	a, b, c := w.members[0], w.members[1], w.members[2]
 	old := wgDevice(t, b).pub
-	k, err := wgtypes.GeneratePrivateKey()
-	if err != nil {
-		t.Fatal(err)
-	}
-	secrets := w.cs.Broker.Client.CoreV1().Secrets(b.id + "-system")
-	s, err := secrets.Get(ctx, "isthmus-tunnel-key", metav1.GetOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
 	p := startPinger(t, a, b, 10*time.Millisecond)
 	defer p.halt()
-	s.Data["privateKey"] = []byte(k.String())
 	rotated := time.Now()
-	if _, err := secrets.Update(ctx, s, metav1.UpdateOptions{}); err != nil {
+	out, err := sh(w.ctl, "tunnel", "rotate-key", "--kubeconfig", w.kc, "--namespace", b.id+"-system")
+	if err != nil {
 		t.Fatal(err)
+	}
+	t.Logf("isthmusctl: %s", strings.TrimSpace(out))
+	s, err := w.cs.Broker.Client.CoreV1().Secrets(b.id+"-system").Get(ctx, "isthmus-tunnel-key", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	k, err := wgtypes.ParseKey(string(s.Data["privateKey"]))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if k.PublicKey().String() == old || !strings.Contains(out, old+" -> "+k.PublicKey().String()) {
+		t.Fatalf("isthmusctl did not rotate %s to the Secret's new key %s: %s", old, k.PublicKey(), out)
 	}
 	took := eventually(t, 15*time.Second, "peers on the new key", func() error {
 		for _, mb := range []*member{a, c} {

@@ -72,6 +72,7 @@ func (m *member) endpoint() string { return m.underlay + ":51820" }
 
 type world struct {
 	bin     string
+	ctl     string // isthmusctl
 	kc      string
 	broker  dynamic.Interface
 	cs      *cluster.Clusterset
@@ -103,10 +104,10 @@ func runMain(m *testing.M) int {
 	}
 	defer os.RemoveAll(dir)
 	bin := filepath.Join(dir, "isthmus")
-	build := exec.Command("go", "build", "-o", bin, "github.com/isthmus-dev/isthmus/cmd/isthmus")
+	build := exec.Command("go", "build", "-o", dir+"/", "github.com/isthmus-dev/isthmus/cmd/isthmus", "github.com/isthmus-dev/isthmus/cmd/isthmusctl")
 	build.Stdout, build.Stderr = os.Stderr, os.Stderr
 	if err := build.Run(); err != nil {
-		fmt.Fprintln(os.Stderr, "building isthmus:", err)
+		fmt.Fprintln(os.Stderr, "building isthmus and isthmusctl:", err)
 		return 1
 	}
 	cs, err := cluster.New(context.Background(), cluster.Options{Broker: true, Log: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))})
@@ -115,7 +116,7 @@ func runMain(m *testing.M) int {
 		return 1
 	}
 	defer cs.Stop()
-	w = &world{bin: bin, cs: cs, kc: cs.Broker.Kubeconfig}
+	w = &world{bin: bin, ctl: filepath.Join(dir, "isthmusctl"), cs: cs, kc: cs.Broker.Kubeconfig}
 	defer w.teardown()
 	if err := w.setup(context.Background()); err != nil {
 		fmt.Fprintln(os.Stderr, "setting up the tunnel topology:", err)
