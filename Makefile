@@ -10,7 +10,7 @@ export GOBIN := $(BIN)
 STATICCHECK_VERSION := v0.8.2
 CONTROLLER_GEN_VERSION := v0.23.0
 # Debian packages the tests use (`make deps` installs the missing ones).
-DEBIAN_PACKAGES := git bind9-dnsutils
+DEBIAN_PACKAGES := git bind9-dnsutils iproute2 wireguard-tools tcpdump
 
 .PHONY: help
 help: ## list the targets

@@ -22,8 +22,9 @@ type role func(ctx context.Context, args []string, log *slog.Logger) error
 // roles lists the roles this binary runs. Each lives in its own file.
 func roles() map[string]role {
 	return map[string]role{
-		"agent": runAgent,
-		"dns": dnsRole,
+		"agent":  runAgent,
+		"dns":    dnsRole,
+		"tunnel": tunnelRole,
 	}
 }
 

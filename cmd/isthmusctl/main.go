@@ -25,6 +25,7 @@ const usage = `isthmusctl operates an Isthmus clusterset.
 Usage:
   isthmusctl broker install [flags]   install the broker on the hub cluster
   isthmusctl join [flags]             join a member cluster to the broker
+  isthmusctl tunnel rotate-key [flags] give a member cluster a new WireGuard key
 
 Run "isthmusctl <command> -h" for a command's flags.
 `
@@ -46,6 +47,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return brokerInstall(ctx, args[2:], stdout, stderr)
 	case len(args) >= 1 && args[0] == "join":
 		return join(ctx, args[1:], stdout, stderr)
+	case len(args) >= 2 && args[0] == "tunnel" && args[1] == "rotate-key":
+		return tunnelRotateKey(ctx, args[2:], stdout, stderr)
 	case len(args) >= 1 && (args[0] == "-h" || args[0] == "--help" || args[0] == "help"):
 		fmt.Fprint(stdout, usage)
 		return nil

@@ -1,0 +1,265 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"golang.zx2c4.com/wireguard/wgctrl"
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+	corev1 "k8s.io/api/core/v1"
+	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
+	apiextclient "k8s.io/apiextensions-apiserver/pkg/client/clientset/clientset"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/client-go/dynamic"
+
+	"github.com/isthmus-dev/isthmus/mcs/api/crds"
+	brokerv1 "github.com/isthmus-dev/isthmus/mcs/api/v1alpha1"
+	"github.com/isthmus-dev/isthmus/test/cluster"
+)
+
+const brokerNS = "isthmus-broker"
+
+var clustersGVR = brokerv1.SchemeGroupVersion.WithResource("clusters")
+
+type daemons struct {
+	broker dynamic.Interface
+	cmds   []*exec.Cmd
+	stops  []func()
+}
+
+func (d *daemons) stop() {
+	for _, c := range d.cmds {
+		_ = c.Process.Signal(syscall.SIGTERM)
+		_ = c.Wait()
+	}
+	for _, s := range d.stops {
+		s()
+	}
+}
+
+// startDaemons publishes the two clusters' CIDRs on a real broker and runs
+// `isthmus tunnel` in each namespace.
+func startDaemons(ctx context.Context, cs *cluster.Clusterset, bin string) (*daemons, error) {
+	d := &daemons{}
+	var err error
+	if d.broker, err = dynamic.NewForConfig(cs.Broker.Config); err != nil {
+		return nil, err
+	}
+	if err := installCRDs(ctx, cs.Broker); err != nil {
+		return nil, err
+	}
+	for _, ns := range []string{brokerNS, "tnlb-a-system", "tnlb-b-system"} {
+		if _, err := cs.Broker.Client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+			return nil, err
+		}
+	}
+	u, err := url.Parse(cs.Broker.Config.Host)
+	if err != nil {
+		return nil, err
+	}
+	for _, s := range []struct{ id, ns, dev, under, pod, svc string }{
+		{"tnlb-a", nsA, "tnlbwA", underA, "10.201.0.0/16", "10.211.0.0/16"},
+		{"tnlb-b", nsB, "tnlbwB", underB, "10.202.0.0/16", "10.212.0.0/16"},
+	} {
+		if err := d.applyRecord(ctx, s.id, nil, s.pod, s.svc); err != nil {
+			return nil, err
+		}
+		stop, err := forward(s.ns, u.Host)
+		if err != nil {
+			return nil, err
+		}
+		d.stops = append(d.stops, stop)
+		c := exec.Command("ip", "netns", "exec", s.ns, bin, "tunnel", "--kubeconfig", cs.Broker.Kubeconfig, "--broker-kubeconfig", cs.Broker.Kubeconfig,
+			"--broker-namespace", brokerNS, "--cluster-id", s.id, "--device", s.dev, "--endpoint", s.under+":51820",
+			"--key-namespace", s.id+"-system", "--metrics-addr", "127.0.0.1:9093")
+		c.Env = append(os.Environ(), "ISTHMUS_LOG_LEVEL=error")
+		c.Stderr = os.Stderr
+		if err := c.Start(); err != nil {
+			d.stop()
+			return nil, err
+		}
+		d.cmds = append(d.cmds, c)
+	}
+	if err := waitReach(podA, podB, 30*time.Second); err != nil {
+		d.stop()
+		return nil, err
+	}
+	return d, nil
+}
+
+// applyRecord writes a record's agent fields, and for the fake peers of
+// the reconcile benchmark also a key and endpoint.
+func (d *daemons) applyRecord(ctx context.Context, id string, wg map[string]any, cidrs ...string) error {
+	pods := []any{cidrs[0]}
+	svcs := []any{}
+	for _, c := range cidrs[1:] {
+		svcs = append(svcs, c)
+	}
+	spec := map[string]any{"clusterID": id, "podCIDRs": pods, "serviceCIDRs": svcs}
+	if wg != nil {
+		spec["wireGuard"] = wg
+	}
+	obj := &unstructured.Unstructured{Object: map[string]any{
+		"apiVersion": brokerv1.SchemeGroupVersion.String(), "kind": "Cluster",
+		"metadata": map[string]any{"name": id, "namespace": brokerNS, "labels": map[string]any{brokerv1.LabelSourceCluster: id}},
+		"spec":     spec,
+	}}
+	_, err := d.broker.Resource(clustersGVR).Namespace(brokerNS).Apply(ctx, id, obj, metav1.ApplyOptions{FieldManager: "tnlb-agent", Force: true})
+	return err
+}
+
+// reconcileCost adds n fake peers, changes one, and reports the mean
+// reconcile pass during the change and the time from the record write to
+// the device showing it.
+func (d *daemons) reconcileCost(ctx context.Context, n int) (time.Duration, time.Duration, error) {
+	wc, err := wgctrl.New()
+	if err != nil {
+		return 0, 0, err
+	}
+	defer wc.Close()
+	peers := func() (map[wgtypes.Key]wgtypes.Peer, error) {
+		dev, err := wc.Device("tnlbwA")
+		if err != nil {
+			return nil, err
+		}
+		m := map[wgtypes.Key]wgtypes.Peer{}
+		for _, p := range dev.Peers {
+			m[p.PublicKey] = p
+		}
+		return m, nil
+	}
+	var keys []wgtypes.Key
+	for i := range n {
+		k, _ := wgtypes.GeneratePrivateKey()
+		keys = append(keys, k.PublicKey())
+		wg := map[string]any{"publicKey": k.PublicKey().String(), "endpoint": fmt.Sprintf("192.0.2.%d:51820", 100+i%100)}
+		if err := d.applyRecord(ctx, fmt.Sprintf("fake-%d", i), wg, fmt.Sprintf("10.%d.%d.0/24", 64+i/256, i%256)); err != nil {
+			return 0, 0, err
+		}
+	}
+	defer func() {
+		for i := range n {
+			_ = d.broker.Resource(clustersGVR).Namespace(brokerNS).Delete(ctx, fmt.Sprintf("fake-%d", i), metav1.DeleteOptions{})
+		}
+		_ = wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, 2*time.Minute, true, func(context.Context) (bool, error) {
+			p, err := peers()
+			return err == nil && len(p) == 1, nil
+		})
+	}()
+	if err := wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, 3*time.Minute, true, func(context.Context) (bool, error) {
+		p, err := peers()
+		return err == nil && len(p) == n+1, nil
+	}); err != nil {
+		return 0, 0, fmt.Errorf("waiting for %d peers: %w", n+1, err)
+	}
+	time.Sleep(3 * time.Second) // let the passes the additions caused settle
+	sum0, count0, err := reconcileHistogram()
+	if err != nil {
+		return 0, 0, err
+	}
+	wg := map[string]any{"publicKey": keys[0].String(), "endpoint": "192.0.2.100:51820"}
+	written := time.Now()
+	if err := d.applyRecord(ctx, "fake-0", wg, "10.64.0.0/24", "10.127.0.0/24"); err != nil {
+		return 0, 0, err
+	}
+	var seen time.Duration
+	if err := wait.PollUntilContextTimeout(ctx, time.Millisecond, time.Minute, true, func(context.Context) (bool, error) {
+		p, err := peers()
+		if err != nil || len(p[keys[0]].AllowedIPs) != 2 {
+			return false, nil
+		}
+		seen = time.Since(written)
+		return true, nil
+	}); err != nil {
+		return 0, 0, err
+	}
+	time.Sleep(500 * time.Millisecond)
+	sum1, count1, err := reconcileHistogram()
+	if err != nil {
+		return 0, 0, err
+	}
+	if count1 == count0 {
+		return 0, 0, fmt.Errorf("no reconcile pass was counted")
+	}
+	return time.Duration((sum1 - sum0) / (count1 - count0) * 1e9), seen, nil
+}
+
+// reconcileHistogram reads isthmus_tunnel_reconcile_duration_seconds'
+// sum and count from the daemon in A.
+func reconcileHistogram() (float64, float64, error) {
+	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, addr string) (net.Conn, error) {
+			var c net.Conn
+			err := inNetns(nsA, func() (err error) { c, err = (&net.Dialer{}).DialContext(ctx, "tcp", addr); return err })
+			return c, err
+		},
+	}}
+	resp, err := client.Get("http://127.0.0.1:9093/metrics")
+	if err != nil {
+		return 0, 0, err
+	}
+	defer resp.Body.Close()
+	var sum, count float64
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		l := sc.Text()
+		name, v, ok := strings.Cut(l, " ")
+		if !ok {
+			continue
+		}
+		switch name {
+		case "isthmus_tunnel_reconcile_duration_seconds_sum":
+			sum, _ = strconv.ParseFloat(v, 64)
+		case "isthmus_tunnel_reconcile_duration_seconds_count":
+			count, _ = strconv.ParseFloat(v, 64)
+		}
+	}
+	return sum, count, sc.Err()
+}
+
+func installCRDs(ctx context.Context, c *cluster.Cluster) error {
+	client, err := apiextclient.NewForConfig(c.Config)
+	if err != nil {
+		return err
+	}
+	list, err := crds.Broker()
+	if err != nil {
+		return err
+	}
+	for _, crd := range list {
+		if _, err := client.ApiextensionsV1().CustomResourceDefinitions().Create(ctx, crd, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+			return err
+		}
+	}
+	for _, crd := range list {
+		err := wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
+			got, err := client.ApiextensionsV1().CustomResourceDefinitions().Get(ctx, crd.Name, metav1.GetOptions{})
+			if err != nil {
+				return false, err
+			}
+			for _, cond := range got.Status.Conditions {
+				if cond.Type == apiextensionsv1.Established && cond.Status == apiextensionsv1.ConditionTrue {
+					return true, nil
+				}
+			}
+			return false, nil
+		})
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}

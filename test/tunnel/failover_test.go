@@ -1,0 +1,169 @@
+package tunnel
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+// TestFailoverToSecondGatewayWithSameKey: tnl-b runs a standby gateway in
+// another namespace, at another underlay address, with the same key from
+// the same Secret. While the first holds the gateway Lease the standby
+// runs no device. When the first dies (SIGKILL, so its Lease must expire)
+// the standby takes over. It advertises the same endpoint as the first (as
+// replicas behind one address do), so the broker record does not change;
+// tnl-a learns the new address by WireGuard roaming.
+func TestFailoverToSecondGatewayWithSameKey(t *testing.T) {
+	dumpLogsOnFailure(t)
+	ctx := context.Background()
+	a, b := w.members[0], w.members[1]
+	b2 := &member{id: b.id, ns: "tnlb2", dev: "tnlwgb2", underlay: "192.0.2.12", podCIDR: b.podCIDR, svcCIDR: b.svcCIDR, pod: b.pod}
+	if err := plumb(b2); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _, _ = sh("ip", "netns", "del", b2.ns) })
+	u := strings.TrimPrefix(w.cs.Broker.Config.Host, "https://")
+	stopFwd, err := forward(b2.ns, u)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(stopFwd)
+	pod, err := listenUDPIn(b2.ns, net.JoinHostPort(b2.pod, strconv.Itoa(podPort)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { pod.Close() })
+	go echo(pod)
+
+	before, err := w.record(ctx, b.id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := w.start(b2, "--endpoint", b.endpoint()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = b2.stop(syscall.SIGTERM)
+		if t.Failed() {
+			t.Logf("--- standby log ---\n%s", tail(b2.log(), 6000))
+		}
+	})
+	time.Sleep(1500 * time.Millisecond)
+	if _, err := sh("ip", "-n", b2.ns, "link", "show", b2.dev); err == nil {
+		t.Fatal("the standby brought its device up while the leader holds the Lease")
+	}
+	if code, _, err := scrape(ctx, b2, "/readyz"); err != nil || code == 200 {
+		t.Errorf("the standby's /readyz answers %d (%v), want not ready", code, err)
+	}
+
+	p := startPinger(t, a, b, 10*time.Millisecond)
+	defer p.halt()
+	time.Sleep(300 * time.Millisecond)
+	killed := time.Now()
+	if err := b.stop(syscall.SIGKILL); err == nil {
+		t.Fatal("the daemon exited cleanly on SIGKILL?")
+	}
+	var back time.Time
+	eventually(t, leaseDuration+5*time.Second, "replies from the standby", func() error {
+		var ok bool
+		if back, ok = p.firstReplyAfter(killed.Add(50 * time.Millisecond)); !ok {
+			return fmt.Errorf("no reply yet")
+		}
+		return nil
+	})
+	t.Logf("failover: traffic back %s after the leader was killed (its Lease lasts %s); longest reply gap %s",
+		back.Sub(killed).Round(time.Millisecond), leaseDuration, p.longestGap().Round(time.Millisecond))
+	if d := back.Sub(killed); d > leaseDuration+2*time.Second {
+		t.Errorf("failover took %s after the kill, want within the Lease (%s) + 2s", d, leaseDuration)
+	}
+	after, err := w.record(ctx, b.id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if after.Generation != before.Generation || *after.Spec.WireGuard != *before.Spec.WireGuard {
+		t.Errorf("the record's spec changed in the failover: generation %d -> %d, %+v -> %+v",
+			before.Generation, after.Generation, before.Spec.WireGuard, after.Spec.WireGuard)
+	}
+	if ep := wgDevice(t, a).peers[before.Spec.WireGuard.PublicKey].endpoint; ep != b2.underlay+":51820" {
+		t.Errorf("tnl-a sends to %s for tnl-b, want the standby's %s:51820", ep, b2.underlay)
+	}
+
+	// Back to the first gateway for the tests that follow.
+	if err := b2.stop(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.start(b); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.waitMeshUp(ctx, 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestKeyRotationThroughBroker: `isthmusctl tunnel rotate-key` writes a
+// new key to tnl-b's Secret; it reaches tnl-b's device and record within a resync, and
+// the other clusters swap the peer from the record: connectivity returns
+// and the old key is gone from their devices.
+func TestKeyRotationThroughBroker(t *testing.T) {
+	dumpLogsOnFailure(t)
+	ctx := context.Background()
+	a, b, c := w.members[0], w.members[1], w.members[2]
+	old := wgDevice(t, b).pub
+	p := startPinger(t, a, b, 10*time.Millisecond)
+	defer p.halt()
+	rotated := time.Now()
+	out, err := sh(w.ctl, "tunnel", "rotate-key", "--kubeconfig", w.kc, "--namespace", b.id+"-system")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("isthmusctl: %s", strings.TrimSpace(out))
+	s, err := w.cs.Broker.Client.CoreV1().Secrets(b.id+"-system").Get(ctx, "isthmus-tunnel-key", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	k, err := wgtypes.ParseKey(string(s.Data["privateKey"]))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if k.PublicKey().String() == old || !strings.Contains(out, old+" -> "+k.PublicKey().String()) {
+		t.Fatalf("isthmusctl did not rotate %s to the Secret's new key %s: %s", old, k.PublicKey(), out)
+	}
+	took := eventually(t, 15*time.Second, "peers on the new key", func() error {
+		for _, mb := range []*member{a, c} {
+			peers := wgDevice(t, mb).peers
+			if _, ok := peers[old]; ok {
+				return fmt.Errorf("%s still has the old key", mb.id)
+			}
+			if _, ok := peers[k.PublicKey().String()]; !ok {
+				return fmt.Errorf("%s lacks the new key", mb.id)
+			}
+		}
+		return nil
+	})
+	eventually(t, 5*time.Second, "tnl-a reaching tnl-b on the new key", func() error {
+		if _, ok := p.firstReplyAfter(rotated.Add(took)); !ok {
+			return fmt.Errorf("no reply since the peers switched")
+		}
+		return nil
+	})
+	rec, err := w.record(ctx, b.id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rec.Spec.WireGuard.PublicKey != k.PublicKey().String() {
+		t.Errorf("tnl-b's record has key %s, want the rotated %s", rec.Spec.WireGuard.PublicKey, k.PublicKey())
+	}
+	t.Logf("key rotation: peers switched %s after the Secret changed (resync %s); longest reply gap %s",
+		took.Round(time.Millisecond), resync, p.longestGap().Round(time.Millisecond))
+	if err := w.waitMeshUp(ctx, 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -1,0 +1,225 @@
+package tunnel
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+
+	brokerv1 "github.com/isthmus-dev/isthmus/mcs/api/v1alpha1"
+)
+
+var clustersGVR = brokerv1.SchemeGroupVersion.WithResource("clusters")
+
+// writeRemote writes a whole record for a cluster that runs no gateway,
+// as a misconfigured or hostile member would.
+func writeRemote(t *testing.T, id, pub, endpoint string, pods []string) {
+	t.Helper()
+	obj := &unstructured.Unstructured{Object: map[string]any{
+		"apiVersion": brokerv1.SchemeGroupVersion.String(),
+		"kind":       "Cluster",
+		"metadata":   map[string]any{"name": id, "namespace": brokerNS, "labels": map[string]any{brokerv1.LabelSourceCluster: id}},
+		"spec": map[string]any{"clusterID": id, "podCIDRs": toAny(pods),
+			"wireGuard": map[string]any{"publicKey": pub, "endpoint": endpoint}},
+	}}
+	_, err := w.broker.Resource(clustersGVR).Namespace(brokerNS).Apply(context.Background(), id, obj, metav1.ApplyOptions{FieldManager: agentFields, Force: true})
+	if err != nil {
+		t.Fatalf("writing record %s: %v", id, err)
+	}
+	t.Cleanup(func() {
+		_ = w.broker.Resource(clustersGVR).Namespace(brokerNS).Delete(context.Background(), id, metav1.DeleteOptions{})
+	})
+}
+
+func newPub(t *testing.T) string {
+	k, err := wgtypes.GeneratePrivateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k.PublicKey().String()
+}
+
+// conflictOf reads a member's TunnelConflict condition from its record.
+func conflictOf(mb *member) (*metav1.Condition, error) {
+	rec, err := w.record(context.Background(), mb.id)
+	if err != nil {
+		return nil, err
+	}
+	c := condition(rec, "TunnelConflict")
+	if c == nil {
+		return nil, fmt.Errorf("%s has no TunnelConflict condition", mb.id)
+	}
+	return c, nil
+}
+
+func routesOf(t *testing.T, mb *member) string {
+	t.Helper()
+	out, err := sh("ip", "-n", mb.ns, "route", "show", "proto", fmt.Sprint(routeProto))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// TestConflictsGetStateAndNoRoute: a newer record overlapping an older
+// one's CIDRs, one overlapping this cluster's own, and one reusing an
+// older cluster's key each get a state that names the cause, on the
+// record and in the metrics, and neither a peer nor a route; the older
+// cluster keeps working.
+func TestConflictsGetStateAndNoRoute(t *testing.T) {
+	dumpLogsOnFailure(t)
+	a, b := w.members[0], w.members[1]
+	bRec, err := w.record(context.Background(), b.id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dPub, fPub := newPub(t), newPub(t)
+	writeRemote(t, "tnl-d", dPub, "192.0.2.99:51820", []string{"10.202.128.0/17"}) // inside tnl-b's
+	writeRemote(t, "tnl-e", bRec.Spec.WireGuard.PublicKey, "192.0.2.98:51820", []string{"10.205.0.0/16"})
+	writeRemote(t, "tnl-f", fPub, "192.0.2.97:51820", []string{"10.201.5.0/24"}) // inside tnl-a's own
+	eventually(t, 15*time.Second, "conflicts on tnl-a's record", func() error {
+		c, err := conflictOf(a)
+		if err != nil {
+			return err
+		}
+		for _, want := range []string{
+			"tnl-d (CIDRConflict): 10.202.128.0/17 overlaps cluster tnl-b's 10.202.0.0/16 (older record wins)",
+			"tnl-e (KeyConflict): its WireGuard public key is already used by cluster tnl-b",
+			"tnl-f (CIDRConflict): 10.201.5.0/24 overlaps this cluster's own 10.201.0.0/16",
+		} {
+			if c.Status != "True" || !strings.Contains(c.Message, want) {
+				return fmt.Errorf("TunnelConflict %s %s: %q lacks %q", c.Status, c.Reason, c.Message, want)
+			}
+		}
+		return nil
+	})
+	_, body, err := scrape(context.Background(), a, "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{
+		`isthmus_tunnel_conflicts{kind="cidr",remote_cluster="tnl-d"} 1`,
+		`isthmus_tunnel_conflicts{kind="key",remote_cluster="tnl-e"} 1`,
+		`isthmus_tunnel_peer_state{remote_cluster="tnl-d",state="CIDRConflict"} 1`,
+		`isthmus_tunnel_peer_state{remote_cluster="tnl-e",state="KeyConflict"} 1`,
+	} {
+		if !strings.Contains(body, want) {
+			t.Errorf("metrics lack %s:\n%s", want, grep(body, "isthmus_tunnel_"))
+		}
+	}
+	routes := routesOf(t, a)
+	for _, cidr := range []string{"10.202.128.0/17", "10.205.0.0/16", "10.201.5.0/24"} {
+		if strings.Contains(routes, cidr) {
+			t.Errorf("a route to conflicting %s exists:\n%s", cidr, routes)
+		}
+	}
+	if !strings.Contains(routes, "10.202.0.0/16 dev "+a.dev) {
+		t.Errorf("the older cluster's route is gone:\n%s", routes)
+	}
+	peers := wgDevice(t, a).peers
+	for _, k := range []string{dPub, fPub} {
+		if _, ok := peers[k]; ok {
+			t.Errorf("conflicting key %s became a peer", k)
+		}
+	}
+	if p := peers[bRec.Spec.WireGuard.PublicKey]; p.allowed != 2 {
+		t.Errorf("tnl-b's peer has %d allowed IPs, want its own 2 (tnl-e's CIDR must not be added to it)", p.allowed)
+	}
+	if err := reach(a, b, []byte("still-there"), time.Second); err != nil {
+		t.Errorf("tnl-a no longer reaches tnl-b: %v", err)
+	}
+
+	for _, id := range []string{"tnl-d", "tnl-e", "tnl-f"} {
+		if err := w.broker.Resource(clustersGVR).Namespace(brokerNS).Delete(context.Background(), id, metav1.DeleteOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	eventually(t, 15*time.Second, "conflicts cleared", func() error {
+		c, err := conflictOf(a)
+		if err != nil {
+			return err
+		}
+		if c.Status != "False" {
+			return fmt.Errorf("TunnelConflict still %s: %s", c.Status, c.Message)
+		}
+		return nil
+	})
+}
+
+// TestHandEditsRepairedWithinOneResync: a route and a peer deleted by
+// hand come back within one resync period.
+func TestHandEditsRepairedWithinOneResync(t *testing.T) {
+	dumpLogsOnFailure(t)
+	a, b := w.members[0], w.members[1]
+	bPub := wgDevice(t, b).pub
+	if _, err := sh("ip", "-n", a.ns, "route", "del", "10.202.0.0/16", "dev", a.dev); err != nil {
+		t.Fatal(err)
+	}
+	took := eventually(t, resync+time.Second, "the deleted route back", func() error {
+		if !strings.Contains(routesOf(t, a), "10.202.0.0/16 dev "+a.dev) {
+			return fmt.Errorf("no route to 10.202.0.0/16")
+		}
+		return nil
+	})
+	t.Logf("route restored after %s (resync %s)", took.Round(time.Millisecond), resync)
+
+	if _, err := sh("wg", "set", a.dev, "peer", bPub, "remove"); err != nil {
+		t.Fatal(err)
+	}
+	took = eventually(t, resync+time.Second, "the deleted peer back", func() error {
+		if _, ok := wgDevice(t, a).peers[bPub]; !ok {
+			return fmt.Errorf("peer %s missing", bPub)
+		}
+		return nil
+	})
+	t.Logf("peer restored after %s (resync %s)", took.Round(time.Millisecond), resync)
+	eventually(t, 5*time.Second, "tnl-a reaching tnl-b again", func() error { return reach(a, b, []byte("back"), 500*time.Millisecond) })
+}
+
+// TestChangingOnePeerKeepsOthersSessions: a change to tnl-c's record
+// updates tnl-c's peer alone; tnl-b's session (handshake time, counters)
+// on the same device is untouched, as it would not be if all peers were
+// replaced.
+func TestChangingOnePeerKeepsOthersSessions(t *testing.T) {
+	dumpLogsOnFailure(t)
+	a, b, c := w.members[0], w.members[1], w.members[2]
+	bPub, cPub := wgDevice(t, b).pub, wgDevice(t, c).pub
+	if err := reach(a, b, []byte("warm"), time.Second); err != nil {
+		t.Fatal(err)
+	}
+	before := wgDevice(t, a).peers[bPub]
+	if before.handshake.IsZero() {
+		t.Fatal("tnl-b's peer has no handshake yet")
+	}
+	if err := w.applyAgentFields(context.Background(), c.id, []string{c.podCIDR}, []string{c.svcCIDR, "10.223.0.0/16"}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = w.applyAgentFields(context.Background(), c.id, []string{c.podCIDR}, []string{c.svcCIDR}) })
+	eventually(t, 10*time.Second, "tnl-c's peer updated", func() error {
+		if n := wgDevice(t, a).peers[cPub].allowed; n != 3 {
+			return fmt.Errorf("tnl-c's peer has %d allowed IPs, want 3", n)
+		}
+		if !strings.Contains(routesOf(t, a), "10.223.0.0/16 dev "+a.dev) {
+			return fmt.Errorf("no route to tnl-c's new CIDR")
+		}
+		return nil
+	})
+	after := wgDevice(t, a).peers[bPub]
+	if !after.handshake.Equal(before.handshake) {
+		t.Errorf("tnl-b's handshake changed from %s to %s: its session was reset", before.handshake, after.handshake)
+	}
+	if after.rx < before.rx || after.tx < before.tx {
+		t.Errorf("tnl-b's counters went back (rx %d->%d, tx %d->%d): the peer was recreated", before.rx, after.rx, before.tx, after.tx)
+	}
+	if err := reach(a, b, []byte("same-session"), time.Second); err != nil {
+		t.Error(err)
+	}
+	if err := reach(a, c, []byte("updated-peer"), time.Second); err != nil {
+		t.Error(err)
+	}
+}

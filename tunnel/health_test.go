@@ -1,0 +1,92 @@
+package tunnel
+
+import (
+	"log/slog"
+	"net"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+)
+
+func TestJudge(t *testing.T) {
+	now := time.Date(2026, 1, 1, 12, 0, 0, 0, time.UTC)
+	ep := &net.UDPAddr{IP: net.ParseIP("192.0.2.2"), Port: 51820}
+	tests := []struct {
+		name   string
+		ph     peerHealth
+		dp     *wgtypes.Peer
+		state  string
+		reason string
+	}{
+		{"missing from the device", peerHealth{}, nil, StateError, "missing"},
+		{"new, no handshake yet", peerHealth{configuredAt: now.Add(-5 * time.Second)}, &wgtypes.Peer{Endpoint: ep}, StateConnecting, "first handshake"},
+		{"no handshake after the grace", peerHealth{configuredAt: now.Add(-31 * time.Second)}, &wgtypes.Peer{Endpoint: ep}, StateError, "192.0.2.2:51820 reachable"},
+		{"handshake too old", peerHealth{everOK: true}, &wgtypes.Peer{LastHandshakeTime: now.Add(-181 * time.Second)}, StateError, "no session can exist"},
+		{"probes lost", peerHealth{everOK: true, failures: 3}, &wgtypes.Peer{LastHandshakeTime: now.Add(-5 * time.Second)}, StateError, "echo probes"},
+		{"two probes lost is not yet an error", peerHealth{everOK: true, failures: 2}, &wgtypes.Peer{LastHandshakeTime: now.Add(-5 * time.Second)}, StateConnected, ""},
+		{"handshake but no echo yet", peerHealth{}, &wgtypes.Peer{LastHandshakeTime: now.Add(-time.Second)}, StateConnecting, "first echo"},
+		{"healthy", peerHealth{everOK: true}, &wgtypes.Peer{LastHandshakeTime: now.Add(-119 * time.Second)}, StateConnected, "answered"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			state, reason := judge(tt.ph, tt.dp, now)
+			if state != tt.state || !strings.Contains(reason, tt.reason) {
+				t.Errorf("judge = %s %q, want %s containing %q", state, reason, tt.state, tt.reason)
+			}
+		})
+	}
+}
+
+// TestProbeEcho runs the echo server and a probe over loopback.
+func TestProbeEcho(t *testing.T) {
+	l, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.LocalAddr().(*net.UDPAddr).AddrPort()
+	l.Close()
+	stop, err := echoServer(t.Context(), addr, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rtt, err := probe(netip.Addr{}, addr, 7, time.Second)
+	if err != nil || rtt <= 0 {
+		t.Fatalf("probe: %s %v", rtt, err)
+	}
+	stop()
+	if _, err := probe(netip.MustParseAddr("127.0.0.1"), addr, 8, 200*time.Millisecond); err == nil {
+		t.Fatal("a probe got an answer with the echo server stopped")
+	}
+}
+
+func TestConfigValidate(t *testing.T) {
+	good := Config{ClusterID: "a", BrokerNamespace: "b", Device: "isthmus0", Implementation: Auto, MTU: 1420, ListenPort: 51820,
+		Endpoint: netip.MustParseAddrPort("192.0.2.1:51820"), ProbePort: 51821, Keepalive: 10 * time.Second,
+		Resync: time.Second, ProbeInterval: time.Second, StatusInterval: time.Second, RouteProtocol: 158, RouteTable: 254,
+		KeyNamespace: "isthmus-system", KeySecret: "k"}
+	if err := good.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	for name, mutate := range map[string]func(*Config){
+		"no cluster":        func(c *Config) { c.ClusterID = "" },
+		"long device":       func(c *Config) { c.Device = "sixteen-chars-xx" },
+		"keepalive off":     func(c *Config) { c.Keepalive = 0 },
+		"kernel's protocol": func(c *Config) { c.RouteProtocol = 2 },
+		"no endpoint":       func(c *Config) { c.Endpoint = netip.AddrPort{} },
+		"unspecified":       func(c *Config) { c.Endpoint = netip.MustParseAddrPort("0.0.0.0:51820") },
+		"tiny MTU":          func(c *Config) { c.MTU = 576 },
+		"no key secret":     func(c *Config) { c.KeySecret = "" },
+	} {
+		c := good
+		mutate(&c)
+		if err := c.Validate(); err == nil {
+			t.Errorf("%s: accepted", name)
+		}
+	}
+	if _, err := ParseImplementation("bogus"); err == nil {
+		t.Error("ParseImplementation accepted bogus")
+	}
+}
