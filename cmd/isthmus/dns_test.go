@@ -61,7 +61,7 @@ func get(url string) (int, string) {
 	return resp.StatusCode, string(b)
 }
 
-func eventually(t *testing.T, what string, ok func() bool) {
+func waitUntil(t *testing.T, what string, ok func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
 	for !ok() {
@@ -89,7 +89,7 @@ func TestDNSRole(t *testing.T) {
 		done <- dnsRole(ctx, []string{"--kubeconfig", m.Kubeconfig, "--listen", dnsAddr, "--metrics-addr", metricsAddr, "--ttl", "7"},
 			slog.New(slog.NewTextHandler(io.Discard, nil)))
 	}()
-	eventually(t, "/healthz answers", func() bool { c, _ := get("http://" + metricsAddr + "/healthz"); return c == 200 })
+	waitUntil(t, "/healthz answers", func() bool { c, _ := get("http://" + metricsAddr + "/healthz"); return c == 200 })
 	// No ServiceImport CRD yet: the informers cannot sync.
 	time.Sleep(time.Second)
 	if c, body := get("http://" + metricsAddr + "/readyz"); c != http.StatusServiceUnavailable || !strings.Contains(body, "not synced") {
@@ -120,7 +120,7 @@ func TestDNSRole(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	eventually(t, "CRDs established", func() bool {
+	waitUntil(t, "CRDs established", func() bool {
 		for _, crd := range list {
 			got, err := ext.ApiextensionsV1().CustomResourceDefinitions().Get(ctx, crd.Name, metav1.GetOptions{})
 			if err != nil {
@@ -136,7 +136,7 @@ func TestDNSRole(t *testing.T) {
 		}
 		return true
 	})
-	eventually(t, "/readyz after the sync", func() bool { c, _ := get("http://" + metricsAddr + "/readyz"); return c == 200 })
+	waitUntil(t, "/readyz after the sync", func() bool { c, _ := get("http://" + metricsAddr + "/readyz"); return c == 200 })
 
 	if _, err := m.Client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "demo"}}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
@@ -153,7 +153,7 @@ func TestDNSRole(t *testing.T) {
 	if _, err := mc.MulticlusterV1beta1().ServiceImports("demo").Create(ctx, si, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "the import resolves", func() bool {
+	waitUntil(t, "the import resolves", func() bool {
 		return strings.Contains(digOut("echo.demo.svc.clusterset.local", "A"), "echo.demo.svc.clusterset.local. 7 IN A 10.100.0.7")
 	})
 	digOut("nope.demo.svc.clusterset.local", "A")
