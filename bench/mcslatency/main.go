@@ -46,18 +46,19 @@ const ns = "bench"
 
 func main() {
 	samples := flag.Int("samples", 200, "samples per measurement")
+	services := flag.Int("services", 0, "then export this many services × 10 endpoints from each of the three members and report the agents' CPU and memory")
 	flag.Parse()
-	if err := run(*samples); err != nil {
+	if err := run(*samples, *services); err != nil {
 		fmt.Fprintln(os.Stderr, "mcslatency:", err)
 		os.Exit(1)
 	}
 }
 
-func run(samples int) error {
+func run(samples, services int) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
 	defer cancel()
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	cs, err := cluster.New(ctx, cluster.Options{Broker: true, Members: 2, Log: log})
+	cs, err := cluster.New(ctx, cluster.Options{Broker: true, Members: 3, Log: log})
 	if err != nil {
 		return err
 	}
@@ -89,7 +90,7 @@ func run(samples int) error {
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
 
-	fmt.Printf("conditions: %d samples each, sequential; broker + 2 members on loopback (real kube-apiserver %s, etcd, KWOK), 2 agents in this process; %d CPUs\n",
+	fmt.Printf("conditions: %d samples each, sequential, from member a to member b; broker + 3 members on loopback (real kube-apiserver %s, etcd, KWOK), 3 agents in this process; %d CPUs\n",
 		samples, "v1.37.2", runtime.NumCPU())
 	fmt.Printf("| measurement | p50 | p99 | p50 / floor p50 | p99 / floor p99 |\n|---|---|---|---|---|\n")
 	row := func(name string, d []time.Duration) {
@@ -101,6 +102,9 @@ func run(samples int) error {
 	row("endpoint-change-to-imported (EndpointSlice in A -> MCS slice in B)", endpoints)
 	fmt.Printf("process CPU during the agent measurements: %v (both agents, the clients and the watches); Go heap in use at the end: %d MiB\n",
 		cpu.Round(time.Millisecond), ms.HeapInuse>>20)
+	if services > 0 {
+		return measureScale(ctx, cs, services)
+	}
 	return nil
 }
 
