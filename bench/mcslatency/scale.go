@@ -75,12 +75,12 @@ func measureScale(ctx context.Context, cs *cluster.Clusterset, n int) error {
 	runtime.GC()
 	var after runtime.MemStats
 	runtime.ReadMemStats(&after)
-	fmt.Printf("\\nscale: %d services × 10 endpoints exported from each of 3 members (%d exports, %d endpoints)\\n", n, 3*n, 30*n)
-	fmt.Printf("| what | figure |\\n|---|---|\\n")
-	fmt.Printf("| objects written by the bench (Services, EndpointSlices, ServiceExports) | %v |\\n", written.Round(time.Millisecond))
-	fmt.Printf("| until every member imports every service from all 3 clusters | %v |\\n", converged.Round(time.Millisecond))
-	fmt.Printf("| process CPU over that time (3 agents + the bench's writers) | %v |\\n", cpu.Round(time.Millisecond))
-	fmt.Printf("| Go heap in use after GC, before → after (3 agents' caches) | %d → %d MiB (%.1f MiB per agent) |\\n",
+	fmt.Printf("\nscale: %d services × 10 endpoints exported from each of 3 members (%d exports, %d endpoints)\n", n, 3*n, 30*n)
+	fmt.Printf("| what | figure |\n|---|---|\n")
+	fmt.Printf("| objects written by the bench (Services, EndpointSlices, ServiceExports) | %v |\n", written.Round(time.Millisecond))
+	fmt.Printf("| until every member imports every service from all 3 clusters | %v |\n", converged.Round(time.Millisecond))
+	fmt.Printf("| process CPU over that time (3 agents + the bench's writers) | %v |\n", cpu.Round(time.Millisecond))
+	fmt.Printf("| Go heap in use after GC, before → after (3 agents' caches) | %d → %d MiB (%.1f MiB per agent) |\n",
 		before.HeapInuse>>20, after.HeapInuse>>20, float64(after.HeapInuse-before.HeapInuse)/3/(1<<20))
 	return nil
 }
