@@ -63,8 +63,12 @@ func run(samples, services int) error {
 		return err
 	}
 	defer cs.Stop()
+	// The agents stop before the clusterset does (deferred calls run last
+	// first), so they do not report the broker lost at the end.
+	agentCtx, stopAgents := context.WithCancel(ctx)
+	defer stopAgents()
 	a, b := cs.Members[0], cs.Members[1]
-	if err := joinAndRun(ctx, cs, log); err != nil {
+	if err := joinAndRun(agentCtx, cs, log); err != nil {
 		return err
 	}
 	for _, m := range cs.Members {
