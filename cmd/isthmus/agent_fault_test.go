@@ -9,6 +9,7 @@ import (
 	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/tools/clientcmd"
 	mcsv1beta1 "sigs.k8s.io/mcs-api/pkg/apis/v1beta1"
@@ -116,9 +117,32 @@ func TestMemberLost(t *testing.T) {
 	}
 	eventually(t, propagation, "both clusters imported in c", both)
 
+	heartbeat := func(status, reason string) func() error {
+		return func() error {
+			u, err := dynamic.NewForConfigOrDie(clusters.Broker.Config).Resource(brokerv1.SchemeGroupVersion.WithResource("clusters")).
+				Namespace(brokerv1.DefaultBrokerNamespace).Get(ctx, "b", metav1.GetOptions{})
+			if err != nil {
+				return err
+			}
+			conds, _, _ := unstructured.NestedSlice(u.Object, "status", "conditions")
+			for _, c := range conds {
+				c := c.(map[string]any)
+				if c["type"] == brokerv1.ClusterConditionHeartbeat {
+					if c["status"] != status || c["reason"] != reason {
+						return fmt.Errorf("b's Heartbeat condition is %v/%v: %v", c["status"], c["reason"], c["message"])
+					}
+					return nil
+				}
+			}
+			return fmt.Errorf("b's record has no Heartbeat condition: %v", conds)
+		}
+	}
+	eventually(t, propagation, "b reported healthy", heartbeat("True", brokerv1.ReasonLeaseRenewed))
+
 	stopAgent(t, 1)
 	stopped := time.Now()
 	always(t, leaseDuration, "b kept while its lease is valid", both)
+	eventually(t, withdrawAfter, "b reported unhealthy in its record", heartbeat("False", brokerv1.ReasonLeaseExpired))
 	eventually(t, withdrawAfter+15*time.Second, "b withdrawn from c's import", func() error {
 		v, err := viewImport(ctx, t, 2, ns, "svc")
 		if err != nil {
@@ -135,9 +159,11 @@ func TestMemberLost(t *testing.T) {
 		t.Errorf("b withdrawn %v after it stopped, before the %v withdraw period", took, withdrawAfter)
 	}
 
+	eventually(t, propagation, "b reported withdrawn", heartbeat("False", brokerv1.ReasonWithdrawn))
 	if err := startAgent(1); err != nil {
 		t.Fatal(err)
 	}
+	eventually(t, propagation, "b reported healthy again", heartbeat("True", brokerv1.ReasonLeaseRenewed))
 	eventually(t, propagation, "b back in c's import", func() error {
 		err := both()
 		if err != nil {

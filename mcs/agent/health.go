@@ -7,7 +7,10 @@ import (
 
 	coordinationv1 "k8s.io/api/coordination/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime"
 
 	brokerv1 "github.com/isthmus-dev/isthmus/mcs/api/v1alpha1"
 )
@@ -113,8 +116,53 @@ func (a *Agent) watchHealth(ctx context.Context) {
 			return
 		case <-t.C:
 			a.recheckHealth()
+			a.reportHealth(ctx)
 		}
 	}
+}
+
+// reportHealth writes, into each Cluster record whose Heartbeat condition
+// no longer says what this agent observes, the condition it observes. Every
+// member computes the same thing from the same Leases, so writes only
+// happen on changes. Nothing is written while the broker is unreachable.
+func (a *Agent) reportHealth(ctx context.Context) {
+	if link := a.link.Load(); link == nil || !link.up {
+		return
+	}
+	for _, o := range a.clusters.List() {
+		rec := o.(*brokerv1.Cluster)
+		want := a.heartbeatCondition(a.healthOf(rec.Spec.ClusterID))
+		cur := meta.FindStatusCondition(rec.Status.Conditions, want.Type)
+		if cur != nil && cur.Status == want.Status && cur.Reason == want.Reason && cur.Message == want.Message {
+			continue
+		}
+		updated := rec.DeepCopy()
+		meta.SetStatusCondition(&updated.Status.Conditions, want)
+		m, err := runtime.DefaultUnstructuredConverter.ToUnstructured(updated)
+		if err != nil {
+			continue
+		}
+		_, err = a.cfg.BrokerDynamic.Resource(clusterGVR).Namespace(rec.Namespace).UpdateStatus(ctx, &unstructured.Unstructured{Object: m}, metav1.UpdateOptions{FieldManager: fieldManager})
+		a.countWrite("broker", "status", err)
+		if err != nil && !apierrors.IsConflict(err) {
+			a.log.Warn("reporting a cluster's heartbeat", "peer", rec.Spec.ClusterID, "err", err)
+		}
+	}
+}
+
+func (a *Agent) heartbeatCondition(h clusterHealth) metav1.Condition {
+	c := metav1.Condition{Type: brokerv1.ClusterConditionHeartbeat, Status: metav1.ConditionTrue, Reason: brokerv1.ReasonLeaseRenewed,
+		Message: fmt.Sprintf("The cluster renews its heartbeat Lease (valid %v).", a.cfg.LeaseDuration)}
+	switch h {
+	case unhealthy:
+		c.Status, c.Reason = metav1.ConditionFalse, brokerv1.ReasonLeaseExpired
+		c.Message = fmt.Sprintf("The heartbeat Lease has not been renewed for over %v: check the cluster's isthmus agent and its access to the broker. Its exports stay imported until %v without renewal.",
+			a.cfg.LeaseDuration, a.cfg.WithdrawAfter)
+	case withdrawn:
+		c.Status, c.Reason = metav1.ConditionFalse, brokerv1.ReasonWithdrawn
+		c.Message = fmt.Sprintf("The heartbeat Lease has not been renewed for over %v: the cluster's exports are withdrawn from every import until it renews.", a.cfg.WithdrawAfter)
+	}
+	return c
 }
 
 // heartbeat renews this cluster's Lease every third of its duration and

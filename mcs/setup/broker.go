@@ -164,6 +164,12 @@ func memberPolicy(ns string) *admissionv1.ValidatingAdmissionPolicy {
 				{Name: "isToken", Expression: "request.resource.resource == 'serviceaccounts'"},
 				{Name: "newOwner", Expression: owner("object")},
 				{Name: "oldOwner", Expression: owner("oldObject")},
+				// A member may report what it observes of another: the
+				// Heartbeat condition in another Cluster's status, and
+				// nothing else there (the status endpoint ignores the rest of
+				// the object).
+				{Name: "peerHeartbeat", Expression: fmt.Sprintf(`request.resource.resource == 'clusters' && has(request.subResource) && request.subResource == 'status' && request.operation == 'UPDATE' &&
+  %[1]s == %[2]s`, otherConditions("object"), otherConditions("oldObject"))},
 			},
 			Validations: []admissionv1.Validation{
 				{
@@ -173,19 +179,25 @@ func memberPolicy(ns string) *admissionv1.ValidatingAdmissionPolicy {
 					Reason: ptr(metav1.StatusReasonForbidden),
 				},
 				{
-					Expression: "variables.isToken || request.operation == 'DELETE' || variables.newOwner == variables.me",
+					Expression: "variables.isToken || request.operation == 'DELETE' || variables.newOwner == variables.me || variables.peerHeartbeat",
 					MessageExpression: fmt.Sprintf(`"rule own-records-only: member '" + variables.me + "' may only write records of its own cluster; this " + request.resource.resource + " must carry label %s=" + variables.me + " and name cluster '" + variables.me + "' in %s"`,
 						brokerv1.LabelSourceCluster, ownerFieldsHelp),
 					Reason: ptr(metav1.StatusReasonForbidden),
 				},
 				{
-					Expression:        "variables.isToken || request.operation == 'CREATE' || variables.oldOwner == variables.me",
+					Expression:        "variables.isToken || request.operation == 'CREATE' || variables.oldOwner == variables.me || variables.peerHeartbeat",
 					MessageExpression: `"rule existing-records-of-others: " + request.resource.resource + " " + request.name + " belongs to another cluster; member '" + variables.me + "' may only change or delete its own records"`,
 					Reason:            ptr(metav1.StatusReasonForbidden),
 				},
 			},
 		},
 	}
+}
+
+// otherConditions is the CEL list of a Cluster's status conditions other
+// than the Heartbeat condition.
+func otherConditions(o string) string {
+	return fmt.Sprintf("(has(%[1]s.status) && has(%[1]s.status.conditions) ? %[1]s.status.conditions.filter(c, c.type != '%[2]s') : [])", o, brokerv1.ClusterConditionHeartbeat)
 }
 
 var ownerFieldsHelp = strings.Join([]string{

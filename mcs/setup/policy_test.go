@@ -14,6 +14,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/tools/clientcmd"
 
 	brokerv1 "github.com/isthmus-dev/isthmus/mcs/api/v1alpha1"
@@ -185,6 +186,35 @@ func TestMembersWriteOnlyTheirOwnRecords(t *testing.T) {
 		})
 	}
 
+	t.Run("PeerHeartbeat", func(t *testing.T) {
+		// Beta may report alpha's heartbeat, and only that, in alpha's
+		// Cluster status.
+		res := func(c *Clients) dynamicResource {
+			return c.Dynamic.Resource(clusterGVR).Namespace(ns)
+		}
+		if _, err := res(asAlpha).Create(ctx, toUnstructured(t, validCluster(alpha)), metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		defer res(asAlpha).Delete(ctx, alpha, metav1.DeleteOptions{})
+		setCondition := func(typ string) error {
+			u, err := res(asBeta).Get(ctx, alpha, metav1.GetOptions{})
+			if err != nil {
+				return err
+			}
+			cond := map[string]any{"type": typ, "status": "False", "reason": "LeaseExpired", "message": "seen by beta",
+				"lastTransitionTime": time.Now().UTC().Format(time.RFC3339)}
+			if err := unstructured.SetNestedSlice(u.Object, []any{cond}, "status", "conditions"); err != nil {
+				return err
+			}
+			_, err = res(asBeta).UpdateStatus(ctx, u, metav1.UpdateOptions{})
+			return err
+		}
+		if err := setCondition(brokerv1.ClusterConditionHeartbeat); err != nil {
+			t.Errorf("beta reporting alpha's heartbeat: %v", err)
+		}
+		wantDenied(t, setCondition("Ready"), "rule own-records-only")
+	})
+
 	t.Run("Secrets", func(t *testing.T) {
 		for name, m := range map[string]*Clients{alpha: asAlpha, beta: asBeta} {
 			_, err := m.Kube.CoreV1().Secrets(ns).List(ctx, metav1.ListOptions{})
@@ -218,6 +248,8 @@ func TestMembersWriteOnlyTheirOwnRecords(t *testing.T) {
 		}
 	})
 }
+
+type dynamicResource = dynamic.ResourceInterface
 
 type errString string
 

@@ -31,6 +31,19 @@ const (
 	LeasePrefix = "cluster-"
 )
 
+// The Heartbeat condition of a Cluster's status says whether the cluster's
+// Lease is being renewed, as the other members observe it. It is the only
+// part of another member's record a member may write.
+const (
+	ClusterConditionHeartbeat = "Heartbeat"
+	// ReasonLeaseRenewed: the Lease is renewed in time (status True).
+	ReasonLeaseRenewed = "LeaseRenewed"
+	// ReasonLeaseExpired: the Lease lapsed; exports still imported (False).
+	ReasonLeaseExpired = "LeaseExpired"
+	// ReasonWithdrawn: the Lease lapsed long ago; exports withdrawn (False).
+	ReasonWithdrawn = "Withdrawn"
+)
+
 // ExportedServiceName is the name of the ExportedService record of
 // namespace/name exported from cluster. Each part is a DNS label, so the
 // dotted form cannot collide.
