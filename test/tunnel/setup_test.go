@@ -47,7 +47,7 @@ const (
 	agentFields = "tnl-test-agent"
 	// leaseDuration is how long a killed gateway's Lease blocks its
 	// standby in these tests (production default 15 s).
-	leaseDuration = 2 * time.Second
+	leaseDuration = 4 * time.Second
 )
 
 // member is one simulated cluster: a namespace holding its gateway (the
@@ -246,7 +246,7 @@ func (w *world) start(mb *member, extra ...string) error {
 		"--key-namespace", mb.id + "-system", "--resync", resync.String(), "--status-interval", "500ms",
 		"--route-protocol", strconv.Itoa(routeProto), "--metrics-addr", metricsAddr,
 		"--leader-elect-identity", mb.ns, "--leader-elect-lease-duration", leaseDuration.String(),
-		"--leader-elect-renew-deadline", "1500ms", "--leader-elect-retry-period", "250ms",
+		"--leader-elect-renew-deadline", "3s", "--leader-elect-retry-period", "500ms",
 	}, extra...)
 	cmd := exec.Command("ip", args...)
 	if mb.logs == nil {
