@@ -1,6 +1,6 @@
 // Command isthmusctl is the operator's CLI for an Isthmus clusterset:
-// `isthmusctl broker install` prepares the hub cluster, and
-// `isthmusctl join` makes a cluster a member. Both are idempotent and print
+// `isthmusctl broker install` prepares the hub cluster,
+// `isthmusctl join` makes a cluster a member (both idempotent, and they print
 // what they did; both take --kubeconfig and --context like kubectl.
 package main
 
