@@ -21,8 +21,10 @@ import (
 	"log/slog"
 	"os"
 	"os/exec"
+	"os/signal"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 
 	"k8s.io/client-go/kubernetes"
@@ -41,8 +43,13 @@ func main() {
 	only := flag.String("only", "", "comma-separated servers to run (isthmus, coredns, coredns-cache); all when empty")
 	flag.Parse()
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
-	if err := run(context.Background(), log, config{*names, *rounds, *sat, *rate, *rateDur, *updates, *only}); err != nil {
+	// An interrupt cancels the run, so the deferred stops take the harness
+	// and the servers down instead of orphaning them.
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, log, config{*names, *rounds, *sat, *rate, *rateDur, *updates, *only}); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
+		stop()
 		os.Exit(1)
 	}
 }
