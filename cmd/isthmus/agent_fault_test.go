@@ -17,7 +17,6 @@ import (
 	"github.com/isthmus-dev/isthmus/mcs/agent"
 	brokerv1 "github.com/isthmus-dev/isthmus/mcs/api/v1alpha1"
 	"github.com/isthmus-dev/isthmus/mcs/setup"
-	"github.com/isthmus-dev/isthmus/test/cluster"
 )
 
 // TestBrokerOutage stops the broker for longer than every grace period:
@@ -67,22 +66,7 @@ func TestBrokerOutage(t *testing.T) {
 		eventually(t, time.Minute, fmt.Sprintf("export made during the outage imported in %s", ids[i]), func() error {
 			v, err := viewImport(ctx, t, i, ns, "during")
 			if err == nil && len(v.endpoints["a"]) != 1 {
-				bs, _ := clusters.Broker.Client.DiscoveryV1().EndpointSlices(brokerv1.DefaultBrokerNamespace).List(ctx, metav1.ListOptions{})
-				var names []string
-				for _, s := range bs.Items {
-					names = append(names, s.Name)
-				}
-				ls, _ := clusters.Members[0].Client.DiscoveryV1().EndpointSlices(ns).List(ctx, metav1.ListOptions{})
-				for _, s := range ls.Items {
-					var rs []string
-					for _, e := range s.Endpoints {
-						if e.Conditions.Ready != nil {
-							rs = append(rs, fmt.Sprint(e.Addresses, *e.Conditions.Ready))
-						}
-					}
-					names = append(names, "local:"+s.Name+fmt.Sprint(rs))
-				}
-				err = fmt.Errorf("endpoints %v; broker slices %v", v.endpoints, names)
+				err = fmt.Errorf("endpoints %v; %s", v.endpoints, describeSlices(ctx, ns))
 			}
 			return err
 		})
@@ -167,15 +151,7 @@ func TestMemberLost(t *testing.T) {
 	eventually(t, propagation, "b back in c's import", func() error {
 		err := both()
 		if err != nil {
-			for i, m := range clusters.Members {
-				n, _ := m.Client.CoreV1().Nodes().Get(ctx, cluster.NodeName, metav1.GetOptions{})
-				pods, _ := m.Client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{})
-				var ps []string
-				for _, p := range pods.Items {
-					ps = append(ps, fmt.Sprintf("%s:%s:%v", p.Name, p.Status.Phase, p.Status.Conditions))
-				}
-				err = fmt.Errorf("%w; %s node %v pods %v", err, ids[i], n.Status.Conditions, ps)
-			}
+			err = fmt.Errorf("%w; %s", err, describeMembers(ctx, ns))
 		}
 		return err
 	})

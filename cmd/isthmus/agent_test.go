@@ -447,3 +447,44 @@ func inCIDR(ips []string, p netip.Prefix) bool {
 }
 
 func discardLog() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
+
+// describeSlices lists, for a failure message, the broker's EndpointSlices
+// and member a's slices in ns with their endpoints' readiness.
+func describeSlices(ctx context.Context, ns string) string {
+	var out []string
+	bs, _ := clusters.Broker.Client.DiscoveryV1().EndpointSlices(brokerv1.DefaultBrokerNamespace).List(ctx, metav1.ListOptions{})
+	for _, s := range bs.Items {
+		out = append(out, "broker:"+s.Name)
+	}
+	ls, _ := clusters.Members[0].Client.DiscoveryV1().EndpointSlices(ns).List(ctx, metav1.ListOptions{})
+	for _, s := range ls.Items {
+		var ready []string
+		for _, e := range s.Endpoints {
+			if e.Conditions.Ready != nil {
+				ready = append(ready, fmt.Sprint(e.Addresses, *e.Conditions.Ready))
+			}
+		}
+		out = append(out, fmt.Sprintf("a:%s%v", s.Name, ready))
+	}
+	return "slices " + strings.Join(out, " ")
+}
+
+// describeMembers reports, for a failure message, each member's node
+// conditions and its pods in ns with their conditions.
+func describeMembers(ctx context.Context, ns string) string {
+	var out []string
+	for i, m := range clusters.Members {
+		n, _ := m.Client.CoreV1().Nodes().Get(ctx, cluster.NodeName, metav1.GetOptions{})
+		pods, _ := m.Client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{})
+		var ps []string
+		for _, p := range pods.Items {
+			ps = append(ps, fmt.Sprintf("%s:%s:%v", p.Name, p.Status.Phase, p.Status.Conditions))
+		}
+		var nc any
+		if n != nil {
+			nc = n.Status.Conditions
+		}
+		out = append(out, fmt.Sprintf("%s node %v pods %v", ids[i], nc, ps))
+	}
+	return strings.Join(out, "; ")
+}
