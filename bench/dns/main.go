@@ -97,7 +97,7 @@ func run(ctx context.Context, log *slog.Logger, c config) error {
 	if err != nil {
 		return err
 	}
-	if err := installCRDs(ctx, m.Config); err != nil {
+	if err := installCRDs(ctx, m); err != nil {
 		return err
 	}
 	d := dataset{clusterSetIP: c.names, headless: c.names / 10}

@@ -4,19 +4,16 @@ import (
 	"context"
 	"fmt"
 	"sync"
-	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
-	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
-	apiextensions "k8s.io/apiextensions-apiserver/pkg/client/clientset/clientset"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/rest"
 	mcsv1beta1 "sigs.k8s.io/mcs-api/pkg/apis/v1beta1"
 	mcsclient "sigs.k8s.io/mcs-api/pkg/client/clientset/versioned"
 
 	"github.com/isthmus-dev/isthmus/mcs/api/crds"
+	"github.com/isthmus-dev/isthmus/test/cluster"
 )
 
 const namespaces = 10
@@ -42,37 +39,12 @@ func (d dataset) podIP(i, j int) string {
 // the clusters the headless endpoints come from.
 func (d dataset) cluster(i int) string { return []string{"cluster-a", "cluster-b"}[i%2] }
 
-func installCRDs(ctx context.Context, cfg *rest.Config) error {
+func installCRDs(ctx context.Context, m *cluster.Cluster) error {
 	list, err := crds.Member()
 	if err != nil {
 		return err
 	}
-	ext, err := apiextensions.NewForConfig(cfg)
-	if err != nil {
-		return err
-	}
-	for _, c := range list {
-		if _, err := ext.ApiextensionsV1().CustomResourceDefinitions().Create(ctx, c, metav1.CreateOptions{}); err != nil {
-			return fmt.Errorf("creating CRD %s: %w", c.Name, err)
-		}
-	}
-	for _, c := range list {
-		for {
-			got, err := ext.ApiextensionsV1().CustomResourceDefinitions().Get(ctx, c.Name, metav1.GetOptions{})
-			if err != nil {
-				return err
-			}
-			ok := false
-			for _, cond := range got.Status.Conditions {
-				ok = ok || cond.Type == apiextensionsv1.Established && cond.Status == apiextensionsv1.ConditionTrue
-			}
-			if ok {
-				break
-			}
-			time.Sleep(100 * time.Millisecond)
-		}
-	}
-	return nil
+	return m.InstallCRDs(ctx, list)
 }
 
 // write creates every object with a few writers in parallel.

@@ -12,8 +12,6 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
-	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
-	apiextensions "k8s.io/apiextensions-apiserver/pkg/client/clientset/clientset"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	mcsv1beta1 "sigs.k8s.io/mcs-api/pkg/apis/v1beta1"
 	mcsclient "sigs.k8s.io/mcs-api/pkg/client/clientset/versioned"
@@ -111,31 +109,9 @@ func TestDNSRole(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ext, err := apiextensions.NewForConfig(m.Config)
-	if err != nil {
+	if err := m.InstallCRDs(ctx, list); err != nil {
 		t.Fatal(err)
 	}
-	for _, crd := range list {
-		if _, err := ext.ApiextensionsV1().CustomResourceDefinitions().Create(ctx, crd, metav1.CreateOptions{}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	waitUntil(t, "CRDs established", func() bool {
-		for _, crd := range list {
-			got, err := ext.ApiextensionsV1().CustomResourceDefinitions().Get(ctx, crd.Name, metav1.GetOptions{})
-			if err != nil {
-				return false
-			}
-			ok := false
-			for _, c := range got.Status.Conditions {
-				ok = ok || c.Type == apiextensionsv1.Established && c.Status == apiextensionsv1.ConditionTrue
-			}
-			if !ok {
-				return false
-			}
-		}
-		return true
-	})
 	waitUntil(t, "/readyz after the sync", func() bool { c, _ := get("http://" + metricsAddr + "/readyz"); return c == 200 })
 
 	if _, err := m.Client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "demo"}}, metav1.CreateOptions{}); err != nil {

@@ -15,8 +15,6 @@ import (
 	"github.com/miekg/dns"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
-	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
-	apiextensions "k8s.io/apiextensions-apiserver/pkg/client/clientset/clientset"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	mcsv1beta1 "sigs.k8s.io/mcs-api/pkg/apis/v1beta1"
 	mcsclient "sigs.k8s.io/mcs-api/pkg/client/clientset/versioned"
@@ -152,32 +150,7 @@ func installCRDs(t *testing.T, ctx context.Context, m *cluster.Cluster) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ext, err := apiextensions.NewForConfig(m.Config)
-	if err != nil {
+	if err := m.InstallCRDs(ctx, list); err != nil {
 		t.Fatal(err)
-	}
-	for _, crd := range list {
-		if _, err := ext.ApiextensionsV1().CustomResourceDefinitions().Create(ctx, crd, metav1.CreateOptions{}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	deadline := time.Now().Add(time.Minute)
-	for _, crd := range list {
-		for {
-			got, err := ext.ApiextensionsV1().CustomResourceDefinitions().Get(ctx, crd.Name, metav1.GetOptions{})
-			established := false
-			if err == nil {
-				for _, c := range got.Status.Conditions {
-					established = established || c.Type == apiextensionsv1.Established && c.Status == apiextensionsv1.ConditionTrue
-				}
-			}
-			if established {
-				break
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("CRD %s not established", crd.Name)
-			}
-			time.Sleep(100 * time.Millisecond)
-		}
 	}
 }
