@@ -26,6 +26,7 @@ import (
 	"github.com/isthmus-dev/isthmus/mcs/api/crds"
 	brokerv1 "github.com/isthmus-dev/isthmus/mcs/api/v1alpha1"
 	"github.com/isthmus-dev/isthmus/test/cluster"
+	"github.com/isthmus-dev/isthmus/test/netnstest"
 )
 
 const brokerNS = "isthmus-broker"
@@ -75,7 +76,7 @@ func startDaemons(ctx context.Context, cs *cluster.Clusterset, bin string) (*dae
 		if err := d.applyRecord(ctx, s.id, nil, s.pod, s.svc); err != nil {
 			return nil, err
 		}
-		stop, err := forward(s.ns, u.Host)
+		stop, err := netnstest.Forward(s.ns, u.Host)
 		if err != nil {
 			return nil, err
 		}
@@ -201,7 +202,7 @@ func reconcileHistogram() (float64, float64, error) {
 	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
 		DialContext: func(ctx context.Context, _, addr string) (net.Conn, error) {
 			var c net.Conn
-			err := inNetns(nsA, func() (err error) { c, err = (&net.Dialer{}).DialContext(ctx, "tcp", addr); return err })
+			err := netnstest.Run(nsA, func() (err error) { c, err = (&net.Dialer{}).DialContext(ctx, "tcp", addr); return err })
 			return c, err
 		},
 	}}

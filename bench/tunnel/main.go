@@ -26,6 +26,7 @@ import (
 	"time"
 
 	"github.com/isthmus-dev/isthmus/test/cluster"
+	"github.com/isthmus-dev/isthmus/test/netnstest"
 )
 
 const (
@@ -186,7 +187,7 @@ func standalone(dir string) (func(), error) {
 			return nil, err
 		}
 		cmds = append(cmds, c)
-		priv, err := sh("wg", "genkey")
+		priv, err := netnstest.Sh("wg", "genkey")
 		if err != nil {
 			stop()
 			return nil, err
@@ -223,7 +224,7 @@ func standalone(dir string) (func(), error) {
 			{"ip", "-n", s.ns, "link", "set", s.dev, "mtu", "1420", "up"},
 			{"ip", "-n", s.ns, "route", "add", s.remoteCIDR, "dev", s.dev, "src", s.tun},
 		} {
-			if _, err := sh(c...); err != nil {
+			if _, err := netnstest.Sh(c...); err != nil {
 				stop()
 				return nil, err
 			}
@@ -243,7 +244,7 @@ func waitReach(from, to string, timeout time.Duration) error {
 	deadline := time.Now().Add(timeout)
 	for time.Now().Before(deadline) {
 		var c net.Conn
-		err := inNetns(nsA, func() (err error) {
+		err := netnstest.Run(nsA, func() (err error) {
 			d := net.Dialer{Timeout: 300 * time.Millisecond, LocalAddr: &net.TCPAddr{IP: net.ParseIP(from)}}
 			c, err = d.Dial("tcp", net.JoinHostPort(to, strconv.Itoa(rrPort)))
 			return err
@@ -301,7 +302,7 @@ func measure(mode, server, client string, reps int, dur time.Duration) (result, 
 // rrServer echoes 64-byte requests on addr:rrPort inside B.
 func rrServer(addr string) (func(), error) {
 	var l net.Listener
-	if err := inNetns(nsB, func() (err error) {
+	if err := netnstest.Run(nsB, func() (err error) {
 		l, err = net.Listen("tcp", net.JoinHostPort(addr, strconv.Itoa(rrPort)))
 		return err
 	}); err != nil {
@@ -351,7 +352,7 @@ func requestResponse(client, server string, dur time.Duration) ([]time.Duration,
 	}
 	defer stop()
 	var c net.Conn
-	if err := inNetns(nsA, func() (err error) {
+	if err := netnstest.Run(nsA, func() (err error) {
 		d := net.Dialer{Timeout: 2 * time.Second, LocalAddr: &net.TCPAddr{IP: net.ParseIP(client)}}
 		c, err = d.Dial("tcp", net.JoinHostPort(server, strconv.Itoa(rrPort)))
 		return err

@@ -12,6 +12,8 @@ import (
 
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/isthmus-dev/isthmus/test/netnstest"
 )
 
 // TestFailoverToSecondGatewayWithSameKey: tnl-b runs a standby gateway in
@@ -29,9 +31,9 @@ func TestFailoverToSecondGatewayWithSameKey(t *testing.T) {
 	if err := plumb(b2); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _, _ = sh("ip", "netns", "del", b2.ns) })
+	t.Cleanup(func() { _, _ = netnstest.Sh("ip", "netns", "del", b2.ns) })
 	u := strings.TrimPrefix(w.cs.Broker.Config.Host, "https://")
-	stopFwd, err := forward(b2.ns, u)
+	stopFwd, err := netnstest.Forward(b2.ns, u)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -57,7 +59,7 @@ func TestFailoverToSecondGatewayWithSameKey(t *testing.T) {
 		}
 	})
 	time.Sleep(1500 * time.Millisecond)
-	if _, err := sh("ip", "-n", b2.ns, "link", "show", b2.dev); err == nil {
+	if _, err := netnstest.Sh("ip", "-n", b2.ns, "link", "show", b2.dev); err == nil {
 		t.Fatal("the standby brought its device up while the leader holds the Lease")
 	}
 	if code, _, err := scrape(ctx, b2, "/readyz"); err != nil || code == 200 {
@@ -136,7 +138,7 @@ func TestKeyRotationThroughBroker(t *testing.T) {
 	p := startPinger(t, a, b, 10*time.Millisecond)
 	defer p.halt()
 	rotated := time.Now()
-	out, err := sh(w.ctl, "tunnel", "rotate-key", "--kubeconfig", w.kc, "--namespace", b.id+"-system")
+	out, err := netnstest.Sh(w.ctl, "tunnel", "rotate-key", "--kubeconfig", w.kc, "--namespace", b.id+"-system")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -10,6 +10,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/isthmus-dev/isthmus/test/netnstest"
 )
 
 // pinger sends a numbered echo from one pod to another every interval and
@@ -237,7 +239,7 @@ func TestCleanShutdownRemovesPeersAndRoutes(t *testing.T) {
 	if routes := routesOf(t, b); strings.TrimSpace(routes) != "" {
 		t.Errorf("routes of ours left after shutdown:\n%s", routes)
 	}
-	if out, err := sh("ip", "-n", b.ns, "link", "show", b.dev); err == nil {
+	if out, err := netnstest.Sh("ip", "-n", b.ns, "link", "show", b.dev); err == nil {
 		t.Errorf("device left after shutdown:\n%s", out)
 	}
 	if _, err := os.Stat("/var/run/wireguard/" + b.dev + ".sock"); err == nil {

@@ -12,6 +12,7 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 
 	brokerv1 "github.com/isthmus-dev/isthmus/mcs/api/v1alpha1"
+	"github.com/isthmus-dev/isthmus/test/netnstest"
 )
 
 var clustersGVR = brokerv1.SchemeGroupVersion.WithResource("clusters")
@@ -59,7 +60,7 @@ func conflictOf(mb *member) (*metav1.Condition, error) {
 
 func routesOf(t *testing.T, mb *member) string {
 	t.Helper()
-	out, err := sh("ip", "-n", mb.ns, "route", "show", "proto", fmt.Sprint(routeProto))
+	out, err := netnstest.Sh("ip", "-n", mb.ns, "route", "show", "proto", fmt.Sprint(routeProto))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -157,7 +158,7 @@ func TestHandEditsRepairedWithinOneResync(t *testing.T) {
 	dumpLogsOnFailure(t)
 	a, b := w.members[0], w.members[1]
 	bPub := wgDevice(t, b).pub
-	if _, err := sh("ip", "-n", a.ns, "route", "del", "10.202.0.0/16", "dev", a.dev); err != nil {
+	if _, err := netnstest.Sh("ip", "-n", a.ns, "route", "del", "10.202.0.0/16", "dev", a.dev); err != nil {
 		t.Fatal(err)
 	}
 	took := eventually(t, resync+time.Second, "the deleted route back", func() error {
@@ -168,7 +169,7 @@ func TestHandEditsRepairedWithinOneResync(t *testing.T) {
 	})
 	t.Logf("route restored after %s (resync %s)", took.Round(time.Millisecond), resync)
 
-	if _, err := sh("wg", "set", a.dev, "peer", bPub, "remove"); err != nil {
+	if _, err := netnstest.Sh("wg", "set", a.dev, "peer", bPub, "remove"); err != nil {
 		t.Fatal(err)
 	}
 	took = eventually(t, resync+time.Second, "the deleted peer back", func() error {

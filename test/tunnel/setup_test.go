@@ -31,6 +31,7 @@ import (
 	"github.com/isthmus-dev/isthmus/mcs/api/crds"
 	brokerv1 "github.com/isthmus-dev/isthmus/mcs/api/v1alpha1"
 	"github.com/isthmus-dev/isthmus/test/cluster"
+	"github.com/isthmus-dev/isthmus/test/netnstest"
 )
 
 // The topology. Every name starts with tnl so nothing else is touched.
@@ -146,14 +147,14 @@ func (w *world) setup(ctx context.Context) error {
 		}
 	}
 	removeTopology()
-	if _, err := sh("ip", "netns", "add", hubNS); err != nil {
+	if _, err := netnstest.Sh("ip", "netns", "add", hubNS); err != nil {
 		return err
 	}
 	for _, c := range [][]string{
 		{"ip", "-n", hubNS, "link", "add", bridge, "type", "bridge"},
 		{"ip", "-n", hubNS, "link", "set", bridge, "up"},
 	} {
-		if _, err := sh(c...); err != nil {
+		if _, err := netnstest.Sh(c...); err != nil {
 			return err
 		}
 	}
@@ -165,7 +166,7 @@ func (w *world) setup(ctx context.Context) error {
 		if err := plumb(mb); err != nil {
 			return err
 		}
-		stop, err := forward(mb.ns, u.Host)
+		stop, err := netnstest.Forward(mb.ns, u.Host)
 		if err != nil {
 			return fmt.Errorf("forwarding the broker into %s: %w", mb.ns, err)
 		}
@@ -200,7 +201,7 @@ func plumb(mb *member) error {
 		{"ip", "-n", mb.ns, "link", "set", "lo", "up"},
 		{"ip", "-n", mb.ns, "addr", "add", mb.pod + "/32", "dev", "lo"},
 	} {
-		if _, err := sh(c...); err != nil {
+		if _, err := netnstest.Sh(c...); err != nil {
 			return err
 		}
 	}

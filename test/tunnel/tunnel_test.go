@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"k8s.io/apimachinery/pkg/util/wait"
+
+	"github.com/isthmus-dev/isthmus/test/netnstest"
 )
 
 // eventually polls cond every 100 ms until it returns nil or timeout
@@ -54,8 +56,8 @@ func tail(s string, n int) string {
 func TestAutoPicksEmbeddedDeviceWithOffload(t *testing.T) {
 	dumpLogsOnFailure(t)
 	ctx := context.Background()
-	if _, err := sh("ip", "netns", "exec", "tnla", "ip", "link", "add", "tnlprobe", "type", "wireguard"); err == nil {
-		_, _ = sh("ip", "netns", "exec", "tnla", "ip", "link", "del", "tnlprobe")
+	if _, err := netnstest.Sh("ip", "netns", "exec", "tnla", "ip", "link", "add", "tnlprobe", "type", "wireguard"); err == nil {
+		_, _ = netnstest.Sh("ip", "netns", "exec", "tnla", "ip", "link", "del", "tnlprobe")
 		t.Fatal("this kernel has WireGuard: the test expects a kernel without it, so that auto must choose the embedded device")
 	}
 	a := w.members[0]
@@ -78,7 +80,7 @@ func TestAutoPicksEmbeddedDeviceWithOffload(t *testing.T) {
 		}
 		return nil
 	})
-	out, err := sh("wg", "show", a.dev)
+	out, err := netnstest.Sh("wg", "show", a.dev)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -119,14 +121,14 @@ func TestPodsReachEachOtherOnlyThroughTunnel(t *testing.T) {
 		t.Fatal(err)
 	}
 	a, b := w.members[0], w.members[1]
-	out, err := sh("ip", "-n", a.ns, "route", "get", b.pod, "from", a.pod)
+	out, err := netnstest.Sh("ip", "-n", a.ns, "route", "get", b.pod, "from", a.pod)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if !strings.Contains(out, "dev "+a.dev) {
 		t.Errorf("route to %s goes %q, not through %s", b.pod, out, a.dev)
 	}
-	routes, _ := sh("ip", "-n", a.ns, "route", "show", "proto", fmt.Sprint(routeProto))
+	routes, _ := netnstest.Sh("ip", "-n", a.ns, "route", "show", "proto", fmt.Sprint(routeProto))
 	for _, cidr := range []string{"10.202.0.0/16", "10.212.0.0/16", "10.203.0.0/16", "10.213.0.0/16"} {
 		if !strings.Contains(routes, cidr+" dev "+a.dev) {
 			t.Errorf("no route of ours to %s through %s:\n%s", cidr, a.dev, routes)
