@@ -10,15 +10,6 @@ import (
 	"github.com/isthmus-dev/isthmus/test/netnstest"
 )
 
-func listenTCPIn(ns, addr string) (net.Listener, error) {
-	var l net.Listener
-	err := netnstest.Run(ns, func() (err error) {
-		l, err = net.Listen("tcp", addr)
-		return err
-	})
-	return l, err
-}
-
 func listenUDPIn(ns, addr string) (*net.UDPConn, error) {
 	var c *net.UDPConn
 	err := netnstest.Run(ns, func() error {
