@@ -46,7 +46,7 @@ type JoinOptions struct {
 // Names in a member cluster.
 const (
 	// MemberNamespace holds Isthmus in each member cluster.
-	MemberNamespace = "isthmus-system"
+	MemberNamespace = brokerv1.MemberNamespace
 	// BrokerSecret is the Secret in MemberNamespace holding the member's
 	// broker kubeconfig under the key BrokerSecretKey.
 	BrokerSecret    = "isthmus-broker"

@@ -122,7 +122,7 @@ func TestDependenciesPointDownward(t *testing.T) {
 		"dnsserver": {"dnsserver", "mcs/api"},
 		"tunnel":    {"tunnel", "mcs/api"},
 		"mcs/api":   {"mcs/api"},
-		"bench":     {"bench", "test", "mcs", "mcs/api"},
+		"bench":     {"bench", "test", "mcs", "xds", "mcs/api"},
 		"test":      {"test", "mcs/api"},
 	}
 	for _, p := range listPackages(t) {

@@ -116,6 +116,94 @@ type ClusterStatus struct {
 	// +listType=map
 	// +listMapKey=type
 	Conditions []metav1.Condition `json:"conditions,omitempty"`
+
+	// Tunnel is the member's WireGuard tunnel as its active gateway sees
+	// it, one entry per other cluster. The tunnel role writes it (field
+	// manager isthmus-tunnel); the xDS server and the agent read it to stop
+	// sending traffic to a cluster whose tunnel is down.
+	// +optional
+	Tunnel *TunnelStatus `json:"tunnel,omitempty"`
+}
+
+// TunnelStatus is the state of a member's WireGuard device and of its
+// tunnel to every other cluster.
+type TunnelStatus struct {
+	// Implementation is the WireGuard device in use: kernel or userspace.
+	// +optional
+	// +kubebuilder:validation:Enum=kernel;userspace
+	Implementation string `json:"implementation,omitempty"`
+
+	// Offload says whether TUN segmentation offload was negotiated (the
+	// userspace device is several times faster with it).
+	// +optional
+	Offload bool `json:"offload,omitempty"`
+
+	// KeyGeneration counts rotations of the cluster's WireGuard key; it
+	// rises when `isthmusctl tunnel rotate-key` runs.
+	// +optional
+	// +kubebuilder:validation:Minimum=0
+	KeyGeneration int64 `json:"keyGeneration,omitempty"`
+
+	// Peers is the tunnel to each other cluster.
+	// +optional
+	// +listType=map
+	// +listMapKey=cluster
+	// +kubebuilder:validation:MaxItems=1024
+	Peers []TunnelPeerStatus `json:"peers,omitempty"`
+}
+
+// TunnelPeerState is how the tunnel to one other cluster fares.
+// +kubebuilder:validation:Enum=Connected;Connecting;Error;Conflict
+type TunnelPeerState string
+
+const (
+	// TunnelPeerConnected: a recent handshake and answered probes.
+	TunnelPeerConnected TunnelPeerState = "Connected"
+	// TunnelPeerConnecting: configured, first handshake still awaited.
+	TunnelPeerConnecting TunnelPeerState = "Connecting"
+	// TunnelPeerError: no handshake or no probe answer in time; traffic
+	// to that cluster would be lost.
+	TunnelPeerError TunnelPeerState = "Error"
+	// TunnelPeerConflict: not peered (overlapping CIDRs, a duplicate key,
+	// an unusable record); Reason and Message say which.
+	TunnelPeerConflict TunnelPeerState = "Conflict"
+)
+
+// TunnelPeerStatus is the tunnel from this member to one other cluster.
+type TunnelPeerStatus struct {
+	// Cluster is the other cluster's id.
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=63
+	Cluster string `json:"cluster"`
+
+	// State is Connected, Connecting, Error or Conflict.
+	State TunnelPeerState `json:"state"`
+
+	// Reason is a CamelCase word for State, for tools.
+	// +optional
+	// +kubebuilder:validation:MaxLength=64
+	Reason string `json:"reason,omitempty"`
+
+	// Message says what an operator should check.
+	// +optional
+	// +kubebuilder:validation:MaxLength=512
+	Message string `json:"message,omitempty"`
+
+	// Endpoint is the peer's UDP endpoint the device currently uses (it
+	// roams when another gateway replica takes over).
+	// +optional
+	// +kubebuilder:validation:MaxLength=64
+	Endpoint string `json:"endpoint,omitempty"`
+
+	// LastHandshakeTime is the last completed WireGuard handshake.
+	// +optional
+	LastHandshakeTime *metav1.Time `json:"lastHandshakeTime,omitempty"`
+
+	// RTTMicros is the last round-trip time of the probe over the tunnel,
+	// in microseconds.
+	// +optional
+	// +kubebuilder:validation:Minimum=0
+	RTTMicros int64 `json:"rttMicros,omitempty"`
 }
 
 // ClusterList is a list of Cluster records.
