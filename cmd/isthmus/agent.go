@@ -17,6 +17,7 @@ import (
 	"github.com/isthmus-dev/isthmus/cmd/internal/kube"
 	"github.com/isthmus-dev/isthmus/cmd/internal/serve"
 	"github.com/isthmus-dev/isthmus/mcs/agent"
+	brokerv1 "github.com/isthmus-dev/isthmus/mcs/api/v1alpha1"
 	"github.com/isthmus-dev/isthmus/mcs/setup"
 )
 
@@ -42,11 +43,22 @@ func runAgent(ctx context.Context, args []string, log *slog.Logger) error {
 	burst := fs.Int("kube-api-burst", 100, "request burst to each apiserver")
 	leaderElect := fs.Bool("leader-elect", true, "elect one writing leader among the agent's replicas")
 	leaderNamespace := fs.String("leader-elect-namespace", setup.MemberNamespace, "namespace of this cluster holding the election Lease")
+	dataplane := fs.String("dataplane", agent.DataplaneDirect, "where derived Services send ClusterSetIP traffic: direct (to the endpoints, chosen by locality) or gateway (to the local east-west gateway's egress ports)")
+	gatewayService := fs.String("gateway-service", setup.MemberNamespace+"/isthmus-gateway", "NAMESPACE/NAME of the local Service in front of the east-west gateway pods (gateway mode)")
+	egressPorts := fs.String("egress-ports", fmt.Sprintf("%d-%d", brokerv1.DefaultEgressPortMin, brokerv1.DefaultEgressPortMax), "MIN-MAX: the gateway egress ports the agent allocates to imports (gateway mode)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	if fs.NArg() > 0 {
 		return fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	gwNamespace, gwName, ok := strings.Cut(*gatewayService, "/")
+	if !ok || gwNamespace == "" || gwName == "" {
+		return fmt.Errorf("--gateway-service=%q: want NAMESPACE/NAME", *gatewayService)
+	}
+	egressMin, egressMax, err := agent.ParseEgressPortRange(*egressPorts)
+	if err != nil {
+		return fmt.Errorf("--egress-ports: %w", err)
 	}
 
 	localCfg, err := kube.Config(*kubeconfig, *kubeContext)
@@ -94,6 +106,8 @@ func runAgent(ctx context.Context, args []string, log *slog.Logger) error {
 		PodCIDRs: split(*podCIDRs), ServiceCIDRs: split(*serviceCIDRs), Version: version,
 		Local: local, LocalMCS: localMCS, Broker: broker, BrokerDynamic: brokerDyn,
 		LeaseDuration: *leaseDuration, WithdrawAfter: *withdrawAfter,
+		Dataplane: *dataplane, GatewayNamespace: gwNamespace, GatewayName: gwName,
+		EgressPortMin: egressMin, EgressPortMax: egressMax,
 		Log: log, Registry: reg,
 	}
 	if *leaderElect {
@@ -104,7 +118,7 @@ func runAgent(ctx context.Context, args []string, log *slog.Logger) error {
 		return err
 	}
 	health.Add("agent", a.Ready)
-	log.Info("starting the MCS agent", "cluster", id, "broker", brokerCfg.Host, "brokerNamespace", ns)
+	log.Info("starting the MCS agent", "cluster", id, "broker", brokerCfg.Host, "brokerNamespace", ns, "dataplane", *dataplane)
 	errs := make(chan error, 2)
 	go func() { errs <- serve.Run(ctx, *metricsAddr, reg, health, log) }()
 	go func() { errs <- a.Run(ctx) }()

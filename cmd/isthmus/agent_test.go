@@ -102,11 +102,12 @@ func clusterset(t *testing.T) {
 	}
 }
 
-// startAgent runs `isthmus agent` for member i and waits until it is ready.
-func startAgent(i int) error { return startReplica(i, i) }
+// startAgent runs `isthmus agent` for member i, with any extra flags, and
+// waits until it is ready.
+func startAgent(i int, extra ...string) error { return startReplica(i, i, extra...) }
 
 // startReplica runs an agent replica for member i, known as slot.
-func startReplica(slot, i int) error {
+func startReplica(slot, i int, extra ...string) error {
 	m := clusters.Members[i]
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -122,6 +123,7 @@ func startReplica(slot, i int) error {
 		"--lease-duration", leaseDuration.String(), "--withdraw-after", withdrawAfter.String(),
 		"--metrics-addr", addr,
 	}
+	args = append(args, extra...)
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})).With("member", ids[i])
 	go func() { ra.done <- runAgent(ctx, args, log) }()
 	agentsMu.Lock()

@@ -6,7 +6,9 @@
 // EndpointSlices of this cluster; its heartbeat keeps this cluster's Lease
 // and Cluster record on the broker. It reads the broker only through
 // informers, so while the broker is away it keeps what it last saw and
-// withdraws nothing.
+// withdraws nothing. In gateway mode the derived Services point at the
+// local east-west gateway's egress ports, which it allocates and records
+// on the ServiceImports for the xDS server.
 package agent
 
 import (
@@ -74,6 +76,17 @@ type Config struct {
 	// Identity names this replica in the election.
 	Identity string
 
+	// Dataplane is DataplaneDirect (empty means it) or DataplaneGateway.
+	Dataplane string
+	// GatewayNamespace and GatewayName name the local Service in front of
+	// the east-west gateway pods, in gateway mode; empty means
+	// isthmus-system/isthmus-gateway.
+	GatewayNamespace, GatewayName string
+	// EgressPortMin and EgressPortMax bound the gateway egress ports the
+	// agent allocates in gateway mode; zero means the defaults of
+	// mcs/api (DefaultEgressPortMin, DefaultEgressPortMax).
+	EgressPortMin, EgressPortMax int32
+
 	Log      *slog.Logger
 	Registry prometheus.Registerer
 }
@@ -111,6 +124,11 @@ type Agent struct {
 
 	healthMu sync.Mutex
 	health   map[string]clusterHealth // last computed health per cluster
+
+	// Gateway mode: the egress port allocator, made when leading starts,
+	// and the signal that the gateway Service's slices changed.
+	egress         *egressAllocator
+	gatewayChanged chan struct{}
 }
 
 const byService = "byService"
@@ -140,10 +158,17 @@ func New(cfg Config) (*Agent, error) {
 	if cfg.Workers == 0 {
 		cfg.Workers = 2
 	}
+	if err := checkGatewayConfig(&cfg); err != nil {
+		return nil, err
+	}
 	if cfg.Local == nil || cfg.LocalMCS == nil || cfg.Broker == nil || cfg.BrokerDynamic == nil || cfg.Log == nil || cfg.Registry == nil {
 		return nil, errors.New("agent config lacks a client, the logger or the registry")
 	}
-	a := &Agent{cfg: cfg, log: cfg.Log.With("cluster", cfg.ClusterID), metrics: newMetrics(cfg.Registry), health: map[string]clusterHealth{}}
+	a := &Agent{cfg: cfg, log: cfg.Log.With("cluster", cfg.ClusterID), metrics: newMetrics(cfg.Registry), health: map[string]clusterHealth{},
+		gatewayChanged: make(chan struct{}, 1)}
+	if a.gatewayMode() {
+		a.metrics.egressCapacity.Set(float64(cfg.EgressPortMax - cfg.EgressPortMin + 1))
+	}
 
 	eventScheme := runtime.NewScheme()
 	if err := scheme.AddToScheme(eventScheme); err != nil {
@@ -190,6 +215,12 @@ func (a *Agent) lead(ctx context.Context) {
 	defer a.leading.Store(false)
 	go a.heartbeat(ctx)
 	go a.watchHealth(ctx)
+	if a.gatewayMode() {
+		if err := a.seedEgress(ctx); err != nil {
+			return // ctx ended
+		}
+		go a.watchGateway(ctx)
+	}
 	var wg sync.WaitGroup
 	wg.Go(func() { a.exports.run(ctx, a.cfg.Workers) })
 	wg.Go(func() { a.imports.run(ctx, a.cfg.Workers) })

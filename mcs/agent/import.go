@@ -34,7 +34,8 @@ func (a *Agent) syncImport(ctx context.Context, key string) error {
 		return nil
 	}
 	if _, err := a.namespaces.Get(ns); apierrors.IsNotFound(err) {
-		return nil // imported only where the namespace exists
+		a.releaseEgress(key) // its ServiceImport went with the namespace
+		return nil           // imported only where the namespace exists
 	}
 	exports := a.liveExports(ns, name)
 	if len(exports) == 0 {
@@ -42,14 +43,21 @@ func (a *Agent) syncImport(ctx context.Context, key string) error {
 	}
 	r := merge.Merge(exports)
 	derivedName := derivedServiceName(name)
+	egress := a.assignEgress(key, r)
 
 	var derived *corev1.Service
 	if r.Type == brokerv1.ClusterSetIP {
 		derived = a.cachedDerived(ns, derivedName)
 	}
-	si, err := a.applyImport(ctx, ns, name, r, derived)
+	si, err := a.applyImport(ctx, ns, name, r, derived, egress)
 	if err != nil {
 		return err
+	}
+	a.egressWritten(key)
+	if egress != nil && egress.NewlyExhausted {
+		a.events.Event(si, corev1.EventTypeWarning, ReasonEgressExhausted, a.exhaustedMessage(egress))
+		a.log.Warn("gateway egress ports exhausted; the import bypasses the gateway", "import", key, "range",
+			fmt.Sprintf("%d-%d", a.cfg.EgressPortMin, a.cfg.EgressPortMax))
 	}
 	owner := metav1.OwnerReference{APIVersion: mcsv1beta1.SchemeGroupVersion.String(), Kind: "ServiceImport", Name: si.Name, UID: si.UID}
 	if r.Type == brokerv1.ClusterSetIP {
@@ -57,14 +65,14 @@ func (a *Agent) syncImport(ctx context.Context, key string) error {
 			return err
 		}
 		if !slices.Equal(si.Spec.IPs, derived.Spec.ClusterIPs) {
-			if si, err = a.applyImport(ctx, ns, name, r, derived); err != nil {
+			if si, err = a.applyImport(ctx, ns, name, r, derived, egress); err != nil {
 				return err
 			}
 		}
 	} else if err := a.deleteDerived(ctx, ns, derivedName); err != nil {
 		return err
 	}
-	if err := a.setImportStatus(ctx, si, r); err != nil {
+	if err := a.setImportStatus(ctx, si, r, egress); err != nil {
 		return err
 	}
 
@@ -77,10 +85,18 @@ func (a *Agent) syncImport(ctx context.Context, key string) error {
 		}
 	}
 	if r.Type == brokerv1.ClusterSetIP {
-		for _, c := range a.chooseClusters(byCluster, localityOf(exports, r.Winner)) {
-			for _, s := range byCluster[c] {
-				s := importSlice(s, ns, name, c, derivedName, owner)
-				want[s.Name] = s
+		// Gateway mode points the derived Service at the gateway; when the
+		// gateway cannot carry the import, direct mode's choice stands in.
+		gateway := a.gatewaySlices(ns, name, derived, r, egress, owner)
+		for _, s := range gateway {
+			want[s.Name] = s
+		}
+		if len(gateway) == 0 {
+			for _, c := range a.chooseClusters(byCluster, localityOf(exports, r.Winner)) {
+				for _, s := range byCluster[c] {
+					s := importSlice(s, ns, name, c, derivedName, owner)
+					want[s.Name] = s
+				}
 			}
 		}
 	}
@@ -114,12 +130,19 @@ func (a *Agent) liveExports(ns, name string) []*brokerv1.ExportedService {
 	return out
 }
 
-func (a *Agent) applyImport(ctx context.Context, ns, name string, r merge.Result, derived *corev1.Service) (*mcsv1beta1.ServiceImport, error) {
+func (a *Agent) applyImport(ctx context.Context, ns, name string, r merge.Result, derived *corev1.Service, egress *egressAssignment) (*mcsv1beta1.ServiceImport, error) {
+	annotations := clone(r.Annotations)
+	// The egress annotation is the agent's word to the xDS server: an
+	// exported annotation of that name must not pass for it.
+	delete(annotations, brokerv1.AnnotationEgressPorts)
+	if egress != nil && len(egress.Ports) > 0 {
+		annotations[brokerv1.AnnotationEgressPorts] = brokerv1.FormatEgressPorts(egress.Ports)
+	}
 	si := &mcsv1beta1.ServiceImport{
 		TypeMeta: metav1.TypeMeta{APIVersion: mcsv1beta1.SchemeGroupVersion.String(), Kind: "ServiceImport"},
 		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns,
 			Labels:      withLabel(r.Labels, discoveryv1.LabelManagedBy, brokerv1.ManagedBy),
-			Annotations: clone(r.Annotations)},
+			Annotations: annotations},
 		Spec: mcsv1beta1.ServiceImportSpec{
 			Type:                  mcsv1beta1.ServiceImportType(r.Type),
 			SessionAffinity:       r.SessionAffinity,
@@ -221,8 +244,9 @@ func (a *Agent) deleteDerived(ctx context.Context, ns, name string) error {
 	return nil
 }
 
-// setImportStatus lists the exporting clusters and the Ready condition.
-func (a *Agent) setImportStatus(ctx context.Context, si *mcsv1beta1.ServiceImport, r merge.Result) error {
+// setImportStatus lists the exporting clusters, the Ready condition and,
+// in gateway mode, the GatewayEgress condition.
+func (a *Agent) setImportStatus(ctx context.Context, si *mcsv1beta1.ServiceImport, r merge.Result, egress *egressAssignment) error {
 	updated := si.DeepCopy()
 	updated.Status.Clusters = nil
 	for _, c := range r.Clusters {
@@ -235,6 +259,7 @@ func (a *Agent) setImportStatus(ctx context.Context, si *mcsv1beta1.ServiceImpor
 		ready.Status, ready.Reason, ready.Message = metav1.ConditionFalse, string(mcsv1beta1.ServiceImportReasonPending), "Waiting for the ClusterSetIP to be allocated."
 	}
 	meta.SetStatusCondition(&updated.Status.Conditions, ready)
+	a.setEgressCondition(&updated.Status, egress, r, si.Generation)
 	if equalStatus(si.Status, updated.Status) {
 		return nil
 	}
@@ -267,6 +292,7 @@ func (a *Agent) removeImport(ctx context.Context, ns, name string) error {
 	own := slicesIn(a.ownSlices, ns+"/"+name)
 	derived := a.cachedDerived(ns, derivedServiceName(name))
 	if apierrors.IsNotFound(err) && len(own) == 0 && derived == nil {
+		a.releaseEgress(ns + "/" + name)
 		return nil
 	}
 	if a.brokerViewSuspect() {
@@ -283,6 +309,8 @@ func (a *Agent) removeImport(ctx context.Context, ns, name string) error {
 		}
 		a.countWrite("local", "delete", nil)
 	}
+	// The ServiceImport and its annotation are gone: its ports are free.
+	a.releaseEgress(ns + "/" + name)
 	// Owner references would let the garbage collector do the rest; doing
 	// it here takes seconds off and works where no collector runs.
 	if err := a.deleteDerived(ctx, ns, derivedServiceName(name)); err != nil {

@@ -74,7 +74,13 @@ func (a *Agent) setupInformers() error {
 	}{
 		{exportInf, func(o any) { both(objectKey(o)) }},
 		{svcInf, func(o any) { a.exports.enqueue(objectKey(o)) }},
-		{localSliceInf, func(o any) { both(sliceServiceKey(o, discoveryv1.LabelServiceName)) }},
+		{localSliceInf, func(o any) {
+			key := sliceServiceKey(o, discoveryv1.LabelServiceName)
+			if a.gatewayMode() && key == a.gatewayKey() {
+				a.gatewaySliceChanged()
+			}
+			both(key)
+		}},
 		{brokerExportInf, func(o any) {
 			if e, ok := unwrap(o).(*brokerv1.ExportedService); ok {
 				both(e.Spec.ServiceNamespace + "/" + e.Spec.ServiceName)

@@ -12,6 +12,15 @@ type metrics struct {
 	reconcile       *prometheus.HistogramVec
 	queueDepth      *prometheus.GaugeVec
 	withdrawRefused prometheus.Counter
+
+	// Gateway mode.
+	egressInUse       prometheus.Gauge
+	egressCapacity    prometheus.Gauge
+	egressWaiting     prometheus.Gauge
+	egressExhaustions prometheus.Counter
+	gatewayReady      prometheus.Gauge
+	gatewayFallback   prometheus.Gauge
+	gatewayFallbacks  prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -35,7 +44,24 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		withdrawRefused: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "isthmus_agent_mass_withdrawal_refused_total",
 			Help: "Import deletions refused because the broker view looked empty or unsynced."}),
+		egressInUse: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "isthmus_agent_gateway_egress_ports_in_use", Help: "Gateway egress ports allocated to imports (gateway mode)."}),
+		egressCapacity: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "isthmus_agent_gateway_egress_ports_capacity", Help: "Size of the gateway egress port range (gateway mode; 0 in direct mode)."}),
+		egressWaiting: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "isthmus_agent_gateway_egress_exhausted_imports",
+			Help: "ClusterSetIP imports lacking a gateway egress port because the range is full; they bypass the gateway."}),
+		egressExhaustions: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "isthmus_agent_gateway_egress_exhaustions_total", Help: "Times an import found the gateway egress port range full."}),
+		gatewayReady: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "isthmus_agent_gateway_ready_endpoints", Help: "Ready endpoints of the local east-west gateway Service (gateway mode)."}),
+		gatewayFallback: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "isthmus_agent_gateway_fallback",
+			Help: "1 while no gateway endpoint is ready and derived Services hold endpoints directly (gateway mode), else 0."}),
+		gatewayFallbacks: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "isthmus_agent_gateway_fallbacks_total", Help: "Times the gateway had no ready endpoint and derived Services fell back to direct mode."}),
 	}
-	reg.MustRegister(m.exports, m.imports, m.conflicts, m.brokerConnected, m.brokerWrites, m.reconcile, m.queueDepth, m.withdrawRefused)
+	reg.MustRegister(m.exports, m.imports, m.conflicts, m.brokerConnected, m.brokerWrites, m.reconcile, m.queueDepth, m.withdrawRefused,
+		m.egressInUse, m.egressCapacity, m.egressWaiting, m.egressExhaustions, m.gatewayReady, m.gatewayFallback, m.gatewayFallbacks)
 	return m
 }

@@ -23,11 +23,12 @@ const (
 	// labelDerivedFor marks a derived Service with the ServiceImport it
 	// serves.
 	labelDerivedFor = "isthmus.dev/derived-for"
-	// labelImportSlice tells an import's MCS slice from a derived
-	// Service's slice.
+	// labelSliceRole tells an import's MCS slice from a derived Service's
+	// slice of endpoints and from its slice pointing at the gateway.
 	labelSliceRole = "isthmus.dev/slice-role"
 	roleMCS        = "mcs"
 	roleDerived    = "derived"
+	roleGateway    = "gateway"
 )
 
 // Locality policies for the derived Service's endpoints.
