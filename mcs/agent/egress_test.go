@@ -9,8 +9,12 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/tools/cache"
 
 	brokerv1 "github.com/isthmus-dev/isthmus/mcs/api/v1alpha1"
+	"github.com/isthmus-dev/isthmus/mcs/merge"
 )
 
 func tcp(ports ...int32) []portKey {
@@ -344,5 +348,87 @@ func TestCheckGatewayConfig(t *testing.T) {
 	}
 	if cfg := (Config{}); checkGatewayConfig(&cfg) != nil || cfg.Dataplane != DataplaneDirect {
 		t.Errorf("empty data plane is not direct: %q", cfg.Dataplane)
+	}
+}
+
+// TestGatewaySlices: the derived Service's slices in gateway mode list the
+// gateway's ready pods of each of the Service's families, once each, with
+// every service port numbered as its egress port; an incomplete
+// allocation or no ready pod of the Service's families gives none (the
+// caller then falls back to direct mode).
+func TestGatewaySlices(t *testing.T) {
+	yes, no := true, false
+	ep := func(addr string, ready *bool) discoveryv1.Endpoint {
+		return discoveryv1.Endpoint{Addresses: []string{addr}, Conditions: discoveryv1.EndpointConditions{Ready: ready}, NodeName: new("node-" + addr)}
+	}
+	gwSlice := func(name string, fam discoveryv1.AddressType, eps ...discoveryv1.Endpoint) *discoveryv1.EndpointSlice {
+		return &discoveryv1.EndpointSlice{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "isthmus-system",
+			Labels: map[string]string{discoveryv1.LabelServiceName: "isthmus-gateway"}}, AddressType: fam, Endpoints: eps}
+	}
+	r := merge.Result{Type: brokerv1.ClusterSetIP, Ports: []brokerv1.ServicePort{
+		{Name: "http", Protocol: corev1.ProtocolTCP, Port: 80}, {Name: "dns", Protocol: corev1.ProtocolUDP, Port: 53}}}
+	full := &egressAssignment{Ports: []brokerv1.EgressPort{{Protocol: "TCP", Port: 80, Egress: 16001}, {Protocol: "UDP", Port: 53, Egress: 16000}}}
+	partial := &egressAssignment{Ports: full.Ports[:1], Missing: []portKey{{corev1.ProtocolUDP, 53}}}
+	derived := func(fams ...corev1.IPFamily) *corev1.Service {
+		return &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "derived-x", Namespace: "ns"}, Spec: corev1.ServiceSpec{IPFamilies: fams}}
+	}
+	twoFamilies := []*discoveryv1.EndpointSlice{
+		gwSlice("gw-1", discoveryv1.AddressTypeIPv4, ep("10.0.0.2", &yes), ep("10.0.0.3", &no), ep("10.0.0.1", nil)),
+		gwSlice("gw-2", discoveryv1.AddressTypeIPv4, ep("10.0.0.2", &yes)), // the same pod in a second slice
+		gwSlice("gw-3", discoveryv1.AddressTypeIPv6, ep("fd00::1", &yes)),
+	}
+	tests := []struct {
+		name    string
+		gateway []*discoveryv1.EndpointSlice
+		svc     *corev1.Service
+		as      *egressAssignment
+		want    []string // per slice: name family addresses
+	}{
+		{"IPv4 service", twoFamilies, derived(corev1.IPv4Protocol), full, []string{"derived-x.gateway-ipv4 IPv4 [10.0.0.1 10.0.0.2]"}},
+		{"dual-stack service", twoFamilies, derived(corev1.IPv6Protocol, corev1.IPv4Protocol), full,
+			[]string{"derived-x.gateway-ipv6 IPv6 [fd00::1]", "derived-x.gateway-ipv4 IPv4 [10.0.0.1 10.0.0.2]"}},
+		{"IPv6 service, gateway has IPv4 only", twoFamilies[:2], derived(corev1.IPv6Protocol), full, nil},
+		{"no ready gateway pod", []*discoveryv1.EndpointSlice{gwSlice("gw-1", discoveryv1.AddressTypeIPv4, ep("10.0.0.3", &no))}, derived(corev1.IPv4Protocol), full, nil},
+		{"no gateway slice at all", nil, derived(corev1.IPv4Protocol), full, nil},
+		{"a port without an egress port", twoFamilies, derived(corev1.IPv4Protocol), partial, nil},
+		{"direct mode", twoFamilies, derived(corev1.IPv4Protocol), nil, nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			idx := cache.NewIndexer(cache.MetaNamespaceKeyFunc, cache.Indexers{byService: serviceIndex})
+			for _, s := range tt.gateway {
+				if err := idx.Add(s); err != nil {
+					t.Fatal(err)
+				}
+			}
+			a := &Agent{cfg: Config{Dataplane: DataplaneGateway, GatewayNamespace: "isthmus-system", GatewayName: "isthmus-gateway"}, localSlices: idx}
+			owner := metav1.OwnerReference{Kind: "ServiceImport", Name: "web"}
+			got := a.gatewaySlices("ns", "web", tt.svc, r, tt.as, owner)
+			var desc []string
+			for _, s := range got {
+				var addrs []string
+				for _, e := range s.Endpoints {
+					addrs = append(addrs, e.Addresses...)
+					if e.Conditions.Ready == nil || !*e.Conditions.Ready || e.NodeName == nil || *e.NodeName != "node-"+e.Addresses[0] {
+						t.Errorf("endpoint %+v", e)
+					}
+				}
+				desc = append(desc, fmt.Sprintf("%s %s %v", s.Name, s.AddressType, addrs))
+				var ports []string
+				for _, p := range s.Ports {
+					ports = append(ports, fmt.Sprintf("%s/%s/%d", *p.Name, *p.Protocol, *p.Port))
+				}
+				if strings.Join(ports, ",") != "http/TCP/16001,dns/UDP/16000" {
+					t.Errorf("ports %v: want each service port numbered as its egress port", ports)
+				}
+				if s.Labels[discoveryv1.LabelServiceName] != "derived-x" || s.Labels[labelDerivedFor] != "web" || s.Labels[labelSliceRole] != roleGateway ||
+					s.Labels[discoveryv1.LabelManagedBy] != brokerv1.ManagedBy || s.Labels[brokerv1.LabelSourceCluster] != "" || len(s.OwnerReferences) != 1 {
+					t.Errorf("labels %v, owners %v", s.Labels, s.OwnerReferences)
+				}
+			}
+			if !slices.Equal(desc, tt.want) {
+				t.Errorf("gateway slices %q, want %q", desc, tt.want)
+			}
+		})
 	}
 }
