@@ -207,6 +207,18 @@ func metric(t *testing.T, i int, prefix string, filters ...string) float64 {
 	return sum
 }
 
+// wantNoWrites checks, a few seconds after agent i started, that it has
+// written nothing to its cluster or the broker but its heartbeat.
+func wantNoWrites(t *testing.T, i int) {
+	t.Helper()
+	time.Sleep(3 * time.Second)
+	for _, target := range []string{`target="broker"`, `target="local"`} {
+		if n := metric(t, i, "isthmus_agent_writes_total", target); n != 0 {
+			t.Errorf("restarted agent made %v writes (%s) with nothing changed", n, target)
+		}
+	}
+}
+
 func mcs(t *testing.T, i int) mcsclient.Interface {
 	t.Helper()
 	c, err := mcsclient.NewForConfig(clusters.Members[i].Config)
