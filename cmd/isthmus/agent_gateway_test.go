@@ -420,15 +420,31 @@ func TestGatewayMode(t *testing.T) {
 			t.Errorf("capacity metric %v", n)
 		}
 
-		// three goes: its port passes to an import that was waiting.
+		// A one-port import waits too; when three goes, its port passes to
+		// a waiting import that needs no more than it (four, or another
+		// test's one-port import): two needs two ports and keeps waiting.
+		workload(t, ctx, 0, ns, "four", 1, false)
+		exportService(t, ctx, 0, ns, "four", nil, nil)
+		eventually(t, propagation, "four waits, direct", func() error {
+			if err := wantDirect(ctx, t, 1, ns, "four", 0)(); err != nil {
+				return err
+			}
+			if v, _ := viewGateway(ctx, t, 1, ns, "four"); v.cond == nil || v.cond.Reason != agent.ReasonEgressExhausted {
+				return fmt.Errorf("condition %+v", v.cond)
+			}
+			return nil
+		})
 		unexport(t, ctx, 0, ns, "three")
 		eventually(t, propagation, "a waiting import takes the freed port", func() error {
 			held := heldEgressPorts(ctx, t, 1, "")
-			if owner := held[reused]; owner == "" || owner == ns+"/three" {
+			if owner := held[reused]; owner == "" || owner == ns+"/three" || owner == ns+"/two" {
 				return fmt.Errorf("port %d held by %q", reused, owner)
 			}
 			return nil
 		})
+		if held := heldEgressPorts(ctx, t, 1, ""); held[reused] == ns+"/four" {
+			settle(t, "four through the gateway", wantGateway(ctx, t, 1, ns, "four", reused, reused, "TCP/80=http"))
+		}
 	})
 
 	direct = true
