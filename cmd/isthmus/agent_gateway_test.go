@@ -282,9 +282,16 @@ func TestGatewayMode(t *testing.T) {
 	if one.egress["TCP/80"] == two.egress["TCP/80"] || one.egress["TCP/80"] == two.egress["TCP/9090"] || two.egress["TCP/80"] == two.egress["TCP/9090"] {
 		t.Fatalf("egress ports shared: one %v, two %v", one.egress, two.egress)
 	}
-	if want := append(podIPs(ctx, t, 0, ns, "one"), podIPs(ctx, t, 1, ns, "one")...); !slices.Equal(one.mcs, sorted(want)) {
-		t.Errorf("b's MCS slices of one list %v, want both clusters' pods %v", one.mcs, want)
-	}
+	eventually(t, propagation, "b's MCS slices of one list both clusters' pods", func() error {
+		v, err := viewGateway(ctx, t, 1, ns, "one")
+		if err != nil {
+			return err
+		}
+		if want := sorted(append(podIPs(ctx, t, 0, ns, "one"), podIPs(ctx, t, 1, ns, "one")...)); len(want) != 3 || !slices.Equal(v.mcs, want) {
+			return fmt.Errorf("MCS endpoints %v, want %v", v.mcs, want)
+		}
+		return nil
+	})
 	eventually(t, propagation, "headless import unchanged in gateway mode", func() error {
 		v, err := viewGateway(ctx, t, 1, ns, "flat")
 		if err != nil {
