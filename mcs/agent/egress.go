@@ -56,11 +56,16 @@ type egressClaim struct {
 	ports   []brokerv1.EgressPort
 }
 
+// egressDrop is a recorded port seed gave up, and why.
+type egressDrop struct {
+	key, why string
+}
+
 // seed loads the allocations recorded on the ServiceImports. When two
 // claim one port, the older import keeps it (ties by key) and the other
 // will be given a new one; a port outside the range (the range was
-// changed) is given up. It returns what it gave up, for the log.
-func (e *egressAllocator) seed(claims []egressClaim) []string {
+// changed) is given up. It returns what it gave up, to be reported.
+func (e *egressAllocator) seed(claims []egressClaim) []egressDrop {
 	slices.SortFunc(claims, func(x, y egressClaim) int {
 		if c := x.created.Compare(y.created); c != 0 {
 			return c
@@ -69,17 +74,17 @@ func (e *egressAllocator) seed(claims []egressClaim) []string {
 	})
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	var dropped []string
+	var dropped []egressDrop
 	for _, c := range claims {
 		for _, p := range c.ports {
 			k := portKey{p.Protocol, p.Port}
 			switch {
 			case p.Egress < e.min || p.Egress > e.max:
-				dropped = append(dropped, fmt.Sprintf("%s %s=%d: outside the egress range %d-%d", c.key, k, p.Egress, e.min, e.max))
+				dropped = append(dropped, egressDrop{c.key, fmt.Sprintf("%s=%d: outside the egress range %d-%d", k, p.Egress, e.min, e.max)})
 			case e.owner[p.Egress] != "":
-				dropped = append(dropped, fmt.Sprintf("%s %s=%d: already held by the older import %s", c.key, k, p.Egress, e.owner[p.Egress]))
+				dropped = append(dropped, egressDrop{c.key, fmt.Sprintf("%s=%d: already held by the older import %s", k, p.Egress, e.owner[p.Egress])})
 			case e.active[c.key][k] != 0:
-				dropped = append(dropped, fmt.Sprintf("%s %s=%d: the import lists %s twice", c.key, k, p.Egress, k))
+				dropped = append(dropped, egressDrop{c.key, fmt.Sprintf("%s=%d: the import lists %s twice", k, p.Egress, k)})
 			default:
 				if e.active[c.key] == nil {
 					e.active[c.key] = map[portKey]int32{}

@@ -228,14 +228,17 @@ func TestEgressSeed(t *testing.T) {
 		return p
 	}
 	e := newEgressAllocator(100, 109)
-	dropped := e.seed([]egressClaim{
+	var dropped []string
+	for _, d := range e.seed([]egressClaim{
 		{key: "ns/young", created: at(20), ports: ports("TCP/80=101,TCP/81=103")},
 		{key: "ns/old", created: at(10), ports: ports("TCP/80=101")},
 		{key: "ns/far", created: at(5), ports: ports("TCP/80=5000,TCP/443=100")},
 		{key: "ns/twin-b", created: at(30), ports: ports("TCP/80=105")},
 		{key: "ns/twin-a", created: at(30), ports: ports("TCP/80=105")},
 		{key: "ns/twice", created: at(40), ports: ports("TCP/80=106,TCP/80=107")},
-	})
+	}) {
+		dropped = append(dropped, d.key+" "+d.why)
+	}
 	wantDropped := []string{
 		"ns/far TCP/80=5000: outside the egress range 100-109",
 		"ns/young TCP/80=101: already held by the older import ns/old",

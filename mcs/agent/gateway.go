@@ -35,6 +35,9 @@ const (
 	ConditionGatewayEgress = "isthmus.dev/GatewayEgress"
 	ReasonEgressAllocated  = "EgressPortsAllocated"
 	ReasonEgressExhausted  = "EgressPortsExhausted"
+	// ReasonEgressReassigned: an Event on a ServiceImport whose recorded
+	// egress port could not be kept.
+	ReasonEgressReassigned = "EgressPortReassigned"
 	// Event reasons on the gateway Service.
 	ReasonNoReadyGateway = "NoReadyGateway"
 	ReasonGatewayReady   = "GatewayReady"
@@ -106,8 +109,16 @@ func (a *Agent) seedEgress(ctx context.Context) error {
 		}
 		claims = append(claims, egressClaim{key: si.Namespace + "/" + si.Name, created: si.CreationTimestamp.Time, ports: ports})
 	}
+	byKey := map[string]*mcsv1beta1.ServiceImport{}
+	for i := range list.Items {
+		byKey[list.Items[i].Namespace+"/"+list.Items[i].Name] = &list.Items[i]
+	}
 	for _, d := range a.egress.seed(claims) {
-		a.log.Warn("gateway egress port given up; the import gets a new one", "detail", d)
+		// Only a changed range or a hand-edited annotation gets here; a
+		// collision is never silent.
+		a.log.Warn("gateway egress port given up; the import gets a new one", "import", d.key, "detail", d.why)
+		a.events.Event(byKey[d.key], corev1.EventTypeWarning, ReasonEgressReassigned,
+			"Gateway egress port "+d.why+"; this import gets a new one.")
 	}
 	a.updateEgressGauges()
 	return nil
