@@ -41,10 +41,13 @@ type egressAllocator struct {
 	active    map[string]map[portKey]int32 // import key -> its service ports' egress ports
 	releasing map[string]map[portKey]int32 // dropped, freed once the import's annotation no longer lists them
 	waiting   map[string]bool              // imports lacking ports because the range is full
+	// Every port from min up to lowest is taken, so a search for free
+	// ports starts there and allocating many imports stays linear.
+	lowest int32
 }
 
 func newEgressAllocator(min, max int32) *egressAllocator {
-	return &egressAllocator{min: min, max: max,
+	return &egressAllocator{min: min, max: max, lowest: min,
 		owner: map[int32]string{}, active: map[string]map[portKey]int32{},
 		releasing: map[string]map[portKey]int32{}, waiting: map[string]bool{}}
 }
@@ -185,12 +188,24 @@ func (e *egressAllocator) free(n int) []int32 {
 		return nil
 	}
 	var out []int32
-	for p := e.min; p <= e.max && len(out) < n; p++ {
+	p := e.lowest
+	for ; p <= e.max && len(out) < n; p++ {
 		if e.owner[p] == "" {
 			out = append(out, p)
 		}
 	}
+	if len(out) > 0 {
+		e.lowest = out[0]
+	} else {
+		e.lowest = p
+	}
 	return out
+}
+
+// freePort gives a port back.
+func (e *egressAllocator) freePort(p int32) {
+	delete(e.owner, p)
+	e.lowest = min(e.lowest, p)
 }
 
 // committed is called once import key's annotation has been written as
@@ -201,7 +216,7 @@ func (e *egressAllocator) committed(key string) []string {
 	defer e.mu.Unlock()
 	freed := false
 	for _, p := range e.releasing[key] {
-		delete(e.owner, p)
+		e.freePort(p)
 		freed = true
 	}
 	delete(e.releasing, key)
@@ -215,7 +230,7 @@ func (e *egressAllocator) release(key string) []string {
 	freed := false
 	for _, m := range []map[portKey]int32{e.active[key], e.releasing[key]} {
 		for _, p := range m {
-			delete(e.owner, p)
+			e.freePort(p)
 			freed = true
 		}
 	}

@@ -156,11 +156,17 @@ func TestEgressAssign(t *testing.T) {
 }
 
 // checkOwners checks the allocator's invariants: every port it hands out
-// is in range and has exactly one owner, which lists it.
+// is in range and has exactly one owner, which lists it, and every port
+// below the search's start is taken.
 func checkOwners(t *testing.T, e *egressAllocator) {
 	t.Helper()
 	e.mu.Lock()
 	defer e.mu.Unlock()
+	for p := e.min; p < e.lowest; p++ {
+		if e.owner[p] == "" {
+			t.Fatalf("port %d is free, below the search start %d", p, e.lowest)
+		}
+	}
 	held := map[int32]string{}
 	for _, m := range []map[string]map[portKey]int32{e.active, e.releasing} {
 		for key, ports := range m {
@@ -433,5 +439,22 @@ func TestGatewaySlices(t *testing.T) {
 				t.Errorf("gateway slices %q, want %q", desc, tt.want)
 			}
 		})
+	}
+}
+
+// BenchmarkEgressAssign allocates two ports each for 7,000 imports, as a
+// first switch to gateway mode would, in the default range.
+func BenchmarkEgressAssign(b *testing.B) {
+	keys := make([]string, 7000)
+	for i := range keys {
+		keys[i] = fmt.Sprintf("ns/svc%d", i)
+	}
+	for b.Loop() {
+		e := newEgressAllocator(brokerv1.DefaultEgressPortMin, brokerv1.DefaultEgressPortMax)
+		for _, k := range keys {
+			if !e.assign(k, tcp(80, 443)).Complete() {
+				b.Fatal("range full")
+			}
+		}
 	}
 }
