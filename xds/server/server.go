@@ -134,7 +134,9 @@ func (s *Server) Endpoints() map[string]types.Resource { return s.eds.GetResourc
 
 // ViewResources returns a view's current resources by type (for the
 // debug dump).
-func (s *Server) ViewResources(v View) map[resource.Type][]types.Resource { return s.views.resources(v) }
+func (s *Server) ViewResources(v View) map[resource.Type][]types.Resource {
+	return s.views.resources(v)
+}
 
 // ConnectedNodes is the number of streams with a known node.
 func (s *Server) ConnectedNodes() int { return s.streams.count() }

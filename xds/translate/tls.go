@@ -94,17 +94,17 @@ func upstreamTLS(sni string, common *tlsv3.CommonTlsContext) *corev3.TransportSo
 // priority 0 for a dead but listed cluster.
 func outlierDetection() *clusterv3.OutlierDetection {
 	return &clusterv3.OutlierDetection{
-		Consecutive_5Xx:                        wrapperspb.UInt32(5),
-		ConsecutiveGatewayFailure:              wrapperspb.UInt32(3),
-		EnforcingConsecutiveGatewayFailure:     wrapperspb.UInt32(100),
-		EnforcingSuccessRate:                   wrapperspb.UInt32(0),
-		FailurePercentageThreshold:             wrapperspb.UInt32(50),
-		EnforcingFailurePercentage:             wrapperspb.UInt32(100),
-		FailurePercentageMinimumHosts:          wrapperspb.UInt32(1),
-		FailurePercentageRequestVolume:         wrapperspb.UInt32(10),
-		Interval:                               durationpb.New(time.Second),
-		BaseEjectionTime:                       durationpb.New(5 * time.Second),
-		MaxEjectionPercent:                     wrapperspb.UInt32(100),
+		Consecutive_5Xx:                    wrapperspb.UInt32(5),
+		ConsecutiveGatewayFailure:          wrapperspb.UInt32(3),
+		EnforcingConsecutiveGatewayFailure: wrapperspb.UInt32(100),
+		EnforcingSuccessRate:               wrapperspb.UInt32(0),
+		FailurePercentageThreshold:         wrapperspb.UInt32(50),
+		EnforcingFailurePercentage:         wrapperspb.UInt32(100),
+		FailurePercentageMinimumHosts:      wrapperspb.UInt32(1),
+		FailurePercentageRequestVolume:     wrapperspb.UInt32(10),
+		Interval:                           durationpb.New(time.Second),
+		BaseEjectionTime:                   durationpb.New(5 * time.Second),
+		MaxEjectionPercent:                 wrapperspb.UInt32(100),
 	}
 }
 

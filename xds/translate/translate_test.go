@@ -152,7 +152,6 @@ func firstDiff(a, b string) string {
 	return "lengths differ"
 }
 
-
 // TestCLAShapesGRPCAccepts checks the rules gRPC-Go enforces on every
 // assignment: contiguous priorities from 0, a weight on every locality,
 // no address twice.
