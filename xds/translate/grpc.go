@@ -9,6 +9,7 @@ import (
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/wellknown"
+	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	brokerv1 "github.com/isthmus-dev/isthmus/mcs/api/v1alpha1"
 	"github.com/isthmus-dev/isthmus/xds/model"
@@ -45,7 +46,13 @@ func GRPC(local model.Local, clusters map[string]*model.Cluster, s *model.Servic
 					Domains: []string{ln},
 					Routes: []*routev3.Route{{
 						Match:  &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: ""}},
-						Action: &routev3.Route_Route{Route: &routev3.RouteAction{ClusterSpecifier: &routev3.RouteAction_Cluster{Cluster: out}}},
+						Action: &routev3.Route_Route{Route: &routev3.RouteAction{
+							ClusterSpecifier: &routev3.RouteAction_Cluster{Cluster: out},
+							// An RPC caught on a connection to a backend that dies is
+							// retried (on the next priority once the first is gone),
+							// as Istio retries by default.
+							RetryPolicy: &routev3.RetryPolicy{RetryOn: "unavailable", NumRetries: wrapperspb.UInt32(2)},
+						}},
 					}},
 				}},
 			})
