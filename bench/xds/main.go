@@ -17,6 +17,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"runtime/pprof"
 	"sort"
 	"strconv"
 	"strings"
@@ -43,7 +44,12 @@ func main() {
 	services := flag.Int("services", 10000, "services (one ClusterLoadAssignment each, 10 endpoints)")
 	clients := flag.String("clients", "1,10", "comma-separated client counts")
 	updates := flag.Int("updates", 5, "single-endpoint changes measured per configuration")
+	impls := flag.String("impls", "snapshot-cache,isthmus", "servers to measure, in this order")
+	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of the single-endpoint changes here")
 	flag.Parse()
+	if *cpuProfile != "" {
+		profile = *cpuProfile
+	}
 	if *client {
 		if err := runClient(*addr, *services); err != nil {
 			fmt.Fprintln(os.Stderr, "client:", err)
@@ -58,7 +64,7 @@ func main() {
 			fmt.Fprintf(os.Stderr, "bad -clients %q\n", s)
 			os.Exit(2)
 		}
-		for _, impl := range []string{"snapshot-cache", "isthmus"} {
+		for _, impl := range strings.Split(*impls, ",") {
 			r, err := measure(impl, *services, n, *updates)
 			if err != nil {
 				fmt.Fprintf(os.Stderr, "%s with %d clients: %v\n", impl, n, err)
@@ -70,6 +76,9 @@ func main() {
 	}
 	report(os.Stdout, rows, *services, *updates)
 }
+
+// profile, when set, receives a CPU profile of the changes.
+var profile string
 
 // names are the assignments' names.
 func names(n int) []string {
@@ -240,6 +249,16 @@ func measure(kind string, services, clients, updates int) (row, error) {
 	}
 	r.initial, r.initialCPU = last.Sub(start), cpu()-startCPU
 	time.Sleep(500 * time.Millisecond) // ACKs settle
+	if profile != "" {
+		f, err := os.Create(profile)
+		if err != nil {
+			return row{}, err
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return row{}, err
+		}
+		defer func() { pprof.StopCPUProfile(); _ = f.Close() }()
+	}
 	for u := 1; u <= updates; u++ {
 		i := (u * 7919) % services
 		name := ns[i]

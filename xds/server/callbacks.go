@@ -22,6 +22,15 @@ func (s *Server) callbacks() serverv3.Callbacks {
 				return err
 			}
 			s.suppressNACK(id, req)
+			st := s.streams.get(id)
+			s.streams.mu.Lock()
+			prev := st.lastReq
+			st.lastReq = req
+			s.streams.mu.Unlock()
+			if prev != nil {
+				s.requests.Delete(prev) // a request the server skipped (stale nonce)
+			}
+			s.requests.Store(req, id)
 			return nil
 		},
 		StreamResponseFunc: func(_ context.Context, id int64, req *discoveryv3.DiscoveryRequest, resp *discoveryv3.DiscoveryResponse) {
@@ -76,7 +85,11 @@ func (s *Server) admit(id int64, node *corev3.Node) error {
 }
 
 func (s *Server) closed(id int64) {
+	s.eds.forget(id)
 	st := s.streams.drop(id)
+	if st != nil && st.lastReq != nil {
+		s.requests.Delete(st.lastReq)
+	}
 	if st == nil || st.node == nil {
 		return
 	}
@@ -138,7 +151,14 @@ func (s *Server) pushed(typeURL string, resources int) {
 // its chatter goes to debug.
 type logAdapter struct{ l *slog.Logger }
 
-func (a logAdapter) Debugf(f string, args ...any) { a.l.Debug(fmt.Sprintf(f, args...)) }
-func (a logAdapter) Infof(f string, args ...any)  { a.l.Debug(fmt.Sprintf(f, args...)) }
+// Formatting happens only when debug is on: go-control-plane's debug
+// lines print whole subscriptions (10,000 names), which cost 40 % of the
+// server's CPU per change when formatted for nothing.
+func (a logAdapter) Debugf(f string, args ...any) {
+	if a.l.Enabled(context.Background(), slog.LevelDebug) {
+		a.l.Debug(fmt.Sprintf(f, args...))
+	}
+}
+func (a logAdapter) Infof(f string, args ...any)  { a.Debugf(f, args...) }
 func (a logAdapter) Warnf(f string, args ...any)  { a.l.Warn(fmt.Sprintf(f, args...)) }
 func (a logAdapter) Errorf(f string, args ...any) { a.l.Error(fmt.Sprintf(f, args...)) }

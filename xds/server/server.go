@@ -10,6 +10,7 @@ import (
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	discoverygrpc "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
@@ -24,8 +25,12 @@ type Server struct {
 	local string
 
 	views *viewCache
-	eds   *cachev3.LinearCache
+	eds   *edsCache
 	ads   serverv3.Server
+
+	// requests maps a request to its stream for the endpoint cache, from
+	// the request callback to the cache's CreateWatch.
+	requests sync.Map
 
 	metrics *metrics
 	streams *streamTable
@@ -51,7 +56,6 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		log:     cfg.Log,
 		local:   cfg.ClusterID,
 		views:   newViewCache(nodeHash{localCluster: cfg.ClusterID}),
-		eds:     cachev3.NewLinearCache(resource.EndpointType, cachev3.WithLogger(logAdapter{cfg.Log})),
 		streams: newStreamTable(),
 		changed: map[string]time.Time{},
 	}
@@ -60,6 +64,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		return nil, fmt.Errorf("registering the xDS metrics: %w", err)
 	}
 	s.metrics = m
+	s.eds = newEDSCache(cachev3.NewLinearCache(resource.EndpointType, cachev3.WithLogger(logAdapter{cfg.Log})), s.streamOf)
 	mux := &cachev3.MuxCache{
 		Classify: func(r *cachev3.Request) string { return classify(r.GetTypeUrl()) },
 		ClassifyDelta: func(r *cachev3.DeltaRequest) string {
@@ -110,27 +115,28 @@ func (s *Server) UpdateEndpoints(changed map[string]types.Resource) error {
 	if len(changed) == 0 {
 		return nil
 	}
-	upd := map[string]types.Resource{}
-	var del []string
-	for name, r := range changed {
-		if r == nil {
-			del = append(del, name)
-		} else {
-			upd[name] = r
-		}
-	}
 	s.mu.Lock()
 	s.changed[resource.EndpointType] = time.Now()
 	s.mu.Unlock()
-	if err := s.eds.UpdateResources(upd, del); err != nil {
+	if err := s.eds.update(changed); err != nil {
 		return fmt.Errorf("updating %d endpoint assignments: %w", len(changed), err)
 	}
-	s.metrics.resources.WithLabelValues("all", "endpoints").Set(float64(s.eds.NumResources()))
+	s.metrics.resources.WithLabelValues("all", "ClusterLoadAssignment").Set(float64(s.eds.delta.NumResources()))
 	return nil
 }
 
 // Endpoints returns the current assignments (for the debug dump).
-func (s *Server) Endpoints() map[string]types.Resource { return s.eds.GetResources() }
+func (s *Server) Endpoints() map[string]types.Resource { return s.eds.resources() }
+
+// streamOf finds the stream a request arrived on (noted by the request
+// callback just before the cache sees the request).
+func (s *Server) streamOf(req *cachev3.Request) (int64, bool) {
+	id, ok := s.requests.LoadAndDelete(req)
+	if !ok {
+		return 0, false
+	}
+	return id.(int64), true
+}
 
 // ViewResources returns a view's current resources by type (for the
 // debug dump).
@@ -163,6 +169,7 @@ type streamState struct {
 	view     View
 	lastSent map[string]string // type URL → version
 	lastNACK map[string]string // type URL → version last reported as rejected
+	lastReq  *discoveryv3.DiscoveryRequest
 }
 
 func newStreamTable() *streamTable { return &streamTable{streams: map[int64]*streamState{}} }

@@ -45,7 +45,7 @@ func GRPC(local model.Local, clusters map[string]*model.Cluster, s *model.Servic
 					Name:    ln,
 					Domains: []string{ln},
 					Routes: []*routev3.Route{{
-						Match:  &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: ""}},
+						Match: &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: ""}},
 						Action: &routev3.Route_Route{Route: &routev3.RouteAction{
 							ClusterSpecifier: &routev3.RouteAction_Cluster{Cluster: out},
 							// An RPC caught on a connection to a backend that dies is
