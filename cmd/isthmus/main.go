@@ -25,6 +25,7 @@ func roles() map[string]role {
 		"agent":  runAgent,
 		"dns":    dnsRole,
 		"tunnel": tunnelRole,
+		"xds":    xdsRole,
 	}
 }
 

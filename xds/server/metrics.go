@@ -1,0 +1,47 @@
+package server
+
+import "github.com/prometheus/client_golang/prometheus"
+
+type metrics struct {
+	connected       *prometheus.GaugeVec
+	refused         prometheus.Counter
+	pushes          *prometheus.CounterVec
+	pushedResources *prometheus.CounterVec
+	nacks           *prometheus.CounterVec
+	pushLatency     *prometheus.HistogramVec
+	resources       *prometheus.GaugeVec
+}
+
+func newMetrics(reg prometheus.Registerer) (*metrics, error) {
+	m := &metrics{
+		connected: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "isthmus_xds_connected_nodes", Help: "xDS clients connected, by view (gateway, grpc).",
+		}, []string{"view"}),
+		refused: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "isthmus_xds_refused_nodes_total", Help: "xDS streams refused (a node of another cluster, an unknown role).",
+		}),
+		pushes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "isthmus_xds_pushes_total", Help: "Discovery responses sent, by resource type.",
+		}, []string{"type"}),
+		pushedResources: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "isthmus_xds_pushed_resources_total", Help: "Resources sent in discovery responses, by type.",
+		}, []string{"type"}),
+		nacks: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "isthmus_xds_nacks_total", Help: "Responses rejected by clients, by resource type.",
+		}, []string{"type"}),
+		pushLatency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "isthmus_xds_push_latency_seconds",
+			Help:    "From a change of a resource type to a response of that type leaving the server.",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14),
+		}, []string{"type"}),
+		resources: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "isthmus_xds_resources", Help: "Resources served, by view and type.",
+		}, []string{"view", "type"}),
+	}
+	for _, c := range []prometheus.Collector{m.connected, m.refused, m.pushes, m.pushedResources, m.nacks, m.pushLatency, m.resources} {
+		if err := reg.Register(c); err != nil {
+			return nil, err
+		}
+	}
+	return m, nil
+}

@@ -1,0 +1,361 @@
+package server
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
+	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"google.golang.org/genproto/googleapis/rpc/status"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/protobuf/types/known/structpb"
+)
+
+type testServer struct {
+	*Server
+	addr string
+	reg  *prometheus.Registry
+}
+
+func start(t *testing.T) *testServer {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	reg := prometheus.NewRegistry()
+	s, err := New(ctx, Config{ClusterID: "a", Log: slog.New(slog.NewTextHandler(io.Discard, nil)), Registry: reg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := grpc.NewServer()
+	s.Register(g)
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = g.Serve(lis) }()
+	t.Cleanup(g.Stop)
+	return &testServer{Server: s, addr: lis.Addr().String(), reg: reg}
+}
+
+func node(id, role, cluster string) *corev3.Node {
+	return &corev3.Node{Id: id, Metadata: &structpb.Struct{Fields: map[string]*structpb.Value{
+		MetadataRole: structpb.NewStringValue(role), MetadataCluster: structpb.NewStringValue(cluster),
+	}}}
+}
+
+func cla(name string, port uint32) *endpointv3.ClusterLoadAssignment {
+	return &endpointv3.ClusterLoadAssignment{ClusterName: name, Endpoints: []*endpointv3.LocalityLbEndpoints{{
+		LbEndpoints: []*endpointv3.LbEndpoint{{HostIdentifier: &endpointv3.LbEndpoint_Endpoint{Endpoint: &endpointv3.Endpoint{
+			Address: &corev3.Address{Address: &corev3.Address_SocketAddress{SocketAddress: &corev3.SocketAddress{Address: "10.0.0.1", PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: port}}}},
+		}}}},
+	}}}
+}
+
+// sotwClient is a raw ADS stream, so the test sees every response.
+type sotwClient struct {
+	t      *testing.T
+	stream discoveryv3.AggregatedDiscoveryService_StreamAggregatedResourcesClient
+	resps  chan *discoveryv3.DiscoveryResponse
+}
+
+func dialSotW(t *testing.T, addr string, n *corev3.Node) *sotwClient {
+	t.Helper()
+	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()), grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(64<<20)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cc.Close() })
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	st, err := discoveryv3.NewAggregatedDiscoveryServiceClient(cc).StreamAggregatedResources(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &sotwClient{t: t, stream: st, resps: make(chan *discoveryv3.DiscoveryResponse, 1000)}
+	go func() {
+		for {
+			r, err := st.Recv()
+			if err != nil {
+				close(c.resps)
+				return
+			}
+			c.resps <- r
+		}
+	}()
+	_ = n
+	return c
+}
+
+func (c *sotwClient) send(req *discoveryv3.DiscoveryRequest) {
+	c.t.Helper()
+	if err := c.stream.Send(req); err != nil {
+		c.t.Fatal(err)
+	}
+}
+
+func (c *sotwClient) next(within time.Duration) *discoveryv3.DiscoveryResponse {
+	c.t.Helper()
+	select {
+	case r, ok := <-c.resps:
+		if !ok {
+			c.t.Fatal("stream closed")
+		}
+		return r
+	case <-time.After(within):
+		c.t.Fatalf("no response within %v", within)
+		return nil
+	}
+}
+
+// count drains responses arriving within d.
+func (c *sotwClient) count(d time.Duration) int {
+	n := 0
+	deadline := time.After(d)
+	for {
+		select {
+		case _, ok := <-c.resps:
+			if !ok {
+				return n
+			}
+			n++
+		case <-deadline:
+			return n
+		}
+	}
+}
+
+// TestNACKNotResentInALoop: a client that rejects everything gets the
+// rejected version once, nothing more until the content changes, and the
+// NACKs are counted.
+func TestNACKNotResentInALoop(t *testing.T) {
+	for _, typ := range []string{resource.ListenerType, resource.EndpointType} {
+		t.Run(shortType(typ), func(t *testing.T) {
+			s := start(t)
+			put := func(port uint32) {
+				if typ == resource.EndpointType {
+					if err := s.UpdateEndpoints(map[string]types.Resource{"x": cla("x", port)}); err != nil {
+						t.Fatal(err)
+					}
+					return
+				}
+				l := &listenerv3.Listener{Name: "x", Address: &corev3.Address{Address: &corev3.Address_SocketAddress{SocketAddress: &corev3.SocketAddress{Address: "0.0.0.0", PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: port}}}}}
+				if err := s.SetView(context.Background(), GRPCView, map[resource.Type][]types.Resource{resource.ListenerType: {l}}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			put(1)
+			c := dialSotW(t, s.addr, nil)
+			n := node("n1", "grpc", "a")
+			c.send(&discoveryv3.DiscoveryRequest{Node: n, TypeUrl: typ, ResourceNames: []string{"x"}})
+			first := c.next(5 * time.Second)
+			nacks := 0
+			// Reject every response for a second, counting them.
+			deadline := time.Now().Add(time.Second)
+			resp := first
+			sent := 1
+			for time.Now().Before(deadline) {
+				c.send(&discoveryv3.DiscoveryRequest{TypeUrl: typ, ResourceNames: []string{"x"}, ResponseNonce: resp.Nonce, ErrorDetail: &status.Status{Code: 3, Message: "rejected for the test"}})
+				nacks++
+				select {
+				case r := <-c.resps:
+					sent++
+					resp = r
+				case <-time.After(time.Until(deadline)):
+				}
+			}
+			if sent != 1 {
+				t.Fatalf("the rejected version was sent %d times in a second: want once", sent)
+			}
+			if got := testutil.ToFloat64(s.metrics.nacks.WithLabelValues(shortType(typ))); got != float64(nacks) {
+				t.Errorf("nacks counted %v, want %d", got, nacks)
+			}
+			// New content is sent, once.
+			put(2)
+			next := c.next(5 * time.Second)
+			if next.VersionInfo == first.VersionInfo {
+				t.Errorf("new content came with the rejected version %s", next.VersionInfo)
+			}
+			c.send(&discoveryv3.DiscoveryRequest{TypeUrl: typ, VersionInfo: next.VersionInfo, ResourceNames: []string{"x"}, ResponseNonce: next.Nonce})
+			if n := c.count(300 * time.Millisecond); n != 0 {
+				t.Errorf("%d more responses after the ACK", n)
+			}
+		})
+	}
+}
+
+// TestOneEndpointChangeOneAssignment: with 10 subscribers to 1,000
+// assignments each, one changed assignment sends exactly one response of
+// one resource to each, over SotW and delta alike.
+func TestOneEndpointChangeOneAssignment(t *testing.T) {
+	s := start(t)
+	const names = 1000
+	all := map[string]types.Resource{}
+	var list []string
+	for i := 0; i < names; i++ {
+		n := fmt.Sprintf("svc-%d", i)
+		all[n] = cla(n, 80)
+		list = append(list, n)
+	}
+	if err := s.UpdateEndpoints(all); err != nil {
+		t.Fatal(err)
+	}
+	var sotw []*sotwClient
+	for i := 0; i < 5; i++ {
+		c := dialSotW(t, s.addr, nil)
+		c.send(&discoveryv3.DiscoveryRequest{Node: node(fmt.Sprint("s", i), "grpc", "a"), TypeUrl: resource.EndpointType, ResourceNames: list})
+		r := c.next(10 * time.Second)
+		if len(r.Resources) != names {
+			t.Fatalf("initial response has %d assignments, want %d", len(r.Resources), names)
+		}
+		c.send(&discoveryv3.DiscoveryRequest{TypeUrl: resource.EndpointType, VersionInfo: r.VersionInfo, ResourceNames: list, ResponseNonce: r.Nonce})
+		sotw = append(sotw, c)
+	}
+	var delta []*deltaClient
+	for i := 0; i < 5; i++ {
+		c := dialDelta(t, s.addr)
+		c.send(&discoveryv3.DeltaDiscoveryRequest{Node: node(fmt.Sprint("d", i), "gateway", "a"), TypeUrl: resource.EndpointType, ResourceNamesSubscribe: list})
+		r := c.next(10 * time.Second)
+		if len(r.Resources) != names {
+			t.Fatalf("initial delta response has %d assignments, want %d", len(r.Resources), names)
+		}
+		c.send(&discoveryv3.DeltaDiscoveryRequest{TypeUrl: resource.EndpointType, ResponseNonce: r.Nonce})
+		delta = append(delta, c)
+	}
+	before := testutil.ToFloat64(s.metrics.pushedResources.WithLabelValues("ClusterLoadAssignment"))
+	if err := s.UpdateEndpoints(map[string]types.Resource{"svc-7": cla("svc-7", 81)}); err != nil {
+		t.Fatal(err)
+	}
+	for i, c := range sotw {
+		r := c.next(5 * time.Second)
+		if len(r.Resources) != 1 {
+			t.Errorf("SotW subscriber %d got %d assignments for one change, want 1", i, len(r.Resources))
+		}
+		c.send(&discoveryv3.DiscoveryRequest{TypeUrl: resource.EndpointType, VersionInfo: r.VersionInfo, ResourceNames: list, ResponseNonce: r.Nonce})
+	}
+	for i, c := range delta {
+		r := c.next(5 * time.Second)
+		if len(r.Resources) != 1 || r.Resources[0].Name != "svc-7" {
+			t.Errorf("delta subscriber %d got %d assignments for one change, want svc-7 alone", i, len(r.Resources))
+		}
+		c.send(&discoveryv3.DeltaDiscoveryRequest{TypeUrl: resource.EndpointType, ResponseNonce: r.Nonce})
+	}
+	for _, c := range sotw {
+		if n := c.count(200 * time.Millisecond); n != 0 {
+			t.Errorf("a SotW subscriber got %d extra responses", n)
+		}
+	}
+	if got := testutil.ToFloat64(s.metrics.pushedResources.WithLabelValues("ClusterLoadAssignment")) - before; got != 10 {
+		t.Errorf("one change pushed %v assignments in all, want 10 (one per subscriber)", got)
+	}
+}
+
+type deltaClient struct {
+	t      *testing.T
+	stream discoveryv3.AggregatedDiscoveryService_DeltaAggregatedResourcesClient
+	resps  chan *discoveryv3.DeltaDiscoveryResponse
+}
+
+func dialDelta(t *testing.T, addr string) *deltaClient {
+	t.Helper()
+	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()), grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(64<<20)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cc.Close() })
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	st, err := discoveryv3.NewAggregatedDiscoveryServiceClient(cc).DeltaAggregatedResources(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &deltaClient{t: t, stream: st, resps: make(chan *discoveryv3.DeltaDiscoveryResponse, 100)}
+	go func() {
+		for {
+			r, err := st.Recv()
+			if err != nil {
+				close(c.resps)
+				return
+			}
+			c.resps <- r
+		}
+	}()
+	return c
+}
+
+func (c *deltaClient) send(req *discoveryv3.DeltaDiscoveryRequest) {
+	c.t.Helper()
+	if err := c.stream.Send(req); err != nil {
+		c.t.Fatal(err)
+	}
+}
+
+func (c *deltaClient) next(within time.Duration) *discoveryv3.DeltaDiscoveryResponse {
+	c.t.Helper()
+	select {
+	case r, ok := <-c.resps:
+		if !ok {
+			c.t.Fatal("stream closed")
+		}
+		return r
+	case <-time.After(within):
+		c.t.Fatalf("no delta response within %v", within)
+		return nil
+	}
+}
+
+// TestNodeOfAnotherClusterRefused: a node that says it runs elsewhere
+// gets its stream closed with a message naming both clusters.
+func TestNodeOfAnotherClusterRefused(t *testing.T) {
+	s := start(t)
+	c := dialSotW(t, s.addr, nil)
+	c.send(&discoveryv3.DiscoveryRequest{Node: node("stray", "gateway", "b"), TypeUrl: resource.ListenerType})
+	select {
+	case _, ok := <-c.resps:
+		if ok {
+			t.Fatal("a node of cluster b was answered by cluster a's server")
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the stream of a node of another cluster stayed open")
+	}
+	_, err := c.stream.Recv()
+	if err == nil || !strings.Contains(err.Error(), `cluster "b"`) {
+		t.Errorf("refusal error %v should name the node's cluster", err)
+	}
+	if got := testutil.ToFloat64(s.metrics.refused); got != 1 {
+		t.Errorf("refused nodes counted %v, want 1", got)
+	}
+}
+
+func TestViewOf(t *testing.T) {
+	for _, tc := range []struct {
+		node    *corev3.Node
+		want    View
+		wantErr bool
+	}{
+		{node("g", "gateway", "a"), GatewayView, false},
+		{node("c", "grpc", "a"), GRPCView, false},
+		{node("x", "sidecar", "a"), "", true},
+		{node("y", "gateway", "b"), "", true},
+		{&corev3.Node{Id: "envoy"}, GatewayView, false},
+		{&corev3.Node{Id: "grpc", UserAgentName: "gRPC Go"}, GRPCView, false},
+		{nil, "", true},
+	} {
+		v, err := viewOf(tc.node, "a")
+		if (err != nil) != tc.wantErr || v != tc.want {
+			t.Errorf("viewOf(%v) = %q, %v; want %q (error %v)", tc.node.GetId(), v, err, tc.want, tc.wantErr)
+		}
+	}
+}

@@ -1,0 +1,224 @@
+package source
+
+import (
+	"context"
+	"log/slog"
+	"net/netip"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	coordinationv1 "k8s.io/api/coordination/v1"
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/utils/ptr"
+	mcsv1beta1 "sigs.k8s.io/mcs-api/pkg/apis/v1beta1"
+	mcsclient "sigs.k8s.io/mcs-api/pkg/client/clientset/versioned"
+
+	"github.com/isthmus-dev/isthmus/mcs/api/crds"
+	brokerv1 "github.com/isthmus-dev/isthmus/mcs/api/v1alpha1"
+	"github.com/isthmus-dev/isthmus/test/cluster"
+	"github.com/isthmus-dev/isthmus/xds/model"
+)
+
+// TestSourceOnRealAPIServers writes what the agents write (a
+// ServiceImport with its egress ports, MCS slices of two clusters, Cluster
+// records, Leases, the tunnel's peer status) to real apiservers and checks
+// the model the xDS server is fed, and that a stopped Lease or a dead
+// tunnel makes a cluster unhealthy.
+func TestSourceOnRealAPIServers(t *testing.T) {
+	cs := cluster.Start(t, cluster.Options{Members: 1, Broker: true})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	m, b := cs.Members[0], cs.Broker
+	install := func(c *cluster.Cluster, get func() ([]*apiextensionsv1.CustomResourceDefinition, error)) {
+		list, err := get()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := c.InstallCRDs(ctx, list); err != nil {
+			t.Fatal(err)
+		}
+	}
+	install(m, crds.Member)
+	install(b, crds.Broker)
+	kube := kubernetes.NewForConfigOrDie(m.Config)
+	mcs := mcsclient.NewForConfigOrDie(m.Config)
+	broker := kubernetes.NewForConfigOrDie(b.Config)
+	brokerDyn := dynamic.NewForConfigOrDie(b.Config)
+	const ns = brokerv1.DefaultBrokerNamespace
+	for _, c := range []kubernetes.Interface{kube, broker} {
+		for _, n := range []string{"demo", ns} {
+			if _, err := c.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: n}}, metav1.CreateOptions{}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	record := func(id, region, gw string) {
+		u := &unstructured.Unstructured{}
+		obj, err := runtime.DefaultUnstructuredConverter.ToUnstructured(&brokerv1.Cluster{
+			TypeMeta:   metav1.TypeMeta{APIVersion: brokerv1.SchemeGroupVersion.String(), Kind: "Cluster"},
+			ObjectMeta: metav1.ObjectMeta{Name: id, Namespace: ns, Labels: map[string]string{brokerv1.LabelSourceCluster: id}},
+			Spec:       brokerv1.ClusterSpec{ClusterID: id, Region: region, Gateways: []brokerv1.GatewayAddress{{Address: gw, Port: 15443}}},
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		u.Object = obj
+		if _, err := brokerDyn.Resource(clusterGVR).Namespace(ns).Create(ctx, u, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	record("a", "eu", "192.0.2.1")
+	record("b", "us", "192.0.2.2")
+	renew := func(id string) {
+		l := &coordinationv1.Lease{
+			ObjectMeta: metav1.ObjectMeta{Name: brokerv1.LeaseName(id), Namespace: ns, Labels: map[string]string{brokerv1.LabelSourceCluster: id}},
+			Spec:       coordinationv1.LeaseSpec{HolderIdentity: ptr.To(id), LeaseDurationSeconds: ptr.To[int32](2), RenewTime: &metav1.MicroTime{Time: time.Now()}},
+		}
+		if _, err := broker.CoordinationV1().Leases(ns).Update(ctx, l, metav1.UpdateOptions{}); err != nil {
+			if _, err := broker.CoordinationV1().Leases(ns).Create(ctx, l, metav1.CreateOptions{}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	renew("a")
+	renew("b")
+
+	si := &mcsv1beta1.ServiceImport{
+		ObjectMeta: metav1.ObjectMeta{Name: "echo", Namespace: "demo", Annotations: map[string]string{
+			brokerv1.AnnotationEgressPorts: "TCP/80=16000", AnnotationUpstreamTLS: "mtls",
+		}},
+		Spec: mcsv1beta1.ServiceImportSpec{Type: mcsv1beta1.ClusterSetIP, Ports: []mcsv1beta1.ServicePort{{Name: "http", Protocol: corev1.ProtocolTCP, Port: 80}}},
+	}
+	si, err := mcs.MulticlusterV1beta1().ServiceImports("demo").Create(ctx, si, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	si.Status.Clusters = []mcsv1beta1.ClusterStatus{{Cluster: "a"}, {Cluster: "b"}}
+	if _, err := mcs.MulticlusterV1beta1().ServiceImports("demo").UpdateStatus(ctx, si, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	slice := func(cluster, ip string, ready bool) {
+		sl := &discoveryv1.EndpointSlice{
+			ObjectMeta: metav1.ObjectMeta{Name: "echo-" + cluster, Namespace: "demo", Labels: map[string]string{
+				mcsv1beta1.LabelServiceName: "echo", mcsv1beta1.LabelSourceCluster: cluster, brokerv1.LabelManagedBy: brokerv1.ManagedBy,
+			}},
+			AddressType: discoveryv1.AddressTypeIPv4,
+			Ports:       []discoveryv1.EndpointPort{{Name: ptr.To("http"), Port: ptr.To[int32](8080), Protocol: ptr.To(corev1.ProtocolTCP)}},
+			Endpoints:   []discoveryv1.Endpoint{{Addresses: []string{ip}, Conditions: discoveryv1.EndpointConditions{Ready: ptr.To(ready)}}},
+		}
+		if _, err := kube.DiscoveryV1().EndpointSlices("demo").Update(ctx, sl, metav1.UpdateOptions{}); err != nil {
+			if _, err := kube.DiscoveryV1().EndpointSlices("demo").Create(ctx, sl, metav1.CreateOptions{}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	slice("a", "10.240.0.10", true)
+	slice("b", "10.241.0.10", true)
+
+	var mu sync.Mutex
+	var changes []Change
+	src := New(Config{
+		Local: model.Local{ClusterID: "a", Region: "eu"}, Kube: kube, MCS: mcs, Broker: broker, BrokerDynamic: brokerDyn,
+		BrokerNamespace: ns, LeaseDuration: 30 * time.Second, ProbeEvery: 500 * time.Millisecond, Log: slog.New(slog.NewTextHandler(testWriter{t}, nil)),
+	}, func(c Change) { mu.Lock(); changes = append(changes, c); mu.Unlock() })
+	done := make(chan error, 1)
+	go func() { done <- src.Run(ctx) }()
+	echo := model.Key{Namespace: "demo", Name: "echo"}
+	seen := func(k model.Key) bool {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, c := range changes {
+			if slices.Contains(c.Services, k) {
+				return true
+			}
+		}
+		return false
+	}
+	waitFor(t, "the first change naming echo", func() bool { return src.Ready() == nil && seen(echo) })
+
+	s := src.Service(echo)
+	if s == nil || s.Type != model.ClusterSetIP || !s.MTLS || len(s.Ports) != 1 || s.Ports[0].Egress != 16000 || s.Ports[0].Name != "http" {
+		t.Fatalf("model of echo: %+v", s)
+	}
+	if got := s.Endpoints["b"]; len(got) != 1 || got[0].Address != netip.MustParseAddr("10.241.0.10") || got[0].Ports["http"] != 8080 || !got[0].Ready {
+		t.Fatalf("b's endpoints: %+v", got)
+	}
+	cl := src.Clusters()
+	if c := cl["b"]; c == nil || c.Region != "us" || !c.Healthy || len(c.Gateways) != 1 || c.Gateways[0] != netip.MustParseAddrPort("192.0.2.2:15443") {
+		t.Fatalf("cluster b: %+v", c)
+	}
+
+	// An endpoint change names echo again.
+	mu.Lock()
+	changes = nil
+	mu.Unlock()
+	slice("b", "10.241.0.10", false)
+	waitFor(t, "b's endpoint not ready", func() bool {
+		s := src.Service(echo)
+		return seen(echo) && s != nil && len(s.Endpoints["b"]) == 1 && !s.Endpoints["b"][0].Ready
+	})
+
+	// b stops renewing its 2 s Lease while a keeps renewing: b turns
+	// unhealthy on its own, without another event.
+	stop := make(chan struct{})
+	go func() {
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(500 * time.Millisecond):
+				renew("a")
+			}
+		}
+	}()
+	waitFor(t, "b unhealthy after its Lease lapsed", func() bool { c := src.Clusters()["b"]; return c != nil && !c.Healthy && c.Reason == "LeaseExpired" })
+	renew("b")
+	waitFor(t, "b healthy again after it renewed", func() bool { c := src.Clusters()["b"]; return c != nil && c.Healthy })
+	close(stop)
+
+	// The local tunnel reports b down: b is unhealthy.
+	rec, err := brokerDyn.Resource(clusterGVR).Namespace(ns).Get(ctx, "a", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = unstructured.SetNestedSlice(rec.Object, []any{map[string]any{"cluster": "b", "state": "Error", "message": "no handshake"}}, "status", "tunnel", "peers")
+	if _, err := brokerDyn.Resource(clusterGVR).Namespace(ns).UpdateStatus(ctx, rec, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	renew("b")
+	waitFor(t, "b unhealthy while the tunnel to it is down", func() bool { c := src.Clusters()["b"]; return c != nil && !c.Healthy && c.Reason == "TunnelDown" })
+
+	// Unimport: the model forgets it.
+	if err := mcs.MulticlusterV1beta1().ServiceImports("demo").Delete(ctx, "echo", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "echo gone", func() bool { return src.Service(echo) == nil })
+	cancel()
+	if err := <-done; err != nil {
+		t.Error(err)
+	}
+}
+
+func waitFor(t *testing.T, what string, ok func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for !ok() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+type testWriter struct{ t *testing.T }
+
+func (w testWriter) Write(p []byte) (int, error) { w.t.Log(string(p)); return len(p), nil }
