@@ -31,6 +31,8 @@ type RotatorOptions struct {
 	Clock Clock
 	// Logger defaults to discarding.
 	Logger *slog.Logger
+	// Metrics, if set, counts renewals and shows the current expiry.
+	Metrics *Metrics
 }
 
 // Rotator keeps a current leaf for one SPIFFE id, renews it once half its
@@ -44,6 +46,7 @@ type Rotator struct {
 	jitter float64
 	clock  Clock
 	log    *slog.Logger
+	met    *Metrics
 	kick   chan struct{}
 
 	mu       sync.Mutex
@@ -58,7 +61,7 @@ type Rotator struct {
 // a certificate before it serves, and returns the Rotator; Run keeps it
 // fresh.
 func NewRotator(issuer Issuer, spiffeID string, opts RotatorOptions) (*Rotator, error) {
-	r := &Rotator{issuer: issuer, id: spiffeID, ttl: opts.TTL, jitter: opts.Jitter, clock: opts.Clock, log: opts.Logger,
+	r := &Rotator{issuer: issuer, id: spiffeID, ttl: opts.TTL, jitter: opts.Jitter, clock: opts.Clock, log: opts.Logger, met: opts.Metrics,
 		kick: make(chan struct{}, 1), subs: map[int]func(*Leaf){}}
 	if r.ttl == 0 {
 		r.ttl = 24 * time.Hour
@@ -123,8 +126,10 @@ func (r *Rotator) Subscribe(fn func(*Leaf)) (unsubscribe func()) {
 func (r *Rotator) Renew() error {
 	leaf, err := r.issuer.IssueLeaf(r.id, r.ttl)
 	if err != nil {
+		r.met.failed(r.id)
 		return fmt.Errorf("renewing the certificate of %s: %w", r.id, err)
 	}
+	r.met.renewed(leaf)
 	issued := r.clock.Now()
 	life := leaf.NotAfter.Sub(issued)
 	wait := life/2 + time.Duration(rand.Float64()*r.jitter*float64(life))

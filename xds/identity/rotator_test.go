@@ -2,6 +2,9 @@ package identity
 
 import (
 	"context"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"sync"
 	"testing"
 	"time"
@@ -163,7 +166,9 @@ func TestRotatorRetriesFailedRenewal(t *testing.T) {
 	cs := newClusterset(t)
 	clock := newFakeClock(time.Now())
 	iss := &failingIssuer{ca: cs.a.WithClock(clock)}
-	r, err := NewRotator(iss, gatewayA, RotatorOptions{TTL: time.Hour, Clock: clock})
+	reg := prometheus.NewPedanticRegistry()
+	met := NewMetrics(reg)
+	r, err := NewRotator(iss, gatewayA, RotatorOptions{TTL: time.Hour, Clock: clock, Metrics: met})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -187,8 +192,19 @@ func TestRotatorRetriesFailedRenewal(t *testing.T) {
 	iss.fail = false
 	iss.mu.Unlock()
 	clock.Advance(time.Second)
-	if l := next(t, got, "retry"); l == first {
+	l := next(t, got, "retry")
+	if l == first {
 		t.Fatal("retry returned the old leaf")
+	}
+	ok, failed := testutil.ToFloat64(met.renewals.WithLabelValues(gatewayA, "ok")), testutil.ToFloat64(met.renewals.WithLabelValues(gatewayA, "error"))
+	if ok != 2 || failed != 1 {
+		t.Errorf("renewals ok %v, error %v; want 2 (first issue and retry) and 1", ok, failed)
+	}
+	if exp := testutil.ToFloat64(met.expiry.WithLabelValues(gatewayA)); exp != float64(l.NotAfter.Unix()) {
+		t.Errorf("expiry gauge %v, want %d", exp, l.NotAfter.Unix())
+	}
+	if n, err := testutil.GatherAndCount(reg); err != nil || n != 3 {
+		t.Errorf("gathered %d series, %v", n, err)
 	}
 }
 
