@@ -35,7 +35,7 @@ func (p *pki) NewRoot(clustersetDomain string) (setup.CAMaterial, error) {
 }
 
 func (p *pki) ImportRoot(clustersetDomain string, cert, key []byte) (setup.CAMaterial, error) {
-	ca, err := identity.LoadRoot(clustersetDomain, cert, key)
+	ca, err := identity.LoadRoot(clustersetDomain, cert, key, nil)
 	if err != nil {
 		return setup.CAMaterial{}, fmt.Errorf("importing the operator's root CA: %w", err)
 	}
@@ -43,7 +43,7 @@ func (p *pki) ImportRoot(clustersetDomain string, cert, key []byte) (setup.CAMat
 }
 
 func (p *pki) IssueIntermediate(root setup.CAMaterial, clustersetDomain, cluster string) (setup.CAMaterial, error) {
-	ca, err := identity.LoadRoot(clustersetDomain, root.Cert, root.Key)
+	ca, err := identity.LoadRoot(clustersetDomain, root.Cert, root.Key, root.Bundle)
 	if err != nil {
 		return setup.CAMaterial{}, fmt.Errorf("loading the clusterset root: %w", err)
 	}

@@ -88,11 +88,13 @@ func NewRoot(clustersetDomain string, ttl time.Duration) (*CA, error) {
 	return &CA{cert: cert, key: key, roots: []*x509.Certificate{cert}, domain: clustersetDomain, clock: systemClock{}}, nil
 }
 
-// LoadRoot loads the root role from an operator's own CA: certPEM holds
-// the signing certificate first, then any certificates up to and including
-// a self-signed anchor (a lone self-signed certificate is its own anchor);
-// keyPEM is its private key. The anchor becomes the trust bundle.
-func LoadRoot(clustersetDomain string, certPEM, keyPEM []byte) (*CA, error) {
+// LoadRoot loads the root role from an operator's own CA or from what PEM
+// wrote: certPEM holds the signing certificate first, then any
+// certificates up to the anchor; keyPEM is its private key; bundlePEM is
+// the trust bundle, or empty to take the chain's last certificate, which
+// must then be self-signed (a lone self-signed certificate is its own
+// anchor).
+func LoadRoot(clustersetDomain string, certPEM, keyPEM, bundlePEM []byte) (*CA, error) {
 	if err := checkDomain(clustersetDomain); err != nil {
 		return nil, err
 	}
@@ -100,11 +102,22 @@ func LoadRoot(clustersetDomain string, certPEM, keyPEM []byte) (*CA, error) {
 	if err != nil {
 		return nil, err
 	}
-	anchor := certs[len(certs)-1]
-	if !selfSigned(anchor) {
-		return nil, errors.New("the root CA certificate chain does not end with a self-signed certificate: append the chain up to its root")
+	var roots []*x509.Certificate
+	if len(bundlePEM) == 0 {
+		anchor := certs[len(certs)-1]
+		if !selfSigned(anchor) {
+			return nil, errors.New("the root CA certificate chain does not end with a self-signed certificate: append the chain up to its root")
+		}
+		roots = []*x509.Certificate{anchor}
+	} else if roots, err = parseCerts("trust bundle", bundlePEM); err != nil {
+		return nil, err
 	}
-	ca := &CA{cert: certs[0], chain: withoutAnchor(certs[1:]), roots: []*x509.Certificate{anchor}, domain: clustersetDomain, clock: systemClock{}}
+	ca := &CA{cert: certs[0], roots: roots, domain: clustersetDomain, clock: systemClock{}}
+	for _, c := range certs[1:] {
+		if !contains(roots, c) {
+			ca.chain = append(ca.chain, c)
+		}
+	}
 	if ca.key, err = parseKey(keyPEM); err != nil {
 		return nil, err
 	}
@@ -115,7 +128,7 @@ func LoadRoot(clustersetDomain string, certPEM, keyPEM []byte) (*CA, error) {
 		return nil, errors.New("the root CA certificate has path length 0, so it cannot sign the clusters' intermediates")
 	}
 	probe := "x." + clustersetDomain
-	for _, c := range certs {
+	for _, c := range append(certs, roots...) {
 		if len(c.PermittedURIDomains) > 0 && !permits(c.PermittedURIDomains, probe) {
 			return nil, fmt.Errorf("certificate %q of the root CA chain constrains URIs to %v, which excludes the clusterset domain %s",
 				c.Subject.CommonName, c.PermittedURIDomains, clustersetDomain)
@@ -334,13 +347,6 @@ func sign(tmpl *x509.Certificate, parent *CA, key crypto.Signer) (*x509.Certific
 
 func selfSigned(c *x509.Certificate) bool {
 	return c.IsCA && string(c.RawSubject) == string(c.RawIssuer) && c.CheckSignatureFrom(c) == nil
-}
-
-func withoutAnchor(certs []*x509.Certificate) []*x509.Certificate {
-	if n := len(certs); n > 0 && selfSigned(certs[n-1]) {
-		return certs[:n-1]
-	}
-	return certs
 }
 
 func contains(set []*x509.Certificate, c *x509.Certificate) bool {

@@ -90,7 +90,7 @@ func operatorRoot(t *testing.T, pathLen int) (certPEM, keyPEM []byte) {
 // TestLoadRoot imports an operator's own root and uses it as the root role.
 func TestLoadRoot(t *testing.T) {
 	certPEM, keyPEM := operatorRoot(t, -1)
-	root, err := LoadRoot(domain, certPEM, keyPEM)
+	root, err := LoadRoot(domain, certPEM, keyPEM, nil)
 	if err != nil {
 		t.Fatalf("importing an operator's root: %v", err)
 	}
@@ -104,8 +104,34 @@ func TestLoadRoot(t *testing.T) {
 	}
 	// Stored and loaded again by the clusterset domain it was imported for.
 	c, k, _ := pemOf(t, root)
-	if _, err := LoadRoot(domain, c, k); err != nil {
+	if _, err := LoadRoot(domain, c, k, nil); err != nil {
 		t.Errorf("reloading the imported root: %v", err)
+	}
+
+	// An operator's issuing CA below its offline root: the chain is
+	// stored without the anchor, which is the bundle.
+	subCA := operatorSubCA(t, root)
+	sc, sk, sb := pemOf(t, subCA)
+	if len(certBlocksOf(sc)) != 1 {
+		t.Fatalf("sub-CA PEM holds %d certificates, want 1", len(certBlocksOf(sc)))
+	}
+	loaded, err := LoadRoot(domain, sc, sk, sb)
+	if err != nil {
+		t.Fatalf("loading an operator's issuing CA with its bundle: %v", err)
+	}
+	ga, err := loaded.IssueIntermediate("alpha", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	gl := issue(t, ga, gatewayA)
+	if len(gl.certs) != 3 {
+		t.Errorf("leaf under an issuing CA has a chain of %d, want leaf, intermediate, issuing CA", len(gl.certs))
+	}
+	if _, err := loaded.TrustBundle().Verify(gl.certs, time.Now(), gatewayA); err != nil {
+		t.Errorf("leaf under an operator's issuing CA: %v", err)
+	}
+	if _, err := LoadRoot(domain, sc, sk, nil); err == nil || !strings.Contains(err.Error(), "self-signed") {
+		t.Errorf("an issuing CA without its anchor or bundle: %v", err)
 	}
 
 	zeroCert, zeroKey := operatorRoot(t, 0)
@@ -126,7 +152,7 @@ func TestLoadRoot(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			_, err := LoadRoot(tt.domain, tt.cert, tt.key)
+			_, err := LoadRoot(tt.domain, tt.cert, tt.key, nil)
 			if err == nil || !strings.Contains(err.Error(), tt.want) {
 				t.Errorf("LoadRoot: %v, want an error containing %q", err, tt.want)
 			}
@@ -180,5 +206,35 @@ func TestLoadCARefusals(t *testing.T) {
 	// An expired CA says so when it is used.
 	if _, err := expired.IssueLeaf(gatewayA, time.Hour); err == nil || !strings.Contains(err.Error(), "expired") {
 		t.Errorf("expired CA issuing: %v", err)
+	}
+}
+
+// operatorSubCA is an issuing CA signed by root, pathlen 1, without name
+// constraints, as an operator's PKI might hand out.
+func operatorSubCA(t *testing.T, root *CA) *CA {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := sign(&x509.Certificate{
+		Subject: pkix.Name{CommonName: "Example Corp mesh issuing CA"}, NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
+		IsCA: true, BasicConstraintsValid: true, MaxPathLen: 1, KeyUsage: x509.KeyUsageCertSign,
+	}, root, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &CA{cert: cert, key: key, roots: root.roots, domain: domain, clock: systemClock{}}
+}
+
+func certBlocksOf(data []byte) []*pem.Block {
+	var out []*pem.Block
+	for {
+		var b *pem.Block
+		b, data = pem.Decode(data)
+		if b == nil {
+			return out
+		}
+		out = append(out, b)
 	}
 }
