@@ -2,7 +2,6 @@ package identity
 
 import (
 	"bytes"
-	"context"
 	"crypto/ecdsa"
 	"encoding/base64"
 	"encoding/hex"
@@ -96,9 +95,7 @@ func TestKeysNeverLogged(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		ctx, cancel := context.WithCancel(context.Background())
-		done := make(chan struct{})
-		go func() { r.Run(ctx); close(done) }()
+		stop := running(r)
 		if err := r.Renew(); err != nil {
 			t.Fatal(err)
 		}
@@ -112,8 +109,7 @@ func TestKeysNeverLogged(t *testing.T) {
 		}
 		clock.Advance(2 * time.Hour) // due, and failing: the retry path logs
 		waitFor(t, "a failed renewal logged", func() bool { return strings.Contains(logs.String(), "certificate renewal failed") })
-		cancel()
-		<-done
+		stop()
 
 		leaf := r.Current()
 		leafKeys = append(leafKeys, leaf.KeyPEM)

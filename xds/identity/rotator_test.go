@@ -58,6 +58,27 @@ func (c *fakeClock) Advance(d time.Duration) {
 	c.waiters = kept
 }
 
+// running runs r until the returned function stops it and waits.
+func running(r *Rotator) (stop func()) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { r.Run(ctx); close(done) }()
+	return func() { cancel(); <-done }
+}
+
+// fakeRotator is a Rotator of alpha's gateway on a fake clock with one-hour
+// leaves.
+func fakeRotator(t *testing.T, jitter float64) (clusterset, *fakeClock, *Rotator) {
+	t.Helper()
+	cs := newClusterset(t)
+	clock := newFakeClock(time.Now())
+	r, err := NewRotator(cs.a.WithClock(clock), gatewayA, RotatorOptions{TTL: time.Hour, Clock: clock, Jitter: jitter})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cs, clock, r
+}
+
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(5 * time.Second)
@@ -95,18 +116,10 @@ func next(t *testing.T, ch <-chan *Leaf, what string) *Leaf {
 // life (jitter 10 %) and so before expiry, twice; subscribers get each new
 // leaf and Current serves it.
 func TestRotatorRenewsBeforeExpiry(t *testing.T) {
-	cs := newClusterset(t)
-	clock := newFakeClock(time.Now())
-	r, err := NewRotator(cs.a.WithClock(clock), gatewayA, RotatorOptions{TTL: time.Hour, Clock: clock})
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, clock, r := fakeRotator(t, 0)
 	got := make(chan *Leaf, 10)
 	r.Subscribe(func(l *Leaf) { got <- l })
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { r.Run(ctx); close(done) }()
-	defer func() { cancel(); <-done }()
+	defer running(r)()
 
 	prev := r.Current()
 	for round := 1; round <= 2; round++ {
@@ -131,12 +144,7 @@ func TestRotatorRenewsBeforeExpiry(t *testing.T) {
 // TestRotatorRenewNowAndUnsubscribe: Renew issues at once and reschedules;
 // an unsubscribed function hears nothing more.
 func TestRotatorRenewNowAndUnsubscribe(t *testing.T) {
-	cs := newClusterset(t)
-	clock := newFakeClock(time.Now())
-	r, err := NewRotator(cs.a.WithClock(clock), gatewayA, RotatorOptions{TTL: time.Hour, Clock: clock, Jitter: -1})
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, clock, r := fakeRotator(t, -1)
 	a, b := make(chan *Leaf, 10), make(chan *Leaf, 10)
 	r.Subscribe(func(l *Leaf) { a <- l })
 	unsubscribe := r.Subscribe(func(l *Leaf) { b <- l })
@@ -175,10 +183,7 @@ func TestRotatorRetriesFailedRenewal(t *testing.T) {
 	first := r.Current()
 	got := make(chan *Leaf, 10)
 	r.Subscribe(func(l *Leaf) { got <- l })
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { r.Run(ctx); close(done) }()
-	defer func() { cancel(); <-done }()
+	defer running(r)()
 
 	iss.mu.Lock()
 	iss.fail = true
@@ -211,12 +216,7 @@ func TestRotatorRetriesFailedRenewal(t *testing.T) {
 // TestRotatorJitter checks that renewals spread over [50 %, 60 %) of the
 // life rather than all at one instant.
 func TestRotatorJitter(t *testing.T) {
-	cs := newClusterset(t)
-	clock := newFakeClock(time.Now())
-	r, err := NewRotator(cs.a.WithClock(clock), gatewayA, RotatorOptions{TTL: time.Hour, Clock: clock})
-	if err != nil {
-		t.Fatal(err)
-	}
+	cs, clock, r := fakeRotator(t, 0)
 	seen := map[time.Duration]bool{}
 	for range 20 {
 		if err := r.Renew(); err != nil {
