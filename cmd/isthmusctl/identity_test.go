@@ -199,6 +199,11 @@ func TestIdentities(t *testing.T) {
 	t.Run("OperatorRootImported", func(t *testing.T) {
 		certFile, keyFile := writeForeignRoot(t)
 		mustCLI("broker", "install", "--context", "broker", "--namespace", "imported-broker", "--root-ca-cert", certFile, "--root-ca-key", keyFile)
+		// Again with the same flags: nothing to do, nothing refused.
+		out := mustCLI("broker", "install", "--context", "broker", "--namespace", "imported-broker", "--root-ca-cert", certFile, "--root-ca-key", keyFile)
+		if !strings.Contains(out, "secrets/isthmus-root-ca unchanged") {
+			t.Errorf("second import:\n%s", out)
+		}
 		s := getSecret(t, hub, "imported-broker", brokerv1.RootCASecret)
 		want, _ := os.ReadFile(certFile)
 		if !bytes.Equal(bytes.TrimSpace(s.Data[corev1.TLSCertKey]), bytes.TrimSpace(want)) {

@@ -95,7 +95,7 @@ func installRoot(ctx context.Context, a *applier, ns string, opts BrokerOptions)
 		return fmt.Errorf("the clusterset root in %s/%s was made for clusterset domain %q, not %q: pass --clusterset-domain=%s",
 			ns, brokerv1.RootCASecret, have, domain, have)
 	}
-	if len(opts.RootCACert) > 0 && !sameCerts(opts.RootCACert, root.Data[corev1.TLSCertKey]) {
+	if len(opts.RootCACert) > 0 && !sameSigner(opts.RootCACert, root.Data[corev1.TLSCertKey]) {
 		return fmt.Errorf("the broker already has a clusterset root (Secret %s/%s) and it is not the one given; refusing to replace it, which would cut every member off", ns, brokerv1.RootCASecret)
 	}
 
@@ -195,19 +195,11 @@ func certBlocks(data []byte) [][]byte {
 	}
 }
 
-// sameCerts reports whether two PEM texts hold the same certificates in
-// the same order, whatever their line breaks.
-func sameCerts(a, b []byte) bool {
+// sameSigner reports whether two PEM chains start with the same
+// certificate (the one that signs), whatever else they hold.
+func sameSigner(a, b []byte) bool {
 	x, y := certBlocks(a), certBlocks(b)
-	if len(x) != len(y) || len(x) == 0 {
-		return false
-	}
-	for i := range x {
-		if !bytes.Equal(x[i], y[i]) {
-			return false
-		}
-	}
-	return true
+	return len(x) > 0 && len(y) > 0 && bytes.Equal(x[0], y[0])
 }
 
 // unionCerts is have followed by those certificates of add it lacks.
