@@ -133,10 +133,12 @@ const (
 
 // WriteFiles writes the chain, key and bundle into dir (CertFile, KeyFile,
 // CAFile), each atomically: a reader sees the old file or the new one,
-// never a partial one. The key is 0600. The bundle goes first and the key
-// last, so a reader that finds a new key finds its certificate too.
+// never a partial one. The key is 0600. All three are written and synced
+// under temporary names first and then renamed back to back (bundle, chain,
+// key), so a reader that pairs files from two generations can do so only in
+// the microseconds between two renames.
 func (l *Leaf) WriteFiles(dir string) error {
-	for _, f := range []struct {
+	files := []struct {
 		name string
 		data []byte
 		mode os.FileMode
@@ -144,44 +146,57 @@ func (l *Leaf) WriteFiles(dir string) error {
 		{CAFile, l.BundlePEM, 0o644},
 		{CertFile, l.CertChainPEM, 0o644},
 		{KeyFile, l.KeyPEM, 0o600},
-	} {
-		if err := writeAtomic(dir, f.name, f.data, f.mode); err != nil {
+	}
+	tmps := make([]string, 0, len(files))
+	defer func() {
+		for _, t := range tmps {
+			os.Remove(t) // after a successful rename this finds nothing
+		}
+	}()
+	for _, f := range files {
+		tmp, err := writeTemp(dir, f.name, f.data, f.mode)
+		if err != nil {
 			return fmt.Errorf("writing %s of %s: %w", f.name, l.ID, err)
 		}
+		tmps = append(tmps, tmp)
+	}
+	for i, f := range files {
+		if err := os.Rename(tmps[i], filepath.Join(dir, f.name)); err != nil {
+			return fmt.Errorf("replacing %s of %s: %w", f.name, l.ID, err)
+		}
+	}
+	// Sync the directory so the renames survive a crash.
+	d, err := os.Open(dir)
+	if err != nil {
+		return fmt.Errorf("syncing %s: %w", dir, err)
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil {
+		return fmt.Errorf("syncing %s: %w", dir, err)
 	}
 	return nil
 }
 
-// writeAtomic writes data to a temporary file in dir, syncs it, and
-// renames it over name; then syncs dir so the rename survives a crash.
-func writeAtomic(dir, name string, data []byte, mode os.FileMode) error {
+// writeTemp writes data to a new temporary file in dir with mode (set
+// before any byte is written) and syncs it.
+func writeTemp(dir, name string, data []byte, mode os.FileMode) (string, error) {
 	tmp, err := os.CreateTemp(dir, "."+name+".tmp-*")
 	if err != nil {
-		return err
+		return "", err
 	}
-	defer os.Remove(tmp.Name()) // after a successful rename this finds nothing
-	if err := tmp.Chmod(mode); err != nil {
-		tmp.Close()
-		return err
+	err = tmp.Chmod(mode)
+	if err == nil {
+		_, err = tmp.Write(data)
 	}
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return err
+	if err == nil {
+		err = tmp.Sync()
 	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return err
+	if cerr := tmp.Close(); err == nil {
+		err = cerr
 	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp.Name(), filepath.Join(dir, name)); err != nil {
-		return err
-	}
-	d, err := os.Open(dir)
 	if err != nil {
-		return err
+		os.Remove(tmp.Name())
+		return "", err
 	}
-	defer d.Close()
-	return d.Sync()
+	return tmp.Name(), nil
 }
