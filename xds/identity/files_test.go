@@ -59,7 +59,8 @@ func TestWriteFiles(t *testing.T) {
 	}
 	deadline := time.Now().Add(300 * time.Millisecond)
 	writes := 0
-	for time.Now().Before(deadline) {
+	// At least a few rewrites even when fsync is slow on a loaded machine.
+	for writes < 4 || time.Now().Before(deadline) {
 		if err := leaves[writes%2].WriteFiles(dir); err != nil {
 			t.Fatal(err)
 		}
@@ -70,7 +71,7 @@ func TestWriteFiles(t *testing.T) {
 	if torn.Load() > 0 {
 		t.Errorf("%d of %d reads saw a partial file", torn.Load(), reads.Load())
 	}
-	if reads.Load() == 0 || writes < 2 {
+	if reads.Load() == 0 {
 		t.Fatalf("the race did not run: %d reads, %d writes", reads.Load(), writes)
 	}
 	t.Logf("%d rewrites, %d reads, none torn", writes, reads.Load())

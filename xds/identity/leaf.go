@@ -8,6 +8,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/json"
 	"fmt"
 	"log/slog"
 	"net/url"
@@ -121,6 +122,17 @@ func (l *Leaf) GoString() string { return l.String() }
 // LogValue keeps slog from printing the key.
 func (l *Leaf) LogValue() slog.Value {
 	return slog.GroupValue(slog.String("id", l.ID.String()), slog.String("serial", l.Serial()), slog.Time("not_after", l.NotAfter))
+}
+
+// MarshalJSON shows what String shows, so a JSON dump (a debug endpoint)
+// cannot carry the key.
+func (l *Leaf) MarshalJSON() ([]byte, error) {
+	return json.Marshal(struct {
+		ID        string    `json:"id"`
+		Serial    string    `json:"serial"`
+		NotBefore time.Time `json:"notBefore"`
+		NotAfter  time.Time `json:"notAfter"`
+	}{l.ID.String(), l.Serial(), l.NotBefore, l.NotAfter})
 }
 
 // File names WriteFiles writes, for gRPC's file_watcher certificate

@@ -5,6 +5,7 @@ import (
 	"crypto/ecdsa"
 	"encoding/base64"
 	"encoding/hex"
+	"encoding/json"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -116,6 +117,11 @@ func TestKeysNeverLogged(t *testing.T) {
 		log.Info("objects", "leaf", leaf, "ca", cs.a, "root", cs.root, "leafptr", any(leaf))
 		fmt.Fprintf(&logs, "%v %+v %#v %s\n", leaf, leaf, leaf, leaf)
 		fmt.Fprintf(&logs, "%v %+v %#v %s\n", cs.a, cs.a, cs.a, cs.root)
+		js, err := json.Marshal(map[string]any{"leaf": leaf, "leaves": []*Leaf{leaf}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		logs.Write(js)
 	}
 	out := logs.String()
 	if !strings.Contains(out, gatewayA) || !strings.Contains(out, "issued certificate") || !strings.Contains(out, "expired") {

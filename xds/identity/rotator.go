@@ -49,6 +49,9 @@ type Rotator struct {
 	met    *Metrics
 	kick   chan struct{}
 
+	// renewing serialises renewals, so subscribers see leaves in the
+	// order they were issued.
+	renewing sync.Mutex
 	mu       sync.Mutex
 	current  *Leaf
 	renewAt  time.Time
@@ -124,6 +127,8 @@ func (r *Rotator) Subscribe(fn func(*Leaf)) (unsubscribe func()) {
 // Renew issues a new leaf now (for instance after the intermediate
 // changed), tells the subscribers, and reschedules the next renewal.
 func (r *Rotator) Renew() error {
+	r.renewing.Lock()
+	defer r.renewing.Unlock()
 	leaf, err := r.issuer.IssueLeaf(r.id, r.ttl)
 	if err != nil {
 		r.met.failed(r.id)
