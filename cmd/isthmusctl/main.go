@@ -1,7 +1,9 @@
 // Command isthmusctl is the operator's CLI for an Isthmus clusterset:
 // `isthmusctl broker install` prepares the hub cluster,
 // `isthmusctl join` makes a cluster a member (both idempotent, and they print
-// what they did; both take --kubeconfig and --context like kubectl.
+// what they did; both take --kubeconfig and --context like kubectl).
+// Broker install also makes the clusterset root CA (or imports the
+// operator's), and join issues the member's intermediate CA with it.
 package main
 
 import (
@@ -64,14 +66,31 @@ func brokerInstall(ctx context.Context, args []string, stdout, stderr io.Writer)
 	kubeconfig := fs.String("kubeconfig", "", "kubeconfig of the hub cluster (default: $KUBECONFIG or ~/.kube/config)")
 	kubeContext := fs.String("context", "", "kubeconfig context of the hub cluster")
 	namespace := fs.String("namespace", brokerv1.DefaultBrokerNamespace, "broker namespace")
+	domain := fs.String("clusterset-domain", brokerv1.DefaultClustersetDomain, "parent of every cluster's SPIFFE trust domain <cluster-id>.<clusterset-domain>")
+	rootCert := fs.String("root-ca-cert", "", "PEM file of your own root CA (its chain up to a self-signed certificate) to use instead of a new one; with --root-ca-key")
+	rootKey := fs.String("root-ca-key", "", "PEM file of the private key of --root-ca-cert")
+	rootTTL := fs.Duration("root-ttl", 10*365*24*time.Hour, "lifetime of a new clusterset root")
 	if err := parse(fs, args); err != nil {
 		return err
+	}
+	opts := setup.BrokerOptions{Namespace: *namespace, ClustersetDomain: *domain, Certificates: newPKI(*rootTTL, 0)}
+	if (*rootCert == "") != (*rootKey == "") {
+		return errors.New("--root-ca-cert and --root-ca-key go together")
+	}
+	if *rootCert != "" {
+		var err error
+		if opts.RootCACert, err = os.ReadFile(*rootCert); err != nil {
+			return fmt.Errorf("reading --root-ca-cert: %w", err)
+		}
+		if opts.RootCAKey, err = os.ReadFile(*rootKey); err != nil {
+			return fmt.Errorf("reading --root-ca-key: %w", err)
+		}
 	}
 	hub, err := clientsFor(*kubeconfig, *kubeContext)
 	if err != nil {
 		return err
 	}
-	if err := setup.InstallBroker(ctx, hub, setup.BrokerOptions{Namespace: *namespace}, stdout); err != nil {
+	if err := setup.InstallBroker(ctx, hub, opts, stdout); err != nil {
 		return fmt.Errorf("installing the broker on %s: %w", hub.Config.Host, err)
 	}
 	fmt.Fprintf(stdout, "broker ready in namespace %s of %s\n", *namespace, hub.Config.Host)
@@ -89,6 +108,7 @@ func join(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	brokerNamespace := fs.String("broker-namespace", brokerv1.DefaultBrokerNamespace, "broker namespace")
 	clusterID := fs.String("cluster-id", "", "the member's cluster id, a DNS label (default: its cluster.clusterset.k8s.io ClusterProperty)")
 	tokenTTL := fs.Duration("token-ttl", 90*24*time.Hour, "lifetime of the member's broker token; join renews it after half")
+	intermediateTTL := fs.Duration("intermediate-ttl", 365*24*time.Hour, "lifetime of the member's intermediate CA; join renews it after half")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -111,6 +131,7 @@ func join(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		BrokerNamespace: *brokerNamespace,
 		BrokerServer:    *brokerServer,
 		TokenTTL:        *tokenTTL,
+		Certificates:    newPKI(0, *intermediateTTL),
 	}, stdout)
 	if err != nil {
 		return fmt.Errorf("joining %s to the broker at %s: %w", member.Config.Host, hub.Config.Host, err)

@@ -21,6 +21,17 @@ import (
 type BrokerOptions struct {
 	// Namespace is the broker namespace; empty means isthmus-broker.
 	Namespace string
+	// Certificates, when set, makes the clusterset root (Secret
+	// isthmus-root-ca, created once and never replaced) and publishes its
+	// bundle (ConfigMap isthmus-trust-bundle). Without it no identities are
+	// set up.
+	Certificates Certificates
+	// ClustersetDomain is the parent of every cluster's SPIFFE trust
+	// domain; empty means clusterset.isthmus.
+	ClustersetDomain string
+	// RootCACert and RootCAKey (PEM) import an operator's own root instead
+	// of making one.
+	RootCACert, RootCAKey []byte
 }
 
 // Names of the broker's shared objects.
@@ -71,6 +82,11 @@ func InstallBroker(ctx context.Context, hub *Clients, opts BrokerOptions, out io
 	if _, err := a.apply(ctx, roleGVR, memberRole(ns)); err != nil {
 		return err
 	}
+	if opts.Certificates != nil {
+		if err := installRoot(ctx, a, ns, opts); err != nil {
+			return err
+		}
+	}
 	if _, err := a.apply(ctx, policyGVR, memberPolicy(ns)); err != nil {
 		return err
 	}
@@ -92,8 +108,9 @@ var partOf = map[string]string{"app.kubernetes.io/part-of": "isthmus"}
 // memberRole is what every member may do in the broker namespace: manage
 // broker records, EndpointSlices and Leases (the admission policy narrows
 // writes to its own), and request tokens (for its own ServiceAccount only,
-// again by the policy) so that it can rotate its credential. Nothing else:
-// in particular no Secrets.
+// again by the policy) so that it can rotate its credential, and read the
+// trust bundle ConfigMap. Nothing else: in particular no Secrets, so never
+// the clusterset root.
 func memberRole(ns string) *rbacv1.Role {
 	rw := []string{"get", "list", "watch", "create", "update", "patch", "delete"}
 	return &rbacv1.Role{
@@ -105,6 +122,7 @@ func memberRole(ns string) *rbacv1.Role {
 			{APIGroups: []string{discoveryv1.GroupName}, Resources: []string{"endpointslices"}, Verbs: rw},
 			{APIGroups: []string{coordinationv1.GroupName}, Resources: []string{"leases"}, Verbs: rw},
 			{APIGroups: []string{""}, Resources: []string{"serviceaccounts/token"}, Verbs: []string{"create"}},
+			{APIGroups: []string{""}, Resources: []string{"configmaps"}, ResourceNames: []string{brokerv1.TrustBundleConfigMap}, Verbs: []string{"get"}},
 		},
 	}
 }

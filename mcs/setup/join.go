@@ -41,6 +41,10 @@ type JoinOptions struct {
 	// TokenTTL is the lifetime of the member's broker token; zero means 90
 	// days. Join issues a new one once half of it has passed.
 	TokenTTL time.Duration
+	// Certificates, when set, issues the member's intermediate CA into
+	// isthmus-system/isthmus-ca (and again once half its life has passed).
+	// Without it no identity is set up.
+	Certificates Certificates
 }
 
 // Names in a member cluster.
@@ -69,8 +73,9 @@ var (
 // Join makes member a member of the clusterset whose broker is hub: it
 // installs the MCS and ClusterProperty CRDs in the member, settles its
 // cluster id, creates its identity on the broker (a ServiceAccount bound to
-// the member Role), and stores a broker kubeconfig for it in the member's
-// isthmus-system/isthmus-broker Secret. It returns the cluster id.
+// the member Role), stores a broker kubeconfig for it in the member's
+// isthmus-system/isthmus-broker Secret and, given Certificates, its
+// intermediate CA in isthmus-system/isthmus-ca. It returns the cluster id.
 func Join(ctx context.Context, hub, member *Clients, opts JoinOptions, out io.Writer) (string, error) {
 	ns := opts.BrokerNamespace
 	if ns == "" {
@@ -158,6 +163,11 @@ func Join(ctx context.Context, hub, member *Clients, opts JoinOptions, out io.Wr
 		server: server, caData: caData, namespace: ns, serviceAccount: saName, cluster: id, ttl: ttl,
 	}); err != nil {
 		return "", err
+	}
+	if opts.Certificates != nil {
+		if err := joinIdentity(ctx, hub, onMember, ns, id, opts.Certificates); err != nil {
+			return "", err
+		}
 	}
 	return id, nil
 }

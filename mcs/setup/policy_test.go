@@ -228,6 +228,45 @@ func TestMembersWriteOnlyTheirOwnRecords(t *testing.T) {
 		}
 	})
 
+	t.Run("TrustBundleOnly", func(t *testing.T) {
+		// As broker install with certificates leaves them: a root Secret
+		// and the published bundle.
+		hub := clients(t, clusters.Broker)
+		root := caSecret(brokerv1.RootCASecret, ns, CAMaterial{Cert: []byte("root cert"), Key: []byte("root key"), Bundle: []byte("root cert")})
+		if _, err := hub.Kube.CoreV1().Secrets(ns).Create(ctx, root, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+			t.Fatal(err)
+		}
+		bundle := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: brokerv1.TrustBundleConfigMap, Namespace: ns},
+			Data: map[string]string{brokerv1.TrustBundleKey: "root cert", brokerv1.ClustersetDomainKey: brokerv1.DefaultClustersetDomain}}
+		if _, err := hub.Kube.CoreV1().ConfigMaps(ns).Create(ctx, bundle, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+			t.Fatal(err)
+		}
+		for name, m := range map[string]*Clients{alpha: asAlpha, beta: asBeta} {
+			cm, err := m.Kube.CoreV1().ConfigMaps(ns).Get(ctx, brokerv1.TrustBundleConfigMap, metav1.GetOptions{})
+			if err != nil || cm.Data[brokerv1.ClustersetDomainKey] == "" {
+				t.Errorf("%s reading the trust bundle: %v", name, err)
+				continue
+			}
+			_, err = m.Kube.CoreV1().Secrets(ns).Get(ctx, brokerv1.RootCASecret, metav1.GetOptions{})
+			if !apierrors.IsForbidden(err) {
+				t.Errorf("%s reading the clusterset root Secret: %v, want Forbidden", name, err)
+			}
+			_, err = m.Kube.CoreV1().ConfigMaps(ns).List(ctx, metav1.ListOptions{})
+			if !apierrors.IsForbidden(err) {
+				t.Errorf("%s listing ConfigMaps: %v, want Forbidden", name, err)
+			}
+			_, err = m.Kube.CoreV1().ConfigMaps(ns).Get(ctx, "kube-root-ca.crt", metav1.GetOptions{})
+			if !apierrors.IsForbidden(err) {
+				t.Errorf("%s reading another ConfigMap: %v, want Forbidden", name, err)
+			}
+			cm.Data[brokerv1.TrustBundleKey] = "an attacker's root"
+			_, err = m.Kube.CoreV1().ConfigMaps(ns).Update(ctx, cm, metav1.UpdateOptions{DryRun: []string{metav1.DryRunAll}})
+			if !apierrors.IsForbidden(err) {
+				t.Errorf("%s changing the trust bundle: %v, want Forbidden", name, err)
+			}
+		}
+	})
+
 	t.Run("OutsideTheBrokerNamespace", func(t *testing.T) {
 		slice := memberSlice(alpha)
 		slice.Namespace = metav1.NamespaceDefault

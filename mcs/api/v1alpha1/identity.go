@@ -17,6 +17,12 @@ const (
 	// ca.crt holds the clusterset's root certificates (PEM), the bundle
 	// every member trusts.
 	TrustBundleConfigMap = "isthmus-trust-bundle"
+	// TrustBundleKey is the key of the bundle in TrustBundleConfigMap and
+	// of the bundle in IntermediateCASecret.
+	TrustBundleKey = "ca.crt"
+	// ClustersetDomainKey is the key in TrustBundleConfigMap naming the
+	// clusterset domain, the parent of every cluster's trust domain.
+	ClustersetDomainKey = "clusterset-domain"
 	// MemberNamespace is the member-cluster namespace of Isthmus's own
 	// objects.
 	MemberNamespace = "isthmus-system"
