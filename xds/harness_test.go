@@ -21,6 +21,7 @@ import (
 	grpcxds "google.golang.org/grpc/xds"
 	"google.golang.org/protobuf/types/known/emptypb"
 
+	"github.com/isthmus-dev/isthmus/xds/identity"
 	"github.com/isthmus-dev/isthmus/xds/model"
 	"github.com/isthmus-dev/isthmus/xds/server"
 	"github.com/isthmus-dev/isthmus/xds/source"
@@ -125,7 +126,7 @@ func (e *env) bootstrap(cluster, certDir string) []byte {
 	providers := ""
 	if certDir != "" {
 		providers = fmt.Sprintf(`,"certificate_providers":{"default":{"plugin_name":"file_watcher","config":{"certificate_file":%q,"private_key_file":%q,"ca_certificate_file":%q,"refresh_interval":"1s"}}}`,
-			certDir+"/cert.pem", certDir+"/key.pem", certDir+"/ca.pem")
+			certDir+"/"+identity.CertFile, certDir+"/"+identity.KeyFile, certDir+"/"+identity.CAFile)
 	}
 	return []byte(fmt.Sprintf(`{"xds_servers":[{"server_uri":%q,"channel_creds":[{"type":"insecure"}]}],
 "node":{"id":"test-%s","metadata":{%q:"grpc",%q:%q}}%s}`, e.addr, cluster, server.MetadataRole, server.MetadataCluster, cluster, providers))

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/keepalive"
 	"k8s.io/client-go/dynamic"
@@ -22,6 +23,7 @@ import (
 	brokerv1 "github.com/isthmus-dev/isthmus/mcs/api/v1alpha1"
 	"github.com/isthmus-dev/isthmus/mcs/setup"
 	"github.com/isthmus-dev/isthmus/xds"
+	xdsidentity "github.com/isthmus-dev/isthmus/xds/identity"
 	"github.com/isthmus-dev/isthmus/xds/model"
 	"github.com/isthmus-dev/isthmus/xds/server"
 	"github.com/isthmus-dev/isthmus/xds/source"
@@ -29,6 +31,41 @@ import (
 
 // xdsRole runs `isthmus xds`: ADS for the cluster's Envoy east-west
 // gateways and proxyless gRPC clients.
+// serveCertificates issues and rotates the gateway's certificate (served
+// over SDS) and the workloads' (written as files), from the cluster's
+// intermediate CA.
+func serveCertificates(ctx context.Context, kube kubernetes.Interface, secret, cluster, domain string, ttl time.Duration, workloads []string, ctrl *xds.Controller, reg prometheus.Registerer, log *slog.Logger) error {
+	dirs, err := workloadCerts(workloads, cluster, domain)
+	if err != nil {
+		return err
+	}
+	cas, err := newCASource(ctx, kube, secret, log)
+	if err != nil {
+		return err
+	}
+	go cas.watch(ctx, time.Minute)
+	metrics := xdsidentity.NewMetrics(reg)
+	gw := brokerv1.GatewaySPIFFEID(cluster, domain)
+	if _, err := cas.rotate(ctx, gw, ttl, reg, metrics, func(l *xdsidentity.Leaf) {
+		ctrl.SetGatewayCertificates(ctx, l.CertChainPEM, l.KeyPEM, l.BundlePEM)
+		log.Info("gateway certificate in place", "leaf", l)
+	}); err != nil {
+		return err
+	}
+	for id, dir := range dirs {
+		if _, err := cas.rotate(ctx, id, ttl, reg, metrics, func(l *xdsidentity.Leaf) {
+			if err := l.WriteFiles(dir); err != nil {
+				log.Error("writing a workload certificate", "id", id, "dir", dir, "err", err)
+				return
+			}
+			log.Info("workload certificate written", "leaf", l, "dir", dir)
+		}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 func xdsRole(ctx context.Context, args []string, log *slog.Logger) error {
 	fs := flag.NewFlagSet("isthmus xds", flag.ContinueOnError)
 	kubeconfig := fs.String("kubeconfig", "", "kubeconfig of this cluster (default: in-cluster or $KUBECONFIG)")
@@ -44,6 +81,10 @@ func xdsRole(ctx context.Context, args []string, log *slog.Logger) error {
 	listen := fs.String("listen", ":15010", "address of the ADS gRPC server")
 	leaseDuration := fs.Duration("lease-duration", 30*time.Second, "heartbeat Lease validity when a Lease names none")
 	metricsAddr := fs.String("metrics-addr", "127.0.0.1:9471", "address for /metrics, /healthz and /readyz (empty: none)")
+	caSecret := fs.String("ca-secret", brokerv1.MemberNamespace+"/"+brokerv1.IntermediateCASecret, "NAMESPACE/NAME of the cluster's intermediate CA Secret (isthmusctl join writes it); empty: serve no certificates")
+	certTTL := fs.Duration("cert-ttl", 24*time.Hour, "lifetime of the gateway's and workloads' certificates (renewed at half)")
+	var workloads multiFlag
+	fs.Var(&workloads, "workload-certs", "NAMESPACE/SERVICEACCOUNT=DIRECTORY: keep that identity's certificate in DIRECTORY (tls.crt, tls.key, ca.crt) for a proxyless gRPC client's file_watcher provider; repeatable")
 	debugAddr := fs.String("debug-addr", "", "address of /debug/xds?view=gateway|grpc, a JSON dump of the served resources (empty: off; it shows the clusterset's topology)")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -108,6 +149,15 @@ func xdsRole(ctx context.Context, args []string, log *slog.Logger) error {
 	ctrl, err = xds.NewController(local, src, srv, reg, log)
 	if err != nil {
 		return err
+	}
+	if *caSecret != "" {
+		if err := serveCertificates(ctx, localKube, *caSecret, id, *domain, *certTTL, workloads, ctrl, reg, log); err != nil {
+			return err
+		}
+	} else if len(workloads) > 0 {
+		return fmt.Errorf("--workload-certs needs --ca-secret")
+	} else {
+		log.Warn("serving no certificates (--ca-secret is empty): gateways cannot speak mTLS")
 	}
 	health.Add("source", src.Ready)
 	health.Add("xds", ctrl.Ready)

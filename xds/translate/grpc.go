@@ -106,6 +106,8 @@ func apiListener(name string) *listenerv3.Listener {
 	return &listenerv3.Listener{Name: name, ApiListener: &listenerv3.ApiListener{ApiListener: typed(hcm)}}
 }
 
+// aggregate leaves lb_policy at its default: gRPC-Go NACKs
+// CLUSTER_PROVIDED (which Envoy would want); only gRPC gets this cluster.
 func aggregate(name string, children ...string) *clusterv3.Cluster {
 	return &clusterv3.Cluster{
 		Name: name,
@@ -113,6 +115,5 @@ func aggregate(name string, children ...string) *clusterv3.Cluster {
 			Name:        "envoy.clusters.aggregate",
 			TypedConfig: typed(&aggregatev3.ClusterConfig{Clusters: children}),
 		}},
-		LbPolicy: clusterv3.Cluster_CLUSTER_PROVIDED,
 	}
 }
