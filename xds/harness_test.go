@@ -229,6 +229,7 @@ func (b *backend) endpoint(ready bool) model.Endpoint {
 // failures.
 type tally struct {
 	by     map[string]int
+	first  map[string]time.Time // when each backend first answered
 	failed int
 	errs   []error
 }
@@ -248,7 +249,7 @@ func ping(cc *grpc.ClientConn, timeout time.Duration) (string, error) {
 }
 
 func run(cc *grpc.ClientConn, n int) tally {
-	t := tally{by: map[string]int{}}
+	t := tally{by: map[string]int{}, first: map[string]time.Time{}}
 	for i := 0; i < n; i++ {
 		who, err := ping(cc, 2*time.Second)
 		if err != nil {
@@ -257,6 +258,9 @@ func run(cc *grpc.ClientConn, n int) tally {
 				t.errs = append(t.errs, err)
 			}
 			continue
+		}
+		if t.by[who] == 0 {
+			t.first[who] = time.Now()
 		}
 		t.by[who]++
 	}

@@ -83,10 +83,15 @@ func TestSourceOnRealAPIServers(t *testing.T) {
 			ObjectMeta: metav1.ObjectMeta{Name: brokerv1.LeaseName(id), Namespace: ns, Labels: map[string]string{brokerv1.LabelSourceCluster: id}},
 			Spec:       coordinationv1.LeaseSpec{HolderIdentity: ptr.To(id), LeaseDurationSeconds: ptr.To[int32](2), RenewTime: &metav1.MicroTime{Time: time.Now()}},
 		}
-		if _, err := broker.CoordinationV1().Leases(ns).Update(ctx, l, metav1.UpdateOptions{}); err != nil {
-			if _, err := broker.CoordinationV1().Leases(ns).Create(ctx, l, metav1.CreateOptions{}); err != nil {
-				t.Fatal(err)
-			}
+		cur, err := broker.CoordinationV1().Leases(ns).Get(ctx, l.Name, metav1.GetOptions{})
+		if err == nil {
+			l.ResourceVersion = cur.ResourceVersion
+			_, err = broker.CoordinationV1().Leases(ns).Update(ctx, l, metav1.UpdateOptions{})
+		} else {
+			_, err = broker.CoordinationV1().Leases(ns).Create(ctx, l, metav1.CreateOptions{})
+		}
+		if err != nil {
+			t.Error(err)
 		}
 	}
 	renew("a")
@@ -115,10 +120,15 @@ func TestSourceOnRealAPIServers(t *testing.T) {
 			Ports:       []discoveryv1.EndpointPort{{Name: ptr.To("http"), Port: ptr.To[int32](8080), Protocol: ptr.To(corev1.ProtocolTCP)}},
 			Endpoints:   []discoveryv1.Endpoint{{Addresses: []string{ip}, Conditions: discoveryv1.EndpointConditions{Ready: ptr.To(ready)}}},
 		}
-		if _, err := kube.DiscoveryV1().EndpointSlices("demo").Update(ctx, sl, metav1.UpdateOptions{}); err != nil {
-			if _, err := kube.DiscoveryV1().EndpointSlices("demo").Create(ctx, sl, metav1.CreateOptions{}); err != nil {
-				t.Fatal(err)
-			}
+		cur, err := kube.DiscoveryV1().EndpointSlices("demo").Get(ctx, sl.Name, metav1.GetOptions{})
+		if err == nil {
+			sl.ResourceVersion = cur.ResourceVersion
+			_, err = kube.DiscoveryV1().EndpointSlices("demo").Update(ctx, sl, metav1.UpdateOptions{})
+		} else {
+			_, err = kube.DiscoveryV1().EndpointSlices("demo").Create(ctx, sl, metav1.CreateOptions{})
+		}
+		if err != nil {
+			t.Fatal(err)
 		}
 	}
 	slice("a", "10.240.0.10", true)
