@@ -29,6 +29,7 @@ Usage:
   isthmusctl export <svc> [-n ns]     export a Service to the clusterset (writes its ServiceExport)
   isthmusctl unexport <svc> [-n ns]   withdraw it (deletes the ServiceExport)
   isthmusctl status [-o table|yaml|json]  clusters, health, heartbeats, tunnels, exports, imports
+  isthmusctl diagnose <svc>.<ns>      walk one service end to end and say what is wrong
   isthmusctl demo up|down             run the local demo clusterset (root; KEEP=1 keeps it up)
 
 Run "isthmusctl <command> -h" for a command's flags.
@@ -57,6 +58,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return export(ctx, args[0] == "unexport", args[1:], stdout, stderr)
 	case len(args) >= 1 && args[0] == "status":
 		return status(ctx, args[1:], stdout, stderr)
+	case len(args) >= 1 && args[0] == "diagnose":
+		return diagnose(ctx, args[1:], stdout, stderr)
 	case len(args) >= 1 && args[0] == "demo":
 		return demo(ctx, args[1:], stdout, stderr)
 	case len(args) >= 1 && (args[0] == "-h" || args[0] == "--help" || args[0] == "help"):

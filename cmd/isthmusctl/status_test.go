@@ -84,6 +84,30 @@ func TestExportAndStatus(t *testing.T) {
 		}
 	}
 
+	// No agent runs here: diagnose says the export has no conditions and
+	// that no cluster exports it, and what to do about each.
+	out, stderr, err = ctl("diagnose", "web.default", "--kubeconfig", kc, "--context", "member1", "-o", "json")
+	if err != nil {
+		t.Fatalf("diagnose: %v\n%s", err, stderr)
+	}
+	var findings []finding
+	if err := json.Unmarshal([]byte(out), &findings); err != nil {
+		t.Fatalf("diagnose -o json: %v\n%s", err, out)
+	}
+	got := map[string]finding{}
+	for _, f := range findings {
+		got[f.Check] = f
+	}
+	if f := got["export here"]; f.OK || !strings.Contains(f.Advice, "isthmus agent") {
+		t.Errorf("export check: %+v", f)
+	}
+	if f := got["broker records"]; f.OK || !strings.Contains(f.Advice, "isthmusctl export web -n default") {
+		t.Errorf("broker records check: %+v", f)
+	}
+	if out, _, _ := ctl("diagnose", "web.default", "--kubeconfig", kc, "--context", "member1"); !strings.Contains(out, "what to do:") {
+		t.Errorf("diagnose table gives no advice:\n%s", out)
+	}
+
 	if out, _, err := ctl("unexport", "web", "--kubeconfig", kc, "--context", "member1"); err != nil || !strings.Contains(out, "deleted") {
 		t.Errorf("unexport: %v %s", err, out)
 	}
@@ -98,6 +122,7 @@ func TestExportAndStatus(t *testing.T) {
 		{[]string{"export", "web", "--locality", "nearby", "--kubeconfig", kc, "--context", "member1"}, `--locality "nearby"`},
 		{[]string{"status", "-o", "xml", "--kubeconfig", kc, "--context", "member1"}, `-o "xml"`},
 		{[]string{"status", "--kubeconfig", kc, "--context", "broker"}, "isthmusctl join"},
+		{[]string{"diagnose", "web"}, "usage: isthmusctl diagnose <service>.<namespace>"},
 		{[]string{"demo", "sideways"}, "usage: isthmusctl demo up|down"},
 	} {
 		_, _, err := ctl(bad.args...)

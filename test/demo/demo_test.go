@@ -47,7 +47,7 @@ func TestDemo(t *testing.T) {
 		w.Down()
 		t.Fatalf("scenario: %v", err)
 	}
-	for _, name := range []string{StepReady, StepResolve, StepReach, StepLocalDown, StepLocalBack, StepClusterCut, StepUnhealthy, StepWithdrawn} {
+	for _, name := range []string{StepReady, StepResolve, StepReach, StepDiagnose, StepLocalDown, StepLocalBack, StepClusterCut, StepUnhealthy, StepWithdrawn} {
 		if _, ok := res.Step(name); !ok {
 			t.Errorf("step %q not reported", name)
 		}

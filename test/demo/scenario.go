@@ -2,6 +2,7 @@ package demo
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/netip"
@@ -55,6 +56,7 @@ const (
 	StepReady        = "ready"
 	StepResolve      = "resolve from c"
 	StepReach        = "reach from c"
+	StepDiagnose     = "diagnose from c"
 	StepXDS          = "gRPC xDS from c"
 	StepLocalDown    = "a's pods down"
 	StepLocalBack    = "a's pods back"
@@ -121,6 +123,14 @@ func (w *World) Run(ctx context.Context) (*Results, error) {
 		Note: fmt.Sprintf("kube-proxy -> a's pod over WireGuard (+%d B sent)", after-before)})
 	w.say("from c's client pod: TCP to %s answered by cluster %s (same region eu); kube-proxy sent it to a's pod IP over WireGuard (+%d bytes on c's tunnel to a) in %s",
 		target, served, after-before, time.Since(t).Round(time.Millisecond))
+
+	// isthmusctl diagnose from c walks the service end to end.
+	t = time.Now()
+	if err := w.diagnose(ctx, c); err != nil {
+		return r, err
+	}
+	r.Steps = append(r.Steps, Step{Name: StepDiagnose, Took: time.Since(t), Note: "every check passes from c"})
+	w.say("isthmusctl diagnose %s.%s from c: export records, import, endpoints, DNS, tunnels to a and b all fine (%s)", Service, Namespace, time.Since(t).Round(time.Millisecond))
 
 	// 3. The proxyless gRPC client: added with the xDS server.
 	if XDSStep != nil {
@@ -288,6 +298,23 @@ func (w *World) readyErr(ctx context.Context) error {
 		if !ok {
 			return fmt.Errorf("%s: tunnels not all connected yet", m.ID)
 		}
+		// The condition holds with no peer at all: count them on the device.
+		out, err := exec.CommandContext(ctx, "wg", "show", m.WGDevice, "peers").Output()
+		if err != nil {
+			return fmt.Errorf("%s: wg show %s: %w", m.ID, m.WGDevice, err)
+		}
+		if n := len(strings.Fields(string(out))); n != len(w.Members)-1 {
+			return fmt.Errorf("%s: %d WireGuard peers, want %d", m.ID, n, len(w.Members)-1)
+		}
+	}
+	// kube-proxy has programmed c's ClusterSetIP and the path works.
+	c := w.Member("c")
+	vip, err := w.clusterSetIP(ctx, c)
+	if err != nil {
+		return err
+	}
+	if _, err := c.Request(netip.AddrPortFrom(vip, servicePort), 500*time.Millisecond); err != nil {
+		return fmt.Errorf("c's client through %s: %w", vip, err)
 	}
 	return nil
 }
@@ -397,4 +424,34 @@ func (w *World) tunnelSummary(ctx context.Context) string {
 		}
 	}
 	return strings.Join(parts, ", ")
+}
+
+// diagnose runs `isthmusctl diagnose` in m's node namespace, where its
+// resolver listens, and fails unless every check passes.
+func (w *World) diagnose(ctx context.Context, m *Member) error {
+	out, err := exec.CommandContext(ctx, "ip", "netns", "exec", m.Node, w.ctl, "diagnose", Service+"."+Namespace,
+		"--kubeconfig", m.Cluster.Kubeconfig, "--dns-server", fmt.Sprintf("127.0.0.1:%d", DNSPort), "-o", "json").CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("isthmusctl diagnose in %s: %w\n%s", m.ID, err, out)
+	}
+	var findings []struct {
+		Check, Detail, Advice string
+		OK                    bool
+	}
+	if err := json.Unmarshal(out, &findings); err != nil {
+		return fmt.Errorf("isthmusctl diagnose -o json: %w\n%s", err, out)
+	}
+	checks := map[string]bool{}
+	for _, f := range findings {
+		checks[f.Check] = true
+		if !f.OK {
+			return fmt.Errorf("isthmusctl diagnose in %s: %s: %s (%s)", m.ID, f.Check, f.Detail, f.Advice)
+		}
+	}
+	for _, want := range []string{"export here", "broker records", "import", "endpoints", "dns", "tunnel to a", "tunnel to b"} {
+		if !checks[want] {
+			return fmt.Errorf("isthmusctl diagnose in %s did not check %q: %s", m.ID, want, out)
+		}
+	}
+	return nil
 }

@@ -440,6 +440,11 @@ func removeTopology() {
 			_ = exec.Command("ip", "netns", "del", name).Run()
 		}
 	}
+	// A killed userspace WireGuard device leaves its UAPI socket behind.
+	socks, _ := filepath.Glob("/var/run/wireguard/" + Prefix + "*.sock")
+	for _, s := range socks {
+		_ = os.Remove(s)
+	}
 }
 
 // Leftovers lists what of the demo still exists on the host: namespaces
