@@ -28,7 +28,8 @@ func TestDemo(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	out := testWriter{t}
-	w, err := Up(ctx, Options{Out: out, Log: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))})
+	// ISTHMUS_BIN_DIR: binaries built already (make build), else Up builds them.
+	w, err := Up(ctx, Options{Out: out, BinDir: os.Getenv("ISTHMUS_BIN_DIR"), Log: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))})
 	if err != nil {
 		t.Fatalf("demo up: %v", err)
 	}

@@ -251,8 +251,8 @@ func (w *World) waitReady(ctx context.Context) (netip.Addr, error) {
 	defer cancel()
 	var last error
 	for {
-		last = w.readyErr(ctx)
-		if last == nil {
+		err := w.readyErr(ctx)
+		if err == nil {
 			return w.clusterSetIP(ctx, w.Member("c"))
 		}
 		for _, m := range w.Members {
@@ -262,6 +262,9 @@ func (w *World) waitReady(ctx context.Context) (netip.Addr, error) {
 			if p != nil && !p.running() {
 				return netip.Addr{}, fmt.Errorf("isthmus in %s exited (log %s)", m.ID, m.IsthmusLog())
 			}
+		}
+		if ctx.Err() == nil {
+			last = err
 		}
 		select {
 		case <-ctx.Done():

@@ -185,7 +185,7 @@ func (m *Member) Request(addr netip.AddrPort, timeout time.Duration) (string, er
 		return "", fmt.Errorf("reading the answer: %w", err)
 	}
 	f := strings.Fields(line)
-	if len(f) != 5 || f[0] != "echo" {
+	if len(f) != 6 || f[0] != "echo" || f[2] != "cluster" {
 		return "", fmt.Errorf("unexpected answer %q", line)
 	}
 	return f[3], nil

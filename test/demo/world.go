@@ -270,6 +270,9 @@ func (w *World) plumb() error {
 			[]string{"ip", "-n", m.Node, "route", "add", m.Cluster.ServiceCIDR.String(), "dev", "vpods"},
 			[]string{"ip", "-n", m.Pods, "link", "set", "lo", "up"},
 			[]string{"ip", "-n", m.Pods, "link", "set", "eth0", "up"},
+			// A fixed address no pod gets: without one, removing the last
+			// pod IP would flush the default route with it.
+			[]string{"ip", "-n", m.Pods, "addr", "add", m.podsAnchor().String() + "/32", "dev", "eth0"},
 			[]string{"ip", "-n", m.Pods, "route", "add", "default", "dev", "eth0"},
 			// client
 			[]string{"ip", "-n", m.Node, "link", "add", "vcli", "type", "veth", "peer", "name", "eth0", "netns", m.Client},
@@ -305,6 +308,12 @@ func (w *World) addStop(f func()) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	w.stops = append(w.stops, f)
+}
+
+// podsAnchor is the pod namespace's own address: in the member's pod
+// range, outside the /24s the controller manager hands its two nodes.
+func (m *Member) podsAnchor() netip.Addr {
+	return netip.AddrFrom4([4]byte{10, byte(240 + m.idx), 254, 1})
 }
 
 // nodePodCIDR is the pod range the controller manager gave the member's
