@@ -21,7 +21,6 @@ import (
 	"github.com/isthmus-dev/isthmus/cmd/internal/kube"
 	"github.com/isthmus-dev/isthmus/mcs/agent"
 	brokerv1 "github.com/isthmus-dev/isthmus/mcs/api/v1alpha1"
-	"github.com/isthmus-dev/isthmus/mcs/setup"
 )
 
 // finding is one check of `isthmusctl diagnose`.
@@ -54,26 +53,14 @@ func diagnose(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err := checkOutput(*output); err != nil {
 		return err
 	}
-	cfg, err := kube.Config(*kubeconfig, *kubeContext)
+	local, broker, brokerNS, err := memberAndBroker(ctx, *kubeconfig, *kubeContext, *brokerKubeconfig)
 	if err != nil {
 		return err
 	}
-	local, err := kube.NewClients(cfg, 0, 0)
-	if err != nil {
-		return err
-	}
-	d := &diagnosis{name: name, ns: ns, local: local, dnsServer: *dnsServer}
+	d := &diagnosis{name: name, ns: ns, local: local, broker: broker, brokerNS: brokerNS, dnsServer: *dnsServer}
 	if d.id, err = agent.ClusterID(ctx, local.Dynamic, ""); err != nil {
 		return fmt.Errorf("this cluster has no cluster id (is it joined?): %w", err)
 	}
-	brokerCfg, brokerNS, err := setup.BrokerConfig(ctx, local.Kube, *brokerKubeconfig)
-	if err != nil {
-		return err
-	}
-	if d.broker, err = kube.NewClients(brokerCfg, 0, 0); err != nil {
-		return err
-	}
-	d.brokerNS = brokerNS
 	d.run(ctx)
 	return render(stdout, *output, d.findings, func(w io.Writer) { d.table(w) })
 }

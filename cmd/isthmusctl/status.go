@@ -86,19 +86,7 @@ func status(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if err := checkOutput(*output); err != nil {
 		return err
 	}
-	cfg, err := kube.Config(*kubeconfig, *kubeContext)
-	if err != nil {
-		return err
-	}
-	local, err := kube.NewClients(cfg, 0, 0)
-	if err != nil {
-		return err
-	}
-	brokerCfg, ns, err := setup.BrokerConfig(ctx, local.Kube, *brokerKubeconfig)
-	if err != nil {
-		return err
-	}
-	broker, err := kube.NewClients(brokerCfg, 0, 0)
+	local, broker, ns, err := memberAndBroker(ctx, *kubeconfig, *kubeContext, *brokerKubeconfig)
 	if err != nil {
 		return err
 	}
@@ -106,8 +94,29 @@ func status(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if err != nil {
 		return err
 	}
-	rep.Broker = brokerCfg.Host + " (namespace " + ns + ")"
+	rep.Broker = broker.Config.Host + " (namespace " + ns + ")"
 	return render(stdout, *output, rep, func(w io.Writer) { rep.table(w, time.Now()) })
+}
+
+// memberAndBroker builds the clients of a member cluster and of its
+// broker, through the credential join stored unless brokerKubeconfig is
+// given, and returns the broker namespace.
+func memberAndBroker(ctx context.Context, kubeconfig, kubeContext, brokerKubeconfig string) (local, broker *kube.Clients, ns string, err error) {
+	cfg, err := kube.Config(kubeconfig, kubeContext)
+	if err != nil {
+		return nil, nil, "", err
+	}
+	if local, err = kube.NewClients(cfg, 0, 0); err != nil {
+		return nil, nil, "", err
+	}
+	brokerCfg, ns, err := setup.BrokerConfig(ctx, local.Kube, brokerKubeconfig)
+	if err != nil {
+		return nil, nil, "", err
+	}
+	if broker, err = kube.NewClients(brokerCfg, 0, 0); err != nil {
+		return nil, nil, "", err
+	}
+	return local, broker, ns, nil
 }
 
 func checkOutput(o string) error {

@@ -158,31 +158,19 @@ func (w *World) Run(ctx context.Context) (*Results, error) {
 	if _, err := la.waitServedBy(sctx, time.Now(), "a", 5); err != nil {
 		return r, fmt.Errorf("before the failover, a's client: %w", err)
 	}
-	t = time.Now()
-	if err := a.ScaleEcho(ctx, 0); err != nil {
-		return r, err
-	}
-	first, err := la.waitServedBy(sctx, t, "b", 10)
+	step, err := failover(ctx, la, StepLocalDown, "b", stepTimeoutShort, func() error { return a.ScaleEcho(ctx, 0) })
 	if err != nil {
 		return r, fmt.Errorf("after a's pods went, a's client: %w", err)
 	}
-	failed, total := failures(la.since(t), t, first)
-	r.Steps = append(r.Steps, Step{Name: StepLocalDown, Took: first.Sub(t), Failed: failed, Total: total, ServedBy: "b"})
-	w.say("a's pods gone: a's client served by b (us) after %s, %d of %d requests failed meanwhile", first.Sub(t).Round(time.Millisecond), failed, total)
+	r.Steps = append(r.Steps, step)
+	w.say("a's pods gone: a's client served by b (us) after %s, %d of %d requests failed meanwhile", step.Took.Round(time.Millisecond), step.Failed, step.Total)
 
-	t = time.Now()
-	if err := a.ScaleEcho(ctx, echoReplicas); err != nil {
-		return r, err
-	}
-	sctx2, cancel2 := context.WithTimeout(ctx, stepTimeoutShort)
-	defer cancel2()
-	first, err = la.waitServedBy(sctx2, t, "a", 10)
+	step, err = failover(ctx, la, StepLocalBack, "a", stepTimeoutShort, func() error { return a.ScaleEcho(ctx, echoReplicas) })
 	if err != nil {
 		return r, fmt.Errorf("after a's pods returned, a's client: %w", err)
 	}
-	failed, total = failures(la.since(t), t, first)
-	r.Steps = append(r.Steps, Step{Name: StepLocalBack, Took: first.Sub(t), Failed: failed, Total: total, ServedBy: "a"})
-	w.say("a's pods back: a's client served locally again after %s, %d of %d requests failed meanwhile", first.Sub(t).Round(time.Millisecond), failed, total)
+	r.Steps = append(r.Steps, step)
+	w.say("a's pods back: a's client served locally again after %s, %d of %d requests failed meanwhile", step.Took.Round(time.Millisecond), step.Failed, step.Total)
 	la.stop()
 
 	// 5. Cluster a is cut off: link down and its daemon gone.
@@ -195,21 +183,22 @@ func (w *World) Run(ctx context.Context) (*Results, error) {
 	}
 	w.say("c's client sends a request every %s; now cluster a is cut off: its node's link goes down and its isthmus dies", loadInterval)
 	t = time.Now()
-	if err := a.CutOff(); err != nil {
-		return r, err
-	}
-	a.KillIsthmus()
 	unhealthy := make(chan time.Time, 1)
-	go func() {
-		at, _ := w.waitHeartbeat(sctx3, "a", brokerv1.ReasonLeaseExpired, brokerv1.ReasonWithdrawn)
-		unhealthy <- at
-	}()
-	first, err = lc.waitServedBy(sctx3, t, "b", 10)
+	step, err = failover(ctx, lc, StepClusterCut, "b", stepTimeoutLong, func() error {
+		if err := a.CutOff(); err != nil {
+			return err
+		}
+		a.KillIsthmus()
+		go func() {
+			at, _ := w.waitHeartbeat(sctx3, "a", brokerv1.ReasonLeaseExpired, brokerv1.ReasonWithdrawn)
+			unhealthy <- at
+		}()
+		return nil
+	})
 	if err != nil {
 		return r, fmt.Errorf("after a was cut off, c's client: %w", err)
 	}
-	failed, total = failures(lc.since(t), t, first)
-	r.Steps = append(r.Steps, Step{Name: StepClusterCut, Took: first.Sub(t), Failed: failed, Total: total, ServedBy: "b"})
+	r.Steps = append(r.Steps, step)
 	if at := <-unhealthy; at.IsZero() {
 		return r, fmt.Errorf("a's Cluster record never showed Heartbeat=False")
 	} else {
@@ -222,8 +211,26 @@ func (w *World) Run(ctx context.Context) (*Results, error) {
 	}
 	r.Steps = append(r.Steps, Step{Name: StepWithdrawn, Took: wd.Sub(t), Note: "a gone from c's ServiceImport (withdraw after " + WithdrawAfter.String() + ")"})
 	w.say("a withdrawn from c's import %s after the cut; c's client served by b (us) after %s, %d of %d requests failed meanwhile",
-		wd.Sub(t).Round(time.Millisecond), first.Sub(t).Round(time.Millisecond), failed, total)
+		wd.Sub(t).Round(time.Millisecond), step.Took.Round(time.Millisecond), step.Failed, step.Total)
 	return r, nil
+}
+
+// failover does act, then waits until ten requests of l in a row are
+// served by cluster to, and reports how long that took from act and how
+// many requests failed meanwhile.
+func failover(ctx context.Context, l *load, name, to string, timeout time.Duration, act func() error) (Step, error) {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	t := time.Now()
+	if err := act(); err != nil {
+		return Step{}, err
+	}
+	first, err := l.waitServedBy(ctx, t, to, 10)
+	if err != nil {
+		return Step{}, err
+	}
+	failed, total := failures(l.since(t), t, first)
+	return Step{Name: name, Took: first.Sub(t), Failed: failed, Total: total, ServedBy: to}, nil
 }
 
 // Summary writes the results as a table.
