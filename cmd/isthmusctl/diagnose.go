@@ -228,6 +228,10 @@ func (d *diagnosis) tunnels(ctx context.Context) {
 			continue
 		}
 		check := "tunnel to " + peer
+		if why := d.peerSilent(ctx, peer); why != "" {
+			d.add(check, false, peer+" is silent: "+why, "bring "+peer+"'s agent and gateway back (isthmusctl status shows its last heartbeat); meanwhile the other exporting clusters serve")
+			continue
+		}
 		if c.Status.Tunnel == nil {
 			ok := slices.ContainsFunc(c.Status.Conditions, func(x metav1.Condition) bool {
 				return x.Type == "TunnelPeersConnected" && x.Status == metav1.ConditionTrue
@@ -250,6 +254,24 @@ func (d *diagnosis) tunnels(ctx context.Context) {
 		}
 		d.add(check, p.State == brokerv1.TunnelPeerConnected, detail, "check that UDP reaches "+p.Endpoint+" from this gateway and that "+peer+"'s tunnel runs (isthmusctl status)")
 	}
+}
+
+// peerSilent says why a peer's heartbeat lapsed, or "" while it is healthy.
+func (d *diagnosis) peerSilent(ctx context.Context, peer string) string {
+	u, err := d.broker.Dynamic.Resource(brokerv1.SchemeGroupVersion.WithResource("clusters")).Namespace(d.brokerNS).Get(ctx, peer, metav1.GetOptions{})
+	if err != nil {
+		return ""
+	}
+	var c brokerv1.Cluster
+	if runtime.DefaultUnstructuredConverter.FromUnstructured(u.Object, &c) != nil {
+		return ""
+	}
+	for _, x := range c.Status.Conditions {
+		if x.Type == brokerv1.ClusterConditionHeartbeat && x.Status == metav1.ConditionFalse {
+			return x.Reason + ": " + x.Message
+		}
+	}
+	return ""
 }
 
 func (d *diagnosis) table(w io.Writer) {

@@ -87,7 +87,11 @@ func (w *World) Run(ctx context.Context) (*Results, error) {
 		return r, err
 	}
 	r.Steps = append(r.Steps, Step{Name: StepReady, Took: time.Since(t), Note: "tunnels connected, imports in a, b, c"})
-	w.say("ready after %s: %s", time.Since(t).Round(10*time.Millisecond), w.tunnelSummary(ctx))
+	if sum := w.tunnelSummary(ctx); sum != "" {
+		w.say("ready after %s; tunnels: %s", time.Since(t).Round(10*time.Millisecond), sum)
+	} else {
+		w.say("ready after %s: every tunnel connected, echo imported in a, b and c", time.Since(t).Round(10*time.Millisecond))
+	}
 
 	// 1. DNS from c.
 	t = time.Now()

@@ -95,9 +95,13 @@ func up(bin string, keep bool, out io.Writer) error {
 		}
 		fmt.Fprintln(out, "failed:", err)
 	}
+	if !keep {
+		fmt.Fprintln(out, "\nrun with KEEP=1 to keep the clusterset up and look at it with kubectl and isthmusctl")
+		return nil
+	}
 	fmt.Fprintf(out, "\nkubeconfig with a context per cluster (broker, member1=a, member2=b, member3=c):\n  export KUBECONFIG=%s\n", w.Clusters.Kubeconfig)
-	fmt.Fprintf(out, "  kubectl --context member3 get serviceimports -A\n  isthmusctl status --context member3\n")
-	if keep {
+	fmt.Fprintf(out, "  kubectl --context member3 get serviceimports -A\n  isthmusctl status --context member3\n  isthmusctl diagnose echo.demo --context member2\n")
+	{
 		fmt.Fprintln(out, "KEEP=1: the clusterset stays up; Ctrl-C or `isthmus-demo down` ends it")
 		<-ctx.Done()
 	}
