@@ -43,7 +43,7 @@ func run(args []string, out io.Writer) error {
 	switch args[0] {
 	case "up":
 		fs := flag.NewFlagSet("isthmus-demo up", flag.ContinueOnError)
-		bin := fs.String("bin", "", "directory holding isthmus and isthmusctl (default: build them)")
+		bin := fs.String("bin", besideMe(), "directory holding isthmus and isthmusctl (default: this program's, if they are there; else build them)")
 		keep := fs.Bool("keep", os.Getenv("KEEP") == "1", "keep the clusterset up after the scenario, until Ctrl-C (KEEP=1)")
 		if err := fs.Parse(args[1:]); err != nil {
 			return err
@@ -106,6 +106,22 @@ func up(bin string, keep bool, out io.Writer) error {
 		<-ctx.Done()
 	}
 	return nil
+}
+
+// besideMe is this program's directory when isthmus and isthmusctl are
+// there too (make build puts all three in bin/), else "".
+func besideMe() string {
+	self, err := os.Executable()
+	if err != nil {
+		return ""
+	}
+	dir := filepath.Dir(self)
+	for _, b := range []string{"isthmus", "isthmusctl"} {
+		if _, err := os.Stat(filepath.Join(dir, b)); err != nil {
+			return ""
+		}
+	}
+	return dir
 }
 
 // down ends a running demo by its recorded PID; it tears itself down.
