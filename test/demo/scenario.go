@@ -67,12 +67,6 @@ const (
 	stepTimeoutLong  = 60 * time.Second
 )
 
-// XDSStep, when set, runs the proxyless gRPC client step from c: the lead
-// adds it with the xDS server (`xds:///echo.demo.svc.clusterset.local`
-// with mTLS, served by a, the same region). It returns the cluster that
-// answered.
-var XDSStep func(ctx context.Context, w *World) (servedBy string, err error)
-
 // Run narrates the scenario against a world made by Up, checking every
 // step; it stops at the first step that does not hold.
 func (w *World) Run(ctx context.Context) (*Results, error) {
@@ -137,9 +131,9 @@ func (w *World) Run(ctx context.Context) (*Results, error) {
 	w.say("isthmusctl diagnose %s.%s from c: export records, import, endpoints, DNS, tunnels to a and b all fine (%s)", Service, Namespace, time.Since(t).Round(time.Millisecond))
 
 	// 3. The proxyless gRPC client: added with the xDS server.
-	if XDSStep != nil {
+	if w.xdsStep != nil {
 		t = time.Now()
-		served, err := XDSStep(ctx, w)
+		served, err := w.xdsStep(ctx, w)
 		if err != nil {
 			return r, fmt.Errorf("gRPC xDS client in c: %w", err)
 		}

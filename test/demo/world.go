@@ -56,6 +56,11 @@ type Options struct {
 	Log *slog.Logger
 	// WorkDir holds the harness and the daemons' logs; empty means a temp dir.
 	WorkDir string
+	// XDSStep, when set, is the scenario's proxyless gRPC step from c, to
+	// come with the xDS server in `isthmus all`: a gRPC client with
+	// `xds:///echo.demo.svc.clusterset.local` and mTLS, expected to be
+	// served by a (same region). It returns the cluster that answered.
+	XDSStep func(ctx context.Context, w *World) (servedBy string, err error)
 }
 
 // Member is one member cluster of the demo and its node.
@@ -94,6 +99,7 @@ type World struct {
 	ctl      string
 	out      io.Writer
 	began    time.Time
+	xdsStep  func(context.Context, *World) (string, error)
 
 	mu    sync.Mutex
 	stops []func()
@@ -122,7 +128,7 @@ var Requirements = []string{"ip", "nft", "dig", "wg"}
 // Up builds the whole demo and returns once c resolves and reaches the
 // echo service. On error everything made is removed again.
 func Up(ctx context.Context, opts Options) (_ *World, err error) {
-	w := &World{out: opts.Out, began: time.Now()}
+	w := &World{out: opts.Out, began: time.Now(), xdsStep: opts.XDSStep}
 	if os.Geteuid() != 0 {
 		return nil, errors.New("the demo needs root: it makes network namespaces and TUN devices")
 	}
