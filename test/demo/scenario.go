@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
+	"net/http"
 	"net/netip"
 	"os/exec"
 	"slices"
@@ -19,6 +21,7 @@ import (
 	mcsclient "sigs.k8s.io/mcs-api/pkg/client/clientset/versioned"
 
 	brokerv1 "github.com/isthmus-dev/isthmus/mcs/api/v1alpha1"
+	"github.com/isthmus-dev/isthmus/test/netnstest"
 )
 
 // FQDN is the exported service's clusterset name.
@@ -86,6 +89,14 @@ func (w *World) Run(ctx context.Context) (*Results, error) {
 	} else {
 		w.say("ready after %s: every tunnel connected, echo imported in a, b and c", time.Since(t).Round(10*time.Millisecond))
 	}
+
+	// One process, one observability endpoint for all its roles.
+	for _, m := range w.Members {
+		if err := m.checkMetrics(ctx); err != nil {
+			return r, err
+		}
+	}
+	w.say("each node's `isthmus all` serves /readyz ok and one /metrics with isthmus_agent_*, isthmus_dns_* and isthmus_tunnel_*")
 
 	// 1. DNS from c.
 	t = time.Now()
@@ -459,6 +470,50 @@ func (w *World) diagnose(ctx context.Context, m *Member) error {
 	for _, want := range []string{"export here", "broker records", "import", "endpoints", "dns", "tunnel to a", "tunnel to b"} {
 		if !checks[want] {
 			return fmt.Errorf("isthmusctl diagnose in %s did not check %q: %s", m.ID, want, out)
+		}
+	}
+	return nil
+}
+
+// checkMetrics reads the member's /readyz and /metrics from inside its
+// node namespace, where `isthmus all` serves them.
+func (m *Member) checkMetrics(ctx context.Context) error {
+	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
+		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			var c net.Conn
+			err := netnstest.Run(m.Node, func() (err error) {
+				c, err = (&net.Dialer{}).DialContext(ctx, network, addr)
+				return err
+			})
+			return c, err
+		}}}
+	get := func(path string) (int, string, error) {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+metricsAddr+path, nil)
+		if err != nil {
+			return 0, "", err
+		}
+		resp, err := client.Do(req)
+		if err != nil {
+			return 0, "", fmt.Errorf("%s: GET %s: %w", m.ID, path, err)
+		}
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b), err
+	}
+	code, body, err := get("/readyz")
+	if err != nil {
+		return err
+	}
+	if code != http.StatusOK {
+		return fmt.Errorf("%s: /readyz %d: %s", m.ID, code, body)
+	}
+	_, body, err = get("/metrics")
+	if err != nil {
+		return err
+	}
+	for _, prefix := range []string{"isthmus_agent_", "isthmus_dns_", "isthmus_tunnel_"} {
+		if !strings.Contains(body, "\n"+prefix) {
+			return fmt.Errorf("%s: /metrics of isthmus all has no %s* metric", m.ID, prefix)
 		}
 	}
 	return nil

@@ -36,6 +36,8 @@ const (
 	servicePort = 80
 	// DNSPort is where each member's resolver listens in its node namespace.
 	DNSPort = 1053
+	// metricsAddr is where each node's isthmus serves /metrics and /readyz.
+	metricsAddr = "127.0.0.1:9470"
 	// Namespace and Service are the exported service.
 	Namespace = "demo"
 	Service   = "echo"
@@ -377,7 +379,7 @@ func (m *Member) StartIsthmus() error {
 	defer m.mu.Unlock()
 	log := filepath.Join(m.w.Dir, "node-"+m.ID, "isthmus.log")
 	p, err := startIn(m.Node, log, m.w.isthmus, "all",
-		"--kubeconfig", m.Cluster.Kubeconfig, "--cluster-id", m.ID, "--metrics-addr", "127.0.0.1:9470",
+		"--kubeconfig", m.Cluster.Kubeconfig, "--cluster-id", m.ID, "--metrics-addr", metricsAddr,
 		"--agent-region", m.Region, "--agent-zone", m.Zone,
 		"--agent-pod-cidrs", m.Cluster.PodCIDR.String(), "--agent-service-cidrs", m.Cluster.ServiceCIDR.String(),
 		"--agent-lease-duration", LeaseDuration.String(), "--agent-withdraw-after", WithdrawAfter.String(),
