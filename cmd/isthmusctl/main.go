@@ -1,7 +1,10 @@
 // Command isthmusctl is the operator's CLI for an Isthmus clusterset:
-// `isthmusctl broker install` prepares the hub cluster,
-// `isthmusctl join` makes a cluster a member (both idempotent, and they print
-// what they did; both take --kubeconfig and --context like kubectl.
+// `isthmusctl broker install` prepares the hub cluster, `isthmusctl join`
+// makes a cluster a member (both idempotent, printing what they did),
+// `export`/`unexport` write a ServiceExport, `status` and `diagnose` show
+// the clusterset and one service end to end (-o table|yaml|json), and
+// `demo up|down` runs the local demo. Every command takes --kubeconfig and
+// --context like kubectl.
 package main
 
 import (
