@@ -9,6 +9,7 @@ export GOBIN := $(BIN)
 
 STATICCHECK_VERSION := v0.8.2
 CONTROLLER_GEN_VERSION := v0.23.0
+HELM_VERSION := v3.22.0
 # Debian packages the tests use (`make deps` installs the missing ones).
 # nftables (nft) and conntrack are kube-proxy's in the demo's node namespaces.
 DEBIAN_PACKAGES := git bind9-dnsutils iproute2 wireguard-tools tcpdump nftables conntrack iptables
@@ -37,8 +38,12 @@ deps: ## install the Debian packages the tests need, when missing
 tools: ## build the test Kubernetes binaries once per machine (first time: ~13 min)
 	@bash test/tools/build.sh
 
+.PHONY: helm
+helm: ## build helm into bin/ for the chart tests, once (first time: ~5 min)
+	@[ -x $(BIN)/helm ] || GOFLAGS=-mod=mod $(GO) install helm.sh/helm/v3/cmd/helm@$(HELM_VERSION)
+
 .PHONY: test
-test: deps tools ## set up everything, then run every test with the race detector
+test: deps tools helm ## set up everything, then run every test with the race detector
 	ISTHMUS_TOOLS_DIR="$$(bash test/tools/build.sh)" $(GO) test -race -count=1 -timeout 20m ./...
 	$(MAKE) --no-print-directory test-coredns-plugin
 
