@@ -9,16 +9,22 @@ export GOBIN := $(BIN)
 
 STATICCHECK_VERSION := v0.8.2
 CONTROLLER_GEN_VERSION := v0.23.0
+HELM_VERSION := v3.22.0
 # Debian packages the tests use (`make deps` installs the missing ones).
-DEBIAN_PACKAGES := git bind9-dnsutils iproute2 wireguard-tools tcpdump
+# nftables (nft) and conntrack are kube-proxy's in the demo's node namespaces.
+DEBIAN_PACKAGES := git bind9-dnsutils iproute2 wireguard-tools tcpdump nftables conntrack iptables
 
 .PHONY: help
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 20
 
 .PHONY: build
-build: ## build isthmusctl into bin/
-	$(GO) build -o $(BIN)/ ./cmd/...
+build: ## build isthmus, isthmusctl and isthmus-demo into bin/
+	$(GO) build -o $(BIN)/ ./cmd/... ./test/demo/cmd/isthmus-demo
+
+.PHONY: demo
+demo: deps tools build ## a local clusterset that resolves, routes over WireGuard and fails over (root; KEEP=1 keeps it up)
+	ISTHMUS_TOOLS_DIR="$$(bash test/tools/build.sh)" $(BIN)/isthmus-demo up --bin $(BIN)
 
 .PHONY: deps
 deps: ## install the Debian packages the tests need, when missing
@@ -32,8 +38,12 @@ deps: ## install the Debian packages the tests need, when missing
 tools: ## build the test Kubernetes binaries once per machine (first time: ~13 min)
 	@bash test/tools/build.sh
 
+.PHONY: helm
+helm: ## build helm into bin/ for the chart tests, once (first time: ~5 min)
+	@[ -x $(BIN)/helm ] || GOFLAGS=-mod=mod $(GO) install helm.sh/helm/v3/cmd/helm@$(HELM_VERSION)
+
 .PHONY: test
-test: deps tools ## set up everything, then run every test with the race detector
+test: deps tools helm ## set up everything, then run every test with the race detector
 	ISTHMUS_TOOLS_DIR="$$(bash test/tools/build.sh)" $(GO) test -race -count=1 -timeout 20m ./...
 	$(MAKE) --no-print-directory test-coredns-plugin
 

@@ -32,7 +32,7 @@ func TestDNSRoleFlagErrors(t *testing.T) {
 		{"--no-such-flag"},
 		{"--kubeconfig", "/nonexistent/kubeconfig"},
 	} {
-		err := dnsRole(context.Background(), args, slog.New(slog.NewTextHandler(io.Discard, nil)))
+		err := runDNS(context.Background(), args, slog.New(slog.NewTextHandler(io.Discard, nil)))
 		if err == nil {
 			t.Errorf("%v: accepted", args)
 		}
@@ -84,7 +84,7 @@ func TestDNSRole(t *testing.T) {
 	dnsAddr, metricsAddr := freePort(t), freePort(t)
 	done := make(chan error, 1)
 	go func() {
-		done <- dnsRole(ctx, []string{"--kubeconfig", m.Kubeconfig, "--listen", dnsAddr, "--metrics-addr", metricsAddr, "--ttl", "7"},
+		done <- runDNS(ctx, []string{"--kubeconfig", m.Kubeconfig, "--listen", dnsAddr, "--metrics-addr", metricsAddr, "--ttl", "7"},
 			slog.New(slog.NewTextHandler(io.Discard, nil)))
 	}()
 	waitUntil(t, "/healthz answers", func() bool { c, _ := get("http://" + metricsAddr + "/healthz"); return c == 200 })

@@ -17,12 +17,12 @@ func TestTunnelRoleRejectsBadFlags(t *testing.T) {
 		args []string
 		want string
 	}{
-		{"no broker", []string{"tunnel", "--cluster-id", "a", "--endpoint", "192.0.2.1:51820"}, "--broker-kubeconfig is required"},
+		{"no endpoint", []string{"tunnel", "--cluster-id", "a"}, `--endpoint "": want ip:port`},
 		{"bad implementation", append(base, "--wireguard-implementation", "fast"), `unknown WireGuard implementation "fast"`},
 		{"bad endpoint", []string{"tunnel", "--broker-kubeconfig", "x", "--endpoint", "somewhere"}, `--endpoint "somewhere": want ip:port`},
 		{"keepalive off", append(base, "--keepalive", "0s"), "it cannot be turned off"},
 		{"long device name", append(base, "--device", "a-very-long-device"), "must have 1 to 15 characters"},
-		{"no cluster id", []string{"tunnel", "--broker-kubeconfig", "x", "--endpoint", "192.0.2.1:51820"}, "a cluster id is required"},
+		{"in all", []string{"all", "--metrics-addr", "", "--kubeconfig", "/dev/null", "--tunnel-endpoint", "somewhere"}, `--tunnel-endpoint "somewhere": want ip:port`},
 		{"stray argument", append(base, "extra"), `unexpected arguments ["extra"]`},
 		{"empty kubeconfig", append(base, "--kubeconfig", "/dev/null"), "loading this cluster's kubeconfig"},
 	}

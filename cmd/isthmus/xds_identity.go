@@ -8,7 +8,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 
@@ -97,7 +96,7 @@ func (s *caSource) watch(ctx context.Context, every time.Duration) {
 
 // rotate runs a Rotator for id, calling use with every leaf (the first at
 // once), renewing all leaves when the CA changes.
-func (s *caSource) rotate(ctx context.Context, id string, ttl time.Duration, reg prometheus.Registerer, metrics *xdsidentity.Metrics, use func(*xdsidentity.Leaf)) (*xdsidentity.Rotator, error) {
+func (s *caSource) rotate(ctx context.Context, id string, ttl time.Duration, metrics *xdsidentity.Metrics, use func(*xdsidentity.Leaf)) (*xdsidentity.Rotator, error) {
 	r, err := xdsidentity.NewRotator(s, id, xdsidentity.RotatorOptions{TTL: ttl, Logger: s.log, Metrics: metrics})
 	if err != nil {
 		return nil, fmt.Errorf("issuing the certificate of %s: %w", id, err)

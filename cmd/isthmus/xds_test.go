@@ -25,7 +25,7 @@ func TestXDSRoleFlagErrors(t *testing.T) {
 		{"--no-such-flag"},
 		{"--kubeconfig", "/nonexistent/kubeconfig"},
 	} {
-		if err := xdsRole(context.Background(), args, slog.New(slog.NewTextHandler(io.Discard, nil))); err == nil {
+		if err := runXDS(context.Background(), args, slog.New(slog.NewTextHandler(io.Discard, nil))); err == nil {
 			t.Errorf("%v: accepted", args)
 		}
 	}
@@ -47,7 +47,7 @@ func TestXDSRole(t *testing.T) {
 	done := make(chan error, 1)
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})).With("role", "xds")
 	go func() {
-		done <- xdsRole(rctx, []string{"--kubeconfig", clusters.Members[2].Kubeconfig, "--region", "eu", "--ca-secret", "",
+		done <- runXDS(rctx, []string{"--kubeconfig", clusters.Members[2].Kubeconfig, "--region", "eu", "--ca-secret", "",
 			"--listen", adsAddr, "--metrics-addr", metrics, "--debug-addr", debug}, log)
 	}()
 	defer func() {

@@ -1,9 +1,12 @@
 // Command isthmusctl is the operator's CLI for an Isthmus clusterset:
-// `isthmusctl broker install` prepares the hub cluster,
-// `isthmusctl join` makes a cluster a member (both idempotent, and they print
-// what they did; both take --kubeconfig and --context like kubectl).
-// Broker install also makes the clusterset root CA (or imports the
-// operator's), and join issues the member's intermediate CA with it.
+// `isthmusctl broker install` prepares the hub cluster, `isthmusctl join`
+// makes a cluster a member (both idempotent, printing what they did),
+// `export`/`unexport` write a ServiceExport, `status` and `diagnose` show
+// the clusterset and one service end to end (-o table|yaml|json), and
+// `demo up|down` runs the local demo. Every command takes --kubeconfig and
+// --context like kubectl. Broker install also makes the clusterset root
+// CA (or imports the operator's), and join issues the member's
+// intermediate CA with it.
 package main
 
 import (
@@ -28,6 +31,11 @@ Usage:
   isthmusctl broker install [flags]   install the broker on the hub cluster
   isthmusctl join [flags]             join a member cluster to the broker
   isthmusctl tunnel rotate-key [flags] give a member cluster a new WireGuard key
+  isthmusctl export <svc> [-n ns]     export a Service to the clusterset (writes its ServiceExport)
+  isthmusctl unexport <svc> [-n ns]   withdraw it (deletes the ServiceExport)
+  isthmusctl status [-o table|yaml|json]  clusters, health, heartbeats, tunnels, exports, imports
+  isthmusctl diagnose <svc>.<ns>      walk one service end to end and say what is wrong
+  isthmusctl demo up|down             run the local demo clusterset (root; KEEP=1 keeps it up)
 
 Run "isthmusctl <command> -h" for a command's flags.
 `
@@ -51,6 +59,14 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return join(ctx, args[1:], stdout, stderr)
 	case len(args) >= 2 && args[0] == "tunnel" && args[1] == "rotate-key":
 		return tunnelRotateKey(ctx, args[2:], stdout, stderr)
+	case len(args) >= 1 && (args[0] == "export" || args[0] == "unexport"):
+		return export(ctx, args[0] == "unexport", args[1:], stdout, stderr)
+	case len(args) >= 1 && args[0] == "status":
+		return status(ctx, args[1:], stdout, stderr)
+	case len(args) >= 1 && args[0] == "diagnose":
+		return diagnose(ctx, args[1:], stdout, stderr)
+	case len(args) >= 1 && args[0] == "demo":
+		return demo(ctx, args[1:], stdout, stderr)
 	case len(args) >= 1 && (args[0] == "-h" || args[0] == "--help" || args[0] == "help"):
 		fmt.Fprint(stdout, usage)
 		return nil

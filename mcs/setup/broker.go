@@ -12,6 +12,8 @@ import (
 	discoveryv1 "k8s.io/api/discovery/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 
 	"github.com/isthmus-dev/isthmus/mcs/api/crds"
 	brokerv1 "github.com/isthmus-dev/isthmus/mcs/api/v1alpha1"
@@ -62,14 +64,9 @@ func InstallBroker(ctx context.Context, hub *Clients, opts BrokerOptions, out io
 		ns = brokerv1.DefaultBrokerNamespace
 	}
 	a := &applier{c: hub, out: out}
-	if _, err := a.apply(ctx, namespaceGVR, &corev1.Namespace{
-		TypeMeta: metav1.TypeMeta{APIVersion: "v1", Kind: "Namespace"},
-		ObjectMeta: metav1.ObjectMeta{Name: ns, Labels: map[string]string{
-			"app.kubernetes.io/part-of": "isthmus",
-			// Nothing runs in the broker namespace: it only holds records.
-			"pod-security.kubernetes.io/enforce": "restricted",
-		}},
-	}); err != nil {
+	objs := BrokerObjects(ns)
+	// The namespace first, then the CRDs, then what lives in or refers to both.
+	if _, err := a.apply(ctx, namespaceGVR, objs[0]); err != nil {
 		return err
 	}
 	brokerCRDs, err := crds.Broker()
@@ -79,7 +76,7 @@ func InstallBroker(ctx context.Context, hub *Clients, opts BrokerOptions, out io
 	if err := a.applyCRDs(ctx, brokerCRDs); err != nil {
 		return err
 	}
-	if _, err := a.apply(ctx, roleGVR, memberRole(ns)); err != nil {
+	if _, err := a.apply(ctx, roleGVR, objs[1]); err != nil {
 		return err
 	}
 	if opts.Certificates != nil {
@@ -87,20 +84,39 @@ func InstallBroker(ctx context.Context, hub *Clients, opts BrokerOptions, out io
 			return err
 		}
 	}
-	if _, err := a.apply(ctx, policyGVR, memberPolicy(ns)); err != nil {
-		return err
-	}
-	if _, err := a.apply(ctx, policyBindingGVR, &admissionv1.ValidatingAdmissionPolicyBinding{
-		TypeMeta:   metav1.TypeMeta{APIVersion: admissionv1.SchemeGroupVersion.String(), Kind: "ValidatingAdmissionPolicyBinding"},
-		ObjectMeta: metav1.ObjectMeta{Name: PolicyName, Labels: partOf},
-		Spec: admissionv1.ValidatingAdmissionPolicyBindingSpec{
-			PolicyName:        PolicyName,
-			ValidationActions: []admissionv1.ValidationAction{admissionv1.Deny},
-		},
-	}); err != nil {
-		return err
+	for i, gvr := range []schema.GroupVersionResource{policyGVR, policyBindingGVR} {
+		if _, err := a.apply(ctx, gvr, objs[i+2]); err != nil {
+			return err
+		}
 	}
 	return nil
+}
+
+// BrokerObjects are the broker's objects besides its CRDs, for the broker
+// namespace ns, in the order they are applied: the Namespace, the member
+// Role, the admission policy and its binding. The isthmus-broker Helm
+// chart is checked against them.
+func BrokerObjects(ns string) []runtime.Object {
+	return []runtime.Object{
+		&corev1.Namespace{
+			TypeMeta: metav1.TypeMeta{APIVersion: "v1", Kind: "Namespace"},
+			ObjectMeta: metav1.ObjectMeta{Name: ns, Labels: map[string]string{
+				"app.kubernetes.io/part-of": "isthmus",
+				// Nothing runs in the broker namespace: it only holds records.
+				"pod-security.kubernetes.io/enforce": "restricted",
+			}},
+		},
+		memberRole(ns),
+		memberPolicy(ns),
+		&admissionv1.ValidatingAdmissionPolicyBinding{
+			TypeMeta:   metav1.TypeMeta{APIVersion: admissionv1.SchemeGroupVersion.String(), Kind: "ValidatingAdmissionPolicyBinding"},
+			ObjectMeta: metav1.ObjectMeta{Name: PolicyName, Labels: partOf},
+			Spec: admissionv1.ValidatingAdmissionPolicyBindingSpec{
+				PolicyName:        PolicyName,
+				ValidationActions: []admissionv1.ValidationAction{admissionv1.Deny},
+			},
+		},
+	}
 }
 
 var partOf = map[string]string{"app.kubernetes.io/part-of": "isthmus"}

@@ -63,6 +63,7 @@ type Clusterset struct {
 	StartDuration time.Duration
 
 	log        *slog.Logger
+	bins       binaries
 	beforeStop func()
 	etcds      []*process
 	reg        *pidRegistry
@@ -113,6 +114,7 @@ func New(ctx context.Context, opts Options) (_ *Clusterset, err error) {
 		Dir:        dir,
 		Kubeconfig: filepath.Join(dir, "kubeconfig"),
 		log:        log,
+		bins:       bins,
 		beforeStop: opts.BeforeStop,
 		reg:        &pidRegistry{path: filepath.Join(dir, childrenFile), pids: map[int]string{}},
 	}
@@ -189,6 +191,11 @@ func (cs *Clusterset) Clusters() []*Cluster {
 	}
 	return append(all, cs.Members...)
 }
+
+// KubeProxy is the path of the kube-proxy binary of the tools build, for
+// whoever runs a member's node in a network namespace (the harness itself
+// starts no kube-proxy).
+func (cs *Clusterset) KubeProxy() string { return cs.bins.proxy }
 
 // PIDs returns the process ids of every child the harness runs now.
 func (cs *Clusterset) PIDs() []int {

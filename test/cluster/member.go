@@ -353,3 +353,14 @@ func (c *Cluster) RestartAPIServer(ctx context.Context) error {
 func (c *Cluster) ConfigFor(user string, groups ...string) (*rest.Config, error) {
 	return c.ca.restConfig(c.Config.Host, user, groups...)
 }
+
+// WriteKubeconfig writes a kubeconfig file at path that authenticates to
+// the cluster as user in groups, for a process the harness does not start
+// (kube-proxy on a demo node, say).
+func (c *Cluster) WriteKubeconfig(path, user string, groups ...string) error {
+	cfg, err := c.ConfigFor(user, groups...)
+	if err != nil {
+		return err
+	}
+	return writeKubeconfig(path, []namedConfig{{c.Name, cfg}})
+}

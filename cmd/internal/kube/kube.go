@@ -30,3 +30,20 @@ func Config(kubeconfig, context string) (*rest.Config, error) {
 	}
 	return cfg, nil
 }
+
+// ConfigAndNamespace is Config and the namespace the context names, else
+// "default", as kubectl picks it.
+func ConfigAndNamespace(kubeconfig, context string) (*rest.Config, string, error) {
+	cfg, err := Config(kubeconfig, context)
+	if err != nil {
+		return nil, "", err
+	}
+	rules := clientcmd.NewDefaultClientConfigLoadingRules()
+	rules.ExplicitPath = kubeconfig
+	ns, _, err := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(rules,
+		&clientcmd.ConfigOverrides{CurrentContext: context}).Namespace()
+	if err != nil || ns == "" {
+		ns = "default"
+	}
+	return cfg, ns, nil
+}

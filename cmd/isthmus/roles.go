@@ -1,0 +1,261 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"strings"
+	"sync"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/isthmus-dev/isthmus/cmd/internal/kube"
+	"github.com/isthmus-dev/isthmus/cmd/internal/serve"
+	"github.com/isthmus-dev/isthmus/mcs/agent"
+	"github.com/isthmus-dev/isthmus/mcs/setup"
+)
+
+// role is one of the daemon's roles. Alone (`isthmus <name>`) its flags
+// have their plain names; in `isthmus all` they are prefixed with
+// "<name>-", so that two roles' flags never collide.
+type role struct {
+	name  string
+	about string
+	// metricsAddr is the default of --metrics-addr when the role runs alone.
+	metricsAddr string
+	// flags registers the role's own flags in fs, each name prefixed with
+	// prefix, and returns the role's entry point. The entry point checks
+	// its flags before it contacts anything, registers its metrics and
+	// readiness in e, and runs until ctx ends.
+	flags func(fs *flag.FlagSet, prefix string) func(ctx context.Context, e *env, log *slog.Logger) error
+}
+
+// roles lists the roles this binary runs, each in its own file; `isthmus
+// all` runs every one of them.
+func roles() []role {
+	return []role{
+		agentRole(),
+		dnsRole(),
+		tunnelRole(),
+		xdsRole(),
+	}
+}
+
+// allMetricsAddr is where `isthmus all` serves /metrics, /healthz and
+// /readyz for every role at once.
+const allMetricsAddr = ":9470"
+
+// envPrefix starts every environment variable a flag can be given by:
+// --cluster-id is ISTHMUS_CLUSTER_ID, --tunnel-endpoint ISTHMUS_TUNNEL_ENDPOINT.
+const envPrefix = "ISTHMUS_"
+
+// common are the flags every role shares, with one meaning everywhere.
+type common struct {
+	kubeconfig, context                              string
+	brokerKubeconfig, brokerContext, brokerNamespace string
+	clusterID                                        string
+	metricsAddr                                      string
+	qps                                              float64
+	burst                                            int
+}
+
+func (c *common) register(fs *flag.FlagSet, metricsAddr string) {
+	fs.StringVar(&c.kubeconfig, "kubeconfig", "", "kubeconfig of this cluster (default: in-cluster, then $KUBECONFIG, then ~/.kube/config)")
+	fs.StringVar(&c.context, "context", "", "context in --kubeconfig (default: its current context)")
+	fs.StringVar(&c.brokerKubeconfig, "broker-kubeconfig", "", "kubeconfig of the broker (default: the isthmus-system/isthmus-broker Secret that isthmusctl join wrote in this cluster)")
+	fs.StringVar(&c.brokerContext, "broker-context", "", "context in --broker-kubeconfig")
+	fs.StringVar(&c.brokerNamespace, "broker-namespace", "", "namespace of the broker's records (default: the broker kubeconfig's, else isthmus-broker)")
+	fs.StringVar(&c.clusterID, "cluster-id", "", "this cluster's id, a DNS label (default: its cluster.clusterset.k8s.io ClusterProperty)")
+	fs.StringVar(&c.metricsAddr, "metrics-addr", metricsAddr, "address of /metrics, /healthz and /readyz (empty: none)")
+	fs.Float64Var(&c.qps, "kube-api-qps", 50, "requests per second to each apiserver (client-go's default of 5 throttles a clusterset)")
+	fs.IntVar(&c.burst, "kube-api-burst", 100, "request burst to each apiserver")
+}
+
+// env is what the roles of one process share: the clients of this
+// cluster and of the broker, built once on first use, the cluster id,
+// the metrics registry and the readiness checks.
+type env struct {
+	flags  common
+	reg    *prometheus.Registry
+	health *serve.Health
+
+	mu       sync.Mutex
+	local    *kube.Clients
+	broker   *kube.Clients
+	brokerNS string
+	id       string
+}
+
+// Local returns this cluster's clients.
+func (e *env) Local() (*kube.Clients, error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.localLocked()
+}
+
+func (e *env) localLocked() (*kube.Clients, error) {
+	if e.local != nil {
+		return e.local, nil
+	}
+	cfg, err := kube.Config(e.flags.kubeconfig, e.flags.context)
+	if err != nil {
+		return nil, fmt.Errorf("loading this cluster's kubeconfig: %w", err)
+	}
+	c, err := kube.NewClients(cfg, float32(e.flags.qps), e.flags.burst)
+	if err != nil {
+		return nil, err
+	}
+	e.local = c
+	return c, nil
+}
+
+// Broker returns the broker's clients and the namespace of its records.
+func (e *env) Broker(ctx context.Context) (*kube.Clients, string, error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.broker != nil {
+		return e.broker, e.brokerNS, nil
+	}
+	local, err := e.localLocked()
+	if err != nil {
+		return nil, "", err
+	}
+	cfg, ns, err := setup.BrokerConfig(ctx, local.Kube, e.flags.brokerKubeconfig)
+	if err == nil && e.flags.brokerContext != "" {
+		cfg, err = kube.Config(e.flags.brokerKubeconfig, e.flags.brokerContext)
+	}
+	if err != nil {
+		return nil, "", err
+	}
+	if e.flags.brokerNamespace != "" {
+		ns = e.flags.brokerNamespace
+	}
+	c, err := kube.NewClients(cfg, float32(e.flags.qps), e.flags.burst)
+	if err != nil {
+		return nil, "", err
+	}
+	e.broker, e.brokerNS = c, ns
+	return c, ns, nil
+}
+
+// ClusterID returns this cluster's id: --cluster-id, or the ClusterProperty,
+// refusing when they disagree.
+func (e *env) ClusterID(ctx context.Context) (string, error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.id != "" {
+		return e.id, nil
+	}
+	local, err := e.localLocked()
+	if err != nil {
+		return "", err
+	}
+	id, err := agent.ClusterID(ctx, local.Dynamic, e.flags.clusterID)
+	if err != nil {
+		return "", err
+	}
+	e.id = id
+	return id, nil
+}
+
+// runRoles parses args for the named roles and runs them in this process
+// until ctx ends or one of them fails, which stops the others. Every role
+// reports through one /metrics, /healthz and /readyz server.
+func runRoles(ctx context.Context, name string, rs []role, args []string, log *slog.Logger, stderr io.Writer) error {
+	fs := flag.NewFlagSet("isthmus "+name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	e := &env{reg: serve.NewRegistry(), health: serve.NewHealth()}
+	metricsAddr, prefix := allMetricsAddr, true
+	if len(rs) == 1 {
+		metricsAddr, prefix = rs[0].metricsAddr, false
+	}
+	e.flags.register(fs, metricsAddr)
+	entries := make([]func(context.Context, *env, *slog.Logger) error, len(rs))
+	var about []string
+	for i, r := range rs {
+		p := ""
+		if prefix {
+			p = r.name + "-"
+		}
+		entries[i] = r.flags(fs, p)
+		about = append(about, fmt.Sprintf("  %-7s %s", r.name, r.about))
+	}
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, "usage: isthmus %s [flags]\n\n%s\n\n", name, strings.Join(about, "\n"))
+		if prefix {
+			fmt.Fprintln(stderr, "Each role's own flags carry its name as a prefix (--dns-listen is `isthmus dns --listen`).")
+		}
+		fmt.Fprintf(stderr, "Every flag can also be set by the environment: --cluster-id by %sCLUSTER_ID, and so on;\na flag on the command line wins.\n\nFlags:\n", envPrefix)
+		fs.PrintDefaults()
+	}
+	if err := parseWithEnv(fs, args, os.LookupEnv); err != nil {
+		return err
+	}
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	errs := make(chan error, len(rs)+1)
+	start := func(what string, f func() error) {
+		go func() {
+			err := f()
+			if err != nil && !errors.Is(err, context.Canceled) {
+				err = fmt.Errorf("%s: %w", what, err)
+			} else {
+				err = nil
+			}
+			cancel() // one part ending ends the process: a supervisor restarts it whole
+			errs <- err
+		}()
+	}
+	for i, r := range rs {
+		rlog := log
+		if prefix {
+			rlog = log.With("role", r.name)
+		}
+		start(r.name, func() error { return entries[i](ctx, e, rlog) })
+	}
+	start("metrics", func() error { return serve.Run(ctx, e.flags.metricsAddr, e.reg, e.health, log) })
+	var all []error
+	for range len(rs) + 1 {
+		if err := <-errs; err != nil {
+			all = append(all, err)
+		}
+	}
+	return errors.Join(all...)
+}
+
+// parseWithEnv parses args, then gives every flag not on the command line
+// the value of its environment variable (ISTHMUS_ and the flag's name in
+// capitals, dashes as underscores), if set. Stray arguments, usually a
+// mistyped flag, are refused.
+func parseWithEnv(fs *flag.FlagSet, args []string, lookup func(string) (string, bool)) error {
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected arguments %q", fs.Args())
+	}
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	var errs []error
+	fs.VisitAll(func(f *flag.Flag) {
+		if set[f.Name] {
+			return
+		}
+		name := envName(f.Name)
+		if v, ok := lookup(name); ok {
+			if err := fs.Set(f.Name, v); err != nil {
+				errs = append(errs, fmt.Errorf("environment variable %s=%q (--%s): %w", name, v, f.Name, err))
+			}
+		}
+	})
+	return errors.Join(errs...)
+}
+
+func envName(flagName string) string {
+	return envPrefix + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
+}

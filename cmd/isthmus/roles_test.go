@@ -1,0 +1,90 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"flag"
+	"log/slog"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestParseWithEnv(t *testing.T) {
+	tests := []struct {
+		name    string
+		args    []string
+		env     map[string]string
+		want    map[string]string
+		wantErr string
+	}{
+		{"flag only", []string{"--cluster-id", "a"}, nil, map[string]string{"cluster-id": "a", "tunnel-mtu": "1420"}, ""},
+		{"env fills an unset flag", nil, map[string]string{"ISTHMUS_CLUSTER_ID": "b", "ISTHMUS_TUNNEL_MTU": "1380"},
+			map[string]string{"cluster-id": "b", "tunnel-mtu": "1380"}, ""},
+		{"the command line wins", []string{"--cluster-id", "a"}, map[string]string{"ISTHMUS_CLUSTER_ID": "b"}, map[string]string{"cluster-id": "a"}, ""},
+		{"bad env value names the variable", nil, map[string]string{"ISTHMUS_TUNNEL_MTU": "big"}, nil, `ISTHMUS_TUNNEL_MTU="big" (--tunnel-mtu)`},
+		{"stray argument", []string{"extra"}, nil, nil, `unexpected arguments ["extra"]`},
+		{"unknown flag", []string{"--nope"}, nil, nil, "flag provided but not defined"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			fs := flag.NewFlagSet("x", flag.ContinueOnError)
+			fs.SetOutput(&bytes.Buffer{})
+			fs.String("cluster-id", "", "")
+			fs.Int("tunnel-mtu", 1420, "")
+			err := parseWithEnv(fs, tt.args, func(k string) (string, bool) { v, ok := tt.env[k]; return v, ok })
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("error %v, want one containing %q", err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			for k, v := range tt.want {
+				if got := fs.Lookup(k).Value.String(); got != v {
+					t.Errorf("--%s = %q, want %q", k, got, v)
+				}
+			}
+		})
+	}
+}
+
+// TestAllHelp: `isthmus all -h` documents the shared flags once and every
+// role's own flags under its prefix, and the environment scheme.
+func TestAllHelp(t *testing.T) {
+	var out bytes.Buffer
+	err := run(context.Background(), []string{"all", "-h"}, slog.New(slog.DiscardHandler), &out)
+	if err != flag.ErrHelp {
+		t.Fatalf("isthmus all -h: %v, want flag.ErrHelp", err)
+	}
+	help := out.String()
+	for _, want := range []string{"-cluster-id", "-broker-kubeconfig", "-kubeconfig", "-metrics-addr", "-agent-region", "-dns-listen", "-tunnel-endpoint", "ISTHMUS_CLUSTER_ID"} {
+		if !strings.Contains(help, want) {
+			t.Errorf("help lacks %q:\n%s", want, help)
+		}
+	}
+	for _, r := range roles() {
+		if !strings.Contains(help, r.about) {
+			t.Errorf("help does not describe the %s role", r.name)
+		}
+	}
+}
+
+// TestAllStopsTogether: in `isthmus all` one role failing stops the
+// others, and the error names the role.
+func TestAllStopsTogether(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	err := run(ctx, []string{"all", "--metrics-addr", "", "--kubeconfig", "/dev/null", "--tunnel-endpoint", "192.0.2.1:51820", "--dns-listen", "127.0.0.1:0"},
+		slog.New(slog.DiscardHandler), &bytes.Buffer{})
+	if err == nil {
+		t.Fatal("isthmus all with an empty kubeconfig ran")
+	}
+	for _, want := range []string{"agent: loading this cluster's kubeconfig", "dns: loading this cluster's kubeconfig", "tunnel: loading this cluster's kubeconfig"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error %q lacks %q", err, want)
+		}
+	}
+}

@@ -1,0 +1,219 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/client-go/discovery"
+	"k8s.io/client-go/discovery/cached/memory"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/restmapper"
+	"sigs.k8s.io/yaml"
+
+	"github.com/isthmus-dev/isthmus/mcs/api/crds"
+	brokerv1 "github.com/isthmus-dev/isthmus/mcs/api/v1alpha1"
+	"github.com/isthmus-dev/isthmus/mcs/setup"
+	"github.com/isthmus-dev/isthmus/test/cluster"
+)
+
+var update = flag.Bool("update", false, "rewrite the isthmus-broker chart's templates from mcs/setup's objects")
+
+const (
+	brokerChart = "../../charts/isthmus-broker"
+	// nsPlaceholder stands for the namespace while the templates are made.
+	nsPlaceholder = "x-broker-namespace-x"
+)
+
+var brokerTemplateFiles = []string{"namespace.yaml", "member-role.yaml", "member-policy.yaml", "member-policy-binding.yaml"}
+
+// brokerTemplates makes the chart's templates from setup.BrokerObjects: the
+// namespace becomes a value, and the policy's CEL offset past the member
+// prefix is computed from it.
+func brokerTemplates() (map[string][]byte, error) {
+	objs := setup.BrokerObjects(nsPlaceholder)
+	prefix := "system:serviceaccount:" + nsPlaceholder + ":" + brokerv1.MemberServiceAccountPrefix
+	out := map[string][]byte{}
+	for i, obj := range objs {
+		u, err := runtime.DefaultUnstructuredConverter.ToUnstructured(obj)
+		if err != nil {
+			return nil, err
+		}
+		unstructured.RemoveNestedField(u, "metadata", "creationTimestamp")
+		y, err := yaml.Marshal(u)
+		if err != nil {
+			return nil, err
+		}
+		text := strings.ReplaceAll(string(y), fmt.Sprintf("substring(%d)", len(prefix)), `substring({{ len (include "isthmus-broker.memberPrefix" .) }})`)
+		text = strings.ReplaceAll(text, nsPlaceholder, "{{ .Values.namespace }}")
+		out[brokerTemplateFiles[i]] = []byte("# Made from mcs/setup.BrokerObjects by `go test ./cmd/isthmusctl -run TestBrokerChart -update`: edit those, not this.\n" + text)
+	}
+	return out, nil
+}
+
+// TestBrokerChart keeps the isthmus-broker chart equal to what `isthmusctl
+// broker install` applies: its templates are made from the same objects,
+// and rendered for two namespaces they decode to exactly those objects;
+// its CRDs are the generated ones. Then helm lint, and a server-side
+// dry-run of the rendered manifests against a real kube-apiserver.
+func TestBrokerChart(t *testing.T) {
+	want, err := brokerTemplates()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, data := range want {
+		path := filepath.Join(brokerChart, "templates", name)
+		if *update {
+			if err := os.WriteFile(path, data, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			continue
+		}
+		got, err := os.ReadFile(path)
+		if err != nil || !bytes.Equal(got, data) {
+			t.Errorf("%s differs from mcs/setup's objects (%v): run go test ./cmd/isthmusctl -run TestBrokerChart -update", path, err)
+		}
+	}
+	for _, name := range []string{"broker.isthmus.dev_clusters.yaml", "broker.isthmus.dev_exportedservices.yaml"} {
+		chart, err1 := os.ReadFile(filepath.Join(brokerChart, "crds", name))
+		gen, err2 := os.ReadFile(filepath.Join("../../mcs/api/crds", name))
+		if err1 != nil || err2 != nil || !bytes.Equal(chart, gen) {
+			t.Errorf("charts/isthmus-broker/crds/%s differs from mcs/api/crds (%v %v): copy it after make generate", name, err1, err2)
+		}
+	}
+
+	helm := findHelm(t)
+	if out, err := exec.Command(helm, "lint", "--strict", brokerChart).CombinedOutput(); err != nil {
+		t.Fatalf("helm lint: %v\n%s", err, out)
+	}
+	// A namespace that is no DNS label is refused by the values schema.
+	if out, err := exec.Command(helm, "template", "isthmus-broker", brokerChart, "--kube-version", "1.37.2", "--set", "namespace=Bad_NS").CombinedOutput(); err == nil ||
+		!strings.Contains(string(out), "does not match pattern") {
+		t.Errorf("helm template with namespace=Bad_NS: %v\n%s", err, out)
+	}
+	var rendered []*unstructured.Unstructured
+	for _, ns := range []string{brokerv1.DefaultBrokerNamespace, "hub-records"} {
+		out, err := exec.Command(helm, "template", "isthmus-broker", brokerChart, "--kube-version", "1.37.2", "--set", "namespace="+ns).CombinedOutput()
+		if err != nil {
+			t.Fatalf("helm template: %v\n%s", err, out)
+		}
+		docs := decodeDocs(t, out)
+		objs := setup.BrokerObjects(ns)
+		if len(docs) != len(objs) {
+			t.Fatalf("namespace %s: %d rendered objects, want %d", ns, len(docs), len(objs))
+		}
+		for i, obj := range objs {
+			u, err := runtime.DefaultUnstructuredConverter.ToUnstructured(obj)
+			if err != nil {
+				t.Fatal(err)
+			}
+			unstructured.RemoveNestedField(u, "metadata", "creationTimestamp")
+			if w, g := normalize(t, u), normalize(t, docs[i].Object); !reflect.DeepEqual(w, g) {
+				wy, _ := yaml.Marshal(w)
+				gy, _ := yaml.Marshal(g)
+				t.Errorf("namespace %s: rendered %s differs from isthmusctl's:\n--- chart\n%s\n--- isthmusctl\n%s", ns, docs[i].GetKind(), gy, wy)
+			}
+		}
+		if ns == "hub-records" {
+			rendered = docs
+		}
+	}
+
+	// Server-side dry-run against a real apiserver: the CRDs as helm
+	// installs them, the namespace for real, then every object.
+	cs := cluster.Start(t, cluster.Options{Broker: true})
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	list, err := crds.Broker()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cs.Broker.InstallCRDs(ctx, list); err != nil {
+		t.Fatal(err)
+	}
+	dyn, err := dynamic.NewForConfig(cs.Broker.Config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dc, err := discovery.NewDiscoveryClientForConfig(cs.Broker.Config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mapper := restmapper.NewDeferredDiscoveryRESTMapper(memory.NewMemCacheClient(dc))
+	for i, obj := range rendered {
+		m, err := mapper.RESTMapping(obj.GroupVersionKind().GroupKind(), obj.GroupVersionKind().Version)
+		if err != nil {
+			t.Fatalf("mapping %s: %v", obj.GetKind(), err)
+		}
+		r := dyn.Resource(m.Resource).Namespace(obj.GetNamespace())
+		opts := metav1.ApplyOptions{FieldManager: "helm-dry-run", DryRun: []string{metav1.DryRunAll}}
+		if i == 0 {
+			opts.DryRun = nil // the namespace must exist for the dry-run of what lives in it
+		}
+		if _, err := r.Apply(ctx, obj.GetName(), obj, opts); err != nil {
+			t.Errorf("server-side dry-run of %s %s: %v", obj.GetKind(), obj.GetName(), err)
+		}
+	}
+}
+
+// findHelm is $ISTHMUS_HELM, bin/helm (make helm) or helm on PATH. In CI
+// its absence fails the test.
+func findHelm(t *testing.T) string {
+	t.Helper()
+	for _, p := range []string{os.Getenv("ISTHMUS_HELM"), "../../bin/helm"} {
+		if p != "" {
+			if _, err := os.Stat(p); err == nil {
+				return p
+			}
+		}
+	}
+	if p, err := exec.LookPath("helm"); err == nil {
+		return p
+	}
+	if os.Getenv("CI") != "" || os.Getenv("ISTHMUS_E2E") != "" {
+		t.Fatal("helm not found: make helm builds it into bin/")
+	}
+	t.Skip("helm not found (make helm builds it); CI fails here instead")
+	return ""
+}
+
+func decodeDocs(t *testing.T, out []byte) []*unstructured.Unstructured {
+	t.Helper()
+	var docs []*unstructured.Unstructured
+	for _, doc := range strings.Split(string(out), "\n---") {
+		var m map[string]any
+		if err := yaml.Unmarshal([]byte(doc), &m); err != nil {
+			t.Fatalf("rendered YAML: %v\n%s", err, doc)
+		}
+		if len(m) > 0 {
+			docs = append(docs, &unstructured.Unstructured{Object: m})
+		}
+	}
+	return docs
+}
+
+// normalize round-trips through JSON so numbers and empty values compare alike.
+func normalize(t *testing.T, m map[string]any) map[string]any {
+	t.Helper()
+	b, err := json.Marshal(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out map[string]any
+	if err := json.Unmarshal(b, &out); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}

@@ -1,0 +1,300 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"os/exec"
+	"slices"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/runtime"
+	mcsv1beta1 "sigs.k8s.io/mcs-api/pkg/apis/v1beta1"
+
+	"github.com/isthmus-dev/isthmus/cmd/internal/kube"
+	"github.com/isthmus-dev/isthmus/mcs/agent"
+	brokerv1 "github.com/isthmus-dev/isthmus/mcs/api/v1alpha1"
+)
+
+// finding is one check of `isthmusctl diagnose`.
+type finding struct {
+	Check  string `json:"check"`
+	OK     bool   `json:"ok"`
+	Detail string `json:"detail"`
+	Advice string `json:"advice,omitempty"`
+}
+
+// diagnose is `isthmusctl diagnose <svc>.<ns>`: it walks one service from
+// the current cluster, from its export to the tunnels that carry it, and
+// says in plain words what is wrong and what to do.
+func diagnose(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("isthmusctl diagnose", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	kubeconfig := fs.String("kubeconfig", "", "kubeconfig of the member cluster to look from (default: $KUBECONFIG or ~/.kube/config)")
+	kubeContext := fs.String("context", "", "kubeconfig context of that cluster")
+	brokerKubeconfig := fs.String("broker-kubeconfig", "", "kubeconfig of the broker (default: the credential isthmusctl join stored)")
+	dnsServer := fs.String("dns-server", "", "host:port of this cluster's clusterset.local resolver, asked with dig (empty: the DNS check is skipped)")
+	output := outputFlag(fs)
+	if len(args) == 0 || strings.HasPrefix(args[0], "-") || strings.Count(args[0], ".") != 1 {
+		_ = fs.Parse(args)
+		return fmt.Errorf("usage: isthmusctl diagnose <service>.<namespace> [flags]")
+	}
+	name, ns, _ := strings.Cut(args[0], ".")
+	if err := parse(fs, args[1:]); err != nil {
+		return err
+	}
+	if err := checkOutput(*output); err != nil {
+		return err
+	}
+	local, broker, brokerNS, err := memberAndBroker(ctx, *kubeconfig, *kubeContext, *brokerKubeconfig)
+	if err != nil {
+		return err
+	}
+	d := &diagnosis{name: name, ns: ns, local: local, broker: broker, brokerNS: brokerNS, dnsServer: *dnsServer}
+	if d.id, err = agent.ClusterID(ctx, local.Dynamic, ""); err != nil {
+		return fmt.Errorf("this cluster has no cluster id (is it joined?): %w", err)
+	}
+	d.run(ctx)
+	return render(stdout, *output, d.findings, func(w io.Writer) { d.table(w) })
+}
+
+type diagnosis struct {
+	name, ns, id, brokerNS, dnsServer string
+	local, broker                     *kube.Clients
+	findings                          []finding
+	exporters                         []string
+	ip                                string
+}
+
+func (d *diagnosis) add(check string, ok bool, detail, advice string) {
+	if ok {
+		advice = ""
+	}
+	d.findings = append(d.findings, finding{Check: check, OK: ok, Detail: detail, Advice: advice})
+}
+
+func (d *diagnosis) run(ctx context.Context) {
+	d.export(ctx)
+	d.records(ctx)
+	if !d.imported(ctx) {
+		return
+	}
+	d.slices(ctx)
+	d.dns(ctx)
+	d.tunnels(ctx)
+}
+
+func (d *diagnosis) export(ctx context.Context) {
+	se, err := d.local.MCS.MulticlusterV1beta1().ServiceExports(d.ns).Get(ctx, d.name, metav1.GetOptions{})
+	switch {
+	case apierrors.IsNotFound(err):
+		d.add("export here", true, "not exported from this cluster ("+d.id+"); it can still be imported from others", "")
+		return
+	case err != nil:
+		d.add("export here", false, err.Error(), "check that this cluster's apiserver is reachable and the MCS CRDs are installed (isthmusctl join)")
+		return
+	}
+	for _, c := range se.Status.Conditions {
+		bad := (c.Type == string(mcsv1beta1.ServiceExportConditionConflict)) == (c.Status == metav1.ConditionTrue)
+		if c.Type == string(mcsv1beta1.ServiceExportConditionValid) && bad {
+			d.add("export here", false, "Valid="+string(c.Status)+" ("+c.Reason+"): "+c.Message, "create the Service "+d.ns+"/"+d.name+" with a supported type, or delete the export")
+			return
+		}
+		if c.Type == string(mcsv1beta1.ServiceExportConditionConflict) && bad {
+			d.add("export here", false, "Conflict: "+c.Message, "align the Service with the winning cluster's, named in the message; the ports are merged meanwhile")
+			return
+		}
+	}
+	if len(se.Status.Conditions) == 0 {
+		d.add("export here", false, "the ServiceExport has no conditions", "is `isthmus agent` running in "+d.id+"? its /readyz says why not")
+		return
+	}
+	d.add("export here", true, "exported from "+d.id+": Valid, no conflict", "")
+}
+
+func (d *diagnosis) records(ctx context.Context) {
+	list, err := d.broker.Dynamic.Resource(brokerv1.SchemeGroupVersion.WithResource("exportedservices")).Namespace(d.brokerNS).List(ctx,
+		metav1.ListOptions{LabelSelector: labels.Set{brokerv1.LabelServiceName: d.name, brokerv1.LabelServiceNamespace: d.ns}.String()})
+	if err != nil {
+		d.add("broker records", false, err.Error(), "check the broker credential (isthmusctl join renews it) and the broker's reachability")
+		return
+	}
+	for _, u := range list.Items {
+		var es brokerv1.ExportedService
+		if runtime.DefaultUnstructuredConverter.FromUnstructured(u.Object, &es) == nil {
+			d.exporters = append(d.exporters, es.Spec.SourceCluster)
+		}
+	}
+	slices.Sort(d.exporters)
+	if len(d.exporters) == 0 {
+		d.add("broker records", false, "no cluster exports "+d.ns+"/"+d.name, "create a ServiceExport next to the Service in the cluster(s) that run it: isthmusctl export "+d.name+" -n "+d.ns)
+		return
+	}
+	d.add("broker records", true, "exported by "+strings.Join(d.exporters, ", "), "")
+}
+
+func (d *diagnosis) imported(ctx context.Context) bool {
+	si, err := d.local.MCS.MulticlusterV1beta1().ServiceImports(d.ns).Get(ctx, d.name, metav1.GetOptions{})
+	if err != nil {
+		advice := "is `isthmus agent` running here and connected to the broker (isthmusctl status)?"
+		if _, nsErr := d.local.Kube.CoreV1().Namespaces().Get(ctx, d.ns, metav1.GetOptions{}); apierrors.IsNotFound(nsErr) {
+			advice = "create the namespace " + d.ns + " here: services are imported only into namespaces that exist (namespace sameness)"
+		}
+		d.add("import", false, "no ServiceImport "+d.ns+"/"+d.name+" in "+d.id, advice)
+		return false
+	}
+	var from []string
+	for _, c := range si.Status.Clusters {
+		from = append(from, c.Cluster)
+	}
+	if len(si.Spec.IPs) > 0 {
+		d.ip = si.Spec.IPs[0]
+	}
+	ok := si.Spec.Type == mcsv1beta1.Headless || d.ip != ""
+	d.add("import", ok, fmt.Sprintf("%s, ips %v, from %v", si.Spec.Type, si.Spec.IPs, from), "the ClusterSetIP is not allocated yet: the agent's log says why the derived Service failed")
+	return true
+}
+
+func (d *diagnosis) slices(ctx context.Context) {
+	list, err := d.local.Kube.DiscoveryV1().EndpointSlices(d.ns).List(ctx, metav1.ListOptions{
+		LabelSelector: labels.Set{mcsv1beta1.LabelServiceName: d.name}.String()})
+	if err != nil {
+		d.add("endpoints", false, err.Error(), "")
+		return
+	}
+	ready := map[string]int{}
+	for _, s := range list.Items {
+		src := s.Labels[mcsv1beta1.LabelSourceCluster]
+		for _, e := range s.Endpoints {
+			if e.Conditions.Ready == nil || *e.Conditions.Ready {
+				ready[src] += len(e.Addresses)
+			}
+		}
+	}
+	var parts []string
+	total := 0
+	for _, c := range d.exporters {
+		parts = append(parts, fmt.Sprintf("%s: %d ready", c, ready[c]))
+		total += ready[c]
+	}
+	d.add("endpoints", total > 0, strings.Join(parts, ", "), "no ready endpoint in any cluster: check the Deployments behind the exported Services")
+}
+
+func (d *diagnosis) dns(ctx context.Context) {
+	fqdn := d.name + "." + d.ns + ".svc.clusterset.local"
+	if d.dnsServer == "" {
+		d.add("dns", true, "skipped: pass --dns-server host:port to ask this cluster's resolver for "+fqdn, "")
+		return
+	}
+	host, port, err := net.SplitHostPort(d.dnsServer)
+	if err != nil {
+		d.add("dns", false, "--dns-server "+d.dnsServer+": "+err.Error(), "give host:port")
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, "dig", "+short", "+time=2", "+tries=2", "-p", port, "@"+host, fqdn, "A").CombinedOutput()
+	answer := strings.TrimSpace(string(out))
+	switch {
+	case err != nil:
+		d.add("dns", false, "dig failed: "+err.Error()+": "+answer, "is `isthmus dns` running and is "+d.dnsServer+" its address?")
+	case d.ip != "" && !slices.Contains(strings.Fields(answer), d.ip):
+		d.add("dns", false, fmt.Sprintf("%s answered %q, want the ClusterSetIP %s", d.dnsServer, answer, d.ip), "the resolver lags or serves another cluster: check its /readyz and isthmus_dns_sync_age_seconds")
+	default:
+		d.add("dns", answer != "", fqdn+" -> "+answer, "the resolver has no answer: check its /readyz")
+	}
+}
+
+func (d *diagnosis) tunnels(ctx context.Context) {
+	u, err := d.broker.Dynamic.Resource(brokerv1.SchemeGroupVersion.WithResource("clusters")).Namespace(d.brokerNS).Get(ctx, d.id, metav1.GetOptions{})
+	if err != nil {
+		d.add("tunnels", false, "no Cluster record for "+d.id+": "+err.Error(), "is `isthmus agent` running here?")
+		return
+	}
+	var c brokerv1.Cluster
+	if err := runtime.DefaultUnstructuredConverter.FromUnstructured(u.Object, &c); err != nil {
+		d.add("tunnels", false, err.Error(), "")
+		return
+	}
+	for _, peer := range d.exporters {
+		if peer == d.id {
+			continue
+		}
+		check := "tunnel to " + peer
+		if why := d.peerSilent(ctx, peer); why != "" {
+			d.add(check, false, peer+" is silent: "+why, "bring "+peer+"'s agent and gateway back (isthmusctl status shows its last heartbeat); meanwhile the other exporting clusters serve")
+			continue
+		}
+		if c.Status.Tunnel == nil {
+			ok := slices.ContainsFunc(c.Status.Conditions, func(x metav1.Condition) bool {
+				return x.Type == "TunnelPeersConnected" && x.Status == metav1.ConditionTrue
+			})
+			d.add(check, ok, "no per-peer tunnel status; TunnelPeersConnected="+fmt.Sprint(ok), "is `isthmus tunnel` running on this cluster's gateway node? its record conditions name the peers that are down")
+			continue
+		}
+		i := slices.IndexFunc(c.Status.Tunnel.Peers, func(p brokerv1.TunnelPeerStatus) bool { return p.Cluster == peer })
+		if i < 0 {
+			d.add(check, false, "not peered", "the peer's record has no WireGuard key or endpoint yet, or it conflicts: see TunnelConflict on "+d.id+"'s record")
+			continue
+		}
+		p := c.Status.Tunnel.Peers[i]
+		detail := string(p.State)
+		if p.RTTMicros > 0 {
+			detail += fmt.Sprintf(", RTT %s", time.Duration(p.RTTMicros)*time.Microsecond)
+		}
+		if p.Message != "" {
+			detail += ": " + p.Message
+		}
+		d.add(check, p.State == brokerv1.TunnelPeerConnected, detail, "check that UDP reaches "+p.Endpoint+" from this gateway and that "+peer+"'s tunnel runs (isthmusctl status)")
+	}
+}
+
+// peerSilent says why a peer's heartbeat lapsed, or "" while it is healthy.
+func (d *diagnosis) peerSilent(ctx context.Context, peer string) string {
+	u, err := d.broker.Dynamic.Resource(brokerv1.SchemeGroupVersion.WithResource("clusters")).Namespace(d.brokerNS).Get(ctx, peer, metav1.GetOptions{})
+	if err != nil {
+		return ""
+	}
+	var c brokerv1.Cluster
+	if runtime.DefaultUnstructuredConverter.FromUnstructured(u.Object, &c) != nil {
+		return ""
+	}
+	for _, x := range c.Status.Conditions {
+		if x.Type == brokerv1.ClusterConditionHeartbeat && x.Status == metav1.ConditionFalse {
+			return x.Reason + ": " + x.Message
+		}
+	}
+	return ""
+}
+
+func (d *diagnosis) table(w io.Writer) {
+	tw := tabwriter.NewWriter(w, 2, 8, 2, ' ', 0)
+	fmt.Fprintf(tw, "%s.%s seen from cluster %s\n\n", d.name, d.ns, d.id)
+	fmt.Fprintln(tw, "CHECK\tOK\tDETAIL")
+	bad := 0
+	for _, f := range d.findings {
+		mark := "yes"
+		if !f.OK {
+			mark, bad = "NO", bad+1
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\n", f.Check, mark, f.Detail)
+	}
+	tw.Flush()
+	if bad == 0 {
+		fmt.Fprintln(w, "\nnothing wrong found")
+		return
+	}
+	fmt.Fprintln(w, "\nwhat to do:")
+	for _, f := range d.findings {
+		if !f.OK && f.Advice != "" {
+			fmt.Fprintf(w, "- %s: %s\n", f.Check, f.Advice)
+		}
+	}
+}
