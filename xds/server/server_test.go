@@ -71,7 +71,9 @@ type sotwClient struct {
 	resps  chan *discoveryv3.DiscoveryResponse
 }
 
-func dialSotW(t *testing.T, addr string, n *corev3.Node) *sotwClient {
+// adsClient connects to addr and returns the ADS client, with a context
+// ending with the test.
+func adsClient(t *testing.T, addr string) (discoveryv3.AggregatedDiscoveryServiceClient, context.Context) {
 	t.Helper()
 	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()), grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(64<<20)))
 	if err != nil {
@@ -80,23 +82,33 @@ func dialSotW(t *testing.T, addr string, n *corev3.Node) *sotwClient {
 	t.Cleanup(func() { _ = cc.Close() })
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
-	st, err := discoveryv3.NewAggregatedDiscoveryServiceClient(cc).StreamAggregatedResources(ctx)
+	return discoveryv3.NewAggregatedDiscoveryServiceClient(cc), ctx
+}
+
+// pump receives until the stream ends, then closes the channel.
+func pump[R any](recv func() (R, error)) chan R {
+	out := make(chan R, 1000)
+	go func() {
+		for {
+			r, err := recv()
+			if err != nil {
+				close(out)
+				return
+			}
+			out <- r
+		}
+	}()
+	return out
+}
+
+func dialSotW(t *testing.T, addr string) *sotwClient {
+	t.Helper()
+	ads, ctx := adsClient(t, addr)
+	st, err := ads.StreamAggregatedResources(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := &sotwClient{t: t, stream: st, resps: make(chan *discoveryv3.DiscoveryResponse, 1000)}
-	go func() {
-		for {
-			r, err := st.Recv()
-			if err != nil {
-				close(c.resps)
-				return
-			}
-			c.resps <- r
-		}
-	}()
-	_ = n
-	return c
+	return &sotwClient{t: t, stream: st, resps: pump(st.Recv)}
 }
 
 func (c *sotwClient) send(req *discoveryv3.DiscoveryRequest) {
@@ -157,7 +169,7 @@ func TestNACKNotResentInALoop(t *testing.T) {
 				}
 			}
 			put(1)
-			c := dialSotW(t, s.addr, nil)
+			c := dialSotW(t, s.addr)
 			n := node("n1", "grpc", "a")
 			c.send(&discoveryv3.DiscoveryRequest{Node: n, TypeUrl: typ, ResourceNames: []string{"x"}})
 			first := c.next(5 * time.Second)
@@ -214,7 +226,7 @@ func TestOneEndpointChangeOneAssignment(t *testing.T) {
 	}
 	var sotw []*sotwClient
 	for i := 0; i < 5; i++ {
-		c := dialSotW(t, s.addr, nil)
+		c := dialSotW(t, s.addr)
 		c.send(&discoveryv3.DiscoveryRequest{Node: node(fmt.Sprint("s", i), "grpc", "a"), TypeUrl: resource.EndpointType, ResourceNames: list})
 		r := c.next(10 * time.Second)
 		if len(r.Resources) != names {
@@ -270,29 +282,12 @@ type deltaClient struct {
 
 func dialDelta(t *testing.T, addr string) *deltaClient {
 	t.Helper()
-	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()), grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(64<<20)))
+	ads, ctx := adsClient(t, addr)
+	st, err := ads.DeltaAggregatedResources(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = cc.Close() })
-	ctx, cancel := context.WithCancel(context.Background())
-	t.Cleanup(cancel)
-	st, err := discoveryv3.NewAggregatedDiscoveryServiceClient(cc).DeltaAggregatedResources(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c := &deltaClient{t: t, stream: st, resps: make(chan *discoveryv3.DeltaDiscoveryResponse, 100)}
-	go func() {
-		for {
-			r, err := st.Recv()
-			if err != nil {
-				close(c.resps)
-				return
-			}
-			c.resps <- r
-		}
-	}()
-	return c
+	return &deltaClient{t: t, stream: st, resps: pump(st.Recv)}
 }
 
 func (c *deltaClient) send(req *discoveryv3.DeltaDiscoveryRequest) {
@@ -320,7 +315,7 @@ func (c *deltaClient) next(within time.Duration) *discoveryv3.DeltaDiscoveryResp
 // gets its stream closed with a message naming both clusters.
 func TestNodeOfAnotherClusterRefused(t *testing.T) {
 	s := start(t)
-	c := dialSotW(t, s.addr, nil)
+	c := dialSotW(t, s.addr)
 	c.send(&discoveryv3.DiscoveryRequest{Node: node("stray", "gateway", "b"), TypeUrl: resource.ListenerType})
 	select {
 	case _, ok := <-c.resps:
