@@ -302,7 +302,9 @@ func (r *reconciler) ensureRoute(pfx netip.Prefix, ch *changes) error {
 func (r *reconciler) deleteRoute(pfx netip.Prefix, ch *changes) error {
 	dst := ipNet(pfx)
 	r.op(opDeleteRoute)
-	rt := &netlink.Route{LinkIndex: r.link.Attrs().Index, Dst: &dst, Protocol: r.proto, Table: r.table}
+	// The scope must be given: the library sends universe otherwise, and
+	// the kernel then finds no such route.
+	rt := &netlink.Route{LinkIndex: r.link.Attrs().Index, Dst: &dst, Scope: netlink.SCOPE_LINK, Protocol: r.proto, Table: r.table}
 	if err := netlink.RouteDel(rt); err != nil && !errors.Is(err, unix.ESRCH) {
 		return fmt.Errorf("removing route %s: %w", pfx, err)
 	}
