@@ -157,16 +157,12 @@ func TestPlannerIgnoresIrrelevantChanges(t *testing.T) {
 func BenchmarkPlannerUpdate(b *testing.B) {
 	for _, n := range []int{10, 100, 1000} {
 		b.Run(fmt.Sprint(n), func(b *testing.B) {
-			var records []brokerv1.Cluster
-			for i := range n {
-				records = append(records, rec(fmt.Sprintf("c%d", i), i, key(b).String(), "192.0.2.1:51820",
-					[]string{fmt.Sprintf("10.%d.%d.0/24", 64+i/256, i%256)}))
-			}
+			records := disjointRecords(b, n)
 			var p planner
 			p.reset(Local{Cluster: "self"}, records)
 			r := records[n/2]
 			alt := r
-			alt.Spec.ServiceCIDRs = []string{"172.31.255.0/24"}
+			alt.Spec.ServiceCIDRs = []string{"192.168.255.0/24"}
 			b.ResetTimer()
 			for i := 0; b.Loop(); i++ {
 				if i%2 == 0 {
