@@ -270,7 +270,8 @@ func (t *Tunnel) Run(ctx context.Context) (err error) {
 		if kind == "full" {
 			err = t.fullPass(ctx, rec, inf, &echo)
 			t.setReady(err)
-			needFull = false
+			// Change passes build on a full pass that went through.
+			needFull = err != nil
 		} else {
 			var redo bool
 			redo, err = t.changePass(ctx, rec, inf.GetStore(), names)
@@ -280,6 +281,7 @@ func (t *Tunnel) Run(ctx context.Context) (err error) {
 				kind = "full"
 				err = t.fullPass(ctx, rec, inf, &echo)
 				t.setReady(err)
+				needFull = err != nil
 			} else if err != nil {
 				t.setReady(err)
 				needFull = true
