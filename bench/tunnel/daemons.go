@@ -50,8 +50,8 @@ func (d *daemons) stop() {
 }
 
 // startDaemons publishes the two clusters' CIDRs on a real broker and runs
-// `isthmus tunnel` in each namespace.
-func startDaemons(ctx context.Context, cs *cluster.Clusterset, bin string) (*daemons, error) {
+// `isthmus tunnel` in each namespace, with a full pass every resync.
+func startDaemons(ctx context.Context, cs *cluster.Clusterset, bin string, resync time.Duration) (*daemons, error) {
 	d := &daemons{}
 	var err error
 	if d.broker, err = dynamic.NewForConfig(cs.Broker.Config); err != nil {
@@ -83,7 +83,7 @@ func startDaemons(ctx context.Context, cs *cluster.Clusterset, bin string) (*dae
 		d.stops = append(d.stops, stop)
 		c := exec.Command("ip", "netns", "exec", s.ns, bin, "tunnel", "--kubeconfig", cs.Broker.Kubeconfig, "--broker-kubeconfig", cs.Broker.Kubeconfig,
 			"--broker-namespace", brokerNS, "--cluster-id", s.id, "--device", s.dev, "--endpoint", s.under+":51820",
-			"--key-namespace", s.id+"-system", "--metrics-addr", "127.0.0.1:9093")
+			"--key-namespace", s.id+"-system", "--metrics-addr", "127.0.0.1:9093", "--resync", resync.String())
 		c.Env = append(os.Environ(), "ISTHMUS_LOG_LEVEL=error")
 		c.Stderr = os.Stderr
 		if err := c.Start(); err != nil {

@@ -53,15 +53,16 @@ func main() {
 	dur := flag.Duration("duration", 10*time.Second, "length of each iperf3 run and of the latency probe")
 	peerCounts := flag.String("peers", "10,100,1000", "peer counts for the reconcile cost (empty: skip it)")
 	rounds := flag.Int("rounds", 1, "throughput rounds, alternating which tunnel goes first (0: skip throughput)")
+	resync := flag.Duration("resync", 30*time.Second, "the daemons' --resync: how often they run a full pass")
 	flag.Parse()
-	if err := run(*reps, *dur, *peerCounts, *rounds); err != nil {
+	if err := run(*reps, *dur, *peerCounts, *rounds, *resync); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		removeNamespaces()
 		os.Exit(1)
 	}
 }
 
-func run(reps int, dur time.Duration, peerCounts string, rounds int) error {
+func run(reps int, dur time.Duration, peerCounts string, rounds int, resync time.Duration) error {
 	if os.Geteuid() != 0 {
 		return fmt.Errorf("needs root")
 	}
@@ -106,14 +107,14 @@ func run(reps int, dur time.Duration, peerCounts string, rounds int) error {
 	defer cs.Stop()
 
 	if rounds > 0 {
-		if err := throughput(cs, dir, reps, dur, rounds); err != nil {
+		if err := throughput(cs, dir, reps, dur, rounds, resync); err != nil {
 			return err
 		}
 	}
 	if peerCounts == "" {
 		return nil
 	}
-	d, err := startDaemons(context.Background(), cs, filepath.Join(dir, "isthmus"))
+	d, err := startDaemons(context.Background(), cs, filepath.Join(dir, "isthmus"), resync)
 	if err != nil {
 		return err
 	}
@@ -144,7 +145,7 @@ func run(reps int, dur time.Duration, peerCounts string, rounds int) error {
 // throughput measures veth, the wireguard-go program and our daemon in
 // each round; odd rounds measure ours before the program, so a trend in
 // the machine's load does not favour either.
-func throughput(cs *cluster.Clusterset, dir string, reps int, dur time.Duration, rounds int) error {
+func throughput(cs *cluster.Clusterset, dir string, reps int, dur time.Duration, rounds int, resync time.Duration) error {
 	type ratio struct{ one, four float64 }
 	var ratios []ratio
 	for round := range rounds {
@@ -168,7 +169,7 @@ func throughput(cs *cluster.Clusterset, dir string, reps int, dur time.Duration,
 				}
 			} else {
 				mode = "isthmus tunnel (embedded)"
-				d, err := startDaemons(context.Background(), cs, filepath.Join(dir, "isthmus"))
+				d, err := startDaemons(context.Background(), cs, filepath.Join(dir, "isthmus"), resync)
 				if err != nil {
 					return err
 				}
