@@ -230,7 +230,7 @@ func (d *daemons) reconcileCost(ctx context.Context, n int) (cost, error) {
 
 // scrapeA reads the metrics of the daemon in A as series -> value.
 func scrapeA() (map[string]float64, error) {
-	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
+	client := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{
 		DialContext: func(ctx context.Context, _, addr string) (net.Conn, error) {
 			var c net.Conn
 			err := netnstest.Run(nsA, func() (err error) { c, err = (&net.Dialer{}).DialContext(ctx, "tcp", addr); return err })
