@@ -186,16 +186,13 @@ func TestMembersWriteOnlyTheirOwnRecords(t *testing.T) {
 		})
 	}
 
+	res := func(c *Clients) dynamicResource {
+		return c.Dynamic.Resource(clusterGVR).Namespace(ns)
+	}
 	t.Run("PeerHeartbeat", func(t *testing.T) {
 		// Beta may report alpha's heartbeat, and only that, in alpha's
 		// Cluster status.
-		res := func(c *Clients) dynamicResource {
-			return c.Dynamic.Resource(clusterGVR).Namespace(ns)
-		}
-		if _, err := res(asAlpha).Create(ctx, toUnstructured(t, validCluster(alpha)), metav1.CreateOptions{}); err != nil {
-			t.Fatal(err)
-		}
-		defer res(asAlpha).Delete(ctx, alpha, metav1.DeleteOptions{})
+		createOwnCluster(t, asAlpha, alpha)
 		setCondition := func(typ string) error {
 			u, err := res(asBeta).Get(ctx, alpha, metav1.GetOptions{})
 			if err != nil {
@@ -220,13 +217,7 @@ func TestMembersWriteOnlyTheirOwnRecords(t *testing.T) {
 		// server-side apply under its own field manager; beta may still
 		// report alpha's heartbeat there, but may neither change nor
 		// remove alpha's tunnel status, alone or along with a heartbeat.
-		res := func(c *Clients) dynamicResource {
-			return c.Dynamic.Resource(clusterGVR).Namespace(ns)
-		}
-		if _, err := res(asAlpha).Create(ctx, toUnstructured(t, validCluster(alpha)), metav1.CreateOptions{}); err != nil {
-			t.Fatal(err)
-		}
-		defer res(asAlpha).Delete(ctx, alpha, metav1.DeleteOptions{})
+		createOwnCluster(t, asAlpha, alpha)
 		tunnel := func(state string) map[string]any {
 			return map[string]any{"implementation": "userspace", "offload": true, "keyGeneration": int64(2),
 				"peers": []any{map[string]any{"cluster": beta, "state": state, "reason": "Healthy", "endpoint": "192.0.2.11:51820",
@@ -275,11 +266,7 @@ func TestMembersWriteOnlyTheirOwnRecords(t *testing.T) {
 			unstructured.RemoveNestedField(u.Object, "status", "tunnel")
 		}), "rule own-records-only")
 		// Beta's own tunnel status is beta's business.
-		b := validCluster(beta)
-		if _, err := res(asBeta).Create(ctx, toUnstructured(t, b), metav1.CreateOptions{}); err != nil {
-			t.Fatal(err)
-		}
-		defer res(asBeta).Delete(ctx, beta, metav1.DeleteOptions{})
+		createOwnCluster(t, asBeta, beta)
 		apply.SetName(beta)
 		if _, err := res(asBeta).ApplyStatus(ctx, beta, apply, metav1.ApplyOptions{FieldManager: "isthmus-tunnel", Force: true}); err != nil {
 			t.Errorf("beta applying its own status.tunnel: %v", err)
@@ -321,6 +308,17 @@ func TestMembersWriteOnlyTheirOwnRecords(t *testing.T) {
 }
 
 type dynamicResource = dynamic.ResourceInterface
+
+// createOwnCluster creates a member's own Cluster record with its own
+// credentials, and deletes it when the test ends.
+func createOwnCluster(t *testing.T, member *Clients, id string) {
+	t.Helper()
+	res := member.Dynamic.Resource(clusterGVR).Namespace(brokerv1.DefaultBrokerNamespace)
+	if _, err := res.Create(context.Background(), toUnstructured(t, validCluster(id)), metav1.CreateOptions{}); err != nil {
+		t.Fatalf("%s creating its own Cluster record: %v", id, err)
+	}
+	t.Cleanup(func() { _ = res.Delete(context.Background(), id, metav1.DeleteOptions{}) })
+}
 
 type errString string
 
