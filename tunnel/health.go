@@ -136,8 +136,22 @@ func (h *healthTable) record(cluster string, rtt time.Duration, err error) {
 	ph.failures, ph.everOK, ph.rtt = 0, true, rtt
 }
 
-// state judges one configured peer from its device entry and its probes.
-func (h *healthTable) state(cluster string, dp *wgtypes.Peer, now time.Time) (string, string) {
+// update adds or drops one cluster's entry as its peer is configured or
+// removed, leaving every other entry alone.
+func (h *healthTable) update(cluster string, configured bool, now time.Time) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	switch {
+	case !configured:
+		delete(h.peers, cluster)
+	case h.peers[cluster] == nil:
+		h.peers[cluster] = &peerHealth{configuredAt: now}
+	}
+}
+
+// state judges one configured peer from its device entry and its probes,
+// and returns the last probe RTT.
+func (h *healthTable) state(cluster string, dp *wgtypes.Peer, now time.Time) (verdict, time.Duration) {
 	h.mu.Lock()
 	ph := h.peers[cluster]
 	var snapshot peerHealth
@@ -145,7 +159,13 @@ func (h *healthTable) state(cluster string, dp *wgtypes.Peer, now time.Time) (st
 		snapshot = *ph
 	}
 	h.mu.Unlock()
-	return judge(snapshot, dp, now)
+	return judge(snapshot, dp, now), snapshot.rtt
+}
+
+// verdict is a peer's state with a CamelCase reason for tools and a
+// message for people.
+type verdict struct {
+	state, reason, message string
 }
 
 // judge is Submariner's connection status with WireGuard's constants and
@@ -153,26 +173,27 @@ func (h *healthTable) state(cluster string, dp *wgtypes.Peer, now time.Time) (st
 // an Error; a handshake older than RejectAfterTime means no session can
 // exist; lost probes mean the tunnel does not carry traffic whatever the
 // handshake says.
-func judge(ph peerHealth, dp *wgtypes.Peer, now time.Time) (string, string) {
+func judge(ph peerHealth, dp *wgtypes.Peer, now time.Time) verdict {
 	if dp == nil {
-		return StateError, "peer missing from the device"
+		return verdict{StateError, "NotOnDevice", "peer missing from the device"}
 	}
-	// Reasons carry no numbers, so an unchanged state does not rewrite the
-	// record; the metrics carry handshake ages and RTTs.
+	// Messages carry no numbers that change from one check to the next,
+	// so an unchanged state does not rewrite the record; the metrics carry
+	// handshake ages and RTTs.
 	if dp.LastHandshakeTime.IsZero() {
 		if now.Sub(ph.configuredAt) > firstHandshakeGrace {
-			return StateError, fmt.Sprintf("no handshake within %s of configuring the peer; is %s reachable over UDP?", firstHandshakeGrace, dp.Endpoint)
+			return verdict{StateError, "NoHandshake", fmt.Sprintf("no handshake within %s of configuring the peer; is %s reachable over UDP?", firstHandshakeGrace, dp.Endpoint)}
 		}
-		return StateConnecting, "waiting for the first handshake"
+		return verdict{StateConnecting, "AwaitingHandshake", "waiting for the first handshake"}
 	}
 	if now.Sub(dp.LastHandshakeTime) > rejectAfterTime {
-		return StateError, fmt.Sprintf("no handshake for over %s, so no session can exist", rejectAfterTime)
+		return verdict{StateError, "HandshakeExpired", fmt.Sprintf("no handshake for over %s, so no session can exist", rejectAfterTime)}
 	}
 	if ph.failures >= probeFailures {
-		return StateError, fmt.Sprintf("at least %d echo probes in a row over the tunnel got no reply", probeFailures)
+		return verdict{StateError, "ProbesLost", fmt.Sprintf("at least %d echo probes in a row over the tunnel got no reply", probeFailures)}
 	}
 	if !ph.everOK {
-		return StateConnecting, "handshake done, waiting for the first echo over the tunnel"
+		return verdict{StateConnecting, "AwaitingProbe", "handshake done, waiting for the first echo over the tunnel"}
 	}
-	return StateConnected, "handshake done and echo probes answered"
+	return verdict{StateConnected, "Healthy", "handshake done and echo probes answered"}
 }

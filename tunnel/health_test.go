@@ -32,9 +32,9 @@ func TestJudge(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			state, reason := judge(tt.ph, tt.dp, now)
-			if state != tt.state || !strings.Contains(reason, tt.reason) {
-				t.Errorf("judge = %s %q, want %s containing %q", state, reason, tt.state, tt.reason)
+			v := judge(tt.ph, tt.dp, now)
+			if v.state != tt.state || !strings.Contains(v.message, tt.reason) || v.reason == "" || strings.ContainsAny(v.reason, " ;:") {
+				t.Errorf("judge = %+v, want %s, a CamelCase reason, a message containing %q", v, tt.state, tt.reason)
 			}
 		})
 	}

@@ -14,8 +14,10 @@ type metrics struct {
 
 	probeRTT          *prometheus.HistogramVec
 	probeFailures     *prometheus.CounterVec
-	reconcileDuration prometheus.Histogram
+	reconcileDuration *prometheus.HistogramVec
 	reconcileErrors   *prometheus.CounterVec
+	deviceOps         *prometheus.CounterVec
+	statusWrites      prometheus.Counter
 
 	info, peers, peerState, handshake, rx, tx, conflicts *prometheus.Desc
 }
@@ -32,10 +34,18 @@ func newMetrics(t *Tunnel) *metrics {
 			Name: "isthmus_tunnel_probe_failures_total",
 			Help: "Echo probes through the tunnel that got no reply in time.",
 		}, []string{"remote_cluster"}),
-		reconcileDuration: prometheus.NewHistogram(prometheus.HistogramOpts{
+		reconcileDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "isthmus_tunnel_reconcile_duration_seconds",
-			Help:    "Time of one pass bringing peers and routes in step with the cluster records.",
+			Help:    "Time of one pass bringing peers and routes in step with the cluster records, by kind: full (start, resync: reads the device and routes) or change (applies the changed records only).",
 			Buckets: prometheus.ExponentialBuckets(50e-6, 4, 10),
+		}, []string{"kind"}),
+		deviceOps: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "isthmus_tunnel_reconcile_operations_total",
+			Help: "Device and routing-table operations made by reconcile passes, by kind (read_device, list_routes, add_peer, update_peer, remove_peer, replace_route, delete_route).",
+		}, []string{"op"}),
+		statusWrites: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "isthmus_tunnel_status_writes_total",
+			Help: "Writes of the tunnel's status (status.tunnel and the Tunnel* conditions) to the cluster record.",
 		}),
 		reconcileErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "isthmus_tunnel_reconcile_errors_total",
@@ -59,7 +69,8 @@ func newMetrics(t *Tunnel) *metrics {
 
 // Register adds the tunnel's metrics to reg.
 func (t *Tunnel) Register(reg prometheus.Registerer) error {
-	for _, c := range []prometheus.Collector{t.metrics.probeRTT, t.metrics.probeFailures, t.metrics.reconcileDuration, t.metrics.reconcileErrors, t.metrics} {
+	for _, c := range []prometheus.Collector{t.metrics.probeRTT, t.metrics.probeFailures, t.metrics.reconcileDuration, t.metrics.reconcileErrors,
+		t.metrics.deviceOps, t.metrics.statusWrites, t.metrics} {
 		if err := reg.Register(c); err != nil {
 			return err
 		}

@@ -237,15 +237,22 @@ func TestJoinCapped(t *testing.T) {
 func BenchmarkPlan(b *testing.B) {
 	for _, n := range []int{10, 100, 1000} {
 		b.Run(fmt.Sprint(n), func(b *testing.B) {
-			var records []brokerv1.Cluster
-			for i := range n {
-				records = append(records, rec(fmt.Sprintf("c%d", i), i, key(b).String(), "192.0.2.1:51820",
-					[]string{fmt.Sprintf("10.%d.%d.0/24", 64+i/256, i%256)}, fmt.Sprintf("172.%d.%d.0/24", 16+i/256, i%256)))
-			}
+			records := disjointRecords(b, n)
 			b.ResetTimer()
 			for b.Loop() {
 				Plan(Local{Cluster: "c0"}, records)
 			}
 		})
 	}
+}
+
+// disjointRecords are n records with their own keys and disjoint pod and
+// service CIDRs, as in a clusterset without conflicts.
+func disjointRecords(b *testing.B, n int) []brokerv1.Cluster {
+	var records []brokerv1.Cluster
+	for i := range n {
+		records = append(records, rec(fmt.Sprintf("c%d", i), i, key(b).String(), "192.0.2.1:51820",
+			[]string{fmt.Sprintf("10.%d.%d.0/24", 64+i/256, i%256)}, fmt.Sprintf("172.%d.%d.0/24", 16+i/256, i%256)))
+	}
+	return records
 }

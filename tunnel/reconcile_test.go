@@ -2,6 +2,7 @@ package tunnel
 
 import (
 	"fmt"
+	"maps"
 	"net"
 	"net/netip"
 	"os"
@@ -23,11 +24,13 @@ type fakeWG struct {
 	mu    sync.Mutex
 	peers map[wgtypes.Key]wgtypes.Peer
 	calls []wgtypes.PeerConfig
+	reads int
 }
 
 func (f *fakeWG) Device(string) (*wgtypes.Device, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	f.reads++
 	d := &wgtypes.Device{}
 	for _, p := range f.peers {
 		d.Peers = append(d.Peers, p)
@@ -103,7 +106,7 @@ func inFreshNetns(t *testing.T, body func(link netlink.Link)) {
 func TestReconcileByDifference(t *testing.T) {
 	inFreshNetns(t, func(link netlink.Link) {
 		fake := &fakeWG{peers: map[wgtypes.Key]wgtypes.Peer{}}
-		r := &reconciler{wg: fake, dev: "tnlut0", proto: 158, table: 254, keepalive: 10 * time.Second, advertised: map[wgtypes.Key]netip.AddrPort{}}
+		r := newReconciler(fake, "tnlut0", 158, 254, 10*time.Second)
 		src := netip.MustParseAddr("10.1.255.254")
 		kb, kc := key(t), key(t)
 		b := Peer{Cluster: "b", Key: kb, Endpoint: netip.MustParseAddrPort("192.0.2.2:51820"), AllowedIPs: []netip.Prefix{netip.MustParsePrefix("10.2.0.0/16")}}
@@ -119,7 +122,7 @@ func TestReconcileByDifference(t *testing.T) {
 			if got != want {
 				t.Errorf("%s: changes %+v, want %+v", step, got, want)
 			}
-			have, err := r.routes()
+			have, err := r.listRoutes()
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -187,7 +190,7 @@ func TestReconcileByDifference(t *testing.T) {
 		if len(fake.peers) != 0 {
 			t.Errorf("clear left peers %v", fake.peers)
 		}
-		have, _ := r.routes()
+		have, _ := r.listRoutes()
 		if len(have) != 0 {
 			t.Errorf("clear left routes %v", have)
 		}
@@ -196,4 +199,80 @@ func TestReconcileByDifference(t *testing.T) {
 			t.Error("a route that is not ours was removed")
 		}
 	})
+}
+
+// TestChangeAppliesOnlyItsOwnPeer: with 200 peers on the device, a change
+// pass for one cluster (new CIDRs, then a rotated key, then its removal)
+// reads neither the device nor the routing table and configures only that
+// cluster's peer and routes; a full pass afterwards finds nothing to do,
+// so the model matched the device and the routing table.
+func TestChangeAppliesOnlyItsOwnPeer(t *testing.T) {
+	inFreshNetns(t, func(link netlink.Link) {
+		fake := &fakeWG{peers: map[wgtypes.Key]wgtypes.Peer{}}
+		r := newReconciler(fake, "tnlut0", 158, 254, 10*time.Second)
+		ops := map[string]int{}
+		r.count = func(op string) { ops[op]++ }
+		src := netip.MustParseAddr("10.1.255.254")
+		var peers []Peer
+		for i := range 200 {
+			peers = append(peers, Peer{Cluster: fmt.Sprintf("c%d", i), Key: key(t), Endpoint: netip.MustParseAddrPort("192.0.2.2:51820"),
+				AllowedIPs: []netip.Prefix{netip.MustParsePrefix(fmt.Sprintf("10.%d.%d.0/24", 64+i/256, i%256))}})
+		}
+		if _, err := r.apply(link, src, peers, true); err != nil {
+			t.Fatal(err)
+		}
+		step := func(name string, old, next []Peer, want changes, wantOps map[string]int) {
+			t.Helper()
+			clear(ops)
+			fake.calls, fake.reads = nil, 0
+			ch, err := r.applyChanges(old, next)
+			if err != nil {
+				t.Fatalf("%s: %v", name, err)
+			}
+			if ch != want {
+				t.Errorf("%s: changes %+v, want %+v", name, ch, want)
+			}
+			if fake.reads != 0 || ops[opReadDevice] != 0 || ops[opListRoutes] != 0 {
+				t.Errorf("%s: read the device %d times and listed routes %d times, want neither", name, fake.reads, ops[opListRoutes])
+			}
+			if !maps.Equal(ops, wantOps) {
+				t.Errorf("%s: operations %v, want %v", name, ops, wantOps)
+			}
+			for _, c := range fake.calls {
+				if c.PublicKey != old0(old).Key && (len(next) == 0 || c.PublicKey != next[0].Key) {
+					t.Errorf("%s: configured peer %s, which did not change", name, c.PublicKey)
+				}
+			}
+			// A full pass must find the device and routes as the model says.
+			clear(ops)
+			ch, err = r.apply(link, src, append(slices.Clone(peers[1:]), next...), true)
+			if err != nil || ch.any() {
+				t.Errorf("%s: the full pass after it changed %+v (%v): the model and the device disagreed", name, ch, err)
+			}
+		}
+		c0 := peers[0]
+		wider := c0
+		wider.AllowedIPs = []netip.Prefix{c0.AllowedIPs[0], netip.MustParsePrefix("172.31.0.0/16")}
+		step("new CIDR", []Peer{c0}, []Peer{wider}, changes{updated: 1, routesAdded: 1},
+			map[string]int{opUpdatePeer: 1, opReplaceRoute: 1})
+		rotated := wider
+		rotated.Key = key(t)
+		step("rotated key", []Peer{wider}, []Peer{rotated}, changes{added: 1, removed: 1},
+			map[string]int{opAddPeer: 1, opRemovePeer: 1})
+		if _, ok := fake.peers[wider.Key]; ok {
+			t.Error("the old key is still a peer")
+		}
+		step("removed", []Peer{rotated}, nil, changes{removed: 1, routesRemoved: 2},
+			map[string]int{opRemovePeer: 1, opDeleteRoute: 2})
+		if len(fake.peers) != 199 {
+			t.Errorf("%d peers left, want 199", len(fake.peers))
+		}
+	})
+}
+
+func old0(ps []Peer) Peer {
+	if len(ps) == 0 {
+		return Peer{}
+	}
+	return ps[0]
 }

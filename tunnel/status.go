@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -61,16 +62,31 @@ func (t *Tunnel) publishSpec(ctx context.Context) error {
 	return nil
 }
 
-// statusWriter writes the tunnel's conditions when they change, at most
-// once per StatusInterval, so a flapping peer cannot flood the broker.
+// statusRefresh is how often the status is written even when no state
+// changed, so that the handshake times and RTTs it carries are never
+// older than this.
+const statusRefresh = 5 * time.Minute
+
+// statusWriter writes the tunnel's status (status.tunnel and the
+// conditions) when a state changes, at most once per StatusInterval, so a
+// flapping peer cannot flood the broker. What triggers a write is a
+// change of a condition or of a peer's state, reason, message or endpoint,
+// the device or the key generation; handshake times and RTTs change all
+// the time and are only carried along, refreshed every statusRefresh.
 type statusWriter struct {
-	last    []metav1.Condition
-	written time.Time
+	last       []metav1.Condition
+	lastTunnel *brokerv1.TunnelStatus
+	written    time.Time
 }
 
 func (w *statusWriter) maybeWrite(ctx context.Context, t *Tunnel) {
-	conds := t.conditions()
-	if sameConditions(w.last, conds) || time.Since(w.written) < t.cfg.StatusInterval {
+	dev, peers, err := t.Status()
+	conds := t.conditions(dev, peers, err)
+	t.mu.Lock()
+	keyGen := t.keyGen
+	t.mu.Unlock()
+	ts := tunnelStatus(dev, peers, keyGen)
+	if !w.due(conds, ts, time.Now(), t.cfg.StatusInterval) {
 		return
 	}
 	now := metav1.Now()
@@ -91,20 +107,37 @@ func (w *statusWriter) maybeWrite(ctx context.Context, t *Tunnel) {
 		}
 		items = append(items, u)
 	}
+	tu, err := runtime.DefaultUnstructuredConverter.ToUnstructured(ts)
+	if err != nil {
+		t.log.Error("encoding the tunnel status", "err", err)
+		return
+	}
 	obj := &unstructured.Unstructured{Object: map[string]any{
 		"apiVersion": brokerv1.SchemeGroupVersion.String(),
 		"kind":       "Cluster",
 		"metadata":   map[string]any{"name": t.cfg.ClusterID, "namespace": t.cfg.BrokerNamespace},
-		"status":     map[string]any{"conditions": items},
+		"status":     map[string]any{"conditions": items, "tunnel": tu},
 	}}
-	_, err := t.broker.Resource(clusterGVR).Namespace(t.cfg.BrokerNamespace).ApplyStatus(ctx, t.cfg.ClusterID, obj,
+	_, err = t.broker.Resource(clusterGVR).Namespace(t.cfg.BrokerNamespace).ApplyStatus(ctx, t.cfg.ClusterID, obj,
 		metav1.ApplyOptions{FieldManager: FieldManager, Force: true})
 	if err != nil {
 		t.metrics.reconcileErrors.WithLabelValues("status").Inc()
-		t.log.Warn("writing the tunnel's conditions on the cluster record", "err", err)
+		t.log.Warn("writing the tunnel's status on the cluster record", "err", err)
 		return
 	}
-	w.last, w.written = conds, time.Now()
+	t.metrics.statusWrites.Inc()
+	w.last, w.lastTunnel, w.written = conds, ts, time.Now()
+}
+
+// due says whether a status should be written now: on a change, once the
+// interval since the last write has passed, and every statusRefresh.
+func (w *statusWriter) due(conds []metav1.Condition, ts *brokerv1.TunnelStatus, now time.Time, interval time.Duration) bool {
+	since := now.Sub(w.written)
+	if since >= statusRefresh {
+		return true
+	}
+	changed := !sameConditions(w.last, conds) || !sameTunnel(w.lastTunnel, ts)
+	return changed && since >= interval
 }
 
 func sameConditions(a, b []metav1.Condition) bool {
@@ -113,10 +146,79 @@ func sameConditions(a, b []metav1.Condition) bool {
 	})
 }
 
-// conditions are the tunnel's conditions now. Messages hold no timings
-// that change every second, so an unchanged state writes nothing.
-func (t *Tunnel) conditions() []metav1.Condition {
-	dev, peers, err := t.Status()
+// sameTunnel compares what triggers a write: everything but handshake
+// times and RTTs.
+func sameTunnel(a, b *brokerv1.TunnelStatus) bool {
+	if a == nil || b == nil {
+		return a == b
+	}
+	return a.Implementation == b.Implementation && a.Offload == b.Offload && a.KeyGeneration == b.KeyGeneration &&
+		slices.EqualFunc(a.Peers, b.Peers, func(x, y brokerv1.TunnelPeerStatus) bool {
+			return x.Cluster == y.Cluster && x.State == y.State && x.Reason == y.Reason && x.Message == y.Message && x.Endpoint == y.Endpoint
+		})
+}
+
+// maxPeerStatuses is the API's limit on status.tunnel.peers.
+const maxPeerStatuses = 1024
+
+// tunnelStatus is status.tunnel for the device and the peers' states
+// (sorted by cluster, as Status returns them). A remote whose record is
+// unusable or conflicts is Conflict, its reason the kind of conflict; one
+// whose record has no key or CIDRs yet is Connecting, reason Pending.
+func tunnelStatus(dev *Device, peers []PeerStatus, keyGen int64) *brokerv1.TunnelStatus {
+	ts := &brokerv1.TunnelStatus{KeyGeneration: keyGen}
+	if dev != nil {
+		ts.Implementation, ts.Offload = string(dev.Implementation), dev.Offload
+	}
+	for _, p := range peers {
+		if len(ts.Peers) == maxPeerStatuses {
+			break
+		}
+		ps := brokerv1.TunnelPeerStatus{Cluster: p.Cluster, Reason: capString(p.Reason, 64), Message: capString(p.Message, 512)}
+		switch p.State {
+		case StateConnected:
+			ps.State = brokerv1.TunnelPeerConnected
+		case StateConnecting:
+			ps.State = brokerv1.TunnelPeerConnecting
+		case StatePending:
+			ps.State = brokerv1.TunnelPeerConnecting
+		case StateCIDRConflict, StateKeyConflict, StateInvalid:
+			ps.State = brokerv1.TunnelPeerConflict
+		default:
+			ps.State = brokerv1.TunnelPeerError
+		}
+		if p.Peer != nil {
+			if p.Peer.Endpoint != nil {
+				ps.Endpoint = p.Peer.Endpoint.String()
+			}
+			if !p.Peer.LastHandshakeTime.IsZero() {
+				ps.LastHandshakeTime = &metav1.Time{Time: p.Peer.LastHandshakeTime.Truncate(time.Second)}
+			}
+		}
+		if ps.State == brokerv1.TunnelPeerConnected && p.RTT > 0 {
+			ps.RTTMicros = max(1, p.RTT.Microseconds())
+		}
+		ts.Peers = append(ts.Peers, ps)
+	}
+	return ts
+}
+
+func capString(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	// Cut at a rune boundary, leaving room for the ellipsis.
+	cut := n - len("…")
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut] + "…"
+}
+
+// conditions are the tunnel's conditions for a Status snapshot. Messages
+// hold no timings that change every second, so an unchanged state writes
+// nothing.
+func (t *Tunnel) conditions(dev *Device, peers []PeerStatus, err error) []metav1.Condition {
 	ready := metav1.Condition{Type: ConditionReady, Status: metav1.ConditionTrue}
 	switch {
 	case err != nil:
@@ -135,9 +237,9 @@ func (t *Tunnel) conditions() []metav1.Condition {
 		case StateConnected:
 			up = append(up, p.Cluster)
 		case StateConnecting, StateError:
-			down = append(down, fmt.Sprintf("%s is %s: %s", p.Cluster, p.State, p.Reason))
+			down = append(down, fmt.Sprintf("%s is %s: %s", p.Cluster, p.State, p.Message))
 		case StateCIDRConflict, StateKeyConflict, StateInvalid:
-			bad = append(bad, fmt.Sprintf("%s (%s): %s", p.Cluster, p.State, p.Reason))
+			bad = append(bad, fmt.Sprintf("%s (%s): %s", p.Cluster, p.State, p.Message))
 			if !slices.Contains(kinds, p.State) {
 				kinds = append(kinds, p.State)
 			}

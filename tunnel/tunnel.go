@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -104,16 +106,24 @@ type Tunnel struct {
 	metrics *metrics
 	health  healthTable
 
-	mu       sync.Mutex
-	dev      *Device
-	wg       wgClient
-	pub      wgtypes.Key
-	peers    []Peer
-	verdicts []Verdict
+	mu     sync.Mutex
+	dev    *Device
+	wg     wgClient
+	pub    wgtypes.Key
+	keyGen int64
+	// peers are the peers on the device and verdicts every remote
+	// record's plan, by cluster; passes change single entries.
+	peers    map[string]Peer
+	verdicts map[string]Verdict
 	notReady error
 
-	seq     atomic.Uint64
-	records recordCache // used by the reconcile loop only
+	seq atomic.Uint64
+
+	// Used by the reconcile loop only.
+	records recordCache
+	plan    planner
+	own     ownFacts
+	dirty   dirtySet
 }
 
 // New returns a tunnel for cfg: broker holds the cluster records, local
@@ -122,7 +132,8 @@ func New(cfg Config, broker dynamic.Interface, local kubernetes.Interface, log *
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("tunnel configuration: %w", err)
 	}
-	t := &Tunnel{cfg: cfg, broker: broker, local: local, log: log, notReady: errors.New("starting")}
+	t := &Tunnel{cfg: cfg, broker: broker, local: local, log: log, notReady: errors.New("starting"),
+		peers: map[string]Peer{}, verdicts: map[string]Verdict{}}
 	t.health.peers = map[string]*peerHealth{}
 	t.metrics = newMetrics(t)
 	return t, nil
@@ -158,10 +169,8 @@ func (t *Tunnel) Run(ctx context.Context) (err error) {
 		dev.Close()
 		return fmt.Errorf("opening wgctrl: %w", err)
 	}
-	rec := &reconciler{
-		wg: client, dev: dev.Name, proto: netlink.RouteProtocol(t.cfg.RouteProtocol), table: t.cfg.RouteTable,
-		keepalive: t.cfg.Keepalive, advertised: map[wgtypes.Key]netip.AddrPort{},
-	}
+	rec := newReconciler(client, dev.Name, netlink.RouteProtocol(t.cfg.RouteProtocol), t.cfg.RouteTable, t.cfg.Keepalive)
+	rec.count = func(op string) { t.metrics.deviceOps.WithLabelValues(op).Inc() }
 	defer func() {
 		// The clean shutdown: peers and routes first, so nothing is left
 		// pointing at a device that is going away, then the device.
@@ -175,14 +184,14 @@ func (t *Tunnel) Run(ctx context.Context) (err error) {
 		t.log.Info("tunnel stopped; peers and routes removed", "device", dev.Name)
 	}()
 	port := t.cfg.ListenPort
-	if err := client.ConfigureDevice(dev.Name, wgtypes.Config{PrivateKey: &key, ListenPort: &port}); err != nil {
+	if err := client.ConfigureDevice(dev.Name, wgtypes.Config{PrivateKey: &key.Private, ListenPort: &port}); err != nil {
 		return fmt.Errorf("configuring key and port of %s: %w", dev.Name, err)
 	}
 	t.mu.Lock()
-	t.dev, t.wg, t.pub = dev, client, key.PublicKey()
+	t.dev, t.wg, t.pub, t.keyGen = dev, client, key.Private.PublicKey(), key.Generation
 	t.mu.Unlock()
 	t.log.Info("WireGuard device up", "device", dev.Name, "implementation", dev.Implementation, "offload", dev.Offload,
-		"publicKey", key.PublicKey().String(), "listenPort", port)
+		"publicKey", key.Private.PublicKey().String(), "keyGeneration", key.Generation, "listenPort", port)
 	if err := t.publishSpec(ctx); err != nil {
 		// Not fatal: the broker may be away for a while, and every pass
 		// publishes again until the record carries our key.
@@ -198,10 +207,19 @@ func (t *Tunnel) Run(ctx context.Context) (err error) {
 	}
 	factory := dynamicinformer.NewFilteredDynamicSharedInformerFactory(t.broker, 0, t.cfg.BrokerNamespace, nil)
 	inf := factory.ForResource(clusterGVR).Informer()
+	// Each event names its record, so a pass can apply just the records
+	// that changed.
+	mark := func(obj any) {
+		if key, err := cache.DeletionHandlingMetaNamespaceKeyFunc(obj); err == nil {
+			_, name, _ := cache.SplitMetaNamespaceKey(key)
+			t.dirty.add(name)
+			poke()
+		}
+	}
 	if _, err := inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
-		AddFunc:    func(any) { poke() },
-		UpdateFunc: func(any, any) { poke() },
-		DeleteFunc: func(any) { poke() },
+		AddFunc:    mark,
+		UpdateFunc: func(_, obj any) { mark(obj) },
+		DeleteFunc: mark,
 	}); err != nil {
 		return fmt.Errorf("watching cluster records: %w", err)
 	}
@@ -236,16 +254,46 @@ func (t *Tunnel) Run(ctx context.Context) (err error) {
 		}
 	}()
 	defer func() { stopInf(); <-probing }()
-	do := func() {
-		start := time.Now()
-		err := t.reconcile(ctx, rec, inf, &echo)
-		t.metrics.reconcileDuration.Observe(time.Since(start).Seconds())
-		if err != nil {
-			t.log.Error("reconciling the tunnel", "err", err)
+	// A full pass reads every record, the device and the routes; a change
+	// pass applies only the records whose events arrived since the last
+	// pass. Full passes run at start, on every resync (which repairs hand
+	// edits) and after a change pass failed.
+	needFull := true
+	do := func(full bool) {
+		names := t.dirty.take()
+		kind := "change"
+		if full || needFull {
+			kind = "full"
 		}
-		t.setReady(err)
+		start := time.Now()
+		var err error
+		if kind == "full" {
+			err = t.fullPass(ctx, rec, inf, &echo)
+			t.setReady(err)
+			// Change passes build on a full pass that went through.
+			needFull = err != nil
+		} else {
+			var redo bool
+			redo, err = t.changePass(ctx, rec, inf.GetStore(), names)
+			if redo {
+				// This cluster's own CIDRs changed: every peer's plan may
+				// have, and the device needs a new address.
+				kind = "full"
+				err = t.fullPass(ctx, rec, inf, &echo)
+				t.setReady(err)
+				needFull = err != nil
+			} else if err != nil {
+				t.setReady(err)
+				needFull = true
+				time.AfterFunc(time.Second, poke)
+			}
+		}
+		t.metrics.reconcileDuration.WithLabelValues(kind).Observe(time.Since(start).Seconds())
+		if err != nil {
+			t.log.Error("reconciling the tunnel", "pass", kind, "err", err)
+		}
 	}
-	do()
+	do(true)
 	for {
 		select {
 		case <-ctx.Done():
@@ -257,12 +305,12 @@ func (t *Tunnel) Run(ctx context.Context) (err error) {
 			case <-trigger:
 			default:
 			}
-			do()
+			do(false)
 		case <-resync.C:
 			if err := t.followKey(ctx, client, dev.Name); err != nil {
 				t.log.Error("following the key Secret", "err", err)
 			}
-			do()
+			do(true)
 		}
 	}
 }
@@ -278,17 +326,18 @@ func (t *Tunnel) followKey(ctx context.Context, client wgClient, dev string) err
 	}
 	t.mu.Lock()
 	old := t.pub
+	t.keyGen = key.Generation
 	t.mu.Unlock()
-	if key.PublicKey() == old {
+	if key.Private.PublicKey() == old {
 		return nil
 	}
-	if err := client.ConfigureDevice(dev, wgtypes.Config{PrivateKey: &key}); err != nil {
+	if err := client.ConfigureDevice(dev, wgtypes.Config{PrivateKey: &key.Private}); err != nil {
 		return fmt.Errorf("putting the rotated key on %s: %w", dev, err)
 	}
 	t.mu.Lock()
-	t.pub = key.PublicKey()
+	t.pub = key.Private.PublicKey()
 	t.mu.Unlock()
-	t.log.Info("WireGuard key rotated", "old", old.String(), "new", key.PublicKey().String())
+	t.log.Info("WireGuard key rotated", "old", old.String(), "new", key.Private.PublicKey().String(), "keyGeneration", key.Generation)
 	return t.publishSpec(ctx)
 }
 
@@ -320,88 +369,14 @@ func (e *echoState) stopFn() {
 	}
 }
 
-// reconcile runs one pass: read the records, plan, apply by difference.
-func (t *Tunnel) reconcile(ctx context.Context, rec *reconciler, inf cache.SharedIndexInformer, echo *echoState) error {
-	records, err := t.records.decode(inf.GetStore())
-	if err != nil {
-		return err
-	}
-	t.mu.Lock()
-	local := Local{Cluster: t.cfg.ClusterID, PublicKey: t.pub}
-	t.mu.Unlock()
-	var own *brokerv1.Cluster
-	for i := range records {
-		if records[i].Name == t.cfg.ClusterID {
-			own = &records[i]
-		}
-	}
-	var addr netip.Addr
-	if own != nil {
-		if local.PodCIDRs, err = parsePrefixes(own.Spec.PodCIDRs); err != nil {
-			return fmt.Errorf("this cluster's own record: pod %w", err)
-		}
-		if local.ServiceCIDRs, err = parsePrefixes(own.Spec.ServiceCIDRs); err != nil {
-			return fmt.Errorf("this cluster's own record: service %w", err)
-		}
-		if len(local.PodCIDRs) > 0 {
-			addr = TunnelAddress(local.PodCIDRs[0])
-		}
-	}
-	if own == nil || own.Spec.WireGuard == nil || own.Spec.WireGuard.PublicKey != local.PublicKey.String() || own.Spec.WireGuard.Endpoint != t.cfg.Endpoint.String() {
-		// Not published yet, changed by someone else, or the record was
-		// deleted and must be recreated.
-		if err := t.publishSpec(ctx); err != nil {
-			return err
-		}
-	}
-	var ip []byte
-	if addr.IsValid() {
-		ip = addr.AsSlice()
-	}
-	link, err := linkUp(t.cfg.Device, ip)
-	if err != nil {
-		return err
-	}
-	peers, verdicts := Plan(local, records)
-	ch, applyErr := rec.apply(link, addr, peers, inf.HasSynced())
-	if applyErr != nil {
-		t.metrics.reconcileErrors.WithLabelValues("peer_or_route").Inc()
-	}
-	// Only the peers that made it onto the device count as configured.
-	var configured []Peer
-	for _, p := range peers {
-		if _, ok := rec.advertised[p.Key]; ok {
-			configured = append(configured, p)
-		}
-	}
-	t.health.sync(configured, time.Now())
-	t.mu.Lock()
-	t.peers, t.verdicts = configured, verdicts
-	t.mu.Unlock()
-	for _, v := range verdicts {
-		if v.State != "" && v.State != StatePending {
-			t.log.Warn("remote cluster not peered", "cluster", v.Cluster, "state", v.State, "reason", v.Reason)
-		}
-	}
-	if ch.any() {
-		t.log.Info("tunnel reconciled", "peersAdded", ch.added, "peersUpdated", ch.updated, "peersRemoved", ch.removed,
-			"routesAdded", ch.routesAdded, "routesRemoved", ch.routesRemoved)
-	}
-	if addr.IsValid() {
-		if err := echo.ensure(ctx, netip.AddrPortFrom(addr, uint16(t.cfg.ProbePort)), t.log); err != nil {
-			return errors.Join(applyErr, err)
-		}
-	} else {
-		return errors.Join(applyErr, errors.New("this cluster's record has no pod CIDRs yet, so the tunnel has no address"))
-	}
-	return applyErr
-}
-
 // probeAll sends one echo to every configured peer's tunnel address, in
 // parallel, and waits for them all.
 func (t *Tunnel) probeAll() {
 	t.mu.Lock()
-	peers := t.peers
+	peers := make([]Peer, 0, len(t.peers))
+	for _, p := range t.peers {
+		peers = append(peers, p)
+	}
 	t.mu.Unlock()
 	src := netip.Addr{}
 	var wg sync.WaitGroup
@@ -425,15 +400,29 @@ func (t *Tunnel) probeAll() {
 // PeerStatus is one remote cluster's state as this tunnel sees it.
 type PeerStatus struct {
 	Cluster string
-	State   string
-	Reason  string
-	Peer    *wgtypes.Peer
+	// State is one of the State* constants.
+	State string
+	// Reason is a CamelCase word for State; Message says it for people.
+	Reason, Message string
+	// Peer is the device's entry, nil when the cluster is not peered.
+	Peer *wgtypes.Peer
+	// RTT is the last answered probe's round trip.
+	RTT time.Duration
 }
 
-// Status is a snapshot of the device and every remote cluster's state.
+// Status is a snapshot of the device and every remote cluster's state,
+// by cluster name.
 func (t *Tunnel) Status() (*Device, []PeerStatus, error) {
 	t.mu.Lock()
-	dev, client, peers, verdicts := t.dev, t.wg, t.peers, t.verdicts
+	dev, client := t.dev, t.wg
+	peers := make(map[string]Peer, len(t.peers))
+	for c, p := range t.peers {
+		peers[c] = p
+	}
+	verdicts := make([]Verdict, 0, len(t.verdicts))
+	for _, v := range t.verdicts {
+		verdicts = append(verdicts, v)
+	}
 	t.mu.Unlock()
 	if dev == nil {
 		return nil, nil, errors.New("the device is not up")
@@ -442,23 +431,22 @@ func (t *Tunnel) Status() (*Device, []PeerStatus, error) {
 	if err != nil {
 		return dev, nil, fmt.Errorf("reading device %s: %w", dev.Name, err)
 	}
+	slices.SortFunc(verdicts, func(a, b Verdict) int { return strings.Compare(a.Cluster, b.Cluster) })
 	byKey := map[wgtypes.Key]*wgtypes.Peer{}
 	for i := range d.Peers {
 		byKey[d.Peers[i].PublicKey] = &d.Peers[i]
 	}
-	byCluster := map[string]Peer{}
-	for _, p := range peers {
-		byCluster[p.Cluster] = p
-	}
 	now := time.Now()
 	out := make([]PeerStatus, 0, len(verdicts))
 	for _, v := range verdicts {
-		ps := PeerStatus{Cluster: v.Cluster, State: v.State, Reason: v.Reason}
-		if p, ok := byCluster[v.Cluster]; ok && v.State == "" {
+		ps := PeerStatus{Cluster: v.Cluster, State: v.State, Reason: v.State, Message: v.Reason}
+		if p, ok := peers[v.Cluster]; ok && v.State == "" {
 			ps.Peer = byKey[p.Key]
-			ps.State, ps.Reason = t.health.state(v.Cluster, ps.Peer, now)
+			var hv verdict
+			hv, ps.RTT = t.health.state(v.Cluster, ps.Peer, now)
+			ps.State, ps.Reason, ps.Message = hv.state, hv.reason, hv.message
 		} else if v.State == "" {
-			ps.State, ps.Reason = StateError, "its peer could not be configured; see the log"
+			ps.State, ps.Reason, ps.Message = StateError, "NotConfigured", "its peer could not be configured; see the log"
 		}
 		out = append(out, ps)
 	}

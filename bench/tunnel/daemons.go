@@ -50,8 +50,8 @@ func (d *daemons) stop() {
 }
 
 // startDaemons publishes the two clusters' CIDRs on a real broker and runs
-// `isthmus tunnel` in each namespace.
-func startDaemons(ctx context.Context, cs *cluster.Clusterset, bin string) (*daemons, error) {
+// `isthmus tunnel` in each namespace, with a full pass every resync.
+func startDaemons(ctx context.Context, cs *cluster.Clusterset, bin string, resync time.Duration) (*daemons, error) {
 	d := &daemons{}
 	var err error
 	if d.broker, err = dynamic.NewForConfig(cs.Broker.Config); err != nil {
@@ -83,7 +83,7 @@ func startDaemons(ctx context.Context, cs *cluster.Clusterset, bin string) (*dae
 		d.stops = append(d.stops, stop)
 		c := exec.Command("ip", "netns", "exec", s.ns, bin, "tunnel", "--kubeconfig", cs.Broker.Kubeconfig, "--broker-kubeconfig", cs.Broker.Kubeconfig,
 			"--broker-namespace", brokerNS, "--cluster-id", s.id, "--device", s.dev, "--endpoint", s.under+":51820",
-			"--key-namespace", s.id+"-system", "--metrics-addr", "127.0.0.1:9093")
+			"--key-namespace", s.id+"-system", "--metrics-addr", "127.0.0.1:9093", "--resync", resync.String())
 		c.Env = append(os.Environ(), "ISTHMUS_LOG_LEVEL=error")
 		c.Stderr = os.Stderr
 		if err := c.Start(); err != nil {
@@ -120,13 +120,26 @@ func (d *daemons) applyRecord(ctx context.Context, id string, wg map[string]any,
 	return err
 }
 
+// cost is what one peer change cost at some peer count.
+type cost struct {
+	// pass is the mean change pass the record change caused; full is the
+	// mean full pass (start, resync) while the n peers were on the device,
+	// zero when none ran.
+	pass, full time.Duration
+	// e2e is from the record write to the device showing it.
+	e2e time.Duration
+	// ops are the device and routing-table operations the change caused.
+	ops map[string]float64
+}
+
 // reconcileCost adds n fake peers, changes one, and reports the mean
-// reconcile pass during the change and the time from the record write to
-// the device showing it.
-func (d *daemons) reconcileCost(ctx context.Context, n int) (time.Duration, time.Duration, error) {
+// change pass during the change, its device operations and the time from
+// the record write to the device showing it.
+func (d *daemons) reconcileCost(ctx context.Context, n int) (cost, error) {
+	var c cost
 	wc, err := wgctrl.New()
 	if err != nil {
-		return 0, 0, err
+		return c, err
 	}
 	defer wc.Close()
 	peers := func() (map[wgtypes.Key]wgtypes.Peer, error) {
@@ -140,13 +153,17 @@ func (d *daemons) reconcileCost(ctx context.Context, n int) (time.Duration, time
 		}
 		return m, nil
 	}
+	mStart, err := scrapeA()
+	if err != nil {
+		return c, err
+	}
 	var keys []wgtypes.Key
 	for i := range n {
 		k, _ := wgtypes.GeneratePrivateKey()
 		keys = append(keys, k.PublicKey())
 		wg := map[string]any{"publicKey": k.PublicKey().String(), "endpoint": fmt.Sprintf("192.0.2.%d:51820", 100+i%100)}
 		if err := d.applyRecord(ctx, fmt.Sprintf("fake-%d", i), wg, fmt.Sprintf("10.%d.%d.0/24", 64+i/256, i%256)); err != nil {
-			return 0, 0, err
+			return c, err
 		}
 	}
 	defer func() {
@@ -162,17 +179,17 @@ func (d *daemons) reconcileCost(ctx context.Context, n int) (time.Duration, time
 		p, err := peers()
 		return err == nil && len(p) == n+1, nil
 	}); err != nil {
-		return 0, 0, fmt.Errorf("waiting for %d peers: %w", n+1, err)
+		return c, fmt.Errorf("waiting for %d peers: %w", n+1, err)
 	}
 	time.Sleep(3 * time.Second) // let the passes the additions caused settle
-	sum0, count0, err := reconcileHistogram()
+	m0, err := scrapeA()
 	if err != nil {
-		return 0, 0, err
+		return c, err
 	}
 	wg := map[string]any{"publicKey": keys[0].String(), "endpoint": "192.0.2.100:51820"}
 	written := time.Now()
 	if err := d.applyRecord(ctx, "fake-0", wg, "10.64.0.0/24", "10.127.0.0/24"); err != nil {
-		return 0, 0, err
+		return c, err
 	}
 	var seen time.Duration
 	if err := wait.PollUntilContextTimeout(ctx, time.Millisecond, time.Minute, true, func(context.Context) (bool, error) {
@@ -183,23 +200,37 @@ func (d *daemons) reconcileCost(ctx context.Context, n int) (time.Duration, time
 		seen = time.Since(written)
 		return true, nil
 	}); err != nil {
-		return 0, 0, err
+		return c, err
 	}
 	time.Sleep(500 * time.Millisecond)
-	sum1, count1, err := reconcileHistogram()
+	m1, err := scrapeA()
 	if err != nil {
-		return 0, 0, err
+		return c, err
 	}
-	if count1 == count0 {
-		return 0, 0, fmt.Errorf("no reconcile pass was counted")
+	const h = "isthmus_tunnel_reconcile_duration_seconds"
+	passes := m1[h+`_count{kind="change"}`] - m0[h+`_count{kind="change"}`]
+	if passes == 0 {
+		return c, fmt.Errorf("no change pass was counted")
 	}
-	return time.Duration((sum1 - sum0) / (count1 - count0) * 1e9), seen, nil
+	c.pass = time.Duration((m1[h+`_sum{kind="change"}`] - m0[h+`_sum{kind="change"}`]) / passes * 1e9)
+	c.e2e = seen
+	c.ops = map[string]float64{}
+	for series, v := range m1 {
+		if op, ok := strings.CutPrefix(series, "isthmus_tunnel_reconcile_operations_total{op="); ok {
+			if dv := v - m0[series]; dv != 0 {
+				c.ops[strings.Trim(op, `"}`)] = dv
+			}
+		}
+	}
+	if fulls := m1[h+`_count{kind="full"}`] - mStart[h+`_count{kind="full"}`]; fulls > 0 {
+		c.full = time.Duration((m1[h+`_sum{kind="full"}`] - mStart[h+`_sum{kind="full"}`]) / fulls * 1e9)
+	}
+	return c, nil
 }
 
-// reconcileHistogram reads isthmus_tunnel_reconcile_duration_seconds'
-// sum and count from the daemon in A.
-func reconcileHistogram() (float64, float64, error) {
-	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
+// scrapeA reads the metrics of the daemon in A as series -> value.
+func scrapeA() (map[string]float64, error) {
+	client := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{
 		DialContext: func(ctx context.Context, _, addr string) (net.Conn, error) {
 			var c net.Conn
 			err := netnstest.Run(nsA, func() (err error) { c, err = (&net.Dialer{}).DialContext(ctx, "tcp", addr); return err })
@@ -208,25 +239,25 @@ func reconcileHistogram() (float64, float64, error) {
 	}}
 	resp, err := client.Get("http://127.0.0.1:9093/metrics")
 	if err != nil {
-		return 0, 0, err
+		return nil, err
 	}
 	defer resp.Body.Close()
-	var sum, count float64
+	out := map[string]float64{}
 	sc := bufio.NewScanner(resp.Body)
 	for sc.Scan() {
 		l := sc.Text()
+		if strings.HasPrefix(l, "#") {
+			continue
+		}
 		name, v, ok := strings.Cut(l, " ")
 		if !ok {
 			continue
 		}
-		switch name {
-		case "isthmus_tunnel_reconcile_duration_seconds_sum":
-			sum, _ = strconv.ParseFloat(v, 64)
-		case "isthmus_tunnel_reconcile_duration_seconds_count":
-			count, _ = strconv.ParseFloat(v, 64)
+		if f, err := strconv.ParseFloat(v, 64); err == nil {
+			out[name] = f
 		}
 	}
-	return sum, count, sc.Err()
+	return out, sc.Err()
 }
 
 func installCRDs(ctx context.Context, c *cluster.Cluster) error {

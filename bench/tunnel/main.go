@@ -6,7 +6,7 @@
 // It needs root, iperf3, wg and the test/tools binaries; it creates only
 // network namespaces named tnlb*.
 //
-//	go run ./bench/tunnel -reps 3 -duration 10s
+//	go run ./bench/tunnel -reps 3 -duration 10s -rounds 4 -peers 10,100,1000
 package main
 
 import (
@@ -51,16 +51,18 @@ type result struct {
 func main() {
 	reps := flag.Int("reps", 3, "iperf3 runs per stream count")
 	dur := flag.Duration("duration", 10*time.Second, "length of each iperf3 run and of the latency probe")
-	peerCounts := flag.String("peers", "10,100,1000", "peer counts for the reconcile cost")
+	peerCounts := flag.String("peers", "10,100,1000", "peer counts for the reconcile cost (empty: skip it)")
+	rounds := flag.Int("rounds", 1, "throughput rounds, alternating which tunnel goes first (0: skip throughput)")
+	resync := flag.Duration("resync", 30*time.Second, "the daemons' --resync: how often they run a full pass")
 	flag.Parse()
-	if err := run(*reps, *dur, *peerCounts); err != nil {
+	if err := run(*reps, *dur, *peerCounts, *rounds, *resync); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		removeNamespaces()
 		os.Exit(1)
 	}
 }
 
-func run(reps int, dur time.Duration, peerCounts string) error {
+func run(reps int, dur time.Duration, peerCounts string, rounds int, resync time.Duration) error {
 	if os.Geteuid() != 0 {
 		return fmt.Errorf("needs root")
 	}
@@ -93,8 +95,8 @@ func run(reps int, dur time.Duration, peerCounts string) error {
 		must("ip", "-n", s.ns, "addr", "add", s.pod+"/32", "dev", "lo")
 	}
 	cpu, _ := os.ReadFile("/proc/cpuinfo")
-	fmt.Printf("conditions: %s, %d CPUs (%s), kernel %s, veth MTU 1500, tunnel MTU 1420, iperf3 %d x %s per cell, no CPU pinning; other sessions share the machine\n",
-		time.Now().UTC().Format(time.RFC3339), strings.Count(string(cpu), "processor\t:"), modelName(string(cpu)), kernel(), reps, dur)
+	fmt.Printf("conditions: %s, %d CPUs (%s), kernel %s, veth MTU 1500, tunnel MTU 1420, iperf3 %d x %s per cell, no CPU pinning; other sessions share the machine; load average %s\n",
+		time.Now().UTC().Format(time.RFC3339), strings.Count(string(cpu), "processor\t:"), modelName(string(cpu)), kernel(), reps, dur, loadavg())
 
 	// The broker runs through every measurement, so its apiserver and
 	// etcd load the machine equally for each path.
@@ -104,51 +106,122 @@ func run(reps int, dur time.Duration, peerCounts string) error {
 	}
 	defer cs.Stop()
 
-	var results []result
-	r, err := measure("plain veth", underB, underA, reps, dur)
-	if err != nil {
-		return err
+	if rounds > 0 {
+		if err := throughput(cs, dir, reps, dur, rounds, resync); err != nil {
+			return err
+		}
 	}
-	results = append(results, r)
-
-	stop, err := standalone(dir)
-	if err != nil {
-		return err
+	if peerCounts == "" {
+		return nil
 	}
-	r, err = measure("wireguard-go program", podB, podA, reps, dur)
-	stop()
-	if err != nil {
-		return err
-	}
-	results = append(results, r)
-
-	d, err := startDaemons(context.Background(), cs, filepath.Join(dir, "isthmus"))
+	d, err := startDaemons(context.Background(), cs, filepath.Join(dir, "isthmus"), resync)
 	if err != nil {
 		return err
 	}
 	defer d.stop()
-	r, err = measure("isthmus tunnel (embedded)", podB, podA, reps, dur)
-	if err != nil {
-		return err
-	}
-	results = append(results, r)
-	printResults(results)
-
-	fmt.Println("\nreconcile cost of one peer change (isthmus tunnel in tnlbA; mean pass duration from isthmus_tunnel_reconcile_duration_seconds over the passes the change caused, and record write to device change):")
-	fmt.Println("| peers | reconcile pass | write → device |")
-	fmt.Println("|---|---|---|")
+	fmt.Printf("load average before the reconcile runs: %s\n", loadavg())
+	fmt.Println("\nreconcile cost of one peer change (isthmus tunnel in tnlbA; mean change pass from isthmus_tunnel_reconcile_duration_seconds{kind=\"change\"} over the passes the change caused, the device operations it made, record write to device change, and the mean full pass (start, resync) at that peer count):")
+	fmt.Println("| peers | change pass | its device operations | write → device | full pass |")
+	fmt.Println("|---|---|---|---|---|")
 	for _, s := range strings.Split(peerCounts, ",") {
 		n, err := strconv.Atoi(strings.TrimSpace(s))
 		if err != nil {
 			return fmt.Errorf("peer count %q: %w", s, err)
 		}
-		pass, e2e, err := d.reconcileCost(context.Background(), n)
+		c, err := d.reconcileCost(context.Background(), n)
 		if err != nil {
 			return fmt.Errorf("reconcile cost at %d peers: %w", n, err)
 		}
-		fmt.Printf("| %d | %s | %s |\n", n, pass.Round(time.Microsecond), e2e.Round(100*time.Microsecond))
+		full := "—"
+		if c.full > 0 {
+			full = c.full.Round(10 * time.Microsecond).String()
+		}
+		fmt.Printf("| %d | %s | %v | %s | %s |\n", n, c.pass.Round(time.Microsecond), c.ops, c.e2e.Round(100*time.Microsecond), full)
 	}
+	fmt.Printf("load average after: %s\n", loadavg())
 	return nil
+}
+
+// throughput measures veth, the wireguard-go program and our daemon in
+// each round; odd rounds measure ours before the program, so a trend in
+// the machine's load does not favour either.
+func throughput(cs *cluster.Clusterset, dir string, reps int, dur time.Duration, rounds int, resync time.Duration) error {
+	type ratio struct{ one, four float64 }
+	var ratios []ratio
+	for round := range rounds {
+		fmt.Printf("\nround %d, load average %s\n", round+1, loadavg())
+		results := []result{}
+		r, err := measure("plain veth", underB, underA, reps, dur)
+		if err != nil {
+			return err
+		}
+		results = append(results, r)
+		order := []string{"program", "ours"}
+		if round%2 == 1 {
+			order = []string{"ours", "program"}
+		}
+		for _, which := range order {
+			var stop func()
+			mode := "wireguard-go program"
+			if which == "program" {
+				if stop, err = standalone(dir); err != nil {
+					return err
+				}
+			} else {
+				mode = "isthmus tunnel (embedded)"
+				d, err := startDaemons(context.Background(), cs, filepath.Join(dir, "isthmus"), resync)
+				if err != nil {
+					return err
+				}
+				stop = d.stop
+			}
+			r, err := measure(mode, podB, podA, reps, dur)
+			stop()
+			if err != nil {
+				return err
+			}
+			results = append(results, r)
+		}
+		printResults(results)
+		var ours, prog result
+		for _, r := range results {
+			switch r.mode {
+			case "wireguard-go program":
+				prog = r
+			case "isthmus tunnel (embedded)":
+				ours = r
+			}
+		}
+		ratios = append(ratios, ratio{mean(ours.gbps[1]) / mean(prog.gbps[1]), mean(ours.gbps[4]) / mean(prog.gbps[4])})
+	}
+	fmt.Println("\nours / wireguard-go program by round (1 stream, 4 streams):")
+	var ones, fours []float64
+	for i, r := range ratios {
+		fmt.Printf("  round %d: %.3f, %.3f\n", i+1, r.one, r.four)
+		ones, fours = append(ones, r.one), append(fours, r.four)
+	}
+	slices.Sort(ones)
+	slices.Sort(fours)
+	fmt.Printf("  1 stream: median %.3f, range %.3f–%.3f; 4 streams: median %.3f, range %.3f–%.3f\n",
+		ones[len(ones)/2], ones[0], ones[len(ones)-1], fours[len(fours)/2], fours[0], fours[len(fours)-1])
+	return nil
+}
+
+func loadavg() string {
+	b, _ := os.ReadFile("/proc/loadavg")
+	f := strings.Fields(string(b))
+	if len(f) < 3 {
+		return "unknown"
+	}
+	return strings.Join(f[:3], " ")
+}
+
+func mean(v []float64) float64 {
+	s := 0.0
+	for _, x := range v {
+		s += x
+	}
+	return s / float64(len(v))
 }
 
 func modelName(cpuinfo string) string {
@@ -377,13 +450,6 @@ func requestResponse(client, server string, dur time.Duration) ([]time.Duration,
 }
 
 func printResults(rs []result) {
-	mean := func(v []float64) float64 {
-		s := 0.0
-		for _, x := range v {
-			s += x
-		}
-		return s / float64(len(v))
-	}
 	span := func(v []float64) string {
 		return fmt.Sprintf("[%.2f–%.2f]", slices.Min(v), slices.Max(v))
 	}

@@ -32,11 +32,11 @@ func tunnelRotateKey(ctx context.Context, args []string, stdout, stderr io.Write
 	if err != nil {
 		return fmt.Errorf("building a client for %s: %w", cfg.Host, err)
 	}
-	oldPub, newPub, err := tunnel.RotateKey(ctx, c, *namespace, *secret)
+	r, err := tunnel.RotateKey(ctx, c, *namespace, *secret)
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, "rotated the WireGuard key in %s/%s: %s -> %s\n", *namespace, *secret, oldPub, newPub)
+	fmt.Fprintf(stdout, "rotated the WireGuard key in %s/%s: %s -> %s (generation %d)\n", *namespace, *secret, r.OldPublic, r.NewPublic, r.Generation)
 	fmt.Fprintln(stdout, "the active gateway takes it at its next resync and publishes it; other clusters follow through the broker")
 	return nil
 }

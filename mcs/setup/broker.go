@@ -201,9 +201,10 @@ func memberPolicy(ns string) *admissionv1.ValidatingAdmissionPolicy {
 				// A member may report what it observes of another: the
 				// Heartbeat condition in another Cluster's status, and
 				// nothing else there (the status endpoint ignores the rest of
-				// the object).
+				// the object): every other condition and the tunnel status
+				// must stay as they were.
 				{Name: "peerHeartbeat", Expression: fmt.Sprintf(`request.resource.resource == 'clusters' && has(request.subResource) && request.subResource == 'status' && request.operation == 'UPDATE' &&
-  %[1]s == %[2]s`, otherConditions("object"), otherConditions("oldObject"))},
+  %[1]s == %[2]s && %[3]s == %[4]s`, otherConditions("object"), otherConditions("oldObject"), tunnelStatusOf("object"), tunnelStatusOf("oldObject"))},
 			},
 			Validations: []admissionv1.Validation{
 				{
@@ -232,6 +233,13 @@ func memberPolicy(ns string) *admissionv1.ValidatingAdmissionPolicy {
 // than the Heartbeat condition.
 func otherConditions(o string) string {
 	return fmt.Sprintf("(has(%[1]s.status) && has(%[1]s.status.conditions) ? %[1]s.status.conditions.filter(c, c.type != '%[2]s') : [])", o, brokerv1.ClusterConditionHeartbeat)
+}
+
+// tunnelStatusOf is the CEL list holding a Cluster's status.tunnel, empty
+// when it has none. The ClusterStatus schema has no other fields, so with
+// otherConditions it covers the whole status a peer could touch.
+func tunnelStatusOf(o string) string {
+	return fmt.Sprintf("(has(%[1]s.status) && has(%[1]s.status.tunnel) ? [%[1]s.status.tunnel] : [])", o)
 }
 
 var ownerFieldsHelp = strings.Join([]string{

@@ -186,16 +186,13 @@ func TestMembersWriteOnlyTheirOwnRecords(t *testing.T) {
 		})
 	}
 
+	res := func(c *Clients) dynamicResource {
+		return c.Dynamic.Resource(clusterGVR).Namespace(ns)
+	}
 	t.Run("PeerHeartbeat", func(t *testing.T) {
 		// Beta may report alpha's heartbeat, and only that, in alpha's
 		// Cluster status.
-		res := func(c *Clients) dynamicResource {
-			return c.Dynamic.Resource(clusterGVR).Namespace(ns)
-		}
-		if _, err := res(asAlpha).Create(ctx, toUnstructured(t, validCluster(alpha)), metav1.CreateOptions{}); err != nil {
-			t.Fatal(err)
-		}
-		defer res(asAlpha).Delete(ctx, alpha, metav1.DeleteOptions{})
+		createOwnCluster(t, asAlpha, alpha)
 		setCondition := func(typ string) error {
 			u, err := res(asBeta).Get(ctx, alpha, metav1.GetOptions{})
 			if err != nil {
@@ -213,6 +210,67 @@ func TestMembersWriteOnlyTheirOwnRecords(t *testing.T) {
 			t.Errorf("beta reporting alpha's heartbeat: %v", err)
 		}
 		wantDenied(t, setCondition("Ready"), "rule own-records-only")
+	})
+
+	t.Run("TunnelStatus", func(t *testing.T) {
+		// Alpha's tunnel writes status.tunnel on alpha's record with
+		// server-side apply under its own field manager; beta may still
+		// report alpha's heartbeat there, but may neither change nor
+		// remove alpha's tunnel status, alone or along with a heartbeat.
+		createOwnCluster(t, asAlpha, alpha)
+		tunnel := func(state string) map[string]any {
+			return map[string]any{"implementation": "userspace", "offload": true, "keyGeneration": int64(2),
+				"peers": []any{map[string]any{"cluster": beta, "state": state, "reason": "Healthy", "endpoint": "192.0.2.11:51820",
+					"lastHandshakeTime": time.Now().UTC().Format(time.RFC3339), "rttMicros": int64(180)}}}
+		}
+		apply := &unstructured.Unstructured{Object: map[string]any{
+			"apiVersion": brokerv1.SchemeGroupVersion.String(), "kind": "Cluster",
+			"metadata": map[string]any{"name": alpha, "namespace": ns},
+			"status":   map[string]any{"tunnel": tunnel("Connected")},
+		}}
+		if _, err := res(asAlpha).ApplyStatus(ctx, alpha, apply, metav1.ApplyOptions{FieldManager: "isthmus-tunnel", Force: true}); err != nil {
+			t.Fatalf("alpha applying its own status.tunnel: %v", err)
+		}
+		got, err := res(asBeta).Get(ctx, alpha, metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if state, _, _ := unstructured.NestedString(got.Object, "status", "tunnel", "implementation"); state != "userspace" {
+			t.Fatalf("alpha's status.tunnel was not stored: %v", got.Object["status"])
+		}
+		update := func(mutate func(u *unstructured.Unstructured)) error {
+			u, err := res(asBeta).Get(ctx, alpha, metav1.GetOptions{})
+			if err != nil {
+				return err
+			}
+			mutate(u)
+			_, err = res(asBeta).UpdateStatus(ctx, u, metav1.UpdateOptions{})
+			return err
+		}
+		heartbeat := func(u *unstructured.Unstructured) {
+			cond := map[string]any{"type": brokerv1.ClusterConditionHeartbeat, "status": "False", "reason": "LeaseExpired",
+				"message": "seen by beta", "lastTransitionTime": time.Now().UTC().Format(time.RFC3339)}
+			_ = unstructured.SetNestedSlice(u.Object, []any{cond}, "status", "conditions")
+		}
+		if err := update(heartbeat); err != nil {
+			t.Errorf("beta reporting alpha's heartbeat next to alpha's tunnel status: %v", err)
+		}
+		wantDenied(t, update(func(u *unstructured.Unstructured) {
+			_ = unstructured.SetNestedMap(u.Object, tunnel("Error"), "status", "tunnel")
+		}), "rule own-records-only")
+		wantDenied(t, update(func(u *unstructured.Unstructured) {
+			heartbeat(u)
+			_ = unstructured.SetNestedField(u.Object, int64(3), "status", "tunnel", "keyGeneration")
+		}), "rule own-records-only")
+		wantDenied(t, update(func(u *unstructured.Unstructured) {
+			unstructured.RemoveNestedField(u.Object, "status", "tunnel")
+		}), "rule own-records-only")
+		// Beta's own tunnel status is beta's business.
+		createOwnCluster(t, asBeta, beta)
+		apply.SetName(beta)
+		if _, err := res(asBeta).ApplyStatus(ctx, beta, apply, metav1.ApplyOptions{FieldManager: "isthmus-tunnel", Force: true}); err != nil {
+			t.Errorf("beta applying its own status.tunnel: %v", err)
+		}
 	})
 
 	t.Run("Secrets", func(t *testing.T) {
@@ -289,6 +347,17 @@ func TestMembersWriteOnlyTheirOwnRecords(t *testing.T) {
 }
 
 type dynamicResource = dynamic.ResourceInterface
+
+// createOwnCluster creates a member's own Cluster record with its own
+// credentials, and deletes it when the test ends.
+func createOwnCluster(t *testing.T, member *Clients, id string) {
+	t.Helper()
+	res := member.Dynamic.Resource(clusterGVR).Namespace(brokerv1.DefaultBrokerNamespace)
+	if _, err := res.Create(context.Background(), toUnstructured(t, validCluster(id)), metav1.CreateOptions{}); err != nil {
+		t.Fatalf("%s creating its own Cluster record: %v", id, err)
+	}
+	t.Cleanup(func() { _ = res.Delete(context.Background(), id, metav1.DeleteOptions{}) })
+}
 
 type errString string
 

@@ -135,6 +135,14 @@ func TestKeyRotationThroughBroker(t *testing.T) {
 	ctx := context.Background()
 	a, b, c := w.members[0], w.members[1], w.members[2]
 	old := wgDevice(t, b).pub
+	recBefore, err := w.record(ctx, b.id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if recBefore.Status.Tunnel == nil || recBefore.Status.Tunnel.KeyGeneration < 1 {
+		t.Fatalf("tnl-b's record publishes no key generation: %+v", recBefore.Status.Tunnel)
+	}
+	genBefore := recBefore.Status.Tunnel.KeyGeneration
 	p := startPinger(t, a, b, 10*time.Millisecond)
 	defer p.halt()
 	rotated := time.Now()
@@ -151,8 +159,8 @@ func TestKeyRotationThroughBroker(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if k.PublicKey().String() == old || !strings.Contains(out, old+" -> "+k.PublicKey().String()) {
-		t.Fatalf("isthmusctl did not rotate %s to the Secret's new key %s: %s", old, k.PublicKey(), out)
+	if k.PublicKey().String() == old || !strings.Contains(out, fmt.Sprintf("%s -> %s (generation %d)", old, k.PublicKey(), genBefore+1)) {
+		t.Fatalf("isthmusctl did not rotate %s generation %d to the Secret's new key %s: %s", old, genBefore, k.PublicKey(), out)
 	}
 	took := eventually(t, 15*time.Second, "peers on the new key", func() error {
 		for _, mb := range []*member{a, c} {
@@ -179,6 +187,16 @@ func TestKeyRotationThroughBroker(t *testing.T) {
 	if rec.Spec.WireGuard.PublicKey != k.PublicKey().String() {
 		t.Errorf("tnl-b's record has key %s, want the rotated %s", rec.Spec.WireGuard.PublicKey, k.PublicKey())
 	}
+	eventually(t, 5*time.Second, "the new key generation in tnl-b's status.tunnel", func() error {
+		rec, err := w.record(ctx, b.id)
+		if err != nil {
+			return err
+		}
+		if rec.Status.Tunnel == nil || rec.Status.Tunnel.KeyGeneration != genBefore+1 {
+			return fmt.Errorf("status.tunnel is %+v, want keyGeneration %d", rec.Status.Tunnel, genBefore+1)
+		}
+		return nil
+	})
 	t.Logf("key rotation: peers switched %s after the Secret changed (resync %s); longest reply gap %s",
 		took.Round(time.Millisecond), resync, p.longestGap().Round(time.Millisecond))
 	if err := w.waitMeshUp(ctx, 10*time.Second); err != nil {

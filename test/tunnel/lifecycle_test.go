@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	brokerv1 "github.com/isthmus-dev/isthmus/mcs/api/v1alpha1"
 	"github.com/isthmus-dev/isthmus/test/netnstest"
 )
 
@@ -184,9 +185,42 @@ func TestHealthMetricsAndReadiness(t *testing.T) {
 		return nil
 	})
 
+	eventually(t, 10*time.Second, "status.tunnel on tnl-a's record with both peers Connected", func() error {
+		rec, err := w.record(ctx, a.id)
+		if err != nil {
+			return err
+		}
+		ts := rec.Status.Tunnel
+		if ts == nil || ts.Implementation != "userspace" || !ts.Offload || ts.KeyGeneration < 1 {
+			return fmt.Errorf("status.tunnel is %+v", ts)
+		}
+		for _, mb := range []*member{w.members[1], c} {
+			p := peerStatus(ts, mb.id)
+			if p == nil || p.State != brokerv1.TunnelPeerConnected || p.Reason != "Healthy" || p.Endpoint != mb.endpoint() ||
+				p.LastHandshakeTime == nil || p.RTTMicros <= 0 {
+				return fmt.Errorf("%s's peer status is %+v", mb.id, p)
+			}
+		}
+		return nil
+	})
+
 	if err := c.stop(syscall.SIGKILL); err == nil {
 		t.Fatal("the daemon exited cleanly on SIGKILL?")
 	}
+	peerDown := eventually(t, 10*time.Second, "tnl-c Error in tnl-a's status.tunnel.peers", func() error {
+		rec, err := w.record(ctx, a.id)
+		if err != nil {
+			return err
+		}
+		if p := peerStatus(rec.Status.Tunnel, c.id); p == nil || p.State != brokerv1.TunnelPeerError || p.Reason != "ProbesLost" {
+			return fmt.Errorf("tnl-c's peer status is %+v", p)
+		}
+		if p := peerStatus(rec.Status.Tunnel, w.members[1].id); p == nil || p.State != brokerv1.TunnelPeerConnected {
+			return fmt.Errorf("tnl-b's peer status is %+v, want Connected still", p)
+		}
+		return nil
+	})
+	t.Logf("a dead remote gateway was Error in status.tunnel.peers after %s", peerDown.Round(time.Millisecond))
 	took := eventually(t, 10*time.Second, "tnl-c Error on tnl-a's record", func() error {
 		rec, err := w.record(ctx, a.id)
 		if err != nil {
@@ -220,6 +254,13 @@ func TestHealthMetricsAndReadiness(t *testing.T) {
 		if !strings.Contains(body, `isthmus_tunnel_peer_state{remote_cluster="tnl-c",state="Connected"} 1`) {
 			return fmt.Errorf("%s", grep(body, "peer_state"))
 		}
+		rec, err := w.record(ctx, a.id)
+		if err != nil {
+			return err
+		}
+		if p := peerStatus(rec.Status.Tunnel, c.id); p == nil || p.State != brokerv1.TunnelPeerConnected {
+			return fmt.Errorf("tnl-c's peer status is %+v", p)
+		}
 		return nil
 	})
 }
@@ -251,4 +292,17 @@ func TestCleanShutdownRemovesPeersAndRoutes(t *testing.T) {
 	if err := w.waitMeshUp(context.Background(), 10*time.Second); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// peerStatus is one cluster's entry in a tunnel status.
+func peerStatus(ts *brokerv1.TunnelStatus, cluster string) *brokerv1.TunnelPeerStatus {
+	if ts == nil {
+		return nil
+	}
+	for i := range ts.Peers {
+		if ts.Peers[i].Cluster == cluster {
+			return &ts.Peers[i]
+		}
+	}
+	return nil
 }

@@ -3,6 +3,8 @@ package tunnel
 import (
 	"context"
 	"fmt"
+	"maps"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -197,10 +199,55 @@ func TestChangingOnePeerKeepsOthersSessions(t *testing.T) {
 	if before.handshake.IsZero() {
 		t.Fatal("tnl-b's peer has no handshake yet")
 	}
+	t.Cleanup(func() { _ = w.applyAgentFields(context.Background(), c.id, []string{c.podCIDR}, []string{c.svcCIDR}) })
+	// The change must be applied by a change pass that touches tnl-c's
+	// peer and its one new route and reads neither the device nor the
+	// routing table. A resync's full pass may fall into the window (every
+	// 2 s here), so the measurement is repeated until one is clean,
+	// toggling the CIDR each time.
+	var ops map[string]float64
+	var added bool
+	for attempt := 0; ; attempt++ {
+		svcs, allowed, present := []string{c.svcCIDR, "10.223.0.0/16"}, 3, true
+		if attempt%2 == 1 {
+			svcs, allowed, present = []string{c.svcCIDR}, 2, false
+		}
+		before := metricsOf(t, a)
+		if err := w.applyAgentFields(context.Background(), c.id, []string{c.podCIDR}, svcs); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, 10*time.Second, "tnl-c's peer updated", func() error {
+			if n := wgDevice(t, a).peers[cPub].allowed; n != allowed {
+				return fmt.Errorf("tnl-c's peer has %d allowed IPs, want %d", n, allowed)
+			}
+			if strings.Contains(routesOf(t, a), "10.223.0.0/16 dev "+a.dev) != present {
+				return fmt.Errorf("the route to 10.223.0.0/16 is not there yet, or not gone yet")
+			}
+			return nil
+		})
+		time.Sleep(200 * time.Millisecond)
+		after := metricsOf(t, a)
+		ops = delta(before, after, "isthmus_tunnel_reconcile_operations_total")
+		fulls := delta(before, after, "isthmus_tunnel_reconcile_duration_seconds_count")[`kind="full"`]
+		added = present
+		if fulls == 0 {
+			t.Logf("attempt %d: one changed record cost %v", attempt, ops)
+			break
+		}
+		if attempt == 6 {
+			t.Fatalf("every attempt overlapped a full pass; last operations %v", ops)
+		}
+	}
+	want := map[string]float64{`op="update_peer"`: 1, `op="replace_route"`: 1}
+	if !added {
+		want = map[string]float64{`op="update_peer"`: 1, `op="delete_route"`: 1}
+	}
+	if !maps.Equal(ops, want) {
+		t.Errorf("one changed record made operations %v; want exactly %v (no device read, no route listing, no other peer)", ops, want)
+	}
 	if err := w.applyAgentFields(context.Background(), c.id, []string{c.podCIDR}, []string{c.svcCIDR, "10.223.0.0/16"}); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = w.applyAgentFields(context.Background(), c.id, []string{c.podCIDR}, []string{c.svcCIDR}) })
 	eventually(t, 10*time.Second, "tnl-c's peer updated", func() error {
 		if n := wgDevice(t, a).peers[cPub].allowed; n != 3 {
 			return fmt.Errorf("tnl-c's peer has %d allowed IPs, want 3", n)
@@ -223,4 +270,44 @@ func TestChangingOnePeerKeepsOthersSessions(t *testing.T) {
 	if err := reach(a, c, []byte("updated-peer"), time.Second); err != nil {
 		t.Error(err)
 	}
+}
+
+// metricsOf scrapes a member's metrics into name{labels} -> value.
+func metricsOf(t *testing.T, mb *member) map[string]float64 {
+	t.Helper()
+	_, body, err := scrape(context.Background(), mb, "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]float64{}
+	for _, l := range strings.Split(body, "\n") {
+		if strings.HasPrefix(l, "#") {
+			continue
+		}
+		name, v, ok := strings.Cut(l, " ")
+		if !ok {
+			continue
+		}
+		f, err := strconv.ParseFloat(v, 64)
+		if err == nil {
+			out[name] = f
+		}
+	}
+	return out
+}
+
+// delta is how much each series of metric grew, by its labels, leaving
+// out those that did not.
+func delta(before, after map[string]float64, metric string) map[string]float64 {
+	out := map[string]float64{}
+	for series, v := range after {
+		labels, ok := strings.CutPrefix(series, metric+"{")
+		if !ok {
+			continue
+		}
+		if d := v - before[series]; d != 0 {
+			out[strings.TrimSuffix(labels, "}")] = d
+		}
+	}
+	return out
 }
