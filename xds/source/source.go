@@ -295,8 +295,12 @@ func (s *Source) Clusters() map[string]*model.Cluster {
 	s.mu.Unlock()
 	if localTunnel != nil {
 		for _, p := range localTunnel.Peers {
-			if c := out[p.Cluster]; c != nil && p.State == brokerv1.TunnelPeerError {
-				c.Healthy, c.Reason = false, "TunnelDown"
+			// Error: handshakes or probes fail. Conflict: the tunnel left
+			// the peer out (overlapping CIDRs, a duplicate key), so there
+			// is no route to it at all. Connecting is a first handshake
+			// still to come, and is given its chance.
+			if c := out[p.Cluster]; c != nil && (p.State == brokerv1.TunnelPeerError || p.State == brokerv1.TunnelPeerConflict) {
+				c.Healthy, c.Reason = false, "Tunnel"+string(p.State)
 			}
 		}
 	}

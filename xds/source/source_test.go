@@ -205,7 +205,7 @@ func TestSourceOnRealAPIServers(t *testing.T) {
 		t.Fatal(err)
 	}
 	renew("b")
-	waitFor(t, "b unhealthy while the tunnel to it is down", func() bool { c := src.Clusters()["b"]; return c != nil && !c.Healthy && c.Reason == "TunnelDown" })
+	waitFor(t, "b unhealthy while the tunnel to it is down", func() bool { c := src.Clusters()["b"]; return c != nil && !c.Healthy && c.Reason == "TunnelError" })
 
 	// Unimport: the model forgets it.
 	if err := mcs.MulticlusterV1beta1().ServiceImports("demo").Delete(ctx, "echo", metav1.DeleteOptions{}); err != nil {
