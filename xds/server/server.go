@@ -9,7 +9,6 @@ import (
 	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
-	discoverygrpc "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
@@ -86,7 +85,7 @@ func classify(typeURL string) string {
 // Register adds the aggregated discovery service (SotW and delta) to g.
 // Envoy gets its SDS secrets over the same stream.
 func (s *Server) Register(g *grpc.Server) {
-	discoverygrpc.RegisterAggregatedDiscoveryServiceServer(g, s.ads)
+	discoveryv3.RegisterAggregatedDiscoveryServiceServer(g, s.ads)
 }
 
 // SetView replaces view's listeners, routes, clusters and secrets. The

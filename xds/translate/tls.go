@@ -59,6 +59,7 @@ func envoyCommonTLS(peers []*matcherv3.StringMatcher) *tlsv3.CommonTlsContext {
 		TlsParams:                      &tlsv3.TlsParameters{TlsMinimumProtocolVersion: tlsv3.TlsParameters_TLSv1_3},
 		TlsCertificateSdsSecretConfigs: []*tlsv3.SdsSecretConfig{{Name: SecretIdentity, SdsConfig: adsSource()}},
 		ValidationContextType: &tlsv3.CommonTlsContext_CombinedValidationContext{CombinedValidationContext: &tlsv3.CommonTlsContext_CombinedCertificateValidationContext{
+			//lint:ignore SA1019 deliberate: see sanMatchers
 			DefaultValidationContext:         &tlsv3.CertificateValidationContext{MatchSubjectAltNames: legacy, MatchTypedSubjectAltNames: typed},
 			ValidationContextSdsSecretConfig: &tlsv3.SdsSecretConfig{Name: SecretRoots, SdsConfig: adsSource()},
 		}},
@@ -73,8 +74,9 @@ func grpcCommonTLS(peers []*matcherv3.StringMatcher) *tlsv3.CommonTlsContext {
 		TlsCertificateProviderInstance: &tlsv3.CertificateProviderPluginInstance{InstanceName: CertProviderInstance, CertificateName: SecretIdentity},
 		ValidationContextType: &tlsv3.CommonTlsContext_ValidationContext{ValidationContext: &tlsv3.CertificateValidationContext{
 			CaCertificateProviderInstance: &tlsv3.CertificateProviderPluginInstance{InstanceName: CertProviderInstance, CertificateName: SecretRoots},
-			MatchSubjectAltNames:          legacy,
-			MatchTypedSubjectAltNames:     typed,
+			//lint:ignore SA1019 deliberate: see sanMatchers
+			MatchSubjectAltNames:      legacy,
+			MatchTypedSubjectAltNames: typed,
 		}},
 	}
 }
