@@ -375,9 +375,9 @@ func TestGatewaySlices(t *testing.T) {
 			Labels: map[string]string{discoveryv1.LabelServiceName: "isthmus-gateway"}}, AddressType: fam, Endpoints: eps}
 	}
 	r := merge.Result{Type: brokerv1.ClusterSetIP, Ports: []brokerv1.ServicePort{
-		{Name: "http", Protocol: corev1.ProtocolTCP, Port: 80}, {Name: "dns", Protocol: corev1.ProtocolUDP, Port: 53}}}
-	full := &egressAssignment{Ports: []brokerv1.EgressPort{{Protocol: "TCP", Port: 80, Egress: 16001}, {Protocol: "UDP", Port: 53, Egress: 16000}}}
-	partial := &egressAssignment{Ports: full.Ports[:1], Missing: []portKey{{corev1.ProtocolUDP, 53}}}
+		{Name: "http", Protocol: corev1.ProtocolTCP, Port: 80}, {Name: "grpc", Protocol: corev1.ProtocolTCP, Port: 50051}}}
+	full := &egressAssignment{Ports: []brokerv1.EgressPort{{Protocol: "TCP", Port: 80, Egress: 16001}, {Protocol: "TCP", Port: 50051, Egress: 16000}}}
+	partial := &egressAssignment{Ports: full.Ports[:1], Missing: []portKey{{corev1.ProtocolTCP, 50051}}}
 	derived := func(fams ...corev1.IPFamily) *corev1.Service {
 		return &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "derived-x", Namespace: "ns"}, Spec: corev1.ServiceSpec{IPFamilies: fams}}
 	}
@@ -402,6 +402,8 @@ func TestGatewaySlices(t *testing.T) {
 		{"a port without an egress port", twoFamilies, derived(corev1.IPv4Protocol), partial, nil},
 		{"direct mode", twoFamilies, derived(corev1.IPv4Protocol), nil, nil},
 	}
+	udp := r
+	udp.Ports = append(append([]brokerv1.ServicePort{}, r.Ports...), brokerv1.ServicePort{Name: "dns", Protocol: corev1.ProtocolUDP, Port: 53})
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			idx := cache.NewIndexer(cache.MetaNamespaceKeyFunc, cache.Indexers{byService: serviceIndex})
@@ -427,7 +429,7 @@ func TestGatewaySlices(t *testing.T) {
 				for _, p := range s.Ports {
 					ports = append(ports, fmt.Sprintf("%s/%s/%d", *p.Name, *p.Protocol, *p.Port))
 				}
-				if strings.Join(ports, ",") != "http/TCP/16001,dns/UDP/16000" {
+				if strings.Join(ports, ",") != "http/TCP/16001,grpc/TCP/16000" {
 					t.Errorf("ports %v: want each service port numbered as its egress port", ports)
 				}
 				if s.Labels[discoveryv1.LabelServiceName] != "derived-x" || s.Labels[labelDerivedFor] != "web" || s.Labels[labelSliceRole] != roleGateway ||
@@ -439,6 +441,37 @@ func TestGatewaySlices(t *testing.T) {
 				t.Errorf("gateway slices %q, want %q", desc, tt.want)
 			}
 		})
+	}
+	t.Run("a UDP port: the gateway cannot carry it, the import stays direct", func(t *testing.T) {
+		a := &Agent{cfg: Config{Dataplane: DataplaneGateway, GatewayNamespace: "isthmus-system", GatewayName: "isthmus-gateway"},
+			localSlices: cache.NewIndexer(cache.MetaNamespaceKeyFunc, cache.Indexers{byService: serviceIndex})}
+		for _, s := range twoFamilies {
+			if err := a.localSlices.Add(s); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if got := a.gatewaySlices("ns", "web", derived(corev1.IPv4Protocol), udp, full, metav1.OwnerReference{}); got != nil {
+			t.Errorf("an import with a UDP port got gateway slices %v", got)
+		}
+	})
+}
+
+func TestGatewayCarries(t *testing.T) {
+	tcpPort := brokerv1.ServicePort{Protocol: corev1.ProtocolTCP, Port: 80}
+	for _, tt := range []struct {
+		name string
+		r    merge.Result
+		want bool
+	}{
+		{"TCP ClusterSetIP", merge.Result{Type: brokerv1.ClusterSetIP, Ports: []brokerv1.ServicePort{tcpPort}}, true},
+		{"headless", merge.Result{Type: brokerv1.Headless, Ports: []brokerv1.ServicePort{tcpPort}}, false},
+		{"with UDP", merge.Result{Type: brokerv1.ClusterSetIP, Ports: []brokerv1.ServicePort{tcpPort, {Protocol: corev1.ProtocolUDP, Port: 53}}}, false},
+		{"SCTP", merge.Result{Type: brokerv1.ClusterSetIP, Ports: []brokerv1.ServicePort{{Protocol: corev1.ProtocolSCTP, Port: 9}}}, false},
+		{"no ports", merge.Result{Type: brokerv1.ClusterSetIP}, false},
+	} {
+		if got := gatewayCarries(tt.r); got != tt.want {
+			t.Errorf("%s: gatewayCarries = %v, want %v", tt.name, got, tt.want)
+		}
 	}
 }
 

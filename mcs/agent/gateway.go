@@ -124,6 +124,24 @@ func (a *Agent) seedEgress(ctx context.Context) error {
 	return nil
 }
 
+// gatewayCarries reports whether the east-west gateway can carry an
+// import: a ClusterSetIP service whose ports are all TCP. The gateway's
+// egress listeners proxy TCP only (the xDS server emits no UDP or SCTP
+// listener), so an import with another protocol stays direct, as headless
+// ones do, rather than sending those ports to a gateway port nothing
+// listens on.
+func gatewayCarries(r merge.Result) bool {
+	if r.Type != brokerv1.ClusterSetIP || len(r.Ports) == 0 {
+		return false
+	}
+	for _, p := range r.Ports {
+		if p.Protocol != corev1.ProtocolTCP && p.Protocol != "" {
+			return false
+		}
+	}
+	return true
+}
+
 // assignEgress allocates the egress ports of a ClusterSetIP import, and
 // sets aside those of an import that is not one (any more).
 func (a *Agent) assignEgress(key string, r merge.Result) *egressAssignment {
@@ -131,7 +149,7 @@ func (a *Agent) assignEgress(key string, r merge.Result) *egressAssignment {
 		return nil
 	}
 	var want []portKey
-	if r.Type == brokerv1.ClusterSetIP {
+	if gatewayCarries(r) {
 		for _, p := range r.Ports {
 			want = append(want, portKey{p.Protocol, p.Port})
 		}
@@ -238,7 +256,7 @@ func (a *Agent) gatewayEndpoints() map[discoveryv1.AddressType][]discoveryv1.End
 // this import now (a port lacks an egress port, or no gateway pod of the
 // Service's families is ready) and the caller falls back to direct mode.
 func (a *Agent) gatewaySlices(ns, name string, derived *corev1.Service, r merge.Result, as *egressAssignment, owner metav1.OwnerReference) []*discoveryv1.EndpointSlice {
-	if as == nil || !as.Complete() || derived == nil {
+	if as == nil || !as.Complete() || derived == nil || !gatewayCarries(r) {
 		return nil
 	}
 	egress := map[portKey]int32{}
