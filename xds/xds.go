@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"slices"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -217,7 +218,7 @@ func changedClusters(old, next map[string]*model.Cluster) map[string]bool {
 	out := map[string]bool{}
 	for id, n := range next {
 		o := old[id]
-		if o == nil || o.Region != n.Region || o.Zone != n.Zone || o.Healthy != n.Healthy || fmt.Sprint(o.Gateways) != fmt.Sprint(n.Gateways) {
+		if o == nil || o.Region != n.Region || o.Zone != n.Zone || o.Healthy != n.Healthy || !slices.Equal(o.Gateways, n.Gateways) {
 			out[id] = true
 		}
 	}

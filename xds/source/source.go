@@ -40,6 +40,17 @@ const AnnotationUpstreamTLS = "isthmus.dev/upstream-tls"
 
 var clusterGVR = brokerv1.SchemeGroupVersion.WithResource("clusters")
 
+// byService indexes MCS slices by the namespace/name of their service.
+const byService = "service"
+
+func sliceService(obj any) ([]string, error) {
+	sl, ok := obj.(*discoveryv1.EndpointSlice)
+	if !ok {
+		return nil, nil
+	}
+	return []string{sl.Namespace + "/" + sl.Labels[mcsv1beta1.LabelServiceName]}, nil
+}
+
 // Config is what a Source reads from.
 type Config struct {
 	Local           model.Local
@@ -94,6 +105,8 @@ func New(cfg Config, onChange func(Change)) *Source {
 		o.LabelSelector = mcsv1beta1.LabelServiceName + "," + mcsv1beta1.LabelSourceCluster
 	}))
 	s.slices = kf.Discovery().V1().EndpointSlices().Informer()
+	// Must succeed: the informer has not started.
+	_ = s.slices.AddIndexers(cache.Indexers{byService: sliceService})
 	s.imports = mcsinformers.NewSharedInformerFactory(cfg.MCS, 0).Multicluster().V1beta1().ServiceImports().Informer()
 	bf := kubeinformers.NewSharedInformerFactoryWithOptions(cfg.Broker, 0, kubeinformers.WithNamespace(cfg.BrokerNamespace))
 	s.leases = bf.Coordination().V1().Leases().Informer()
@@ -251,11 +264,11 @@ func (s *Source) Service(k model.Key) *model.Service {
 	for _, c := range si.Status.Clusters {
 		svc.Endpoints[c.Cluster] = nil
 	}
-	for _, o := range s.slices.GetStore().List() {
+	// The index, not a scan of every slice: a full sync translates every
+	// service, and a scan would make that quadratic in the services.
+	slices, _ := s.slices.GetIndexer().ByIndex(byService, k.Namespace+"/"+k.Name)
+	for _, o := range slices {
 		sl := o.(*discoveryv1.EndpointSlice)
-		if sl.Namespace != k.Namespace || sl.Labels[mcsv1beta1.LabelServiceName] != k.Name {
-			continue
-		}
 		c := sl.Labels[mcsv1beta1.LabelSourceCluster]
 		svc.Endpoints[c] = append(svc.Endpoints[c], endpointsOf(sl)...)
 	}
