@@ -64,12 +64,21 @@ func cla(name string, port uint32) *endpointv3.ClusterLoadAssignment {
 	}}}
 }
 
-// sotwClient is a raw ADS stream, so the test sees every response.
-type sotwClient struct {
+// adsStream is a raw ADS stream, state of the world or delta, so the test
+// sees every response.
+type adsStream[Req, Resp any] struct {
 	t      *testing.T
-	stream discoveryv3.AggregatedDiscoveryService_StreamAggregatedResourcesClient
-	resps  chan *discoveryv3.DiscoveryResponse
+	stream interface {
+		Send(Req) error
+		Recv() (Resp, error)
+	}
+	resps chan Resp
 }
+
+type (
+	sotwClient  = adsStream[*discoveryv3.DiscoveryRequest, *discoveryv3.DiscoveryResponse]
+	deltaClient = adsStream[*discoveryv3.DeltaDiscoveryRequest, *discoveryv3.DeltaDiscoveryResponse]
+)
 
 // adsClient connects to addr and returns the ADS client, with a context
 // ending with the test.
@@ -111,14 +120,14 @@ func dialSotW(t *testing.T, addr string) *sotwClient {
 	return &sotwClient{t: t, stream: st, resps: pump(st.Recv)}
 }
 
-func (c *sotwClient) send(req *discoveryv3.DiscoveryRequest) {
+func (c *adsStream[Req, Resp]) send(req Req) {
 	c.t.Helper()
 	if err := c.stream.Send(req); err != nil {
 		c.t.Fatal(err)
 	}
 }
 
-func (c *sotwClient) next(within time.Duration) *discoveryv3.DiscoveryResponse {
+func (c *adsStream[Req, Resp]) next(within time.Duration) Resp {
 	c.t.Helper()
 	select {
 	case r, ok := <-c.resps:
@@ -128,12 +137,13 @@ func (c *sotwClient) next(within time.Duration) *discoveryv3.DiscoveryResponse {
 		return r
 	case <-time.After(within):
 		c.t.Fatalf("no response within %v", within)
-		return nil
 	}
+	var none Resp
+	return none
 }
 
 // count drains responses arriving within d.
-func (c *sotwClient) count(d time.Duration) int {
+func (c *adsStream[Req, Resp]) count(d time.Duration) int {
 	n := 0
 	deadline := time.After(d)
 	for {
@@ -274,12 +284,6 @@ func TestOneEndpointChangeOneAssignment(t *testing.T) {
 	}
 }
 
-type deltaClient struct {
-	t      *testing.T
-	stream discoveryv3.AggregatedDiscoveryService_DeltaAggregatedResourcesClient
-	resps  chan *discoveryv3.DeltaDiscoveryResponse
-}
-
 func dialDelta(t *testing.T, addr string) *deltaClient {
 	t.Helper()
 	ads, ctx := adsClient(t, addr)
@@ -290,29 +294,6 @@ func dialDelta(t *testing.T, addr string) *deltaClient {
 	return &deltaClient{t: t, stream: st, resps: pump(st.Recv)}
 }
 
-func (c *deltaClient) send(req *discoveryv3.DeltaDiscoveryRequest) {
-	c.t.Helper()
-	if err := c.stream.Send(req); err != nil {
-		c.t.Fatal(err)
-	}
-}
-
-func (c *deltaClient) next(within time.Duration) *discoveryv3.DeltaDiscoveryResponse {
-	c.t.Helper()
-	select {
-	case r, ok := <-c.resps:
-		if !ok {
-			c.t.Fatal("stream closed")
-		}
-		return r
-	case <-time.After(within):
-		c.t.Fatalf("no delta response within %v", within)
-		return nil
-	}
-}
-
-// TestNodeOfAnotherClusterRefused: a node that says it runs elsewhere
-// gets its stream closed with a message naming both clusters.
 func TestNodeOfAnotherClusterRefused(t *testing.T) {
 	s := start(t)
 	c := dialSotW(t, s.addr)
