@@ -56,8 +56,9 @@ func xdsRole() role {
 				if *caSecret == "" && len(workloads) > 0 {
 					return fmt.Errorf("--%sworkload-certs needs --%sca-secret", p, p)
 				}
-				if _, err := workloadCerts(workloads, "check", *domain); err != nil {
-					return err // checked before anything is contacted
+				certs, err := workloadCerts(workloads)
+				if err != nil {
+					return err
 				}
 				local, err := e.Local()
 				if err != nil {
@@ -85,7 +86,7 @@ func xdsRole() role {
 					return err
 				}
 				if *caSecret != "" {
-					if err := serveCertificates(ctx, local.Kube, *caSecret, id, *domain, *certTTL, workloads, ctrl, e.reg, log); err != nil {
+					if err := serveCertificates(ctx, local.Kube, *caSecret, id, *domain, *certTTL, certs, ctrl, e.reg, log); err != nil {
 						return err
 					}
 				} else {
@@ -151,11 +152,7 @@ func serveXDS(ctx context.Context, listen, debugAddr string, srv *server.Server,
 // serveCertificates issues and rotates the gateway's certificate (served
 // over SDS) and the workloads' (written as files), from the cluster's
 // intermediate CA.
-func serveCertificates(ctx context.Context, kube kubernetes.Interface, secret, cluster, domain string, ttl time.Duration, workloads []string, ctrl *xds.Controller, reg prometheus.Registerer, log *slog.Logger) error {
-	dirs, err := workloadCerts(workloads, cluster, domain)
-	if err != nil {
-		return err
-	}
+func serveCertificates(ctx context.Context, kube kubernetes.Interface, secret, cluster, domain string, ttl time.Duration, workloads []workloadCert, ctrl *xds.Controller, reg prometheus.Registerer, log *slog.Logger) error {
 	cas, err := newCASource(ctx, kube, secret, log)
 	if err != nil {
 		return err
@@ -163,14 +160,15 @@ func serveCertificates(ctx context.Context, kube kubernetes.Interface, secret, c
 	go cas.watch(ctx, time.Minute)
 	metrics := xdsidentity.NewMetrics(reg)
 	gw := brokerv1.GatewaySPIFFEID(cluster, domain)
-	if _, err := cas.rotate(ctx, gw, ttl, metrics, func(l *xdsidentity.Leaf) {
+	if err := cas.rotate(ctx, gw, ttl, metrics, func(l *xdsidentity.Leaf) {
 		ctrl.SetGatewayCertificates(ctx, l.CertChainPEM, l.KeyPEM, l.BundlePEM)
 		log.Info("gateway certificate in place", "leaf", l)
 	}); err != nil {
 		return err
 	}
-	for id, dir := range dirs {
-		if _, err := cas.rotate(ctx, id, ttl, metrics, func(l *xdsidentity.Leaf) {
+	for _, w := range workloads {
+		id, dir := brokerv1.WorkloadSPIFFEID(cluster, domain, w.namespace, w.serviceAccount), w.dir
+		if err := cas.rotate(ctx, id, ttl, metrics, func(l *xdsidentity.Leaf) {
 			if err := l.WriteFiles(dir); err != nil {
 				log.Error("writing a workload certificate", "id", id, "dir", dir, "err", err)
 				return

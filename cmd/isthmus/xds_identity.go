@@ -11,7 +11,6 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 
-	brokerv1 "github.com/isthmus-dev/isthmus/mcs/api/v1alpha1"
 	xdsidentity "github.com/isthmus-dev/isthmus/xds/identity"
 )
 
@@ -96,10 +95,10 @@ func (s *caSource) watch(ctx context.Context, every time.Duration) {
 
 // rotate runs a Rotator for id, calling use with every leaf (the first at
 // once), renewing all leaves when the CA changes.
-func (s *caSource) rotate(ctx context.Context, id string, ttl time.Duration, metrics *xdsidentity.Metrics, use func(*xdsidentity.Leaf)) (*xdsidentity.Rotator, error) {
+func (s *caSource) rotate(ctx context.Context, id string, ttl time.Duration, metrics *xdsidentity.Metrics, use func(*xdsidentity.Leaf)) error {
 	r, err := xdsidentity.NewRotator(s, id, xdsidentity.RotatorOptions{TTL: ttl, Logger: s.log, Metrics: metrics})
 	if err != nil {
-		return nil, fmt.Errorf("issuing the certificate of %s: %w", id, err)
+		return fmt.Errorf("issuing the certificate of %s: %w", id, err)
 	}
 	r.Subscribe(use)
 	use(r.Current())
@@ -111,19 +110,22 @@ func (s *caSource) rotate(ctx context.Context, id string, ttl time.Duration, met
 	})
 	s.mu.Unlock()
 	go func() { _ = r.Run(ctx) }()
-	return r, nil
+	return nil
 }
 
+// workloadCert is one --workload-certs entry: whose certificate, where.
+type workloadCert struct{ namespace, serviceAccount, dir string }
+
 // workloadCerts parses --workload-certs NS/SA=DIR entries.
-func workloadCerts(entries []string, cluster, domain string) (map[string]string, error) {
-	out := map[string]string{}
+func workloadCerts(entries []string) ([]workloadCert, error) {
+	var out []workloadCert
 	for _, e := range entries {
 		who, dir, ok := strings.Cut(e, "=")
 		ns, sa, ok2 := strings.Cut(who, "/")
 		if !ok || !ok2 || ns == "" || sa == "" || dir == "" {
 			return nil, fmt.Errorf("--workload-certs %q: want NAMESPACE/SERVICEACCOUNT=DIRECTORY", e)
 		}
-		out[brokerv1.WorkloadSPIFFEID(cluster, domain, ns, sa)] = dir
+		out = append(out, workloadCert{ns, sa, dir})
 	}
 	return out, nil
 }
