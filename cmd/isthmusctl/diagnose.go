@@ -41,6 +41,7 @@ func diagnose(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	kubeContext := fs.String("context", "", "kubeconfig context of that cluster")
 	brokerKubeconfig := fs.String("broker-kubeconfig", "", "kubeconfig of the broker (default: the credential isthmusctl join stored)")
 	dnsServer := fs.String("dns-server", "", "host:port of this cluster's clusterset.local resolver, asked with dig (empty: the DNS check is skipped)")
+	xdsServer := fs.String("xds-server", "", "host:port of this cluster's xDS server (isthmus xds), asked as a proxyless gRPC client would (empty: the xDS check is skipped)")
 	output := outputFlag(fs)
 	if len(args) == 0 || strings.HasPrefix(args[0], "-") || strings.Count(args[0], ".") != 1 {
 		_ = fs.Parse(args)
@@ -57,7 +58,7 @@ func diagnose(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err != nil {
 		return err
 	}
-	d := &diagnosis{name: name, ns: ns, local: local, broker: broker, brokerNS: brokerNS, dnsServer: *dnsServer}
+	d := &diagnosis{name: name, ns: ns, local: local, broker: broker, brokerNS: brokerNS, dnsServer: *dnsServer, xdsServer: *xdsServer}
 	if d.id, err = agent.ClusterID(ctx, local.Dynamic, ""); err != nil {
 		return fmt.Errorf("this cluster has no cluster id (is it joined?): %w", err)
 	}
@@ -66,11 +67,13 @@ func diagnose(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 }
 
 type diagnosis struct {
-	name, ns, id, brokerNS, dnsServer string
-	local, broker                     *kube.Clients
-	findings                          []finding
-	exporters                         []string
-	ip                                string
+	name, ns, id, brokerNS, dnsServer, xdsServer string
+	local, broker                                *kube.Clients
+	findings                                     []finding
+	exporters                                    []string
+	ip                                           string
+	ports                                        []mcsv1beta1.ServicePort
+	egress                                       string // the gateway egress ports annotation, in gateway mode
 }
 
 func (d *diagnosis) add(check string, ok bool, detail, advice string) {
@@ -89,6 +92,7 @@ func (d *diagnosis) run(ctx context.Context) {
 	d.slices(ctx)
 	d.dns(ctx)
 	d.tunnels(ctx)
+	d.xds(ctx, d.ports)
 }
 
 func (d *diagnosis) export(ctx context.Context) {
@@ -157,6 +161,8 @@ func (d *diagnosis) imported(ctx context.Context) bool {
 	if len(si.Spec.IPs) > 0 {
 		d.ip = si.Spec.IPs[0]
 	}
+	d.ports = si.Spec.Ports
+	d.egress = si.Annotations[brokerv1.AnnotationEgressPorts]
 	ok := si.Spec.Type == mcsv1beta1.Headless || d.ip != ""
 	d.add("import", ok, fmt.Sprintf("%s, ips %v, from %v", si.Spec.Type, si.Spec.IPs, from), "the ClusterSetIP is not allocated yet: the agent's log says why the derived Service failed")
 	return true
