@@ -2,7 +2,6 @@ package tunnel
 
 import (
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -56,39 +55,6 @@ func echoServer(ctx context.Context, addr netip.AddrPort, log *slog.Logger) (fun
 		}
 	}()
 	return func() { c.Close() }, nil
-}
-
-// probe sends one echo from src to dst and waits up to timeout for it.
-func probe(src netip.Addr, dst netip.AddrPort, seq uint64, timeout time.Duration) (time.Duration, error) {
-	var laddr *net.UDPAddr
-	if src.IsValid() {
-		laddr = net.UDPAddrFromAddrPort(netip.AddrPortFrom(src, 0))
-	}
-	c, err := net.DialUDP("udp", laddr, net.UDPAddrFromAddrPort(dst))
-	if err != nil {
-		return 0, fmt.Errorf("dialing %s: %w", dst, err)
-	}
-	defer c.Close()
-	var msg [probeLen]byte
-	copy(msg[:], probeMagic[:])
-	binary.BigEndian.PutUint64(msg[4:], seq)
-	start := time.Now()
-	if err := c.SetDeadline(start.Add(timeout)); err != nil {
-		return 0, err
-	}
-	if _, err := c.Write(msg[:]); err != nil {
-		return 0, fmt.Errorf("sending probe to %s: %w", dst, err)
-	}
-	var buf [64]byte
-	for {
-		n, err := c.Read(buf[:])
-		if err != nil {
-			return 0, fmt.Errorf("no echo from %s: %w", dst, err)
-		}
-		if n == probeLen && [probeLen]byte(buf[:probeLen]) == msg {
-			return time.Since(start), nil
-		}
-	}
 }
 
 // peerHealth is what the prober and the device say about one peer.

@@ -40,25 +40,40 @@ func TestJudge(t *testing.T) {
 	}
 }
 
-// TestProbeEcho runs the echo server and a probe over loopback.
+// TestProbeEcho runs the echo server and probe rounds over loopback: an
+// answered target gets an RTT, a silent one an error, in the same round.
 func TestProbeEcho(t *testing.T) {
-	l, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
+	free := func() netip.AddrPort {
+		l, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer l.Close()
+		return l.LocalAddr().(*net.UDPAddr).AddrPort()
 	}
-	addr := l.LocalAddr().(*net.UDPAddr).AddrPort()
-	l.Close()
+	addr, silent := free(), free()
 	stop, err := echoServer(t.Context(), addr, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}
-	rtt, err := probe(netip.Addr{}, addr, 7, time.Second)
-	if err != nil || rtt <= 0 {
-		t.Fatalf("probe: %s %v", rtt, err)
+	pr, err := newProber()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pr.close()
+	res := pr.round([]netip.AddrPort{addr, silent, addr}, time.Second)
+	if len(res) != 3 || res[0].Err != nil || res[0].RTT <= 0 || res[2].Err != nil || res[2].RTT <= 0 {
+		t.Fatalf("round: %+v, want answers from %s", res, addr)
+	}
+	if res[1].Err == nil {
+		t.Fatalf("round: %+v, want no answer from %s", res, silent)
 	}
 	stop()
-	if _, err := probe(netip.MustParseAddr("127.0.0.1"), addr, 8, 200*time.Millisecond); err == nil {
+	if res := pr.round([]netip.AddrPort{addr}, 200*time.Millisecond); res[0].Err == nil {
 		t.Fatal("a probe got an answer with the echo server stopped")
+	}
+	if res := pr.round(nil, time.Second); len(res) != 0 {
+		t.Fatalf("empty round: %+v", res)
 	}
 }
 

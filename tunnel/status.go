@@ -80,6 +80,11 @@ type statusWriter struct {
 }
 
 func (w *statusWriter) maybeWrite(ctx context.Context, t *Tunnel) {
+	// Within the interval nothing can be written, so the device (one read
+	// of every peer) is not read either.
+	if since := time.Since(w.written); since < t.cfg.StatusInterval && since < statusRefresh {
+		return
+	}
 	dev, peers, err := t.Status()
 	conds := t.conditions(dev, peers, err)
 	t.mu.Lock()

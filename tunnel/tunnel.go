@@ -9,7 +9,6 @@ import (
 	"slices"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/vishvananda/netlink"
@@ -116,8 +115,6 @@ type Tunnel struct {
 	peers    map[string]Peer
 	verdicts map[string]Verdict
 	notReady error
-
-	seq atomic.Uint64
 
 	// Used by the reconcile loop only.
 	records recordCache
@@ -237,9 +234,14 @@ func (t *Tunnel) Run(ctx context.Context) (err error) {
 	// Probes run apart from the reconcile loop: a round waits up to a
 	// probe timeout for unreachable peers, and record changes must not
 	// wait for it.
+	pr, err := newProber()
+	if err != nil {
+		return err
+	}
 	probing := make(chan struct{})
 	go func() {
 		defer close(probing)
+		defer pr.close()
 		probes := time.NewTicker(t.cfg.ProbeInterval)
 		defer probes.Stop()
 		var status statusWriter
@@ -248,7 +250,7 @@ func (t *Tunnel) Run(ctx context.Context) (err error) {
 			case <-infCtx.Done():
 				return
 			case <-probes.C:
-				t.probeAll()
+				t.probeAll(pr)
 				status.maybeWrite(infCtx, t)
 			}
 		}
@@ -369,32 +371,28 @@ func (e *echoState) stopFn() {
 	}
 }
 
-// probeAll sends one echo to every configured peer's tunnel address, in
-// parallel, and waits for them all.
-func (t *Tunnel) probeAll() {
+// probeAll sends one echo to every configured peer's tunnel address and
+// waits for the round to end.
+func (t *Tunnel) probeAll(pr *prober) {
 	t.mu.Lock()
 	peers := make([]Peer, 0, len(t.peers))
 	for _, p := range t.peers {
 		peers = append(peers, p)
 	}
 	t.mu.Unlock()
-	src := netip.Addr{}
-	var wg sync.WaitGroup
-	for _, p := range peers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			timeout := min(t.cfg.ProbeInterval, time.Second)
-			rtt, err := probe(src, netip.AddrPortFrom(p.TunnelAddr, uint16(t.cfg.ProbePort)), t.seq.Add(1), timeout)
-			if err != nil {
-				t.metrics.probeFailures.WithLabelValues(p.Cluster).Inc()
-			} else {
-				t.metrics.probeRTT.WithLabelValues(p.Cluster).Observe(rtt.Seconds())
-			}
-			t.health.record(p.Cluster, rtt, err)
-		}()
+	targets := make([]netip.AddrPort, len(peers))
+	for i, p := range peers {
+		targets[i] = netip.AddrPortFrom(p.TunnelAddr, uint16(t.cfg.ProbePort))
 	}
-	wg.Wait()
+	for i, r := range pr.round(targets, min(t.cfg.ProbeInterval, time.Second)) {
+		c := peers[i].Cluster
+		if r.Err != nil {
+			t.metrics.probeFailures.WithLabelValues(c).Inc()
+		} else {
+			t.metrics.probeRTT.WithLabelValues(c).Observe(r.RTT.Seconds())
+		}
+		t.health.record(c, r.RTT, r.Err)
+	}
 }
 
 // PeerStatus is one remote cluster's state as this tunnel sees it.

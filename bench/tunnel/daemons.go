@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"fmt"
 	"net"
@@ -128,6 +129,8 @@ type cost struct {
 	pass, full time.Duration
 	// e2e is from the record write to the device showing it.
 	e2e time.Duration
+	// idle is the daemon's CPU time per second with n peers and no change.
+	idle time.Duration
 	// ops are the device and routing-table operations the change caused.
 	ops map[string]float64
 }
@@ -182,6 +185,19 @@ func (d *daemons) reconcileCost(ctx context.Context, n int) (cost, error) {
 		return c, fmt.Errorf("waiting for %d peers: %w", n+1, err)
 	}
 	time.Sleep(3 * time.Second) // let the passes the additions caused settle
+	// The daemon's CPU while nothing changes: probes, status checks, the
+	// device's own handshake retries to the unreachable fake peers, and
+	// any resync falling into the window.
+	cpu0, err := processCPU(d.cmds[0].Process.Pid)
+	if err != nil {
+		return c, err
+	}
+	time.Sleep(idleWindow)
+	cpu1, err := processCPU(d.cmds[0].Process.Pid)
+	if err != nil {
+		return c, err
+	}
+	c.idle = (cpu1 - cpu0) * time.Second / idleWindow
 	m0, err := scrapeA()
 	if err != nil {
 		return c, err
@@ -266,4 +282,32 @@ func installCRDs(ctx context.Context, c *cluster.Cluster) error {
 		return err
 	}
 	return c.InstallCRDs(ctx, list)
+}
+
+// idleWindow is how long the daemon's idle CPU is measured.
+const idleWindow = 10 * time.Second
+
+// processCPU is the user and system CPU time pid has used
+// (/proc/<pid>/stat fields 14 and 15, in clock ticks of 1/100 s).
+func processCPU(pid int) (time.Duration, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, err
+	}
+	// The command name (field 2) may hold spaces; the fields after it
+	// start behind its closing parenthesis.
+	rest := string(b[bytes.LastIndexByte(b, ')')+2:])
+	f := strings.Fields(rest)
+	if len(f) < 13 {
+		return 0, fmt.Errorf("/proc/%d/stat: too few fields", pid)
+	}
+	var ticks int64
+	for _, s := range f[11:13] {
+		n, err := strconv.ParseInt(s, 10, 64)
+		if err != nil {
+			return 0, fmt.Errorf("/proc/%d/stat: %w", pid, err)
+		}
+		ticks += n
+	}
+	return time.Duration(ticks) * 10 * time.Millisecond, nil
 }

@@ -121,8 +121,8 @@ func run(reps int, dur time.Duration, peerCounts string, rounds int, resync time
 	defer d.stop()
 	fmt.Printf("load average before the reconcile runs: %s\n", loadavg())
 	fmt.Println("\nreconcile cost of one peer change (isthmus tunnel in tnlbA; mean change pass from isthmus_tunnel_reconcile_duration_seconds{kind=\"change\"} over the passes the change caused, the device operations it made, record write to device change, and the mean full pass (start, resync) at that peer count):")
-	fmt.Println("| peers | change pass | its device operations | write → device | full pass |")
-	fmt.Println("|---|---|---|---|---|")
+	fmt.Println("| peers | change pass | its device operations | write → device | full pass | daemon CPU per second, idle |")
+	fmt.Println("|---|---|---|---|---|---|")
 	for _, s := range strings.Split(peerCounts, ",") {
 		n, err := strconv.Atoi(strings.TrimSpace(s))
 		if err != nil {
@@ -136,7 +136,7 @@ func run(reps int, dur time.Duration, peerCounts string, rounds int, resync time
 		if c.full > 0 {
 			full = c.full.Round(10 * time.Microsecond).String()
 		}
-		fmt.Printf("| %d | %s | %v | %s | %s |\n", n, c.pass.Round(time.Microsecond), c.ops, c.e2e.Round(100*time.Microsecond), full)
+		fmt.Printf("| %d | %s | %v | %s | %s | %s |\n", n, c.pass.Round(time.Microsecond), c.ops, c.e2e.Round(100*time.Microsecond), full, c.idle.Round(100*time.Microsecond))
 	}
 	fmt.Printf("load average after: %s\n", loadavg())
 	return nil
