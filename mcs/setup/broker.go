@@ -41,10 +41,17 @@ const (
 	// MemberRole is the Role, in the broker namespace, bound to every
 	// member's identity.
 	MemberRole = "isthmus-member"
-	// PolicyName names the admission policy (and its binding) that lets a
-	// member write only its own records.
-	PolicyName = "isthmus-broker-member-writes"
+	// PolicyPrefix starts the name of the admission policy (and of its
+	// binding) that lets a member write only its own records; PolicyName
+	// completes it.
+	PolicyPrefix = "isthmus-broker-member-writes-"
 )
+
+// PolicyName names the admission policy of the broker in namespace ns.
+// The policy is cluster-scoped, so each broker namespace on a hub has its
+// own: a second broker must not rewrite the first's policy to select only
+// its own namespace, which would leave the first's records unguarded.
+func PolicyName(ns string) string { return PolicyPrefix + ns }
 
 var (
 	namespaceGVR     = corev1.SchemeGroupVersion.WithResource("namespaces")
@@ -110,9 +117,9 @@ func BrokerObjects(ns string) []runtime.Object {
 		memberPolicy(ns),
 		&admissionv1.ValidatingAdmissionPolicyBinding{
 			TypeMeta:   metav1.TypeMeta{APIVersion: admissionv1.SchemeGroupVersion.String(), Kind: "ValidatingAdmissionPolicyBinding"},
-			ObjectMeta: metav1.ObjectMeta{Name: PolicyName, Labels: partOf},
+			ObjectMeta: metav1.ObjectMeta{Name: PolicyName(ns), Labels: partOf},
 			Spec: admissionv1.ValidatingAdmissionPolicyBindingSpec{
-				PolicyName:        PolicyName,
+				PolicyName:        PolicyName(ns),
 				ValidationActions: []admissionv1.ValidationAction{admissionv1.Deny},
 			},
 		},
@@ -170,7 +177,7 @@ func memberPolicy(ns string) *admissionv1.ValidatingAdmissionPolicy {
 	}
 	return &admissionv1.ValidatingAdmissionPolicy{
 		TypeMeta:   metav1.TypeMeta{APIVersion: admissionv1.SchemeGroupVersion.String(), Kind: "ValidatingAdmissionPolicy"},
-		ObjectMeta: metav1.ObjectMeta{Name: PolicyName, Labels: partOf},
+		ObjectMeta: metav1.ObjectMeta{Name: PolicyName(ns), Labels: partOf},
 		Spec: admissionv1.ValidatingAdmissionPolicySpec{
 			FailurePolicy: &fail,
 			MatchConstraints: &admissionv1.MatchResources{

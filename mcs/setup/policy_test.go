@@ -1,6 +1,7 @@
 package setup
 
 import (
+	"bytes"
 	"context"
 	"strings"
 	"testing"
@@ -362,3 +363,31 @@ func createOwnCluster(t *testing.T, member *Clients, id string) {
 type errString string
 
 func (e errString) Error() string { return string(e) }
+
+// TestSecondBrokerKeepsTheFirstGuarded installs a second broker namespace
+// on the same hub: each gets its own admission policy, so the first
+// broker's members are still confined to their own records.
+func TestSecondBrokerKeepsTheFirstGuarded(t *testing.T) {
+	hub, _, b := joined(t)
+	ctx := ctxFor(t)
+	var out bytes.Buffer
+	if err := InstallBroker(ctx, hub, BrokerOptions{Namespace: "second-broker"}, &out); err != nil {
+		t.Fatal(err)
+	}
+	for _, ns := range []string{brokerv1.DefaultBrokerNamespace, "second-broker"} {
+		p, err := hub.Kube.AdmissionregistrationV1().ValidatingAdmissionPolicies().Get(ctx, PolicyName(ns), metav1.GetOptions{})
+		if err != nil {
+			t.Fatalf("policy of broker namespace %s: %v", ns, err)
+		}
+		if got := p.Spec.MatchConstraints.NamespaceSelector.MatchLabels[corev1.LabelMetadataName]; got != ns {
+			t.Errorf("policy %s selects namespace %q, want %q", p.Name, got, ns)
+		}
+		if _, err := hub.Kube.AdmissionregistrationV1().ValidatingAdmissionPolicyBindings().Get(ctx, PolicyName(ns), metav1.GetOptions{}); err != nil {
+			t.Errorf("binding of broker namespace %s: %v", ns, err)
+		}
+	}
+	asBeta := asMember(t, b)
+	_, err := asBeta.Dynamic.Resource(clusterGVR).Namespace(brokerv1.DefaultBrokerNamespace).Create(ctx,
+		toUnstructured(t, validCluster(alpha)), metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}})
+	wantDenied(t, err, "rule own-records-only")
+}
