@@ -42,8 +42,12 @@ tools: ## build the test Kubernetes binaries once per machine (first time: ~13 m
 helm: ## build helm into bin/ for the chart tests, once (first time: ~5 min)
 	@[ -x $(BIN)/helm ] || GOFLAGS=-mod=mod $(GO) install helm.sh/helm/v3/cmd/helm@$(HELM_VERSION)
 
+.PHONY: setup
+setup: ## what the tests need: Debian packages, the Kubernetes binaries and helm, side by side (their downloads overlap)
+	@$(MAKE) --no-print-directory -j3 deps tools helm
+
 .PHONY: test
-test: deps tools helm ## set up everything, then run every test with the race detector
+test: setup ## set up everything, then run every test with the race detector
 	ISTHMUS_TOOLS_DIR="$$(bash test/tools/build.sh)" $(GO) test -race -count=1 -timeout 20m ./...
 	$(MAKE) --no-print-directory test-coredns-plugin
 
