@@ -62,10 +62,14 @@ func TestXDSRole(t *testing.T) {
 		}
 		return nil
 	})
-	pods := podIPs(ctx, t, 0, "xdsdemo", "greeter")
-	if len(pods) != 2 {
-		t.Fatalf("a's greeter pods: %v", pods)
-	}
+	// The role can be ready before KWOK has given the pods their IPs.
+	var pods []string
+	eventually(t, time.Minute, "a's two greeter pods have IPs", func() error {
+		if pods = podIPs(ctx, t, 0, "xdsdemo", "greeter"); len(pods) != 2 {
+			return fmt.Errorf("a's greeter pods: %v", pods)
+		}
+		return nil
+	})
 	listener := "greeter.xdsdemo.svc.clusterset.local"
 	eventually(t, time.Minute, "greeter translated with a's pods", func() error {
 		code, body := get("http://" + debug + "/debug/xds?view=grpc")

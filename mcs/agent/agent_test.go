@@ -27,7 +27,12 @@ func TestChooseClusters(t *testing.T) {
 	for id, region := range map[string]string{"a": "eu", "b": "us", "c": "eu", "d": "us"} {
 		clusters.Add(&brokerv1.Cluster{ObjectMeta: metav1.ObjectMeta{Name: id, Namespace: "ns"}, Spec: brokerv1.ClusterSpec{ClusterID: id, Region: region}})
 	}
-	a := &Agent{cfg: Config{ClusterID: "a", Region: "eu", BrokerNamespace: "ns"}, clusters: clusters}
+	// a's tunnel reports d down; b's heartbeat is current (no Lease yet
+	// counts as healthy), so only d is unreachable.
+	clusters.Update(&brokerv1.Cluster{ObjectMeta: metav1.ObjectMeta{Name: "a", Namespace: "ns"}, Spec: brokerv1.ClusterSpec{ClusterID: "a", Region: "eu"},
+		Status: brokerv1.ClusterStatus{Tunnel: &brokerv1.TunnelStatus{Peers: []brokerv1.TunnelPeerStatus{
+			{Cluster: "b", State: brokerv1.TunnelPeerConnected}, {Cluster: "c", State: brokerv1.TunnelPeerConnecting}, {Cluster: "d", State: brokerv1.TunnelPeerError}}}}})
+	a := &Agent{cfg: Config{ClusterID: "a", Region: "eu", BrokerNamespace: "ns"}, clusters: clusters, leases: cache.NewStore(cache.MetaNamespaceKeyFunc)}
 	tests := []struct {
 		name      string
 		byCluster map[string][]*discoveryv1.EndpointSlice
@@ -37,7 +42,10 @@ func TestChooseClusters(t *testing.T) {
 		{"local ready stays local", map[string][]*discoveryv1.EndpointSlice{"a": slicesWith(true), "b": slicesWith(true), "c": slicesWith(true)}, LocalityLocal, []string{"a"}},
 		{"one ready local endpoint is enough", map[string][]*discoveryv1.EndpointSlice{"a": slicesWith(false, true), "c": slicesWith(true)}, LocalityLocal, []string{"a"}},
 		{"none local: same region first", map[string][]*discoveryv1.EndpointSlice{"a": slicesWith(false), "b": slicesWith(true), "c": slicesWith(true)}, LocalityLocal, []string{"c"}},
-		{"same region not ready: other regions", map[string][]*discoveryv1.EndpointSlice{"a": nil, "b": slicesWith(true), "c": slicesWith(false), "d": slicesWith(true)}, LocalityLocal, []string{"b", "d"}},
+		{"same region not ready: other regions, not the unreachable one", map[string][]*discoveryv1.EndpointSlice{"a": nil, "b": slicesWith(true), "c": slicesWith(false), "d": slicesWith(true)}, LocalityLocal, []string{"b"}},
+		{"only the unreachable one is ready: keep it", map[string][]*discoveryv1.EndpointSlice{"a": nil, "b": slicesWith(false), "d": slicesWith(true)}, LocalityLocal, []string{"d"}},
+		{"spread leaves the unreachable one out", map[string][]*discoveryv1.EndpointSlice{"a": slicesWith(true), "b": slicesWith(true), "d": slicesWith(true)}, LocalitySpread, []string{"a", "b"}},
+		{"spread keeps it when nothing else is ready", map[string][]*discoveryv1.EndpointSlice{"a": slicesWith(false), "d": slicesWith(true)}, LocalitySpread, []string{"a", "d"}},
 		{"no local export at all", map[string][]*discoveryv1.EndpointSlice{"b": slicesWith(true), "c": slicesWith(true)}, LocalityLocal, []string{"c"}},
 		{"nothing ready anywhere: keep all", map[string][]*discoveryv1.EndpointSlice{"a": slicesWith(false), "b": slicesWith(false)}, LocalityLocal, []string{"a", "b"}},
 		{"spread", map[string][]*discoveryv1.EndpointSlice{"a": slicesWith(true), "b": slicesWith(true)}, LocalitySpread, []string{"a", "b"}},

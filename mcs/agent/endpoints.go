@@ -126,7 +126,9 @@ func localityOf(exports []*brokerv1.ExportedService, winner string) string {
 // locality policy: local keeps traffic here while any local endpoint is
 // ready and otherwise goes to the nearest region with ready endpoints;
 // spread uses every cluster; remote-first prefers the nearest other
-// clusters and falls back to this one.
+// clusters and falls back to this one. Other clusters that are
+// unreachable now (see unreachable) get no traffic while a reachable one
+// has ready endpoints; they stay in the import until withdrawn.
 func (a *Agent) chooseClusters(byCluster map[string][]*discoveryv1.EndpointSlice, policy string) []string {
 	var all, remote []string
 	for c := range byCluster {
@@ -137,10 +139,16 @@ func (a *Agent) chooseClusters(byCluster map[string][]*discoveryv1.EndpointSlice
 	}
 	slices.Sort(all)
 	slices.Sort(remote)
+	if up := slices.DeleteFunc(slices.Clone(remote), a.unreachable); len(up) > 0 {
+		remote = up
+	}
 	localReady := anyReady(byCluster[a.cfg.ClusterID])
 	nearest := a.nearest(remote)
 	switch {
 	case policy == LocalitySpread:
+		if up := slices.DeleteFunc(slices.Clone(all), a.unreachable); slices.ContainsFunc(up, func(c string) bool { return anyReady(byCluster[c]) }) {
+			return up
+		}
 		return all
 	case policy == LocalityRemoteFirst && len(nearest) > 0:
 		return nearest

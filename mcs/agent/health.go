@@ -79,6 +79,34 @@ func (a *Agent) healthOf(cluster string) clusterHealth {
 	return healthy
 }
 
+// unreachable reports whether traffic to cluster should go elsewhere now:
+// its heartbeat has lapsed, or this cluster's own tunnel reports the data
+// path to it down (the peer in Error or Conflict in this cluster's record,
+// the signal the xDS server uses too). With the default 30 s Lease the
+// tunnel's probes (3 lost, one a second) say it first.
+func (a *Agent) unreachable(cluster string) bool {
+	if cluster == a.cfg.ClusterID {
+		return false
+	}
+	if a.healthOf(cluster) != healthy {
+		return true
+	}
+	o, ok, _ := a.clusters.GetByKey(a.cfg.BrokerNamespace + "/" + a.cfg.ClusterID)
+	if !ok {
+		return false
+	}
+	ts := o.(*brokerv1.Cluster).Status.Tunnel
+	if ts == nil {
+		return false
+	}
+	for _, p := range ts.Peers {
+		if p.Cluster == cluster {
+			return p.State == brokerv1.TunnelPeerError || p.State == brokerv1.TunnelPeerConflict
+		}
+	}
+	return false
+}
+
 // recheckHealth recomputes every known cluster's health and, when any
 // changed, queues every import.
 func (a *Agent) recheckHealth() {
