@@ -30,6 +30,9 @@ import (
 var pidFile = filepath.Join(os.TempDir(), "isthmus-demo.pid")
 
 func main() {
+	// The demo runs this program again, in c's node namespace, as its
+	// proxyless gRPC client.
+	demo.ClientMain()
 	if err := run(os.Args[1:], os.Stdout); err != nil {
 		fmt.Fprintln(os.Stderr, "isthmus-demo:", err)
 		os.Exit(1)
