@@ -147,7 +147,8 @@ func (s echoService) UnaryCall(ctx context.Context, req *testgrpc.SimpleRequest)
 	if req.GetFillServerId() {
 		resp.ServerId = s.cluster
 	}
-	if req.GetFillHostname() && p.LocalAddr != nil {
+	// The interop servers always fill the hostname: here the pod's IP.
+	if p.LocalAddr != nil {
 		if ap, err := netip.ParseAddrPort(p.LocalAddr.String()); err == nil {
 			resp.Hostname = ap.Addr().String()
 		}

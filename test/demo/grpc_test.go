@@ -107,7 +107,7 @@ func TestEchoServesLineAndGRPC(t *testing.T) {
 		defer cancel()
 		var p peer.Peer
 		resp, err := testgrpc.NewTestServiceClient(cc).UnaryCall(ctx,
-			&testgrpc.SimpleRequest{FillServerId: true, FillHostname: true, FillUsername: true}, grpc.Peer(&p))
+			&testgrpc.SimpleRequest{FillServerId: true, FillUsername: true}, grpc.Peer(&p))
 		ti, _ := p.AuthInfo.(credentials.TLSInfo)
 		return resp, ti, err
 	}
@@ -168,14 +168,14 @@ func TestClustersetBundle(t *testing.T) {
 // breaks the load with a hint instead of a 30 s wait.
 func TestReadClientReports(t *testing.T) {
 	at := time.Unix(1000, 0)
-	good := fmt.Sprintf("{\"hello\":%q}\n{\"at\":%d,\"cluster\":\"a\",\"pod\":\"10.241.0.5\",\"serverID\":\"s\",\"clientID\":\"c\"}\n{\"at\":%d,\"err\":\"deadline\"}\n",
+	good := fmt.Sprintf("{\"hello\":%q}\n{\"at\":%d,\"took\":2000000,\"cluster\":\"a\",\"pod\":\"10.241.0.5\",\"serverID\":\"s\",\"clientID\":\"c\"}\n{\"at\":%d,\"err\":\"deadline\"}\n",
 		clientHello, at.UnixNano(), at.Add(50*time.Millisecond).UnixNano())
 	l := &load{}
 	l.read(strings.NewReader(good), "log")
 	if l.broken != nil || len(l.samples) != 2 {
 		t.Fatalf("broken %v, samples %+v", l.broken, l.samples)
 	}
-	if s := l.samples[0]; s.served != "a" || s.pod != "10.241.0.5" || s.serverID != "s" || s.clientID != "c" || !s.at.Equal(at) {
+	if s := l.samples[0]; s.served != "a" || s.pod != "10.241.0.5" || s.serverID != "s" || s.clientID != "c" || !s.at.Equal(at) || s.took != 2*time.Millisecond {
 		t.Errorf("first sample %+v", s)
 	}
 	if s := l.samples[1]; s.err == nil || s.served != "" {

@@ -52,7 +52,8 @@ type grpcClientSpec struct {
 // grpcResult is one RPC as the child reports it, a JSON line on stdout.
 type grpcResult struct {
 	Hello    string `json:"hello,omitempty"`
-	At       int64  `json:"at,omitempty"` // when it was sent, Unix ns
+	At       int64  `json:"at,omitempty"`   // when it was sent, Unix ns
+	Took     int64  `json:"took,omitempty"` // until it was answered or failed, ns
 	Cluster  string `json:"cluster,omitempty"`
 	Pod      string `json:"pod,omitempty"`
 	ServerID string `json:"serverID,omitempty"`
@@ -126,9 +127,9 @@ func call(client testgrpc.TestServiceClient, first bool) grpcResult {
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	var p peer.Peer
-	resp, err := client.UnaryCall(ctx, &testgrpc.SimpleRequest{FillServerId: true, FillHostname: true, FillUsername: true},
+	resp, err := client.UnaryCall(ctx, &testgrpc.SimpleRequest{FillServerId: true, FillUsername: true},
 		append(opts, grpc.Peer(&p))...)
-	r := grpcResult{At: at.UnixNano()}
+	r := grpcResult{At: at.UnixNano(), Took: int64(time.Since(at))}
 	if err != nil {
 		r.Err = err.Error()
 		return r
@@ -263,7 +264,7 @@ func (l *load) read(r io.Reader, logName string) {
 			hello = true
 			continue
 		}
-		s := sample{at: time.Unix(0, res.At), served: res.Cluster, pod: res.Pod, serverID: res.ServerID, clientID: res.ClientID}
+		s := sample{at: time.Unix(0, res.At), took: time.Duration(res.Took), served: res.Cluster, pod: res.Pod, serverID: res.ServerID, clientID: res.ClientID}
 		if res.Err != "" {
 			s.err, s.served = errors.New(res.Err), ""
 		}
@@ -294,18 +295,17 @@ func (w *World) grpcStep(ctx context.Context, r *Results) (*load, error) {
 		gl.stop()
 		return nil, fmt.Errorf("c's gRPC client with xds:///%s: %w", FQDN, err)
 	}
-	var s sample
-	for _, x := range gl.since(first) {
-		if x.err == nil {
-			s = x
-			break
-		}
-	}
+	run := gl.since(first)[:5]
+	s, last := run[0], run[len(run)-1]
+	// From starting the client to the first answer: the process, the xDS
+	// resources from c's server, the first mTLS connection, the RPC.
+	took := s.at.Add(s.took).Sub(t)
 	failed, total := failures(gl.since(t), t, first)
-	r.Steps = append(r.Steps, Step{Name: StepXDS, Took: first.Sub(t), Failed: failed, Total: total, ServedBy: s.served,
-		ServerID: s.serverID, ClientID: s.clientID, Note: "mTLS to a's pod " + s.pod + ", identities from c's and a's xDS servers"})
-	w.say("from c: gRPC client with xds:///%s (mTLS, identities from our xDS server) served by %s (same region), pod %s, %s after the client started; it verified %s, the pod saw %s",
-		FQDN, s.served, s.pod, first.Sub(t).Round(time.Millisecond), s.serverID, s.clientID)
+	r.Steps = append(r.Steps, Step{Name: StepXDS, Took: took, Failed: failed, Total: total, ServedBy: s.served,
+		ServerID: s.serverID, ClientID: s.clientID, Note: fmt.Sprintf("mTLS to a's pod %s, certificates from c's and a's xDS roles; later RPCs %s",
+			s.pod, last.took.Round(100*time.Microsecond))})
+	w.say("from c: gRPC client with xds:///%s (mTLS, identities from our xDS server) served by %s (same region), pod %s: first answer %s after the client started (its first RPC took %s), later RPCs %s; the client verified %s, the pod saw %s",
+		FQDN, s.served, s.pod, took.Round(time.Millisecond), s.took.Round(time.Millisecond), last.took.Round(100*time.Microsecond), s.serverID, s.clientID)
 	return gl, nil
 }
 

@@ -196,6 +196,7 @@ type sample struct {
 	// server presented (as the client verified it) and the one the server
 	// saw for the client.
 	pod, serverID, clientID string
+	took                    time.Duration // a gRPC request's, until answered
 }
 
 // load sends a request every interval from a member's client and records
