@@ -280,6 +280,7 @@ func (l *load) read(r io.Reader, logName string) {
 // identity. The client keeps running for the failover steps.
 func (w *World) grpcStep(ctx context.Context, r *Results) (*load, error) {
 	c := w.Member("c")
+	before := w.wgTransfer(c)
 	t := time.Now()
 	gl, err := c.startGRPCLoad()
 	if err != nil {
@@ -295,6 +296,11 @@ func (w *World) grpcStep(ctx context.Context, r *Results) (*load, error) {
 		gl.stop()
 		return nil, fmt.Errorf("c's gRPC client with xds:///%s: %w", FQDN, err)
 	}
+	sent := w.wgTransfer(c) - before
+	if sent <= 0 {
+		gl.stop()
+		return nil, fmt.Errorf("c's WireGuard device sent nothing while its gRPC client was served by a: the RPCs did not cross the tunnel")
+	}
 	run := gl.since(first)[:5]
 	s, last := run[0], run[len(run)-1]
 	// From starting the client to the first answer: the process, the xDS
@@ -302,10 +308,10 @@ func (w *World) grpcStep(ctx context.Context, r *Results) (*load, error) {
 	took := s.at.Add(s.took).Sub(t)
 	failed, total := failures(gl.since(t), t, first)
 	r.Steps = append(r.Steps, Step{Name: StepXDS, Took: took, Failed: failed, Total: total, ServedBy: s.served,
-		ServerID: s.serverID, ClientID: s.clientID, Note: fmt.Sprintf("mTLS to a's pod %s, certificates from c's and a's xDS roles; later RPCs %s",
-			s.pod, last.took.Round(100*time.Microsecond))})
-	w.say("from c: gRPC client with xds:///%s (mTLS, identities from our xDS server) served by %s (same region), pod %s: first answer %s after the client started (its first RPC took %s), later RPCs %s; the client verified %s, the pod saw %s",
-		FQDN, s.served, s.pod, took.Round(time.Millisecond), s.took.Round(time.Millisecond), last.took.Round(100*time.Microsecond), s.serverID, s.clientID)
+		ServerID: s.serverID, ClientID: s.clientID, Note: fmt.Sprintf("mTLS to a's pod %s over WireGuard (+%d B sent); later RPCs %s",
+			s.pod, sent, last.took.Round(100*time.Microsecond))})
+	w.say("from c: gRPC client with xds:///%s (mTLS, identities from our xDS server) served by %s (same region), pod %s over WireGuard (+%d bytes on c's tunnels): first answer %s after the client started (its first RPC took %s), later RPCs %s; the client verified %s, the pod saw %s",
+		FQDN, s.served, s.pod, sent, took.Round(time.Millisecond), s.took.Round(time.Millisecond), last.took.Round(100*time.Microsecond), s.serverID, s.clientID)
 	return gl, nil
 }
 
