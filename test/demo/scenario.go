@@ -264,7 +264,22 @@ func settle(ctx context.Context, l *load, name string, t time.Time, to string, t
 		return Step{}, err
 	}
 	failed, total := failures(l.since(t), t, first)
-	return Step{Name: name, Took: first.Sub(t), Failed: failed, Total: total, ServedBy: to}, nil
+	step := Step{Name: name, Took: first.Sub(t), Failed: failed, Total: total, ServedBy: to}
+	for _, s := range l.since(t) {
+		if s.err != nil && s.at.Before(first) {
+			step.Note = "first failure: " + shorten(s.err.Error(), 100)
+			break
+		}
+	}
+	return step, nil
+}
+
+// shorten cuts s to at most n bytes, marking the cut.
+func shorten(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n-3] + "..."
 }
 
 // Summary writes the results as a table.
