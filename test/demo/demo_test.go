@@ -52,6 +52,9 @@ func TestDemo(t *testing.T) {
 			if b, rerr := os.ReadFile(m.IsthmusLog()); rerr == nil {
 				t.Logf("--- isthmus log of %s (last 4 KiB) ---\n%s", m.ID, tail(b, 4096))
 			}
+			if b, rerr := os.ReadFile(m.GRPCClientLog()); rerr == nil && len(b) > 0 {
+				t.Logf("--- gRPC client log of %s (last 4 KiB) ---\n%s", m.ID, tail(b, 4096))
+			}
 		}
 		w.Down()
 		t.Fatalf("scenario: %v", err)

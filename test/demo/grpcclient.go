@@ -187,6 +187,12 @@ func (m *Member) writeBootstrap() (string, error) {
 	return path, os.WriteFile(path, data, 0o644)
 }
 
+// GRPCClientLog is the log file of the member's gRPC client process
+// (gRPC's own errors), when it has one.
+func (m *Member) GRPCClientLog() string {
+	return filepath.Join(m.w.Dir, "node-"+m.ID, "grpc-client.log")
+}
+
 // startGRPCLoad starts m's gRPC client in m's node namespace, sending an
 // RPC to xds:///FQDN every loadInterval, and records each outcome.
 func (m *Member) startGRPCLoad() (*load, error) {
@@ -199,7 +205,7 @@ func (m *Member) startGRPCLoad() (*load, error) {
 		return nil, fmt.Errorf("writing c's gRPC bootstrap: %w", err)
 	}
 	spec, _ := json.Marshal(grpcClientSpec{Target: FQDN, Interval: loadInterval})
-	logf, err := os.OpenFile(filepath.Join(m.w.Dir, "node-"+m.ID, "grpc-client.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	logf, err := os.OpenFile(m.GRPCClientLog(), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
 		return nil, err
 	}

@@ -92,6 +92,9 @@ func up(bin string, keep bool, out io.Writer) error {
 	if err != nil {
 		for _, m := range w.Members {
 			fmt.Fprintf(out, "isthmus log of %s: %s\n", m.ID, m.IsthmusLog())
+			if st, err := os.Stat(m.GRPCClientLog()); err == nil && st.Size() > 0 {
+				fmt.Fprintf(out, "gRPC client log of %s: %s\n", m.ID, m.GRPCClientLog())
+			}
 		}
 		if !keep {
 			return err
