@@ -16,11 +16,19 @@ func (w testWriter) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
+// TestMain lets the demo run this test binary again as its gRPC client
+// (see ClientMain).
+func TestMain(m *testing.M) {
+	ClientMain()
+	os.Exit(m.Run())
+}
+
 // TestDemo runs the demo's scenario and checks what it narrates: c
-// resolves and reaches a over WireGuard; a's clients fail over to b when
-// a's pods go and come back when they return; a cut off is marked
-// unhealthy and withdrawn and c is then served by b; nothing is left
-// behind.
+// resolves and reaches a over WireGuard; c's proxyless gRPC client is
+// served by a in mTLS with the identities our xDS servers issued; a's
+// clients and c's gRPC client fail over to b when a's pods go and come
+// back when they return; a cut off is marked unhealthy and withdrawn and c
+// is then served by b; nothing is left behind.
 func TestDemo(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Fatal("the demo test needs root (network namespaces, TUN devices), as CI has")
@@ -44,17 +52,29 @@ func TestDemo(t *testing.T) {
 			if b, rerr := os.ReadFile(m.IsthmusLog()); rerr == nil {
 				t.Logf("--- isthmus log of %s (last 4 KiB) ---\n%s", m.ID, tail(b, 4096))
 			}
+			if b, rerr := os.ReadFile(m.GRPCClientLog()); rerr == nil && len(b) > 0 {
+				t.Logf("--- gRPC client log of %s (last 4 KiB) ---\n%s", m.ID, tail(b, 4096))
+			}
 		}
 		w.Down()
 		t.Fatalf("scenario: %v", err)
 	}
-	for _, name := range []string{StepReady, StepResolve, StepReach, StepDiagnose, StepLocalDown, StepLocalBack, StepClusterCut, StepUnhealthy, StepWithdrawn} {
+	for _, name := range []string{StepReady, StepResolve, StepReach, StepDiagnose, StepXDS, StepLocalDown, StepXDSDown, StepLocalBack, StepXDSBack, StepClusterCut, StepUnhealthy, StepWithdrawn} {
 		if _, ok := res.Step(name); !ok {
 			t.Errorf("step %q not reported", name)
 		}
 	}
 	if s, _ := res.Step(StepReach); s.ServedBy != "a" {
 		t.Errorf("c was served by %q, want a", s.ServedBy)
+	}
+	if s, _ := res.Step(StepXDS); s.ServedBy != "a" || s.ServerID != SPIFFEID("a", echoSA) || s.ClientID != SPIFFEID("c", clientSA) {
+		t.Errorf("c's gRPC client: %+v, want served by a, which presented %s and saw %s", s, SPIFFEID("a", echoSA), SPIFFEID("c", clientSA))
+	}
+	if s, _ := res.Step(StepXDSDown); s.ServedBy != "b" || s.Total == 0 {
+		t.Errorf("a's pods down, c's gRPC client: %+v, want b serving after some RPCs", s)
+	}
+	if s, _ := res.Step(StepXDSBack); s.ServedBy != "a" {
+		t.Errorf("a's pods back, c's gRPC client: %+v, want a serving", s)
 	}
 	if s, _ := res.Step(StepLocalDown); s.ServedBy != "b" || s.Total == 0 {
 		t.Errorf("a's pods down: %+v, want b serving after some requests", s)

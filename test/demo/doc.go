@@ -6,8 +6,17 @@
 // between the node namespaces, and echo servers as pods in a and b whose
 // IPs are served by a real listener in a pod namespace behind that
 // member's node. The scenario then narrates and checks: DNS and routing
-// from c over the tunnel, local failover when a's pods go, and a's
-// withdrawal when the whole cluster is cut off.
+// from c over the tunnel; a proxyless gRPC client in c (gRPC-Go's xDS
+// client on c's xDS server) served by a in mTLS, with the workload
+// certificates each cluster's xDS role writes; failover to b and back
+// when a's pods go and return, for a's TCP client and c's gRPC client;
+// and a's withdrawal when the whole cluster is cut off.
+//
+// The echo pods serve the plain echo line and gRPC's interop TestService
+// on one port (the service needs a single port for its bare xDS name): a
+// connection that starts with a TLS handshake is gRPC. The gRPC client
+// runs in c's node namespace as this program started again (ClientMain),
+// since gRPC dials from threads of its own.
 //
 // Every namespace, link and WireGuard socket it makes is named isd…, and
 // Down (or the next Up) removes them, so nothing of a run is left behind.

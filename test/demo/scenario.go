@@ -35,6 +35,10 @@ type Step struct {
 	Total    int // requests sent during the step
 	ServedBy string
 	Note     string
+	// ServerID and ClientID are an mTLS step's identities: the SPIFFE id
+	// the serving pod presented, as the client verified it, and the one
+	// the server saw the client present.
+	ServerID, ClientID string
 }
 
 // Results are what a scenario run measured.
@@ -62,7 +66,9 @@ const (
 	StepDiagnose     = "diagnose from c"
 	StepXDS          = "gRPC xDS from c"
 	StepLocalDown    = "a's pods down"
+	StepXDSDown      = "a's pods down: gRPC from c"
 	StepLocalBack    = "a's pods back"
+	StepXDSBack      = "a's pods back: gRPC from c"
 	StepClusterCut   = "a cut off"
 	StepUnhealthy    = "a unhealthy"
 	StepWithdrawn    = "a withdrawn"
@@ -141,21 +147,16 @@ func (w *World) Run(ctx context.Context) (*Results, error) {
 	r.Steps = append(r.Steps, Step{Name: StepDiagnose, Took: time.Since(t), Note: "every check passes from c"})
 	w.say("isthmusctl diagnose %s.%s from c: export records, import, endpoints, DNS, tunnels to a and b all fine (%s)", Service, Namespace, time.Since(t).Round(time.Millisecond))
 
-	// 3. The proxyless gRPC client: added with the xDS server.
-	if w.xdsStep != nil {
-		t = time.Now()
-		served, err := w.xdsStep(ctx, w)
-		if err != nil {
-			return r, fmt.Errorf("gRPC xDS client in c: %w", err)
-		}
-		r.Steps = append(r.Steps, Step{Name: StepXDS, Took: time.Since(t), ServedBy: served})
-		w.say("from c: gRPC client with xds:///%s served by %s", FQDN, served)
-	} else {
-		w.say("(the proxyless gRPC step runs once `isthmus xds` is part of `isthmus all`)")
+	// 3. The proxyless gRPC client in c, with mTLS both ways.
+	gl, err := w.grpcStep(ctx, r)
+	if err != nil {
+		return r, err
 	}
+	defer gl.stop()
 
-	// 4. a's own pods go away: a's clients fail over to b, then back.
-	w.say("a's client sends a request every %s through the ClusterSetIP; now a's echo pods are deleted", loadInterval)
+	// 4. a's own pods go away: a's clients fail over to b, then back; so
+	// does c's gRPC client.
+	w.say("a's client sends a request every %s through the ClusterSetIP, c's gRPC client an RPC every %s; now a's echo pods are deleted", loadInterval, loadInterval)
 	vipA, err := w.clusterSetIP(ctx, a)
 	if err != nil {
 		return r, err
@@ -167,20 +168,37 @@ func (w *World) Run(ctx context.Context) (*Results, error) {
 	if _, err := la.waitServedBy(sctx, time.Now(), "a", 5); err != nil {
 		return r, fmt.Errorf("before the failover, a's client: %w", err)
 	}
-	step, err := failover(ctx, la, StepLocalDown, "b", stepTimeoutShort, func() error { return a.ScaleEcho(ctx, 0) })
+	var acted time.Time
+	step, err := failover(ctx, la, StepLocalDown, "b", stepTimeoutShort, func() error { acted = time.Now(); return a.ScaleEcho(ctx, 0) })
 	if err != nil {
 		return r, fmt.Errorf("after a's pods went, a's client: %w", err)
 	}
 	r.Steps = append(r.Steps, step)
 	w.say("a's pods gone: a's client served by b (us) after %s, %d of %d requests failed meanwhile", step.Took.Round(time.Millisecond), step.Failed, step.Total)
+	step, err = settle(ctx, gl, StepXDSDown, acted, "b", stepTimeoutShort)
+	if err != nil {
+		return r, fmt.Errorf("after a's pods went, c's gRPC client: %w", err)
+	}
+	r.Steps = append(r.Steps, step)
+	w.say("a's pods gone: c's gRPC client served by b (us) after %s, %d of %d RPCs failed meanwhile", step.Took.Round(time.Millisecond), step.Failed, step.Total)
 
-	step, err = failover(ctx, la, StepLocalBack, "a", stepTimeoutShort, func() error { return a.ScaleEcho(ctx, echoReplicas) })
+	step, err = failover(ctx, la, StepLocalBack, "a", stepTimeoutShort, func() error { acted = time.Now(); return a.ScaleEcho(ctx, echoReplicas) })
 	if err != nil {
 		return r, fmt.Errorf("after a's pods returned, a's client: %w", err)
 	}
 	r.Steps = append(r.Steps, step)
 	w.say("a's pods back: a's client served locally again after %s, %d of %d requests failed meanwhile", step.Took.Round(time.Millisecond), step.Failed, step.Total)
+	step, err = settle(ctx, gl, StepXDSBack, acted, "a", stepTimeoutShort)
+	if err != nil {
+		return r, fmt.Errorf("after a's pods returned, c's gRPC client: %w", err)
+	}
+	r.Steps = append(r.Steps, step)
+	w.say("a's pods back: c's gRPC client served by a again after %s, %d of %d RPCs failed meanwhile", step.Took.Round(time.Millisecond), step.Failed, step.Total)
 	la.stop()
+	gl.stop()
+	if err := checkIdentities(gl.since(time.Time{})); err != nil {
+		return r, fmt.Errorf("c's gRPC client: %w", err)
+	}
 
 	// 5. Cluster a is cut off: link down and its daemon gone.
 	lc := c.startLoad(netip.AddrPortFrom(vip, servicePort))
@@ -228,18 +246,40 @@ func (w *World) Run(ctx context.Context) (*Results, error) {
 // served by cluster to, and reports how long that took from act and how
 // many requests failed meanwhile.
 func failover(ctx context.Context, l *load, name, to string, timeout time.Duration, act func() error) (Step, error) {
-	ctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
 	t := time.Now()
 	if err := act(); err != nil {
 		return Step{}, err
 	}
+	return settle(ctx, l, name, t, to, timeout)
+}
+
+// settle waits until ten requests of l in a row from t on are served by
+// cluster to, and reports how long that took from t and how many requests
+// failed meanwhile.
+func settle(ctx context.Context, l *load, name string, t time.Time, to string, timeout time.Duration) (Step, error) {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
 	first, err := l.waitServedBy(ctx, t, to, 10)
 	if err != nil {
 		return Step{}, err
 	}
 	failed, total := failures(l.since(t), t, first)
-	return Step{Name: name, Took: first.Sub(t), Failed: failed, Total: total, ServedBy: to}, nil
+	step := Step{Name: name, Took: first.Sub(t), Failed: failed, Total: total, ServedBy: to}
+	for _, s := range l.since(t) {
+		if s.err != nil && s.at.Before(first) {
+			step.Note = "first failure: " + shorten(s.err.Error(), 100)
+			break
+		}
+	}
+	return step, nil
+}
+
+// shorten cuts s to at most n bytes, marking the cut.
+func shorten(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n-3] + "..."
 }
 
 // Summary writes the results as a table.

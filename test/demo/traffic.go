@@ -57,8 +57,11 @@ func (w *World) deployEcho(ctx context.Context) error {
 		if _, err := c.AppsV1().Deployments(Namespace).Create(ctx, dep, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
 			return fmt.Errorf("%s: creating Deployment: %w", m.ID, err)
 		}
+		// Proxyless gRPC clients are to speak mTLS to the pods: the
+		// ServiceExport exports the annotation, the imports carry it.
+		upstreamTLS := map[string]string{annotationUpstreamTLS: "mtls"}
 		svc := &corev1.Service{
-			ObjectMeta: metav1.ObjectMeta{Name: Service, Namespace: Namespace},
+			ObjectMeta: metav1.ObjectMeta{Name: Service, Namespace: Namespace, Annotations: upstreamTLS},
 			Spec: corev1.ServiceSpec{Selector: labels, Ports: []corev1.ServicePort{{Name: "tcp", Port: servicePort,
 				Protocol: corev1.ProtocolTCP, TargetPort: intstr.FromString("tcp")}}},
 		}
@@ -69,7 +72,8 @@ func (w *World) deployEcho(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		se := &mcsv1beta1.ServiceExport{ObjectMeta: metav1.ObjectMeta{Name: Service, Namespace: Namespace}}
+		se := &mcsv1beta1.ServiceExport{ObjectMeta: metav1.ObjectMeta{Name: Service, Namespace: Namespace},
+			Spec: mcsv1beta1.ServiceExportSpec{ExportedAnnotations: upstreamTLS}}
 		if _, err := mc.MulticlusterV1beta1().ServiceExports(Namespace).Create(ctx, se, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
 			return fmt.Errorf("%s: creating ServiceExport: %w", m.ID, err)
 		}
@@ -86,8 +90,9 @@ func (w *World) deployEcho(ctx context.Context) error {
 
 func ptr[T any](v T) *T { return &v }
 
-// serveEcho listens in the member's pod namespace on every address: each
-// connection gets one line naming the cluster and the pod IP it reached.
+// serveEcho listens in the member's pod namespace on every address: a
+// connection that starts with a TLS handshake is gRPC (see route); any
+// other gets one line naming the cluster and the pod IP it reached.
 func (m *Member) serveEcho() error {
 	var l net.Listener
 	err := netnstest.Run(m.Pods, func() (err error) {
@@ -97,20 +102,7 @@ func (m *Member) serveEcho() error {
 	if err != nil {
 		return fmt.Errorf("%s: serving echo: %w", m.ID, err)
 	}
-	m.w.addStop(func() { l.Close() })
-	go func() {
-		for {
-			conn, err := l.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer conn.Close()
-				local, _ := netip.ParseAddrPort(conn.LocalAddr().String())
-				fmt.Fprintf(conn, "echo from cluster %s pod %s\n", m.ID, local.Addr())
-			}()
-		}
-	}()
+	m.w.addStop(m.serveOn(l))
 	return nil
 }
 
@@ -180,6 +172,10 @@ func (m *Member) Request(addr netip.AddrPort, timeout time.Duration) (string, er
 	}
 	defer conn.Close()
 	_ = conn.SetDeadline(time.Now().Add(timeout))
+	// One byte that is not a TLS handshake: the echo line at once.
+	if _, err := conn.Write([]byte("\n")); err != nil {
+		return "", fmt.Errorf("sending the request: %w", err)
+	}
 	line, err := bufio.NewReader(conn).ReadString('\n')
 	if err != nil {
 		return "", fmt.Errorf("reading the answer: %w", err)
@@ -196,6 +192,11 @@ type sample struct {
 	at     time.Time
 	served string // cluster id, empty on failure
 	err    error
+	// A gRPC request's: the pod IP that answered, the SPIFFE id the
+	// server presented (as the client verified it) and the one the server
+	// saw for the client.
+	pod, serverID, clientID string
+	took                    time.Duration // a gRPC request's, until answered
 }
 
 // load sends a request every interval from a member's client and records
@@ -203,8 +204,21 @@ type sample struct {
 type load struct {
 	mu      sync.Mutex
 	samples []sample
-	cancel  context.CancelFunc
+	broken  error // the load cannot run at all
+	cancel  func()
 	done    chan struct{}
+}
+
+func (l *load) add(s sample) {
+	l.mu.Lock()
+	l.samples = append(l.samples, s)
+	l.mu.Unlock()
+}
+
+func (l *load) fail(err error) {
+	l.mu.Lock()
+	l.broken = err
+	l.mu.Unlock()
 }
 
 const (
@@ -222,9 +236,7 @@ func (m *Member) startLoad(addr netip.AddrPort) *load {
 		for {
 			at := time.Now()
 			served, err := m.Request(addr, requestTimeout)
-			l.mu.Lock()
-			l.samples = append(l.samples, sample{at: at, served: served, err: err})
-			l.mu.Unlock()
+			l.add(sample{at: at, served: served, err: err})
 			select {
 			case <-ctx.Done():
 				return
@@ -260,6 +272,12 @@ func (l *load) since(t time.Time) []sample {
 // cluster id, and returns when the first of them was sent.
 func (l *load) waitServedBy(ctx context.Context, t time.Time, id string, n int) (time.Time, error) {
 	for {
+		l.mu.Lock()
+		broken := l.broken
+		l.mu.Unlock()
+		if broken != nil {
+			return time.Time{}, broken
+		}
 		var run int
 		var first time.Time
 		for _, s := range l.since(t) {

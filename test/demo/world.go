@@ -58,11 +58,6 @@ type Options struct {
 	Log *slog.Logger
 	// WorkDir holds the harness and the daemons' logs; empty means a temp dir.
 	WorkDir string
-	// XDSStep, when set, is the scenario's proxyless gRPC step from c, to
-	// come with the xDS server in `isthmus all`: a gRPC client with
-	// `xds:///echo.demo.svc.clusterset.local` and mTLS, expected to be
-	// served by a (same region). It returns the cluster that answered.
-	XDSStep func(ctx context.Context, w *World) (servedBy string, err error)
 }
 
 // Member is one member cluster of the demo and its node.
@@ -101,7 +96,6 @@ type World struct {
 	ctl      string
 	out      io.Writer
 	began    time.Time
-	xdsStep  func(context.Context, *World) (string, error)
 
 	mu    sync.Mutex
 	stops []func()
@@ -130,7 +124,7 @@ var Requirements = []string{"ip", "nft", "dig", "wg"}
 // Up builds the whole demo and returns once c resolves and reaches the
 // echo service. On error everything made is removed again.
 func Up(ctx context.Context, opts Options) (_ *World, err error) {
-	w := &World{out: opts.Out, began: time.Now(), xdsStep: opts.XDSStep}
+	w := &World{out: opts.Out, began: time.Now()}
 	if os.Geteuid() != 0 {
 		return nil, errors.New("the demo needs root: it makes network namespaces and TUN devices")
 	}
@@ -378,13 +372,18 @@ func (m *Member) StartIsthmus() error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	log := filepath.Join(m.w.Dir, "node-"+m.ID, "isthmus.log")
+	certs := m.certDir(m.workloadSA())
+	if err := os.MkdirAll(certs, 0o700); err != nil {
+		return err
+	}
 	p, err := startIn(m.Node, log, m.w.isthmus, "all",
 		"--kubeconfig", m.Cluster.Kubeconfig, "--cluster-id", m.ID, "--metrics-addr", metricsAddr,
 		"--agent-region", m.Region, "--agent-zone", m.Zone,
 		"--agent-pod-cidrs", m.Cluster.PodCIDR.String(), "--agent-service-cidrs", m.Cluster.ServiceCIDR.String(),
 		"--agent-lease-duration", LeaseDuration.String(), "--agent-withdraw-after", WithdrawAfter.String(),
 		"--dns-listen", fmt.Sprintf("127.0.0.1:%d", DNSPort),
-		"--xds-region", m.Region, "--xds-zone", m.Zone, "--xds-listen", "127.0.0.1:15010",
+		"--xds-region", m.Region, "--xds-zone", m.Zone, "--xds-listen", xdsAddr,
+		"--xds-workload-certs", Namespace+"/"+m.workloadSA()+"="+certs,
 		"--tunnel-device", m.WGDevice, "--tunnel-endpoint", m.Underlay.String()+":51820",
 		"--tunnel-resync", "5s", "--tunnel-status-interval", "1s", "--tunnel-keepalive", "2s",
 		"--tunnel-leader-elect-identity", m.Node, "--tunnel-leader-elect-lease-duration", "4s",

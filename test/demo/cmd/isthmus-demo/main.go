@@ -30,6 +30,9 @@ import (
 var pidFile = filepath.Join(os.TempDir(), "isthmus-demo.pid")
 
 func main() {
+	// The demo runs this program again, in c's node namespace, as its
+	// proxyless gRPC client.
+	demo.ClientMain()
 	if err := run(os.Args[1:], os.Stdout); err != nil {
 		fmt.Fprintln(os.Stderr, "isthmus-demo:", err)
 		os.Exit(1)
@@ -89,6 +92,9 @@ func up(bin string, keep bool, out io.Writer) error {
 	if err != nil {
 		for _, m := range w.Members {
 			fmt.Fprintf(out, "isthmus log of %s: %s\n", m.ID, m.IsthmusLog())
+			if st, err := os.Stat(m.GRPCClientLog()); err == nil && st.Size() > 0 {
+				fmt.Fprintf(out, "gRPC client log of %s: %s\n", m.ID, m.GRPCClientLog())
+			}
 		}
 		if !keep {
 			return err
