@@ -145,7 +145,7 @@ func (w *World) Run(ctx context.Context) (*Results, error) {
 		return r, err
 	}
 	r.Steps = append(r.Steps, Step{Name: StepDiagnose, Took: time.Since(t), Note: "every check passes from c"})
-	w.say("isthmusctl diagnose %s.%s from c: export records, import, endpoints, DNS, tunnels to a and b all fine (%s)", Service, Namespace, time.Since(t).Round(time.Millisecond))
+	w.say("isthmusctl diagnose %s.%s from c: export records, import, endpoints, DNS, tunnels to a and b, and what c's xDS server gives a gRPC client all fine (%s)", Service, Namespace, time.Since(t).Round(time.Millisecond))
 
 	// 3. The proxyless gRPC client in c, with mTLS both ways.
 	gl, err := w.grpcStep(ctx, r)
@@ -489,7 +489,7 @@ func (w *World) tunnelSummary(ctx context.Context) string {
 // resolver listens, and fails unless every check passes.
 func (w *World) diagnose(ctx context.Context, m *Member) error {
 	out, err := exec.CommandContext(ctx, "ip", "netns", "exec", m.Node, w.ctl, "diagnose", Service+"."+Namespace,
-		"--kubeconfig", m.Cluster.Kubeconfig, "--dns-server", fmt.Sprintf("127.0.0.1:%d", DNSPort), "-o", "json").CombinedOutput()
+		"--kubeconfig", m.Cluster.Kubeconfig, "--dns-server", fmt.Sprintf("127.0.0.1:%d", DNSPort), "--xds-server", xdsAddr, "-o", "json").CombinedOutput()
 	if err != nil {
 		return fmt.Errorf("isthmusctl diagnose in %s: %w\n%s", m.ID, err, out)
 	}
@@ -507,7 +507,7 @@ func (w *World) diagnose(ctx context.Context, m *Member) error {
 			return fmt.Errorf("isthmusctl diagnose in %s: %s: %s (%s)", m.ID, f.Check, f.Detail, f.Advice)
 		}
 	}
-	for _, want := range []string{"export here", "broker records", "import", "endpoints", "dns", "tunnel to a", "tunnel to b"} {
+	for _, want := range []string{"export here", "broker records", "import", "endpoints", "dns", "tunnel to a", "tunnel to b", "xds " + FQDN + ":80"} {
 		if !checks[want] {
 			return fmt.Errorf("isthmusctl diagnose in %s did not check %q: %s", m.ID, want, out)
 		}
