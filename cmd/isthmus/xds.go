@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -45,6 +46,7 @@ func xdsRole() role {
 			certTTL := fs.Duration(p+"cert-ttl", 24*time.Hour, "lifetime of the gateway's and workloads' certificates (renewed at half)")
 			var workloads multiFlag
 			fs.Var(&workloads, p+"workload-certs", "NAMESPACE/SERVICEACCOUNT=DIRECTORY: keep that identity's certificate in DIRECTORY (tls.crt, tls.key, ca.crt) for a proxyless gRPC client's file_watcher provider; repeatable")
+			gatewayService := fs.String(p+"gateway-service", brokerv1.MemberNamespace+"/isthmus-gateway", "NAMESPACE/NAME of the east-west gateway's Service: only clients at its pods' addresses get the gateway view, which carries the gateway's private key (empty: any client that says it is a gateway; never in production)")
 			debugAddr := fs.String(p+"debug-addr", "", "address of /debug/xds?view=gateway|grpc, a JSON dump of the served resources (empty: off; it shows the clusterset's topology)")
 			return func(ctx context.Context, e *env, log *slog.Logger) error {
 				if *mode != string(model.Direct) && *mode != string(model.Gateway) {
@@ -60,6 +62,10 @@ func xdsRole() role {
 				if err != nil {
 					return err
 				}
+				gwNS, gwName, ok := strings.Cut(*gatewayService, "/")
+				if *gatewayService != "" && (!ok || gwNS == "" || gwName == "" || strings.Contains(gwName, "/")) {
+					return fmt.Errorf("--%sgateway-service %q: want NAMESPACE/NAME", p, *gatewayService)
+				}
 				local, err := e.Local()
 				if err != nil {
 					return err
@@ -73,7 +79,20 @@ func xdsRole() role {
 					return err
 				}
 				lm := model.Local{ClusterID: id, Region: *region, Zone: *zone, ClustersetDomain: *domain, Mode: model.Mode(*mode), IngressPort: int32(*ingressPort)}
-				srv, err := server.New(ctx, server.Config{ClusterID: id, Log: log, Registry: e.reg})
+				cfg := server.Config{ClusterID: id, Log: log, Registry: e.reg}
+				if *gatewayService != "" {
+					gateways := source.NewGatewayPods(local.Kube, gwNS, gwName)
+					cfg.GatewayPeer = gateways.Has
+					e.health.Add("xds-gateway-pods", gateways.Ready)
+					go func() {
+						if err := gateways.Run(ctx); err != nil && ctx.Err() == nil {
+							log.Error("watching the gateway Service's pods", "err", err)
+						}
+					}()
+				} else {
+					log.Warn("--gateway-service is empty: any client that says it is a gateway gets the gateway view and the gateway's key")
+				}
+				srv, err := server.New(ctx, cfg)
 				if err != nil {
 					return err
 				}

@@ -11,7 +11,15 @@ import (
 	"testing"
 	"time"
 
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/protobuf/types/known/structpb"
+
 	"github.com/isthmus-dev/isthmus/xds/model"
+	"github.com/isthmus-dev/isthmus/xds/server"
 	"github.com/isthmus-dev/isthmus/xds/translate"
 )
 
@@ -21,6 +29,8 @@ func TestXDSRoleFlagErrors(t *testing.T) {
 		{"--gateway-ingress-port", "0"},
 		{"--ca-secret", "no-slash", "--kubeconfig", "/nonexistent"},
 		{"--workload-certs", "bad", "--kubeconfig", "/nonexistent"},
+		{"--gateway-service", "no-slash", "--kubeconfig", "/nonexistent"},
+		{"--gateway-service", "a/b/c", "--kubeconfig", "/nonexistent"},
 		{"extra-arg"},
 		{"--no-such-flag"},
 		{"--kubeconfig", "/nonexistent/kubeconfig"},
@@ -91,6 +101,39 @@ func TestXDSRole(t *testing.T) {
 	if code, _ := get("http://" + debug + "/debug/xds?view=sidecar"); code != http.StatusBadRequest {
 		t.Errorf("unknown view answered %d", code)
 	}
+
+	// The gateway view (it carries the gateway's key) goes only to a pod
+	// of the gateway Service (default isthmus-system/isthmus-gateway, absent
+	// here): a client that merely says it is a gateway is refused. (That a
+	// listed pod is admitted is xds/source's TestGatewayPods and
+	// xds/server's TestGatewayViewOnlyForGatewayPods: an EndpointSlice may
+	// not list a loopback address.)
+	if err := askAsGateway(ctx, adsAddr); err == nil || !strings.Contains(err.Error(), "no pod of the gateway Service") {
+		t.Errorf("a gateway node from a non-gateway address: %v, want refused", err)
+	}
+}
+
+// askAsGateway opens an ADS stream as a gateway node of cluster c and
+// waits for the first listener response.
+func askAsGateway(ctx context.Context, addr string) error {
+	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return err
+	}
+	defer cc.Close()
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	st, err := discoveryv3.NewAggregatedDiscoveryServiceClient(cc).StreamAggregatedResources(ctx)
+	if err != nil {
+		return err
+	}
+	n := &corev3.Node{Id: "gateway", Metadata: &structpb.Struct{Fields: map[string]*structpb.Value{
+		server.MetadataRole: structpb.NewStringValue(string(server.GatewayView)), server.MetadataCluster: structpb.NewStringValue("c")}}}
+	if err := st.Send(&discoveryv3.DiscoveryRequest{Node: n, TypeUrl: resource.ListenerType}); err != nil {
+		return err
+	}
+	_, err = st.Recv()
+	return err
 }
 
 func keyOf(ns, name string) model.Key { return model.Key{Namespace: ns, Name: name} }

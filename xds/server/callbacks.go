@@ -4,17 +4,21 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
+	"google.golang.org/grpc/peer"
 )
 
 // callbacks hook the server's stream events: node admission, NACK
 // suppression, metrics.
 func (s *Server) callbacks() serverv3.Callbacks {
 	return serverv3.CallbackFuncs{
+		StreamOpenFunc:        s.opened,
+		DeltaStreamOpenFunc:   s.opened,
 		StreamClosedFunc:      func(id int64, _ *corev3.Node) { s.closed(id) },
 		DeltaStreamClosedFunc: func(id int64, _ *corev3.Node) { s.closed(id) },
 		StreamRequestFunc: func(id int64, req *discoveryv3.DiscoveryRequest) error {
@@ -71,6 +75,14 @@ func (s *Server) admit(id int64, node *corev3.Node) error {
 		return nil
 	}
 	v, err := viewOf(node, s.local)
+	if err == nil && v == GatewayView && s.gatewayPeer != nil {
+		s.streams.mu.Lock()
+		addr := st.peer
+		s.streams.mu.Unlock()
+		if !s.gatewayPeer(addr) {
+			err = fmt.Errorf("node %q asks for the gateway view (which carries the gateway's key) from %v, which is no pod of the gateway Service", node.GetId(), addr)
+		}
+	}
 	if err != nil {
 		s.metrics.refused.Inc()
 		s.log.Warn("refusing an xDS client", "node", node.GetId(), "err", err)
@@ -81,6 +93,20 @@ func (s *Server) admit(id int64, node *corev3.Node) error {
 	s.streams.mu.Unlock()
 	s.metrics.connected.WithLabelValues(string(v)).Inc()
 	s.log.Info("xDS client connected", "node", node.GetId(), "view", v, "user_agent", node.GetUserAgentName())
+	return nil
+}
+
+// opened notes the client's address, which admit checks for the gateway
+// view.
+func (s *Server) opened(ctx context.Context, id int64, _ string) error {
+	st := s.streams.get(id)
+	if p, ok := peer.FromContext(ctx); ok && p.Addr != nil {
+		if ap, err := netip.ParseAddrPort(p.Addr.String()); err == nil {
+			s.streams.mu.Lock()
+			st.peer = ap.Addr().Unmap()
+			s.streams.mu.Unlock()
+		}
+	}
 	return nil
 }
 

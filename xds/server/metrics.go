@@ -18,7 +18,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "isthmus_xds_connected_nodes", Help: "xDS clients connected, by view (gateway, grpc).",
 		}, []string{"view"}),
 		refused: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "isthmus_xds_refused_nodes_total", Help: "xDS streams refused (a node of another cluster, an unknown role).",
+			Name: "isthmus_xds_refused_nodes_total", Help: "xDS streams refused (a node of another cluster, an unknown role, a gateway node from an address that is no gateway pod).",
 		}),
 		pushes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "isthmus_xds_pushes_total", Help: "Discovery responses sent, by resource type.",

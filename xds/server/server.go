@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"strconv"
 	"sync"
 	"time"
@@ -20,8 +21,9 @@ import (
 
 // Server is the xDS server: the caches and the ADS service over them.
 type Server struct {
-	log   *slog.Logger
-	local string
+	log         *slog.Logger
+	local       string
+	gatewayPeer func(netip.Addr) bool
 
 	views *viewCache
 	eds   *edsCache
@@ -46,17 +48,23 @@ type Config struct {
 	Log       *slog.Logger
 	// Registry receives the isthmus_xds_* metrics.
 	Registry prometheus.Registerer
+	// GatewayPeer says whether a client at an address may take the
+	// gateway view, which carries the gateway's private key over SDS: the
+	// addresses of the gateway Service's pods. Nil admits any client (for
+	// tests, or an operator who opts out with --gateway-service "").
+	GatewayPeer func(netip.Addr) bool
 }
 
 // New builds a server with empty views. Nodes that connect before the
 // first SetView wait for it.
 func New(ctx context.Context, cfg Config) (*Server, error) {
 	s := &Server{
-		log:     cfg.Log,
-		local:   cfg.ClusterID,
-		views:   newViewCache(nodeHash{localCluster: cfg.ClusterID}),
-		streams: newStreamTable(),
-		changed: map[string]time.Time{},
+		log:         cfg.Log,
+		local:       cfg.ClusterID,
+		gatewayPeer: cfg.GatewayPeer,
+		views:       newViewCache(nodeHash{localCluster: cfg.ClusterID}),
+		streams:     newStreamTable(),
+		changed:     map[string]time.Time{},
 	}
 	m, err := newMetrics(cfg.Registry)
 	if err != nil {
@@ -164,6 +172,7 @@ type streamTable struct {
 }
 
 type streamState struct {
+	peer     netip.Addr // the client's address, from the stream's context
 	node     *corev3.Node
 	view     View
 	lastSent map[string]string // type URL → version

@@ -6,7 +6,9 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/netip"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -30,12 +32,16 @@ type testServer struct {
 	reg  *prometheus.Registry
 }
 
-func start(t *testing.T) *testServer {
+func start(t *testing.T) *testServer { return startWith(t, Config{}) }
+
+// startWith starts a server of cluster a with cfg's other fields.
+func startWith(t *testing.T, cfg Config) *testServer {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
 	reg := prometheus.NewRegistry()
-	s, err := New(ctx, Config{ClusterID: "a", Log: slog.New(slog.NewTextHandler(io.Discard, nil)), Registry: reg})
+	cfg.ClusterID, cfg.Log, cfg.Registry = "a", slog.New(slog.NewTextHandler(io.Discard, nil)), reg
+	s, err := New(ctx, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -312,6 +318,50 @@ func TestNodeOfAnotherClusterRefused(t *testing.T) {
 	}
 	if got := testutil.ToFloat64(s.metrics.refused); got != 1 {
 		t.Errorf("refused nodes counted %v, want 1", got)
+	}
+}
+
+// TestGatewayViewOnlyForGatewayPods: the gateway view carries the
+// gateway's key, so only a client at a gateway pod's address gets it;
+// proxyless gRPC clients are not affected.
+func TestGatewayViewOnlyForGatewayPods(t *testing.T) {
+	loopback := netip.MustParseAddr("127.0.0.1")
+	var allowed atomic.Pointer[netip.Addr]
+	other := netip.MustParseAddr("10.0.0.9")
+	allowed.Store(&other)
+	s := startWith(t, Config{GatewayPeer: func(a netip.Addr) bool { return a == *allowed.Load() }})
+	if err := s.SetView(context.Background(), GatewayView, map[resource.Type][]types.Resource{resource.ListenerType: {&listenerv3.Listener{Name: "egress_16000"}}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.SetView(context.Background(), GRPCView, map[resource.Type][]types.Resource{resource.ListenerType: {&listenerv3.Listener{Name: "echo.demo.svc.clusterset.local"}}}); err != nil {
+		t.Fatal(err)
+	}
+
+	impostor := dialSotW(t, s.addr)
+	impostor.send(&discoveryv3.DiscoveryRequest{Node: node("impostor", "gateway", "a"), TypeUrl: resource.ListenerType})
+	if _, ok := <-impostor.resps; ok {
+		t.Fatal("a gateway node from a non-gateway address was answered")
+	}
+	if _, err := impostor.stream.Recv(); err == nil || !strings.Contains(err.Error(), "no pod of the gateway Service") {
+		t.Errorf("refusal %v should say the address is no gateway pod", err)
+	}
+	delta := dialDelta(t, s.addr)
+	delta.send(&discoveryv3.DeltaDiscoveryRequest{Node: node("impostor", "gateway", "a"), TypeUrl: resource.ListenerType})
+	if _, ok := <-delta.resps; ok {
+		t.Fatal("a delta gateway node from a non-gateway address was answered")
+	}
+
+	grpcClient := dialSotW(t, s.addr)
+	grpcClient.send(&discoveryv3.DiscoveryRequest{Node: node("client", "grpc", "a"), TypeUrl: resource.ListenerType, ResourceNames: []string{"echo.demo.svc.clusterset.local"}})
+	if r := grpcClient.next(5 * time.Second); len(r.GetResources()) != 1 {
+		t.Errorf("gRPC client got %d listeners, want 1", len(r.GetResources()))
+	}
+
+	allowed.Store(&loopback)
+	gw := dialSotW(t, s.addr)
+	gw.send(&discoveryv3.DiscoveryRequest{Node: node("gateway", "gateway", "a"), TypeUrl: resource.ListenerType})
+	if r := gw.next(5 * time.Second); len(r.GetResources()) != 1 {
+		t.Errorf("gateway pod got %d listeners, want 1", len(r.GetResources()))
 	}
 }
 

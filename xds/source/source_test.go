@@ -212,8 +212,39 @@ func TestSourceOnRealAPIServers(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor(t, "echo gone", func() bool { return src.Service(echo) == nil })
+
+	// The gateway Service's pods, ready or not, are the only gateway peers;
+	// another Service's are not.
+	gw := NewGatewayPods(kube, ns, "isthmus-gateway")
+	gwDone := make(chan error, 1)
+	go func() { gwDone <- gw.Run(ctx) }()
+	waitFor(t, "gateway pods listed", func() bool { return gw.Ready() == nil })
+	pod, other := netip.MustParseAddr("10.241.0.7"), netip.MustParseAddr("10.241.0.8")
+	if gw.Has(pod) {
+		t.Errorf("%s is a gateway pod before any slice lists it", pod)
+	}
+	for svc, ip := range map[string]netip.Addr{"isthmus-gateway": pod, "not-the-gateway": other} {
+		if _, err := kube.DiscoveryV1().EndpointSlices(ns).Create(ctx, &discoveryv1.EndpointSlice{
+			ObjectMeta:  metav1.ObjectMeta{Name: svc + "-x", Labels: map[string]string{discoveryv1.LabelServiceName: svc}},
+			AddressType: discoveryv1.AddressTypeIPv4,
+			Endpoints:   []discoveryv1.Endpoint{{Addresses: []string{ip.String()}, Conditions: discoveryv1.EndpointConditions{Ready: ptr.To(false)}}},
+		}, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, "the gateway's pod listed", func() bool { return gw.Has(pod) })
+	if gw.Has(other) {
+		t.Errorf("another Service's pod %s counts as a gateway pod", other)
+	}
+	if err := kube.DiscoveryV1().EndpointSlices(ns).Delete(ctx, "isthmus-gateway-x", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the gone pod no longer a gateway", func() bool { return !gw.Has(pod) })
 	cancel()
 	if err := <-done; err != nil {
+		t.Error(err)
+	}
+	if err := <-gwDone; err != nil {
 		t.Error(err)
 	}
 }
