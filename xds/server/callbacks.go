@@ -70,7 +70,7 @@ func (s *Server) admit(id int64, node *corev3.Node) error {
 		}
 		return nil
 	}
-	v, err := viewOf(node, s.local)
+	v, err := ViewOf(node, s.local)
 	if err != nil {
 		s.metrics.refused.Inc()
 		s.log.Warn("refusing an xDS client", "node", node.GetId(), "err", err)
