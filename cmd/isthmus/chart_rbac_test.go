@@ -304,7 +304,9 @@ func writeClusterCA(t *testing.T, ctx context.Context, m *cluster.Cluster) {
 	}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = secrets.Delete(context.Background(), brokerv1.IntermediateCASecret, metav1.DeleteOptions{}) })
+	t.Cleanup(func() {
+		_ = secrets.Delete(context.Background(), brokerv1.IntermediateCASecret, metav1.DeleteOptions{})
+	})
 }
 
 // TestChartRolesRunWithTheirIdentities: the least privilege is enough.
