@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -49,14 +50,16 @@ var chartCases = []chartCase{
 			"ServiceAccount/isthmus-agent", "ServiceAccount/isthmus-dns", "ServiceAccount/isthmus-xds", "ServiceAccount/isthmus-tunnel",
 			"Service/isthmus-dns", "Service/isthmus-xds", "Service/isthmus-agent-metrics", "Service/isthmus-dns-metrics",
 			"Service/isthmus-xds-metrics", "Service/isthmus-tunnel-metrics", "ConfigMap/isthmus-coredns-stub", "ConfigMap/isthmus-dashboard",
-			"PodDisruptionBudget/isthmus-agent", "PodDisruptionBudget/isthmus-dns", "PodDisruptionBudget/isthmus-xds"},
+			"PodDisruptionBudget/isthmus-agent", "PodDisruptionBudget/isthmus-dns", "PodDisruptionBudget/isthmus-xds",
+			"NetworkPolicy/isthmus-xds"},
 		none: []string{"Deployment/isthmus", "Deployment/isthmus-gateway", "ServiceMonitor/isthmus", "ServiceAccount/isthmus-gateway", "RoleBinding/isthmus-dns"}},
-	{name: "gateway", set: []string{"dataplane=gateway", "region=eu", "zone=eu-2", "podCIDRs={10.243.0.0/16}", "serviceCIDRs={10.99.0.0/16}"},
+	{name: "gateway", set: []string{"dataplane=gateway", "region=eu", "zone=eu-2", "podCIDRs={10.243.0.0/16}", "serviceCIDRs={10.99.0.0/16}",
+		"xds.networkPolicy.grpcClients[0].namespaceSelector.matchLabels.team=shop"},
 		want: []string{"Deployment/isthmus-gateway", "Service/isthmus-gateway", "ServiceAccount/isthmus-gateway",
 			"ConfigMap/isthmus-gateway-bootstrap", "PodDisruptionBudget/isthmus-gateway", "DaemonSet/isthmus-tunnel"}},
 	{name: "all", set: []string{"mode=all", "dns.clusterIP=" + chartDNSIP},
 		want: []string{"Deployment/isthmus", "ServiceAccount/isthmus", "Service/isthmus-all-metrics", "Service/isthmus-dns", "ClusterRoleBinding/isthmus-dns"},
-		none: []string{"Deployment/isthmus-agent", "DaemonSet/isthmus-tunnel", "ServiceAccount/isthmus-agent", "Service/isthmus-agent-metrics",
+		none: []string{"Deployment/isthmus-agent", "DaemonSet/isthmus-tunnel", "ServiceAccount/isthmus-agent", "Service/isthmus-agent-metrics", "NetworkPolicy/isthmus-xds",
 			"PodDisruptionBudget/isthmus-agent", "PodDisruptionBudget/isthmus-all"}},
 	{name: "all gateway monitored", set: []string{"mode=all", "all.replicas=2", "dataplane=gateway", "metrics.serviceMonitor.enabled=true",
 		"metrics.serviceMonitor.labels.release=prometheus", "dns.clusterZone=clusters.local", "tunnel.endpoint=203.0.113.7:51820"},
@@ -391,9 +394,9 @@ func roleFlagSet(t *testing.T, name string) *flag.FlagSet {
 	return nil
 }
 
-// checkSelectors: every Service and PodDisruptionBudget selects the pods
-// of some rendered workload, and the ServiceMonitor selects every metrics
-// Service.
+// checkSelectors: every Service, PodDisruptionBudget and NetworkPolicy
+// selects the pods of some rendered workload (the xDS policy lets the
+// gateway's in), and the ServiceMonitor selects every metrics Service.
 func checkSelectors(t *testing.T, docs []*unstructured.Unstructured) {
 	t.Helper()
 	var pods []labels.Set
@@ -422,6 +425,14 @@ func checkSelectors(t *testing.T, docs []*unstructured.Unstructured) {
 			}
 		case "PodDisruptionBudget":
 			sel, _, _ = unstructured.NestedStringMap(d.Object, "spec", "selector", "matchLabels")
+		case "NetworkPolicy":
+			sel, _, _ = unstructured.NestedStringMap(d.Object, "spec", "podSelector", "matchLabels")
+			ingress, _, _ := unstructured.NestedSlice(d.Object, "spec", "ingress")
+			from, _, _ := unstructured.NestedSlice(ingress[0].(map[string]any), "from")
+			gw, _, _ := unstructured.NestedStringMap(from[0].(map[string]any), "podSelector", "matchLabels")
+			if find(docs, "Deployment", "isthmus-gateway") != nil && !selects(gw) {
+				t.Errorf("NetworkPolicy %s does not let the gateway pods in (%v)", d.GetName(), gw)
+			}
 		default:
 			continue
 		}
@@ -514,3 +525,45 @@ func installServiceMonitorCRD(t *testing.T, ctx context.Context, m *cluster.Clus
 }
 
 func ptrTo[T any](v T) *T { return &v }
+
+// TestChartNotes installs the chart with helm's server-side dry-run
+// against member c and reads the NOTES.txt it prints: the stub block
+// with a placeholder while there is no isthmus-dns Service, and with the
+// Service's address once there is one (an upgrade), read by helm's lookup
+// from the real apiserver.
+func TestChartNotes(t *testing.T) {
+	clusterset(t)
+	ctx := ctxFor(t, time.Minute)
+	m := clusters.Members[chartMember]
+	install := func() string {
+		t.Helper()
+		out, err := exec.Command(helmtest.Find(t, "../.."), "install", chartRelease, memberChart, "--dry-run=server",
+			"--kubeconfig", m.Kubeconfig, "--namespace", "isthmus-system", "--set", "clusterID="+ids[chartMember]).CombinedOutput()
+		if err != nil {
+			t.Fatalf("helm install --dry-run=server: %v\n%s", err, out)
+		}
+		_, notes, ok := strings.Cut(string(out), "NOTES:")
+		if !ok {
+			t.Fatalf("no NOTES in:\n%s", out)
+		}
+		return notes
+	}
+	if notes := install(); !strings.Contains(notes, "forward . ISTHMUS_DNS_CLUSTER_IP:53") || !strings.Contains(notes, "get service isthmus-dns") {
+		t.Errorf("NOTES before the Service exists:\n%s", notes)
+	}
+	svc, err := m.Client.CoreV1().Services("isthmus-system").Create(ctx, &corev1.Service{
+		// As the first install left it: owned by the release.
+		ObjectMeta: metav1.ObjectMeta{Name: "isthmus-dns", Labels: map[string]string{"app.kubernetes.io/managed-by": "Helm"},
+			Annotations: map[string]string{"meta.helm.sh/release-name": chartRelease, "meta.helm.sh/release-namespace": "isthmus-system"}},
+		Spec: corev1.ServiceSpec{Ports: []corev1.ServicePort{{Name: "dns", Port: 53, Protocol: corev1.ProtocolUDP}}},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = m.Client.CoreV1().Services("isthmus-system").Delete(context.Background(), "isthmus-dns", metav1.DeleteOptions{})
+	})
+	if notes := install(); !strings.Contains(notes, "forward . "+svc.Spec.ClusterIP+":53") {
+		t.Errorf("NOTES once the Service has address %s:\n%s", svc.Spec.ClusterIP, notes)
+	}
+}
