@@ -15,9 +15,11 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/discovery"
 	"k8s.io/client-go/discovery/cached/memory"
 	"k8s.io/client-go/dynamic"
@@ -565,5 +567,53 @@ func TestChartNotes(t *testing.T) {
 	})
 	if notes := install(); !strings.Contains(notes, "forward . "+svc.Spec.ClusterIP+":53") {
 		t.Errorf("NOTES once the Service has address %s:\n%s", svc.Spec.ClusterIP, notes)
+	}
+}
+
+// TestChartPodSecurity creates every pod the chart's workloads make, with
+// a server-side dry-run, in namespaces enforcing the Pod Security
+// Standards (the apiserver's own admission): every pod but the tunnel's
+// meets "restricted"; the tunnel's (and `isthmus all`'s) needs
+// "privileged" (host network, /dev/net/tun, NET_ADMIN), as the README
+// says.
+func TestChartPodSecurity(t *testing.T) {
+	ctx := ctxFor(t, time.Minute)
+	m := clusters.Members[chartMember]
+	for _, level := range []string{"restricted", "baseline", "privileged"} {
+		_, err := m.Client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "psa-" + level,
+			Labels: map[string]string{"pod-security.kubernetes.io/enforce": level}}}, metav1.CreateOptions{})
+		if err != nil && !apierrors.IsAlreadyExists(err) {
+			t.Fatal(err)
+		}
+	}
+	pods := map[string]*corev1.Pod{}
+	for _, set := range [][]string{{"dataplane=gateway"}, {"mode=all"}} {
+		for _, d := range renderChart(t, set...) {
+			tmpl := podTemplate(t, d)
+			if tmpl == nil {
+				continue
+			}
+			var pod corev1.Pod
+			if err := runtime.DefaultUnstructuredConverter.FromUnstructured(tmpl, &pod); err != nil {
+				t.Fatalf("%s %s: %v", d.GetKind(), d.GetName(), err)
+			}
+			pod.Name = d.GetName()
+			pod.Spec.ServiceAccountName = "" // the chart's ServiceAccounts live in isthmus-system
+			pods[d.GetName()] = &pod
+		}
+	}
+	for name, pod := range pods {
+		privileged := name == "isthmus-tunnel" || name == "isthmus"
+		for _, level := range []string{"restricted", "baseline", "privileged"} {
+			p := pod.DeepCopy()
+			p.Namespace = "psa-" + level
+			_, err := m.Client.CoreV1().Pods(p.Namespace).Create(ctx, p, metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}})
+			if want := !privileged || level == "privileged"; (err == nil) != want {
+				t.Errorf("pod of %s under Pod Security %q: admitted %v, want %v (%v)", name, level, err == nil, want, err)
+			}
+		}
+	}
+	if len(pods) != 6 {
+		t.Errorf("%d workloads checked, want agent, dns, xds, tunnel, gateway and all", len(pods))
 	}
 }
