@@ -106,7 +106,9 @@ func TestNotReadyUntilTheRoleSaysSo(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	addr := freePort(t)
 	done := make(chan error, 1)
-	go func() { done <- runRoles(ctx, "slow", []role{r}, []string{"--metrics-addr", addr}, slog.New(slog.DiscardHandler), &bytes.Buffer{}) }()
+	go func() {
+		done <- runRoles(ctx, "slow", []role{r}, []string{"--metrics-addr", addr}, slog.New(slog.DiscardHandler), &bytes.Buffer{})
+	}()
 	defer func() {
 		cancel()
 		if err := <-done; err != nil {
