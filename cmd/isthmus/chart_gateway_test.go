@@ -13,7 +13,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
-	"sort"
 	"strings"
 	"testing"
 	"time"
@@ -362,13 +361,9 @@ func registeredMetrics(t *testing.T) map[string]bool {
 		t.Fatal(err)
 	}
 	xdsidentity.NewMetrics(rec)
-	names := make([]string, 0, len(rec.names))
-	for n := range rec.names {
-		names = append(names, n)
-	}
-	sort.Strings(names)
-	if len(names) < 40 {
-		t.Fatalf("only %d metrics registered: %v", len(names), names)
+	// 46 today: a recorder that saw next to nothing would pass any query.
+	if len(rec.names) < 40 {
+		t.Fatalf("only %d metrics registered: %v", len(rec.names), rec.names)
 	}
 	return rec.names
 }

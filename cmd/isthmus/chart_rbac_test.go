@@ -54,12 +54,14 @@ var roleAccess = map[string][]access{
 		{verb: "list", resource: "namespaces", allowed: true},
 		{verb: "delete", resource: "namespaces", name: "shop"},
 		{verb: "patch", group: "discovery.k8s.io", resource: "endpointslices", ns: "shop", allowed: true},
+		{verb: "create", group: "discovery.k8s.io", resource: "endpointslices", ns: "shop", allowed: true},
 		{verb: "update", group: "discovery.k8s.io", resource: "endpointslices", ns: "shop"},
 		{verb: "watch", group: "multicluster.x-k8s.io", resource: "serviceexports", allowed: true},
 		{verb: "update", group: "multicluster.x-k8s.io", resource: "serviceexports", sub: "status", ns: "shop", allowed: true},
 		{verb: "delete", group: "multicluster.x-k8s.io", resource: "serviceexports", ns: "shop"},
 		{verb: "update", group: "multicluster.x-k8s.io", resource: "serviceexports", ns: "shop"},
 		{verb: "create", group: "multicluster.x-k8s.io", resource: "serviceimports", ns: "shop", allowed: true},
+		{verb: "patch", group: "multicluster.x-k8s.io", resource: "serviceimports", ns: "shop", allowed: true},
 		{verb: "update", group: "multicluster.x-k8s.io", resource: "serviceimports", sub: "status", ns: "shop", allowed: true},
 		{verb: "create", resource: "events", ns: "shop", allowed: true},
 		{verb: "get", group: "about.k8s.io", resource: "clusterproperties", name: "cluster.clusterset.k8s.io", allowed: true},
@@ -123,17 +125,16 @@ var roleAccess = map[string][]access{
 }
 
 // applyChartRBAC really applies the ServiceAccounts and RBAC the chart
-// renders in gateway mode to member c, and removes them when the test
-// ends.
-func applyChartRBAC(t *testing.T, ctx context.Context) {
+// renders in gateway mode (and with the values set) to member c, and
+// removes them when the test ends.
+func applyChartRBAC(t *testing.T, ctx context.Context, set ...string) {
 	t.Helper()
 	m := clusters.Members[chartMember]
 	dyn, err := dynamic.NewForConfig(m.Config)
 	if err != nil {
 		t.Fatal(err)
 	}
-	apply := dryRunApplier(t, m)
-	for _, obj := range renderChart(t, "dataplane=gateway") {
+	for _, obj := range renderChart(t, append([]string{"dataplane=gateway"}, set...)...) {
 		switch obj.GetKind() {
 		case "ServiceAccount", "ClusterRole", "Role", "ClusterRoleBinding", "RoleBinding":
 		default:
@@ -143,9 +144,6 @@ func applyChartRBAC(t *testing.T, ctx context.Context) {
 		var ri dynamic.ResourceInterface = dyn.Resource(gvr)
 		if obj.GetNamespace() != "" {
 			ri = dyn.Resource(gvr).Namespace(obj.GetNamespace())
-		}
-		if err := apply(ctx, obj); err != nil {
-			t.Fatalf("dry-run of %s %s: %v", obj.GetKind(), obj.GetName(), err)
 		}
 		if _, err := ri.Apply(ctx, obj.GetName(), obj, metav1.ApplyOptions{FieldManager: "chart-test", Force: true}); err != nil {
 			t.Fatalf("applying %s %s: %v", obj.GetKind(), obj.GetName(), err)
@@ -169,30 +167,51 @@ func rbacGVR(obj *unstructured.Unstructured) schema.GroupVersionResource {
 // TestChartRBAC applies the chart's RBAC to a real member and asks the
 // apiserver's authorizer, through SubjectAccessReviews, whether each
 // role's ServiceAccount may do what its code does, and may not do what it
-// does not need.
+// does not need; then the same for the one ServiceAccount of mode all,
+// which may do what any role may.
 func TestChartRBAC(t *testing.T) {
 	clusterset(t)
 	ctx := ctxFor(t, 2*time.Minute)
 	applyChartRBAC(t, ctx)
-	reviews := clusters.Members[chartMember].Client.AuthorizationV1().SubjectAccessReviews()
+	anyRole := map[access]bool{} // the question (allowed false) → some role may
 	for role, table := range roleAccess {
-		user := "system:serviceaccount:isthmus-system:isthmus-" + role
 		for _, a := range table {
-			sar, err := reviews.Create(ctx, &authorizationv1.SubjectAccessReview{Spec: authorizationv1.SubjectAccessReviewSpec{
-				User:   user,
-				Groups: []string{"system:serviceaccounts", "system:serviceaccounts:isthmus-system", "system:authenticated"},
-				ResourceAttributes: &authorizationv1.ResourceAttributes{
-					Verb: a.verb, Group: a.group, Resource: a.resource, Subresource: a.sub, Namespace: a.ns, Name: a.name,
-				},
-			}}, metav1.CreateOptions{})
-			if err != nil {
-				t.Fatal(err)
-			}
-			if sar.Status.Allowed != a.allowed {
-				t.Errorf("%s: %s %s %s/%s in %q named %q: allowed %v, want %v (%s)", role, a.verb, a.group, a.resource, a.sub, a.ns, a.name,
-					sar.Status.Allowed, a.allowed, sar.Status.Reason)
-			}
+			review(t, ctx, "isthmus-"+role, a)
+			q := a
+			q.allowed = false
+			anyRole[q] = anyRole[q] || (a.allowed && role != "gateway")
 		}
+	}
+
+	// Mode all: the same rules bound to the one ServiceAccount of the
+	// `isthmus all` pod, which may do what any role may, and nothing else;
+	// the roles' own ServiceAccounts are then bound to nothing.
+	applyChartRBAC(t, ctx, "mode=all")
+	for q, allowed := range anyRole {
+		review(t, ctx, "isthmus-agent", q)
+		q.allowed = allowed
+		review(t, ctx, "isthmus", q)
+	}
+}
+
+// review asks the authorizer whether ServiceAccount sa of isthmus-system
+// may do a, and fails the test when the answer is not a.allowed.
+func review(t *testing.T, ctx context.Context, sa string, a access) {
+	t.Helper()
+	sar, err := clusters.Members[chartMember].Client.AuthorizationV1().SubjectAccessReviews().Create(ctx, &authorizationv1.SubjectAccessReview{
+		Spec: authorizationv1.SubjectAccessReviewSpec{
+			User:   "system:serviceaccount:isthmus-system:" + sa,
+			Groups: []string{"system:serviceaccounts", "system:serviceaccounts:isthmus-system", "system:authenticated"},
+			ResourceAttributes: &authorizationv1.ResourceAttributes{
+				Verb: a.verb, Group: a.group, Resource: a.resource, Subresource: a.sub, Namespace: a.ns, Name: a.name,
+			},
+		}}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sar.Status.Allowed != a.allowed {
+		t.Errorf("%s: %s %s %s/%s in %q named %q: allowed %v, want %v (%s)", sa, a.verb, a.group, a.resource, a.sub, a.ns, a.name,
+			sar.Status.Allowed, a.allowed, sar.Status.Reason)
 	}
 }
 
