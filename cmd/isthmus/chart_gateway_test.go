@@ -121,6 +121,10 @@ func TestChartGatewayBootstrap(t *testing.T) {
 		if src.GetAds() == nil || src.GetResourceApiVersion() != corev3.ApiVersion_V3 {
 			t.Errorf("%s config %v, want ADS with the v3 resource API", name, src)
 		}
+		// Ready (the health listener up) only with a configuration.
+		if src.GetInitialFetchTimeout() == nil || src.GetInitialFetchTimeout().AsDuration() != 0 {
+			t.Errorf("%s config waits %v for the first response, want no timeout", name, src.GetInitialFetchTimeout())
+		}
 	}
 	xdsCluster := ads.GetGrpcServices()[0].GetEnvoyGrpc().GetClusterName()
 	var c *clusterv3.Cluster

@@ -20,12 +20,17 @@ dynamic_resources:
     grpc_services:
       - envoy_grpc:
           cluster_name: isthmus-xds
+  # No initial fetch timeout: Envoy starts its listeners (the health one
+  # too) only once the xDS server has given it clusters and listeners, so
+  # a gateway that cannot reach it never turns ready.
   cds_config:
     ads: {}
     resource_api_version: V3
+    initial_fetch_timeout: 0s
   lds_config:
     ads: {}
     resource_api_version: V3
+    initial_fetch_timeout: 0s
 static_resources:
   clusters:
     - name: isthmus-xds
