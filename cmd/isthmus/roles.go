@@ -177,6 +177,10 @@ func runRoles(ctx context.Context, name string, rs []role, args []string, log *s
 	entries := make([]func(context.Context, *env, *slog.Logger) error, len(rs))
 	var about []string
 	for i, r := range rs {
+		// Not ready until the role registers its own check, under its
+		// name, which replaces this one: a readiness probe must not pass
+		// while a role is still starting (or failing to).
+		e.health.Add(r.name, func() error { return errors.New("starting") })
 		p := ""
 		if prefix {
 			p = r.name + "-"

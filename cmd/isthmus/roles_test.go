@@ -88,3 +88,37 @@ func TestAllStopsTogether(t *testing.T) {
 		}
 	}
 }
+
+// TestNotReadyUntilTheRoleSaysSo: /readyz fails while a role has not yet
+// registered its own check (it is still starting, or failing to), so a
+// readiness probe never passes early; the role's check then replaces
+// the placeholder.
+func TestNotReadyUntilTheRoleSaysSo(t *testing.T) {
+	registered := make(chan struct{})
+	r := role{name: "slow", flags: func(*flag.FlagSet, string) func(context.Context, *env, *slog.Logger) error {
+		return func(ctx context.Context, e *env, _ *slog.Logger) error {
+			<-registered
+			e.health.Add("slow", func() error { return nil })
+			<-ctx.Done()
+			return nil
+		}
+	}}
+	ctx, cancel := context.WithCancel(context.Background())
+	addr := freePort(t)
+	done := make(chan error, 1)
+	go func() {
+		done <- runRoles(ctx, "slow", []role{r}, []string{"--metrics-addr", addr}, slog.New(slog.DiscardHandler), &bytes.Buffer{})
+	}()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	}()
+	waitUntil(t, "/healthz answers", func() bool { c, _ := get("http://" + addr + "/healthz"); return c == 200 })
+	if code, body := get("http://" + addr + "/readyz"); code != 503 || !strings.Contains(body, "slow: starting") {
+		t.Errorf("/readyz before the role registered its check: %d %q", code, body)
+	}
+	close(registered)
+	waitUntil(t, "/readyz once the role's own check passes", func() bool { c, _ := get("http://" + addr + "/readyz"); return c == 200 })
+}

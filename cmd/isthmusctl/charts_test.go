@@ -27,6 +27,7 @@ import (
 	brokerv1 "github.com/isthmus-dev/isthmus/mcs/api/v1alpha1"
 	"github.com/isthmus-dev/isthmus/mcs/setup"
 	"github.com/isthmus-dev/isthmus/test/cluster"
+	"github.com/isthmus-dev/isthmus/test/helmtest"
 )
 
 var update = flag.Bool("update", false, "rewrite the isthmus-broker chart's templates from mcs/setup's objects")
@@ -168,38 +169,13 @@ func TestBrokerChart(t *testing.T) {
 	}
 }
 
-// findHelm is $ISTHMUS_HELM, bin/helm (make helm) or helm on PATH. In CI
-// its absence fails the test.
-func findHelm(t *testing.T) string {
-	t.Helper()
-	for _, p := range []string{os.Getenv("ISTHMUS_HELM"), "../../bin/helm"} {
-		if p != "" {
-			if _, err := os.Stat(p); err == nil {
-				return p
-			}
-		}
-	}
-	if p, err := exec.LookPath("helm"); err == nil {
-		return p
-	}
-	if os.Getenv("CI") != "" || os.Getenv("ISTHMUS_E2E") != "" {
-		t.Fatal("helm not found: make helm builds it into bin/")
-	}
-	t.Skip("helm not found (make helm builds it); CI fails here instead")
-	return ""
-}
+func findHelm(t *testing.T) string { return helmtest.Find(t, "../..") }
 
 func decodeDocs(t *testing.T, out []byte) []*unstructured.Unstructured {
 	t.Helper()
-	var docs []*unstructured.Unstructured
-	for _, doc := range strings.Split(string(out), "\n---") {
-		var m map[string]any
-		if err := yaml.Unmarshal([]byte(doc), &m); err != nil {
-			t.Fatalf("rendered YAML: %v\n%s", err, doc)
-		}
-		if len(m) > 0 {
-			docs = append(docs, &unstructured.Unstructured{Object: m})
-		}
+	docs, err := helmtest.Decode(out)
+	if err != nil {
+		t.Fatal(err)
 	}
 	return docs
 }

@@ -74,7 +74,7 @@ func (s *Server) admit(id int64, node *corev3.Node) error {
 		}
 		return nil
 	}
-	v, err := viewOf(node, s.local)
+	v, err := ViewOf(node, s.local)
 	if err == nil && v == GatewayView && s.gatewayPeer != nil {
 		s.streams.mu.Lock()
 		addr := st.peer

@@ -379,9 +379,9 @@ func TestViewOf(t *testing.T) {
 		{&corev3.Node{Id: "grpc", UserAgentName: "gRPC Go"}, GRPCView, false},
 		{nil, "", true},
 	} {
-		v, err := viewOf(tc.node, "a")
+		v, err := ViewOf(tc.node, "a")
 		if (err != nil) != tc.wantErr || v != tc.want {
-			t.Errorf("viewOf(%v) = %q, %v; want %q (error %v)", tc.node.GetId(), v, err, tc.want, tc.wantErr)
+			t.Errorf("ViewOf(%v) = %q, %v; want %q (error %v)", tc.node.GetId(), v, err, tc.want, tc.wantErr)
 		}
 	}
 }

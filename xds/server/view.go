@@ -37,8 +37,10 @@ const (
 	MetadataCluster = "isthmus.dev/cluster"
 )
 
-// viewOf says which view node gets, or why it gets none.
-func viewOf(node *corev3.Node, localCluster string) (View, error) {
+// ViewOf says which view node gets from the server of localCluster, or
+// why it gets none; the member chart's test checks its Envoy bootstrap
+// with it.
+func ViewOf(node *corev3.Node, localCluster string) (View, error) {
 	if node == nil {
 		return "", fmt.Errorf("the first request carries no node")
 	}
@@ -61,13 +63,13 @@ func viewOf(node *corev3.Node, localCluster string) (View, error) {
 	}
 }
 
-// nodeHash keys the snapshot cache by view. Nodes refused by viewOf get a
+// nodeHash keys the snapshot cache by view. Nodes refused by ViewOf get a
 // key no snapshot has; their streams are closed by the request callback
 // before that matters.
 type nodeHash struct{ localCluster string }
 
 func (h nodeHash) ID(node *corev3.Node) string {
-	v, err := viewOf(node, h.localCluster)
+	v, err := ViewOf(node, h.localCluster)
 	if err != nil {
 		return "refused"
 	}

@@ -1,0 +1,373 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"sigs.k8s.io/yaml"
+
+	// The typed configs the bootstrap names, for protojson to resolve.
+	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
+	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
+
+	"github.com/isthmus-dev/isthmus/cmd/internal/kube"
+	"github.com/isthmus-dev/isthmus/dnsserver"
+	"github.com/isthmus-dev/isthmus/mcs/agent"
+	"github.com/isthmus-dev/isthmus/tunnel"
+	"github.com/isthmus-dev/isthmus/xds"
+	xdsidentity "github.com/isthmus-dev/isthmus/xds/identity"
+	"github.com/isthmus-dev/isthmus/xds/model"
+	"github.com/isthmus-dev/isthmus/xds/server"
+	"github.com/isthmus-dev/isthmus/xds/source"
+)
+
+var updateGolden = flag.Bool("update", false, "rewrite the member chart's golden files in charts/isthmus/testdata")
+
+// golden compares got with the chart's testdata/name, or rewrites it with
+// -update.
+func golden(t *testing.T, name string, got []byte) {
+	t.Helper()
+	dir := filepath.Join(memberChart, "testdata")
+	path := filepath.Join(dir, name)
+	if *updateGolden {
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(path, got, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return
+	}
+	want, err := os.ReadFile(path)
+	if err != nil || !bytes.Equal(want, got) {
+		t.Errorf("%s differs from what the chart renders (%v); go test ./cmd/isthmus -run TestChart -update rewrites it:\n%s", path, err, got)
+	}
+}
+
+// gatewayBootstrap renders the chart in gateway mode and parses the
+// Envoy bootstrap it holds, as Envoy would, into go-control-plane's type.
+func gatewayBootstrap(t *testing.T, set ...string) (*bootstrapv3.Bootstrap, []byte, []*unstructured.Unstructured) {
+	t.Helper()
+	docs := renderChart(t, append([]string{"dataplane=gateway"}, set...)...)
+	cm := find(docs, "ConfigMap", "isthmus-gateway-bootstrap")
+	if cm == nil {
+		t.Fatal("no bootstrap ConfigMap")
+	}
+	text, _, _ := unstructured.NestedString(cm.Object, "data", "envoy.yaml")
+	j, err := yaml.YAMLToJSON([]byte(text))
+	if err != nil {
+		t.Fatalf("the bootstrap is no YAML: %v", err)
+	}
+	var b bootstrapv3.Bootstrap
+	if err := (protojson.UnmarshalOptions{}).Unmarshal(j, &b); err != nil {
+		t.Fatalf("the bootstrap is no Envoy v3 Bootstrap: %v\n%s", err, text)
+	}
+	if err := b.ValidateAll(); err != nil {
+		t.Fatalf("the bootstrap does not validate: %v", err)
+	}
+	return &b, []byte(text), docs
+}
+
+// TestChartGatewayBootstrap: the Envoy bootstrap is a valid v3
+// Bootstrap; the xDS server's own classification gives its node the
+// gateway view of its cluster (and refuses it in another); it speaks ADS
+// over gRPC to the rendered isthmus-xds Service over HTTP/2, with the v3
+// resource API; its admin interface listens on 127.0.0.1 only.
+func TestChartGatewayBootstrap(t *testing.T) {
+	b, text, docs := gatewayBootstrap(t)
+	golden(t, "gateway-bootstrap.yaml", text)
+
+	if v, err := server.ViewOf(b.GetNode(), ids[chartMember]); err != nil || v != server.GatewayView {
+		t.Errorf("the xDS server of %s gives the bootstrap's node view %q (%v), want %q", ids[chartMember], v, err, server.GatewayView)
+	}
+	if _, err := server.ViewOf(b.GetNode(), "a"); err == nil {
+		t.Error("the xDS server of another cluster accepts the bootstrap's node")
+	}
+	if a := b.GetAdmin().GetAddress().GetSocketAddress(); a.GetAddress() != "127.0.0.1" {
+		t.Errorf("admin listens on %q", a.GetAddress())
+	}
+	dyn := b.GetDynamicResources()
+	ads := dyn.GetAdsConfig()
+	if ads.GetApiType() != corev3.ApiConfigSource_GRPC || ads.GetTransportApiVersion() != corev3.ApiVersion_V3 || len(ads.GetGrpcServices()) != 1 {
+		t.Fatalf("ADS config %v", ads)
+	}
+	for name, src := range map[string]*corev3.ConfigSource{"cds": dyn.GetCdsConfig(), "lds": dyn.GetLdsConfig()} {
+		if src.GetAds() == nil || src.GetResourceApiVersion() != corev3.ApiVersion_V3 {
+			t.Errorf("%s config %v, want ADS with the v3 resource API", name, src)
+		}
+		// Ready (the health listener up) only with a configuration.
+		if src.GetInitialFetchTimeout() == nil || src.GetInitialFetchTimeout().AsDuration() != 0 {
+			t.Errorf("%s config waits %v for the first response, want no timeout", name, src.GetInitialFetchTimeout())
+		}
+	}
+	xdsCluster := ads.GetGrpcServices()[0].GetEnvoyGrpc().GetClusterName()
+	var c *clusterv3.Cluster
+	for _, sc := range b.GetStaticResources().GetClusters() {
+		if sc.GetName() == xdsCluster {
+			c = sc
+		}
+	}
+	if c == nil {
+		t.Fatalf("ADS names cluster %q, which the bootstrap does not define", xdsCluster)
+	}
+	if _, ok := c.GetTypedExtensionProtocolOptions()["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]; !ok {
+		t.Error("the xDS cluster does not speak HTTP/2")
+	}
+	addr := c.GetLoadAssignment().GetEndpoints()[0].GetLbEndpoints()[0].GetEndpoint().GetAddress().GetSocketAddress()
+	svc := find(docs, "Service", "isthmus-xds")
+	ports, _, _ := unstructured.NestedSlice(svc.Object, "spec", "ports")
+	if want := svc.GetName() + "." + svc.GetNamespace() + ".svc"; addr.GetAddress() != want || fmt.Sprint(addr.GetPortValue()) != fmt.Sprint(ports[0].(map[string]any)["port"]) {
+		t.Errorf("the xDS cluster dials %s:%d, want the Service %s port %v", addr.GetAddress(), addr.GetPortValue(), want, ports[0].(map[string]any)["port"])
+	}
+	// The ingress port the xDS server opens is the one the gateway's
+	// Service and container expose.
+	gw := find(docs, "Service", "isthmus-gateway")
+	gwPorts, _, _ := unstructured.NestedSlice(gw.Object, "spec", "ports")
+	if p := fmt.Sprint(gwPorts[0].(map[string]any)["port"]); p != "15443" {
+		t.Errorf("gateway Service port %s", p)
+	}
+}
+
+// checkChartGatewayNode connects to the xDS server at adsAddr as an Envoy
+// with the chart's bootstrap node would, and checks it is served the
+// gateway view, and that the server issued the gateway's certificate from
+// the CA Secret its chart identity may read.
+func checkChartGatewayNode(t *testing.T, ctx context.Context, adsAddr, metrics string) {
+	t.Helper()
+	b, _, _ := gatewayBootstrap(t)
+	node := proto.Clone(b.GetNode()).(*corev3.Node)
+	node.Id = "isthmus-gateway-6d9f7-x2x8q" // --service-node $(POD_NAME)
+	conn, err := grpc.NewClient(adsAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	st, err := discoveryv3.NewAggregatedDiscoveryServiceClient(conn).StreamAggregatedResources(sctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Send(&discoveryv3.DiscoveryRequest{Node: node, TypeUrl: resource.ListenerType}); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := st.Recv()
+	if err != nil {
+		t.Fatalf("the xDS server did not serve the chart's gateway node: %v", err)
+	}
+	if resp.GetTypeUrl() != resource.ListenerType {
+		t.Errorf("response of type %s", resp.GetTypeUrl())
+	}
+	eventually(t, 10*time.Second, "the gateway node counted in its view", func() error {
+		_, body := get("http://" + metrics + "/metrics")
+		if !strings.Contains(body, `isthmus_xds_connected_nodes{view="gateway"} 1`) {
+			return fmt.Errorf("no gateway node connected in the metrics")
+		}
+		if !strings.Contains(body, "isthmus_xds_identity_cert_expiry_timestamp_seconds{") {
+			return fmt.Errorf("no certificate issued from the CA Secret")
+		}
+		return nil
+	})
+}
+
+// checkChartDNS asks the resolver running with its chart identity for
+// the import the chart-identity agent made.
+func checkChartDNS(t *testing.T, ctx context.Context, dnsAddr, ns string) {
+	t.Helper()
+	si, err := mcs(t, chartMember).MulticlusterV1beta1().ServiceImports(ns).Get(ctx, "web", metav1.GetOptions{})
+	if err != nil || len(si.Spec.IPs) == 0 {
+		t.Fatalf("the import: %v %v", si, err)
+	}
+	host, port, _ := net.SplitHostPort(dnsAddr)
+	eventually(t, 10*time.Second, "the resolver answers the import", func() error {
+		out, err := exec.Command("dig", "@"+host, "-p", port, "+norec", "+short", "+time=2", "+tries=1", "web."+ns+".svc.clusterset.local", "A").Output()
+		if err != nil {
+			return err
+		}
+		if got := strings.TrimSpace(string(out)); got != si.Spec.IPs[0] {
+			return fmt.Errorf("answer %q, want the ClusterSetIP %s", got, si.Spec.IPs[0])
+		}
+		return nil
+	})
+}
+
+// TestChartCoreDNSStub: the stub-domain server block sends the clusterset
+// zone (and the per-cluster zone when on) to the dns Service's fixed
+// address, or to a placeholder NOTES.txt explains. TestChartStubDomain in
+// dnsserver/coredns runs the real CoreDNS with the first golden file.
+func TestChartCoreDNSStub(t *testing.T) {
+	for _, tc := range []struct {
+		golden string
+		set    []string
+	}{
+		{"coredns-stub.txt", []string{"dns.clusterIP=" + chartDNSIP}},
+		{"coredns-stub-placeholder.txt", []string{"dns.clusterZone=clusters.local", "coredns.cache=0"}},
+	} {
+		cm := find(renderChart(t, tc.set...), "ConfigMap", "isthmus-coredns-stub")
+		if cm == nil {
+			t.Fatal("no stub ConfigMap")
+		}
+		text, _, _ := unstructured.NestedString(cm.Object, "data", "Corefile")
+		golden(t, tc.golden, []byte(text))
+	}
+}
+
+// TestChartDashboard: every metric the dashboard's queries use is one the
+// components register, as the roles wire them; the names come from the
+// collectors' own descriptions, so a series never yet observed counts.
+func TestChartDashboard(t *testing.T) {
+	data, err := os.ReadFile(filepath.Join(memberChart, "files", "dashboard.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var dash struct {
+		Panels []struct {
+			Type, Title string
+			Targets     []struct{ Expr string }
+		}
+	}
+	if err := json.Unmarshal(data, &dash); err != nil {
+		t.Fatalf("the dashboard is no JSON: %v", err)
+	}
+	registered := registeredMetrics(t)
+	metricName := regexp.MustCompile(`\bisthmus_[a-z0-9_]+`)
+	used := map[string]bool{}
+	for _, p := range dash.Panels {
+		if p.Type == "row" {
+			continue
+		}
+		if len(p.Targets) == 0 {
+			t.Errorf("panel %q has no query", p.Title)
+		}
+		for _, q := range p.Targets {
+			names := metricName.FindAllString(q.Expr, -1)
+			if len(names) == 0 {
+				t.Errorf("panel %q queries no isthmus_ metric: %s", p.Title, q.Expr)
+			}
+			for _, n := range names {
+				used[n] = true
+				if !registered[n] && !registered[histogramBase(n)] {
+					t.Errorf("panel %q queries %s, which no component registers", p.Title, n)
+				}
+			}
+		}
+	}
+	// What the dashboard must show, per the chart's promise.
+	for _, prefix := range []string{"isthmus_agent_broker_connected", "isthmus_tunnel_peer_state", "isthmus_tunnel_peer_last_handshake",
+		"isthmus_tunnel_probe_rtt", "isthmus_xds_push_latency", "isthmus_agent_reconcile", "isthmus_dns_queries_total",
+		"isthmus_dns_query_duration", "isthmus_xds_connected_nodes", "isthmus_xds_pushes_total", "isthmus_xds_nacks_total"} {
+		found := false
+		for n := range used {
+			found = found || strings.HasPrefix(n, prefix)
+		}
+		if !found {
+			t.Errorf("the dashboard shows no %s", prefix)
+		}
+	}
+}
+
+// histogramBase is a histogram's name for one of its series' names.
+func histogramBase(n string) string {
+	for _, s := range []string{"_bucket", "_sum", "_count"} {
+		if b, ok := strings.CutSuffix(n, s); ok {
+			return b
+		}
+	}
+	return n
+}
+
+// descRecorder is a Registerer noting the name of every metric a
+// collector describes.
+type descRecorder struct{ names map[string]bool }
+
+var fqName = regexp.MustCompile(`fqName: "([^"]+)"`)
+
+func (r *descRecorder) Register(c prometheus.Collector) error {
+	ch := make(chan *prometheus.Desc)
+	go func() { c.Describe(ch); close(ch) }()
+	for d := range ch {
+		if m := fqName.FindStringSubmatch(d.String()); m != nil {
+			r.names[m[1]] = true
+		}
+	}
+	return nil
+}
+
+func (r *descRecorder) MustRegister(cs ...prometheus.Collector) {
+	for _, c := range cs {
+		_ = r.Register(c)
+	}
+}
+
+func (r *descRecorder) Unregister(prometheus.Collector) bool { return true }
+
+// registeredMetrics builds every component the roles run, the way the
+// roles do, with a registerer that notes what they register. Nothing is
+// started; the clients are member c's, unused.
+func registeredMetrics(t *testing.T) map[string]bool {
+	t.Helper()
+	rec := &descRecorder{names: map[string]bool{}}
+	log := slog.New(slog.DiscardHandler)
+	c, err := kube.NewClients(clusters.Members[chartMember].Config, 0, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := agent.New(agent.Config{ClusterID: "c", BrokerNamespace: "isthmus-broker", Local: c.Kube, LocalMCS: c.MCS,
+		Broker: c.Kube, BrokerDynamic: c.Dynamic, Log: log, Registry: rec}); err != nil {
+		t.Fatal(err)
+	}
+	dnsserver.NewMetrics(rec, func() time.Duration { return 0 })
+	tun, err := tunnel.New(tunnel.Config{ClusterID: "c", BrokerNamespace: "isthmus-broker", Device: "isthmus0", Implementation: tunnel.Auto,
+		MTU: 1420, ListenPort: 51820, Endpoint: netip.MustParseAddrPort("192.0.2.1:51820"), ProbePort: 51821, Keepalive: 10 * time.Second,
+		Resync: 30 * time.Second, ProbeInterval: time.Second, StatusInterval: 10 * time.Second, RouteProtocol: 158, RouteTable: 254,
+		KeyNamespace: "isthmus-system", KeySecret: "isthmus-tunnel-key"}, c.Dynamic, c.Kube, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := tun.Register(rec); err != nil {
+		t.Fatal(err)
+	}
+	ctx := ctxFor(t, time.Minute)
+	srv, err := server.New(ctx, server.Config{ClusterID: "c", Log: log, Registry: rec})
+	if err != nil {
+		t.Fatal(err)
+	}
+	lm := model.Local{ClusterID: "c", Mode: model.Direct, IngressPort: 15443}
+	src := source.New(source.Config{Local: lm, Kube: c.Kube, MCS: c.MCS, Broker: c.Kube, BrokerDynamic: c.Dynamic, BrokerNamespace: "isthmus-broker", Log: log},
+		func(source.Change) {})
+	if _, err := xds.NewController(lm, src, srv, rec, log); err != nil {
+		t.Fatal(err)
+	}
+	xdsidentity.NewMetrics(rec)
+	// 46 today: a recorder that saw next to nothing would pass any query.
+	if len(rec.names) < 40 {
+		t.Fatalf("only %d metrics registered: %v", len(rec.names), rec.names)
+	}
+	return rec.names
+}

@@ -1,0 +1,433 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	authenticationv1 "k8s.io/api/authentication/v1"
+	authorizationv1 "k8s.io/api/authorization/v1"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/tools/clientcmd"
+	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
+	mcsv1beta1 "sigs.k8s.io/mcs-api/pkg/apis/v1beta1"
+
+	"github.com/isthmus-dev/isthmus/cmd/internal/kube"
+	"github.com/isthmus-dev/isthmus/mcs/agent"
+	brokerv1 "github.com/isthmus-dev/isthmus/mcs/api/v1alpha1"
+	"github.com/isthmus-dev/isthmus/mcs/setup"
+	"github.com/isthmus-dev/isthmus/test/cluster"
+	"github.com/isthmus-dev/isthmus/tunnel"
+	xdsidentity "github.com/isthmus-dev/isthmus/xds/identity"
+)
+
+// access is one question to the authorizer: may the role do this?
+type access struct {
+	verb, group, resource, sub, ns, name string
+	allowed                              bool
+}
+
+// roleAccess is, per role, what its code needs (allowed) and a sample of
+// what it must not have: the table proves the chart's RBAC both ways.
+var roleAccess = map[string][]access{
+	"agent": {
+		{verb: "list", resource: "services", allowed: true},
+		{verb: "watch", resource: "services", ns: "shop", allowed: true},
+		{verb: "create", resource: "services", ns: "shop", allowed: true},
+		{verb: "patch", resource: "services", ns: "shop", allowed: true},
+		{verb: "delete", resource: "services", ns: "shop", allowed: true},
+		{verb: "update", resource: "services", ns: "shop"},
+		{verb: "list", resource: "namespaces", allowed: true},
+		{verb: "delete", resource: "namespaces", name: "shop"},
+		{verb: "patch", group: "discovery.k8s.io", resource: "endpointslices", ns: "shop", allowed: true},
+		{verb: "create", group: "discovery.k8s.io", resource: "endpointslices", ns: "shop", allowed: true},
+		{verb: "update", group: "discovery.k8s.io", resource: "endpointslices", ns: "shop"},
+		{verb: "watch", group: "multicluster.x-k8s.io", resource: "serviceexports", allowed: true},
+		{verb: "update", group: "multicluster.x-k8s.io", resource: "serviceexports", sub: "status", ns: "shop", allowed: true},
+		{verb: "delete", group: "multicluster.x-k8s.io", resource: "serviceexports", ns: "shop"},
+		{verb: "update", group: "multicluster.x-k8s.io", resource: "serviceexports", ns: "shop"},
+		{verb: "create", group: "multicluster.x-k8s.io", resource: "serviceimports", ns: "shop", allowed: true},
+		{verb: "patch", group: "multicluster.x-k8s.io", resource: "serviceimports", ns: "shop", allowed: true},
+		{verb: "update", group: "multicluster.x-k8s.io", resource: "serviceimports", sub: "status", ns: "shop", allowed: true},
+		{verb: "create", resource: "events", ns: "shop", allowed: true},
+		{verb: "get", group: "about.k8s.io", resource: "clusterproperties", name: "cluster.clusterset.k8s.io", allowed: true},
+		{verb: "get", group: "about.k8s.io", resource: "clusterproperties", name: "other"},
+		{verb: "update", group: "about.k8s.io", resource: "clusterproperties", name: "cluster.clusterset.k8s.io"},
+		{verb: "get", resource: "secrets", ns: "isthmus-system", name: "isthmus-broker", allowed: true},
+		{verb: "get", resource: "secrets", ns: "isthmus-system", name: "isthmus-ca"},
+		{verb: "get", resource: "secrets", ns: "isthmus-system", name: "isthmus-tunnel-key"},
+		{verb: "list", resource: "secrets", ns: "isthmus-system"},
+		{verb: "get", resource: "secrets", ns: "shop", name: "isthmus-broker"},
+		{verb: "create", group: "coordination.k8s.io", resource: "leases", ns: "isthmus-system", allowed: true},
+		{verb: "update", group: "coordination.k8s.io", resource: "leases", ns: "isthmus-system", name: "isthmus-agent", allowed: true},
+		{verb: "update", group: "coordination.k8s.io", resource: "leases", ns: "isthmus-system", name: "isthmus-tunnel-c"},
+		{verb: "create", group: "coordination.k8s.io", resource: "leases", ns: "shop"},
+		{verb: "create", resource: "pods", ns: "shop"},
+		{verb: "get", resource: "nodes", name: "kwok-node-0"},
+	},
+	"dns": {
+		{verb: "list", group: "multicluster.x-k8s.io", resource: "serviceimports", allowed: true},
+		{verb: "watch", group: "discovery.k8s.io", resource: "endpointslices", allowed: true},
+		{verb: "patch", group: "multicluster.x-k8s.io", resource: "serviceimports", ns: "shop"},
+		{verb: "create", group: "discovery.k8s.io", resource: "endpointslices", ns: "shop"},
+		{verb: "create", resource: "events", ns: "shop"},
+		{verb: "create", group: "coordination.k8s.io", resource: "leases", ns: "isthmus-system"},
+		{verb: "get", resource: "secrets", ns: "isthmus-system", name: "isthmus-broker"},
+		{verb: "get", resource: "secrets", ns: "isthmus-system", name: "isthmus-ca"},
+		{verb: "list", resource: "services"},
+		{verb: "get", group: "about.k8s.io", resource: "clusterproperties", name: "cluster.clusterset.k8s.io"},
+	},
+	"xds": {
+		{verb: "watch", group: "multicluster.x-k8s.io", resource: "serviceimports", allowed: true},
+		{verb: "list", group: "discovery.k8s.io", resource: "endpointslices", allowed: true},
+		{verb: "get", group: "about.k8s.io", resource: "clusterproperties", name: "cluster.clusterset.k8s.io", allowed: true},
+		{verb: "get", resource: "secrets", ns: "isthmus-system", name: "isthmus-broker", allowed: true},
+		{verb: "get", resource: "secrets", ns: "isthmus-system", name: "isthmus-ca", allowed: true},
+		{verb: "update", resource: "secrets", ns: "isthmus-system", name: "isthmus-ca"},
+		{verb: "get", resource: "secrets", ns: "isthmus-system", name: "isthmus-tunnel-key"},
+		{verb: "list", resource: "secrets", ns: "isthmus-system"},
+		{verb: "patch", group: "discovery.k8s.io", resource: "endpointslices", ns: "shop"},
+		{verb: "create", group: "coordination.k8s.io", resource: "leases", ns: "isthmus-system"},
+	},
+	"tunnel": {
+		{verb: "get", resource: "secrets", ns: "isthmus-system", name: "isthmus-tunnel-key", allowed: true},
+		{verb: "get", resource: "secrets", ns: "isthmus-system", name: "isthmus-broker", allowed: true},
+		{verb: "create", resource: "secrets", ns: "isthmus-system", allowed: true},
+		{verb: "update", resource: "secrets", ns: "isthmus-system", name: "isthmus-tunnel-key"},
+		{verb: "get", resource: "secrets", ns: "isthmus-system", name: "isthmus-ca"},
+		{verb: "list", resource: "secrets", ns: "isthmus-system"},
+		{verb: "create", resource: "secrets", ns: "shop"},
+		{verb: "create", group: "coordination.k8s.io", resource: "leases", ns: "isthmus-system", allowed: true},
+		{verb: "update", group: "coordination.k8s.io", resource: "leases", ns: "isthmus-system", name: "isthmus-tunnel-c", allowed: true},
+		{verb: "update", group: "coordination.k8s.io", resource: "leases", ns: "isthmus-system", name: "isthmus-agent"},
+		{verb: "get", group: "about.k8s.io", resource: "clusterproperties", name: "cluster.clusterset.k8s.io", allowed: true},
+		{verb: "list", group: "multicluster.x-k8s.io", resource: "serviceimports"},
+	},
+	"gateway": {
+		{verb: "get", resource: "secrets", ns: "isthmus-system", name: "isthmus-ca"},
+		{verb: "list", group: "discovery.k8s.io", resource: "endpointslices"},
+		{verb: "get", group: "about.k8s.io", resource: "clusterproperties", name: "cluster.clusterset.k8s.io"},
+	},
+}
+
+// applyChartRBAC really applies the ServiceAccounts and RBAC the chart
+// renders in gateway mode (and with the values set) to member c, and
+// removes them when the test ends.
+func applyChartRBAC(t *testing.T, ctx context.Context, set ...string) {
+	t.Helper()
+	m := clusters.Members[chartMember]
+	dyn, err := dynamic.NewForConfig(m.Config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, obj := range renderChart(t, append([]string{"dataplane=gateway"}, set...)...) {
+		switch obj.GetKind() {
+		case "ServiceAccount", "ClusterRole", "Role", "ClusterRoleBinding", "RoleBinding":
+		default:
+			continue
+		}
+		gvr := rbacGVR(obj)
+		var ri dynamic.ResourceInterface = dyn.Resource(gvr)
+		if obj.GetNamespace() != "" {
+			ri = dyn.Resource(gvr).Namespace(obj.GetNamespace())
+		}
+		if _, err := ri.Apply(ctx, obj.GetName(), obj, metav1.ApplyOptions{FieldManager: "chart-test", Force: true}); err != nil {
+			t.Fatalf("applying %s %s: %v", obj.GetKind(), obj.GetName(), err)
+		}
+		name := obj.GetName()
+		t.Cleanup(func() {
+			if err := ri.Delete(context.Background(), name, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
+				t.Errorf("removing %s %s: %v", gvr.Resource, name, err)
+			}
+		})
+	}
+}
+
+// rbacGVR is the resource of a ServiceAccount or an RBAC object: each
+// kind's plural is its name in lower case and an s.
+func rbacGVR(obj *unstructured.Unstructured) schema.GroupVersionResource {
+	gvk := obj.GroupVersionKind()
+	return gvk.GroupVersion().WithResource(strings.ToLower(gvk.Kind) + "s")
+}
+
+// TestChartRBAC applies the chart's RBAC to a real member and asks the
+// apiserver's authorizer, through SubjectAccessReviews, whether each
+// role's ServiceAccount may do what its code does, and may not do what it
+// does not need; then the same for the one ServiceAccount of mode all,
+// which may do what any role may.
+func TestChartRBAC(t *testing.T) {
+	clusterset(t)
+	ctx := ctxFor(t, 2*time.Minute)
+	applyChartRBAC(t, ctx)
+	anyRole := map[access]bool{} // the question (allowed false) → some role may
+	for role, table := range roleAccess {
+		for _, a := range table {
+			review(t, ctx, "isthmus-"+role, a)
+			q := a
+			q.allowed = false
+			anyRole[q] = anyRole[q] || (a.allowed && role != "gateway")
+		}
+	}
+
+	// Mode all: the same rules bound to the one ServiceAccount of the
+	// `isthmus all` pod, which may do what any role may, and nothing else;
+	// the roles' own ServiceAccounts are then bound to nothing.
+	applyChartRBAC(t, ctx, "mode=all")
+	for q, allowed := range anyRole {
+		review(t, ctx, "isthmus-agent", q)
+		q.allowed = allowed
+		review(t, ctx, "isthmus", q)
+	}
+}
+
+// review asks the authorizer whether ServiceAccount sa of isthmus-system
+// may do a, and fails the test when the answer is not a.allowed.
+func review(t *testing.T, ctx context.Context, sa string, a access) {
+	t.Helper()
+	sar, err := clusters.Members[chartMember].Client.AuthorizationV1().SubjectAccessReviews().Create(ctx, &authorizationv1.SubjectAccessReview{
+		Spec: authorizationv1.SubjectAccessReviewSpec{
+			User:   "system:serviceaccount:isthmus-system:" + sa,
+			Groups: []string{"system:serviceaccounts", "system:serviceaccounts:isthmus-system", "system:authenticated"},
+			ResourceAttributes: &authorizationv1.ResourceAttributes{
+				Verb: a.verb, Group: a.group, Resource: a.resource, Subresource: a.sub, Namespace: a.ns, Name: a.name,
+			},
+		}}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sar.Status.Allowed != a.allowed {
+		t.Errorf("%s: %s %s %s/%s in %q named %q: allowed %v, want %v (%s)", sa, a.verb, a.group, a.resource, a.sub, a.ns, a.name,
+			sar.Status.Allowed, a.allowed, sar.Status.Reason)
+	}
+}
+
+// roleKubeconfig writes a kubeconfig for member c that authenticates as
+// the chart ServiceAccount sa with a token from the TokenRequest API, as
+// the kubelet would mount it.
+func roleKubeconfig(t *testing.T, ctx context.Context, sa string) string {
+	t.Helper()
+	m := clusters.Members[chartMember]
+	tok, err := m.Client.CoreV1().ServiceAccounts("isthmus-system").CreateToken(ctx, sa,
+		&authenticationv1.TokenRequest{Spec: authenticationv1.TokenRequestSpec{ExpirationSeconds: ptrTo(int64(3600))}}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatalf("a token of %s: %v", sa, err)
+	}
+	cfg := clientcmdapi.NewConfig()
+	apiserver := &clientcmdapi.Cluster{Server: m.Config.Host, CertificateAuthorityData: m.Config.CAData}
+	if len(m.Config.CAData) == 0 {
+		apiserver.CertificateAuthority = m.Config.CAFile
+	}
+	cfg.Clusters["c"] = apiserver
+	cfg.AuthInfos[sa] = &clientcmdapi.AuthInfo{Token: tok.Status.Token}
+	cfg.Contexts[sa] = &clientcmdapi.Context{Cluster: "c", AuthInfo: sa}
+	cfg.CurrentContext = sa
+	path := filepath.Join(t.TempDir(), sa+".kubeconfig")
+	if err := clientcmd.WriteToFile(*cfg, path); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// logBuffer collects a role's log, to look for refusals in it.
+type logBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *logBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *logBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// runWithChartIdentity runs `isthmus <role>` with the chart
+// ServiceAccount's token until the test ends, and waits for /readyz. At
+// the end its log must show no request the apiserver forbade.
+func runWithChartIdentity(t *testing.T, ctx context.Context, role string, args ...string) (metrics string, stop func()) {
+	t.Helper()
+	metrics = freePort(t)
+	args = append([]string{role, "--kubeconfig", roleKubeconfig(t, ctx, "isthmus-"+role), "--metrics-addr", metrics}, args...)
+	logs := &logBuffer{}
+	log := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})).With("role", role)
+	rctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- run(rctx, args, log, io.Discard) }()
+	var once sync.Once
+	stop = func() {
+		once.Do(func() {
+			cancel()
+			if err := <-done; err != nil {
+				t.Errorf("isthmus %s: %v", role, err)
+			}
+			if l := logs.String(); strings.Contains(strings.ToLower(l), "forbidden") {
+				t.Errorf("isthmus %s with its chart identity was refused something:\n%s", role, l)
+			}
+		})
+	}
+	t.Cleanup(stop)
+	eventually(t, time.Minute, "isthmus "+role+" ready with its chart identity", func() error {
+		select {
+		case err := <-done:
+			done <- err
+			return fmt.Errorf("exited: %v\n%s", err, logs.String())
+		default:
+		}
+		if code, body := get("http://" + metrics + "/readyz"); code != http.StatusOK {
+			return fmt.Errorf("readyz %d: %s", code, body)
+		}
+		return nil
+	})
+	return metrics, stop
+}
+
+// writeClusterCA stores an intermediate CA for c in isthmus-system/isthmus-ca,
+// as isthmusctl join does with certificates, until the test ends.
+func writeClusterCA(t *testing.T, ctx context.Context, m *cluster.Cluster) {
+	t.Helper()
+	root, err := xdsidentity.NewRoot(brokerv1.DefaultClustersetDomain, 24*time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	inter, err := root.IssueIntermediate(ids[chartMember], 12*time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, key, bundle, err := inter.PEM()
+	if err != nil {
+		t.Fatal(err)
+	}
+	secrets := m.Client.CoreV1().Secrets(brokerv1.MemberNamespace)
+	if _, err := secrets.Create(ctx, &corev1.Secret{
+		ObjectMeta: metav1.ObjectMeta{Name: brokerv1.IntermediateCASecret},
+		Data:       map[string][]byte{xdsidentity.CertFile: cert, xdsidentity.KeyFile: key, xdsidentity.CAFile: bundle},
+	}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = secrets.Delete(context.Background(), brokerv1.IntermediateCASecret, metav1.DeleteOptions{})
+	})
+}
+
+// TestChartRolesRunWithTheirIdentities: the least privilege is enough.
+// The agent, dns and xds roles run against member c with tokens of their
+// chart ServiceAccounts (the agent in place of the test's own agent of c)
+// and do their work: the agent exports a Service, imports it and
+// withdraws it; the resolver answers for the import; the xDS server
+// issues the gateway's certificate from the CA Secret and serves a node
+// with the chart's gateway bootstrap.
+func TestChartRolesRunWithTheirIdentities(t *testing.T) {
+	clusterset(t)
+	ctx := ctxFor(t, 4*time.Minute)
+	m := clusters.Members[chartMember]
+	applyChartRBAC(t, ctx)
+	writeClusterCA(t, ctx, m)
+
+	stopAgent(t, chartMember)
+	t.Cleanup(func() {
+		if err := startAgent(chartMember); err != nil {
+			t.Errorf("restarting the test's agent of c: %v", err)
+		}
+	})
+	_, stopChartAgent := runWithChartIdentity(t, ctx, "agent", "--region", regions[chartMember],
+		"--pod-cidrs", m.PodCIDR.String(), "--service-cidrs", m.ServiceCIDR.String(),
+		"--lease-duration", leaseDuration.String(), "--withdraw-after", withdrawAfter.String())
+	dnsAddr, adsAddr := freePort(t), freePort(t)
+	_, stopDNS := runWithChartIdentity(t, ctx, "dns", "--listen", dnsAddr, "--udp-sockets", "1")
+	defer stopDNS()
+	xdsMetrics, stopXDS := runWithChartIdentity(t, ctx, "xds", "--listen", adsAddr, "--region", regions[chartMember])
+	defer stopXDS()
+
+	ns := "chartrbac"
+	namespace(t, ctx, ns, chartMember)
+	workload(t, ctx, chartMember, ns, "web", 1, false)
+	exportService(t, ctx, chartMember, ns, "web", nil, nil)
+	eventually(t, propagation, "exported by the chart-identity agent", wantCondition(ctx, t, chartMember, ns, "web", mcsv1beta1.ServiceExportConditionReady, metav1.ConditionTrue, "Exported"))
+	eventually(t, propagation, "imported in c by the chart-identity agent", func() error {
+		v, err := viewImport(ctx, t, chartMember, ns, "web")
+		if err == nil && len(v.derived) == 0 {
+			err = errors.New("the derived Service has no endpoints yet")
+		}
+		return err
+	})
+	checkChartDNS(t, ctx, dnsAddr, ns)
+	checkChartGatewayNode(t, ctx, adsAddr, xdsMetrics)
+
+	unexport(t, ctx, chartMember, ns, "web")
+	eventually(t, propagation, "import withdrawn by the chart-identity agent", func() error {
+		_, err := mcs(t, chartMember).MulticlusterV1beta1().ServiceImports(ns).Get(ctx, "web", metav1.GetOptions{})
+		if !apierrors.IsNotFound(err) {
+			return fmt.Errorf("ServiceImport still there (%v)", err)
+		}
+		return nil
+	})
+	stopChartAgent()
+}
+
+// TestChartTunnelIdentity runs, with a token of the chart's tunnel
+// ServiceAccount, every request the tunnel role makes to its own cluster
+// (the tunnel itself needs a gateway node's network; test/tunnel runs it
+// in network namespaces): the cluster id, the broker credential, its key
+// Secret created and read back, and its Lease taken and released.
+func TestChartTunnelIdentity(t *testing.T) {
+	clusterset(t)
+	ctx := ctxFor(t, time.Minute)
+	applyChartRBAC(t, ctx)
+	cfg, err := kube.Config(roleKubeconfig(t, ctx, "isthmus-tunnel"), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := kube.NewClients(cfg, 0, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if id, err := agent.ClusterID(ctx, c.Dynamic, ids[chartMember]); err != nil || id != ids[chartMember] {
+		t.Errorf("the cluster id with the tunnel's identity: %q, %v", id, err)
+	}
+	if _, _, err := setup.BrokerConfig(ctx, c.Kube, ""); err != nil {
+		t.Errorf("the broker credential with the tunnel's identity: %v", err)
+	}
+	admin := clusters.Members[chartMember].Client
+	t.Cleanup(func() {
+		_ = admin.CoreV1().Secrets("isthmus-system").Delete(context.Background(), "isthmus-tunnel-key", metav1.DeleteOptions{})
+		_ = admin.CoordinationV1().Leases("isthmus-system").Delete(context.Background(), "isthmus-tunnel-c", metav1.DeleteOptions{})
+	})
+	created, err := tunnel.LoadOrCreateKey(ctx, c.Kube, "isthmus-system", "isthmus-tunnel-key")
+	if err != nil {
+		t.Fatalf("creating the key with the tunnel's identity: %v", err)
+	}
+	again, err := tunnel.LoadOrCreateKey(ctx, c.Kube, "isthmus-system", "isthmus-tunnel-key")
+	if err != nil || again.Private != created.Private {
+		t.Errorf("reading the key back with the tunnel's identity: %v (same key: %v)", err, again.Private == created.Private)
+	}
+	ran := false
+	err = runElected(ctx, c.Kube, "isthmus-system", "isthmus-tunnel-"+ids[chartMember], "chart-test",
+		[3]time.Duration{15 * time.Second, 10 * time.Second, 2 * time.Second},
+		func(context.Context) error { ran = true; return nil }, slog.New(slog.DiscardHandler))
+	if err != nil || !ran {
+		t.Errorf("the gateway Lease with the tunnel's identity: ran %v, %v", ran, err)
+	}
+	lease, err := admin.CoordinationV1().Leases("isthmus-system").Get(ctx, "isthmus-tunnel-"+ids[chartMember], metav1.GetOptions{})
+	if err != nil || lease.Spec.HolderIdentity == nil || *lease.Spec.HolderIdentity != "" {
+		t.Errorf("the Lease after a clean stop (released: holder empty): %v %v", lease, err)
+	}
+}
