@@ -333,8 +333,9 @@ func writeClusterCA(t *testing.T, ctx context.Context, m *cluster.Cluster) {
 // chart ServiceAccounts (the agent in place of the test's own agent of c)
 // and do their work: the agent exports a Service, imports it and
 // withdraws it; the resolver answers for the import; the xDS server
-// issues the gateway's certificate from the CA Secret and serves a node
-// with the chart's gateway bootstrap.
+// issues the gateway's certificate from the CA Secret, watches the gateway
+// Service's pods and takes a node with the chart's gateway bootstrap for
+// a gateway (refusing it, as it connects from no gateway pod).
 func TestChartRolesRunWithTheirIdentities(t *testing.T) {
 	clusterset(t)
 	ctx := ctxFor(t, 4*time.Minute)

@@ -120,6 +120,7 @@ role's name.
 {{ include "isthmus.env" (list (print $p "LISTEN") (print ":" $.Values.xds.port)) }}
 {{ include "isthmus.env" (list (print $p "CA_SECRET") (ternary (print $.Release.Namespace "/" $.Values.xds.caSecret) "" (ne $.Values.xds.caSecret ""))) }}
 {{ include "isthmus.env" (list (print $p "CERT_TTL") $.Values.xds.certTTL) }}
+{{ include "isthmus.env" (list (print $p "GATEWAY_SERVICE") (print $.Release.Namespace "/isthmus-gateway")) }}
 {{- end -}}
 
 {{- define "isthmus.tunnelEnv" -}}
