@@ -38,11 +38,15 @@ func agentRole() role {
 			leaderNamespace := fs.String(p+"leader-elect-namespace", setup.MemberNamespace, "namespace of this cluster holding the election Lease")
 			dataplane := fs.String(p+"dataplane", agent.DataplaneDirect, "where derived Services send ClusterSetIP traffic: direct (to the endpoints, chosen by locality) or gateway (to the local east-west gateway's egress ports)")
 			gatewayService := fs.String(p+"gateway-service", setup.MemberNamespace+"/isthmus-gateway", "NAMESPACE/NAME of the local Service in front of the east-west gateway pods (gateway mode)")
+			ingressPort := fs.Int(p+"gateway-ingress-port", brokerv1.DefaultGatewayIngressPort, "the east-west gateway pods' mTLS port, published with their addresses for other clusters' gateways (gateway mode)")
 			egressPorts := fs.String(p+"egress-ports", fmt.Sprintf("%d-%d", brokerv1.DefaultEgressPortMin, brokerv1.DefaultEgressPortMax), "MIN-MAX: the gateway egress ports the agent allocates to imports (gateway mode)")
 			return func(ctx context.Context, e *env, log *slog.Logger) error {
 				gwNamespace, gwName, ok := strings.Cut(*gatewayService, "/")
 				if !ok || gwNamespace == "" || gwName == "" {
 					return fmt.Errorf("--%sgateway-service=%q: want NAMESPACE/NAME", p, *gatewayService)
+				}
+				if *ingressPort < 1 || *ingressPort > 65535 {
+					return fmt.Errorf("--%sgateway-ingress-port %d is not a port", p, *ingressPort)
 				}
 				egressMin, egressMax, err := agent.ParseEgressPortRange(*egressPorts)
 				if err != nil {
@@ -66,7 +70,7 @@ func agentRole() role {
 					Local: local.Kube, LocalMCS: local.MCS, Broker: broker.Kube, BrokerDynamic: broker.Dynamic,
 					LeaseDuration: *leaseDuration, WithdrawAfter: *withdrawAfter,
 					Dataplane: *dataplane, GatewayNamespace: gwNamespace, GatewayName: gwName,
-					EgressPortMin: egressMin, EgressPortMax: egressMax,
+					EgressPortMin: egressMin, EgressPortMax: egressMax, GatewayIngressPort: int32(*ingressPort),
 					Log: log, Registry: e.reg,
 				}
 				if *leaderElect {

@@ -14,6 +14,8 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/client-go/dynamic"
 	mcsv1beta1 "sigs.k8s.io/mcs-api/pkg/apis/v1beta1"
 
 	"github.com/isthmus-dev/isthmus/mcs/agent"
@@ -331,11 +333,17 @@ func TestGatewayMode(t *testing.T) {
 		}
 	})
 
+	gatewayPods := podIPs(ctx, t, 1, setup.MemberNamespace, gatewayName)
+	step("b's record publishes its ready gateway pods for the other clusters' gateways", func(t *testing.T) {
+		eventually(t, propagation, "b's gateways in its Cluster record", wantRecordGateways(ctx, "b", gatewayPods...))
+	})
+
 	step("no ready gateway: direct, local first, and back", func(t *testing.T) {
 		if r := eventReasons(ctx, t, 1, setup.MemberNamespace, "Service", gatewayName); len(r) != 0 {
 			t.Fatalf("gateway events before any outage: %v", r)
 		}
 		setReady(ctx, t, 1, setup.MemberNamespace, gatewayName, false)
+		eventually(t, propagation, "no gateway in b's record while none is ready", wantRecordGateways(ctx, "b"))
 		eventually(t, propagation, "one falls back to b's own pods", wantDirect(ctx, t, 1, ns, "one", 1))
 		eventually(t, propagation, "two falls back to a's pods", wantDirect(ctx, t, 1, ns, "two", 0))
 		if v, _ := viewGateway(ctx, t, 1, ns, "one"); v.egress["TCP/80"] != one.egress["TCP/80"] {
@@ -352,6 +360,7 @@ func TestGatewayMode(t *testing.T) {
 		})
 
 		setReady(ctx, t, 1, setup.MemberNamespace, gatewayName, true)
+		eventually(t, propagation, "b's gateways back in its record", wantRecordGateways(ctx, "b", gatewayPods...))
 		settle(t, "one through the gateway again", wantGateway(ctx, t, 1, ns, "one", min, max, "TCP/80=http"))
 		settle(t, "two through the gateway again", wantGateway(ctx, t, 1, ns, "two", min, max, "TCP/80=http", "TCP/9090=grpc"))
 		if n := metric(t, 1, "isthmus_agent_gateway_fallback "); n != 0 {
@@ -481,4 +490,31 @@ func sorted(s []string) []string {
 	out := slices.Clone(s)
 	sort.Strings(out)
 	return out
+}
+
+// wantRecordGateways checks that cluster's broker record lists exactly the
+// given addresses as its gateways, at the default ingress port.
+func wantRecordGateways(ctx context.Context, cluster string, ips ...string) func() error {
+	return func() error {
+		u, err := dynamic.NewForConfigOrDie(clusters.Broker.Config).Resource(brokerv1.SchemeGroupVersion.WithResource("clusters")).
+			Namespace(brokerv1.DefaultBrokerNamespace).Get(ctx, cluster, metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		var rec brokerv1.Cluster
+		if err := runtime.DefaultUnstructuredConverter.FromUnstructured(u.Object, &rec); err != nil {
+			return err
+		}
+		var got []string
+		for _, g := range rec.Spec.Gateways {
+			if g.Port != brokerv1.DefaultGatewayIngressPort {
+				return fmt.Errorf("gateway %s at port %d, want %d", g.Address, g.Port, brokerv1.DefaultGatewayIngressPort)
+			}
+			got = append(got, g.Address)
+		}
+		if want := sorted(ips); !slices.Equal(sorted(got), want) {
+			return fmt.Errorf("record's gateways %v, want %v", got, want)
+		}
+		return nil
+	}
 }

@@ -86,6 +86,11 @@ type Config struct {
 	// agent allocates in gateway mode; zero means the defaults of
 	// mcs/api (DefaultEgressPortMin, DefaultEgressPortMax).
 	EgressPortMin, EgressPortMax int32
+	// GatewayIngressPort is the gateway pods' mTLS port that other
+	// clusters' gateways connect to, published with the pods' addresses
+	// in this cluster's record in gateway mode; zero means mcs/api's
+	// DefaultGatewayIngressPort.
+	GatewayIngressPort int32
 
 	Log      *slog.Logger
 	Registry prometheus.Registerer
@@ -97,6 +102,9 @@ type Agent struct {
 	log     *slog.Logger
 	metrics *metrics
 	events  record.EventRecorder
+	// publishMu orders the record's publications (heartbeat, gateway
+	// changes), so an older view never lands after a newer one.
+	publishMu sync.Mutex
 
 	informers   []cache.SharedIndexInformer
 	synced      []cache.InformerSynced

@@ -67,6 +67,12 @@ func checkGatewayConfig(cfg *Config) error {
 	if cfg.EgressPortMin == 0 && cfg.EgressPortMax == 0 {
 		cfg.EgressPortMin, cfg.EgressPortMax = brokerv1.DefaultEgressPortMin, brokerv1.DefaultEgressPortMax
 	}
+	if cfg.GatewayIngressPort == 0 {
+		cfg.GatewayIngressPort = brokerv1.DefaultGatewayIngressPort
+	}
+	if cfg.GatewayIngressPort < 1 || cfg.GatewayIngressPort > 65535 {
+		return fmt.Errorf("gateway ingress port %d is not a port", cfg.GatewayIngressPort)
+	}
 	return checkEgressRange(cfg.EgressPortMin, cfg.EgressPortMax)
 }
 
@@ -249,6 +255,30 @@ func (a *Agent) gatewayEndpoints() map[discoveryv1.AddressType][]discoveryv1.End
 	return out
 }
 
+// maxGatewayAddresses is how many gateway addresses a Cluster record holds
+// (the CRD's bound).
+const maxGatewayAddresses = 16
+
+// gatewayAddresses are the ready gateway pods' addresses at the ingress
+// port, the part of this cluster's record through which other clusters'
+// gateways reach this one (over the tunnel, which routes pod CIDRs); the
+// first 16 in address order.
+func (a *Agent) gatewayAddresses() []brokerv1.GatewayAddress {
+	if !a.gatewayMode() {
+		return nil
+	}
+	var out []brokerv1.GatewayAddress
+	for _, fam := range []discoveryv1.AddressType{discoveryv1.AddressTypeIPv4, discoveryv1.AddressTypeIPv6} {
+		for _, e := range a.gatewayEndpoints()[fam] {
+			out = append(out, brokerv1.GatewayAddress{Address: e.Addresses[0], Port: a.cfg.GatewayIngressPort})
+		}
+	}
+	if len(out) > maxGatewayAddresses {
+		out = out[:maxGatewayAddresses]
+	}
+	return out
+}
+
 // gatewaySlices are the derived Service's EndpointSlices in gateway mode:
 // the ready gateway pods of each of the Service's families, with each
 // service port numbered as its egress port, so that kube-proxy sends
@@ -328,6 +358,11 @@ func (a *Agent) watchGateway(ctx context.Context) {
 		}
 		if !first {
 			a.importsAll()
+			// Other clusters' gateways learn the new addresses from the
+			// record; the heartbeat retries a publication that fails.
+			if err := a.publishCluster(ctx); err != nil {
+				a.log.Warn("publishing the gateway's addresses", "err", err)
+			}
 		}
 		first, wasReady = false, ready
 		select {

@@ -194,18 +194,16 @@ func (a *Agent) heartbeatCondition(h clusterHealth) metav1.Condition {
 }
 
 // heartbeat renews this cluster's Lease every third of its duration and
-// keeps its Cluster record current.
+// keeps its Cluster record current (a write only when it changed).
 func (a *Agent) heartbeat(ctx context.Context) {
 	period := a.cfg.LeaseDuration / 3
-	recordDone, connected := false, true
+	connected := true
 	for {
 		beat, cancel := context.WithTimeout(ctx, period)
 		err := a.renewLease(beat)
 		cancel()
-		if err == nil && !recordDone {
-			if err = a.publishCluster(ctx); err == nil {
-				recordDone = true
-			}
+		if err == nil {
+			err = a.publishCluster(ctx)
 		}
 		if err != nil {
 			if connected {
@@ -265,10 +263,13 @@ func (a *Agent) renewLease(ctx context.Context) error {
 	return nil
 }
 
-// publishCluster applies this cluster's record: its id, locality and
-// address ranges. The tunnel and gateway fields belong to other roles,
-// which apply them under their own field managers.
+// publishCluster applies this cluster's record: its id, locality, address
+// ranges and, in gateway mode, its gateway pods' addresses. The tunnel
+// fields belong to the tunnel role, which applies them under its own field
+// manager.
 func (a *Agent) publishCluster(ctx context.Context) error {
+	a.publishMu.Lock()
+	defer a.publishMu.Unlock()
 	rec := &brokerv1.Cluster{
 		TypeMeta: metav1.TypeMeta{APIVersion: brokerv1.SchemeGroupVersion.String(), Kind: "Cluster"},
 		ObjectMeta: metav1.ObjectMeta{Name: a.cfg.ClusterID, Namespace: a.cfg.BrokerNamespace,
@@ -279,6 +280,7 @@ func (a *Agent) publishCluster(ctx context.Context) error {
 			Zone:         a.cfg.Zone,
 			PodCIDRs:     a.cfg.PodCIDRs,
 			ServiceCIDRs: a.cfg.ServiceCIDRs,
+			Gateways:     a.gatewayAddresses(),
 		},
 	}
 	if a.cfg.Version != "" {

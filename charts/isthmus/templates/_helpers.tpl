@@ -89,6 +89,7 @@ role's name.
 {{ include "isthmus.env" (list (print $p "LEADER_ELECT_NAMESPACE") $.Release.Namespace) }}
 {{ include "isthmus.env" (list (print $p "DATAPLANE") $.Values.dataplane) }}
 {{ include "isthmus.env" (list (print $p "GATEWAY_SERVICE") (print $.Release.Namespace "/isthmus-gateway")) }}
+{{ include "isthmus.env" (list (print $p "GATEWAY_INGRESS_PORT") $.Values.gateway.ingressPort) }}
 {{ include "isthmus.env" (list (print $p "EGRESS_PORTS") $.Values.gateway.egressPorts) }}
 {{- end -}}
 
