@@ -11,13 +11,23 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
+
+	"github.com/isthmus-dev/isthmus/test/freeport"
 )
 
 // startServer serves h on a free loopback port until the test ends.
 func startServer(t *testing.T, h *Handler) string {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	l, err := Listen(ctx, "127.0.0.1:0", 2)
+	// Outside the ephemeral range: dig could otherwise be given the same
+	// port and hear its own query (see test/freeport).
+	var l *Listener
+	var err error
+	for range 10 {
+		if l, err = Listen(ctx, freeport.Addr(t), 2); err == nil {
+			break
+		}
+	}
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -18,6 +18,7 @@ import (
 
 	"github.com/isthmus-dev/isthmus/mcs/api/crds"
 	"github.com/isthmus-dev/isthmus/test/cluster"
+	"github.com/isthmus-dev/isthmus/test/freeport"
 )
 
 func TestDNSRoleFlagErrors(t *testing.T) {
@@ -39,14 +40,11 @@ func TestDNSRoleFlagErrors(t *testing.T) {
 	}
 }
 
+// freePort is a loopback address outside the ephemeral range, free a
+// moment ago (see test/freeport: dig may share an ephemeral one).
 func freePort(t *testing.T) string {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
+	return freeport.Addr(t)
 }
 
 func get(url string) (int, string) {

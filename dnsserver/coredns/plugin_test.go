@@ -3,6 +3,7 @@ package isthmus
 import (
 	"context"
 	"fmt"
+	"net"
 	"os/exec"
 	"strings"
 	"testing"
@@ -21,6 +22,7 @@ import (
 
 	"github.com/isthmus-dev/isthmus/mcs/api/crds"
 	"github.com/isthmus-dev/isthmus/test/cluster"
+	"github.com/isthmus-dev/isthmus/test/freeport"
 )
 
 // The minimal CoreDNS of this test: the dns server type with bind, our
@@ -74,24 +76,25 @@ func TestPluginInCoreDNS(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	corefile := fmt.Sprintf(`clusterset.local:0 example.org:0 {
+	// A fixed port outside the ephemeral range (see test/freeport: dig may
+	// be given an ephemeral server port and hear its own query).
+	port := freeport.Port(t)
+	corefile := fmt.Sprintf(`clusterset.local:%[2]s example.org:%[2]s {
     bind 127.0.0.1
     isthmus clusterset.local {
-        kubeconfig %s
+        kubeconfig %[1]s
         ttl 7
     }
     whoami
 }
-`, m.Kubeconfig)
+`, m.Kubeconfig, port)
 	caddy.Quiet, dnsserver.Quiet = true, true
 	inst, err := caddy.Start(corefileInput(corefile))
 	if err != nil {
 		t.Fatalf("starting CoreDNS: %v", err)
 	}
 	defer inst.Stop()
-	// Port 0: UDP and TCP get different ports.
-	addr := inst.Servers()[0].LocalAddr().String()
-	tcpPort := inst.Servers()[0].Addr().String()[strings.LastIndex(inst.Servers()[0].Addr().String(), ":")+1:]
+	addr, tcpPort := net.JoinHostPort("127.0.0.1", port), port
 
 	c := &dns.Client{Timeout: 2 * time.Second}
 	ask := func(name string, qt uint16) *dns.Msg {

@@ -1,7 +1,6 @@
 package isthmus
 
 import (
-	"net"
 	"os"
 	"os/exec"
 	"strings"
@@ -12,6 +11,8 @@ import (
 	_ "github.com/coredns/coredns/plugin/cache"
 	_ "github.com/coredns/coredns/plugin/errors"
 	_ "github.com/coredns/coredns/plugin/forward"
+
+	"github.com/isthmus-dev/isthmus/test/freeport"
 )
 
 // chartStub is the server block the member chart renders for the
@@ -69,14 +70,9 @@ func TestChartStubDomain(t *testing.T) {
 	}
 }
 
-// freeUDPPort is a UDP port free on 127.0.0.1 a moment ago.
+// freeUDPPort is a loopback port outside the ephemeral range, free a
+// moment ago (see test/freeport: dig may share an ephemeral one).
 func freeUDPPort(t *testing.T) string {
 	t.Helper()
-	c, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	_, port, _ := net.SplitHostPort(c.LocalAddr().String())
-	return port
+	return freeport.Port(t)
 }
