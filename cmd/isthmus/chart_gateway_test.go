@@ -374,3 +374,19 @@ func registeredMetrics(t *testing.T) map[string]bool {
 	}
 	return rec.names
 }
+
+// TestOperationsDocListsEveryMetric: docs/operations.md names every
+// isthmus_ metric the components register, so the operators' list cannot
+// fall behind the code.
+func TestOperationsDocListsEveryMetric(t *testing.T) {
+	clusterset(t)
+	doc, err := os.ReadFile("../../docs/operations.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name := range registeredMetrics(t) {
+		if strings.HasPrefix(name, "isthmus_") && !strings.Contains(string(doc), "`"+name+"`") {
+			t.Errorf("docs/operations.md does not list %s", name)
+		}
+	}
+}
