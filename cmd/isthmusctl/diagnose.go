@@ -92,7 +92,7 @@ func (d *diagnosis) run(ctx context.Context) {
 	d.slices(ctx)
 	d.dns(ctx)
 	d.tunnels(ctx)
-	d.xds(ctx, d.ports)
+	d.xds(ctx)
 }
 
 func (d *diagnosis) export(ctx context.Context) {

@@ -16,16 +16,18 @@ import (
 	aggregatev3 "github.com/envoyproxy/go-control-plane/envoy/extensions/clusters/aggregate/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/structpb"
-	mcsv1beta1 "sigs.k8s.io/mcs-api/pkg/apis/v1beta1"
 
 	brokerv1 "github.com/isthmus-dev/isthmus/mcs/api/v1alpha1"
+	"github.com/isthmus-dev/isthmus/xds/model"
 	"github.com/isthmus-dev/isthmus/xds/server"
+	"github.com/isthmus-dev/isthmus/xds/translate"
 )
 
 // xdsAnswerTimeout bounds each answer: the server answers a first
@@ -84,7 +86,7 @@ func (c *xdsClient) get(ctx context.Context, typeURL string, names []string) (ma
 			if err != nil {
 				return nil, fmt.Errorf("decoding a %s: %w", shortType(typeURL), err)
 			}
-			out[resourceName(m)] = m
+			out[cachev3.GetResourceName(m)] = m
 		}
 		return out, nil
 	}
@@ -92,26 +94,13 @@ func (c *xdsClient) get(ctx context.Context, typeURL string, names []string) (ma
 
 func shortType(typeURL string) string { return typeURL[strings.LastIndex(typeURL, ".")+1:] }
 
-func resourceName(m proto.Message) string {
-	switch r := m.(type) {
-	case *listenerv3.Listener:
-		return r.GetName()
-	case *routev3.RouteConfiguration:
-		return r.GetName()
-	case *clusterv3.Cluster:
-		return r.GetName()
-	case *endpointv3.ClusterLoadAssignment:
-		return r.GetClusterName()
-	}
-	return ""
-}
-
 // xds asks this cluster's xDS server (--xds-server) for what a proxyless
 // gRPC client of the service gets: one listener per imported port, its
 // route, the cluster(s) it leads to and their endpoints by priority. A
 // check per port says whether a client would find a healthy endpoint.
-func (d *diagnosis) xds(ctx context.Context, ports []mcsv1beta1.ServicePort) {
-	host := d.name + "." + d.ns + ".svc.clusterset.local"
+func (d *diagnosis) xds(ctx context.Context) {
+	key := model.Key{Namespace: d.ns, Name: d.name}
+	host := key.Host()
 	if d.xdsServer == "" {
 		d.add("xds", true, "skipped: pass --xds-server host:port (e.g. after kubectl -n isthmus-system port-forward svc/isthmus-xds 15010) to ask this cluster's xDS server about "+host, "")
 		return
@@ -138,9 +127,9 @@ func (d *diagnosis) xds(ctx context.Context, ports []mcsv1beta1.ServicePort) {
 	}
 	c := as(server.GRPCView)
 	var names []string
-	for _, p := range ports {
+	for _, p := range d.ports {
 		if p.Protocol == "" || p.Protocol == "TCP" {
-			names = append(names, fmt.Sprintf("%s:%d", host, p.Port))
+			names = append(names, translate.GRPCListener(key, p.Port))
 		}
 	}
 	if len(names) == 0 {
@@ -166,7 +155,7 @@ func (d *diagnosis) xds(ctx context.Context, ports []mcsv1beta1.ServicePort) {
 		}
 		d.add(check, healthy, detail, noHealthyAdvice)
 	}
-	d.xdsGateway(ctx, as(server.GatewayView), host)
+	d.xdsGateway(ctx, as(server.GatewayView), key)
 }
 
 const noHealthyAdvice = "the xDS server offers no healthy endpoint: every exporting cluster is unhealthy (lease lapsed or tunnel down) or has no ready pod; isthmusctl status says which"
@@ -174,7 +163,7 @@ const noHealthyAdvice = "the xDS server offers no healthy endpoint: every export
 // xdsGateway checks, in gateway mode (the import has egress ports), what
 // the east-west gateway is given for each egress port: the cluster behind
 // the port's listener and its endpoints.
-func (d *diagnosis) xdsGateway(ctx context.Context, c *xdsClient, host string) {
+func (d *diagnosis) xdsGateway(ctx context.Context, c *xdsClient, key model.Key) {
 	if d.egress == "" {
 		return
 	}
@@ -185,7 +174,7 @@ func (d *diagnosis) xdsGateway(ctx context.Context, c *xdsClient, host string) {
 	}
 	for _, p := range ports {
 		check := fmt.Sprintf("xds gateway :%d", p.Egress)
-		name := fmt.Sprintf("outbound|%d||%s", p.Port, host)
+		name := translate.OutboundCluster(key, p.Port)
 		detail, healthy, err := d.walkCluster(ctx, c, name, 0)
 		if err != nil {
 			d.add(check, false, err.Error(), d.xdsAdvice(err))

@@ -130,8 +130,8 @@ func TestDiagnoseXDS(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			defer cancel()
-			d := &diagnosis{name: "echo", ns: "demo", id: tc.id, egress: tc.egress, xdsServer: tc.addr(t)}
-			d.xds(ctx, ports)
+			d := &diagnosis{name: "echo", ns: "demo", id: tc.id, ports: ports, egress: tc.egress, xdsServer: tc.addr(t)}
+			d.xds(ctx)
 			want := 1
 			if tc.egress != "" {
 				want = 2
@@ -162,8 +162,8 @@ func TestDiagnoseXDS(t *testing.T) {
 	}
 
 	t.Run("skipped without --xds-server", func(t *testing.T) {
-		d := &diagnosis{name: "echo", ns: "demo", id: "a"}
-		d.xds(context.Background(), ports)
+		d := &diagnosis{name: "echo", ns: "demo", id: "a", ports: ports}
+		d.xds(context.Background())
 		if f := d.findings[0]; !f.OK || !strings.Contains(f.Detail, "--xds-server") {
 			t.Errorf("finding %+v", f)
 		}
