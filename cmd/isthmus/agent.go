@@ -41,9 +41,9 @@ func agentRole() role {
 			ingressPort := fs.Int(p+"gateway-ingress-port", brokerv1.DefaultGatewayIngressPort, "the east-west gateway pods' mTLS port, published with their addresses for other clusters' gateways (gateway mode)")
 			egressPorts := fs.String(p+"egress-ports", fmt.Sprintf("%d-%d", brokerv1.DefaultEgressPortMin, brokerv1.DefaultEgressPortMax), "MIN-MAX: the gateway egress ports the agent allocates to imports (gateway mode)")
 			return func(ctx context.Context, e *env, log *slog.Logger) error {
-				gwNamespace, gwName, ok := strings.Cut(*gatewayService, "/")
-				if !ok || gwNamespace == "" || gwName == "" {
-					return fmt.Errorf("--%sgateway-service=%q: want NAMESPACE/NAME", p, *gatewayService)
+				gwNamespace, gwName, err := namespacedName(p+"gateway-service", *gatewayService)
+				if err != nil {
+					return err
 				}
 				if *ingressPort < 1 || *ingressPort > 65535 {
 					return fmt.Errorf("--%sgateway-ingress-port %d is not a port", p, *ingressPort)

@@ -263,3 +263,13 @@ func parseWithEnv(fs *flag.FlagSet, args []string, lookup func(string) (string, 
 func envName(flagName string) string {
 	return envPrefix + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
 }
+
+// namespacedName reads a NAMESPACE/NAME flag value (--gateway-service,
+// --ca-secret); the error names the flag.
+func namespacedName(flag, value string) (ns, name string, err error) {
+	ns, name, ok := strings.Cut(value, "/")
+	if !ok || ns == "" || name == "" || strings.Contains(name, "/") {
+		return "", "", fmt.Errorf("--%s %q: want NAMESPACE/NAME", flag, value)
+	}
+	return ns, name, nil
+}

@@ -9,7 +9,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -62,9 +61,11 @@ func xdsRole() role {
 				if err != nil {
 					return err
 				}
-				gwNS, gwName, ok := strings.Cut(*gatewayService, "/")
-				if *gatewayService != "" && (!ok || gwNS == "" || gwName == "" || strings.Contains(gwName, "/")) {
-					return fmt.Errorf("--%sgateway-service %q: want NAMESPACE/NAME", p, *gatewayService)
+				var gwNS, gwName string
+				if *gatewayService != "" {
+					if gwNS, gwName, err = namespacedName(p+"gateway-service", *gatewayService); err != nil {
+						return err
+					}
 				}
 				local, err := e.Local()
 				if err != nil {

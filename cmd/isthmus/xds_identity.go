@@ -28,9 +28,9 @@ type caSource struct {
 }
 
 func newCASource(ctx context.Context, kube kubernetes.Interface, ref string, log *slog.Logger) (*caSource, error) {
-	ns, name, ok := strings.Cut(ref, "/")
-	if !ok || ns == "" || name == "" {
-		return nil, fmt.Errorf("--ca-secret %q: want NAMESPACE/NAME", ref)
+	ns, name, err := namespacedName("ca-secret", ref)
+	if err != nil {
+		return nil, err
 	}
 	s := &caSource{kube: kube, ns: ns, name: name, log: log}
 	if err := s.load(ctx); err != nil {
