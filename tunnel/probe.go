@@ -43,7 +43,6 @@ func (p *prober) round(targets []netip.AddrPort, timeout time.Duration) []probeR
 		start time.Time
 	}
 	pending := make(map[uint64]sent, len(targets))
-	first := p.seq + 1
 	for i, dst := range targets {
 		p.seq++
 		var msg [probeLen]byte
@@ -75,9 +74,9 @@ func (p *prober) round(targets []netip.AddrPort, timeout time.Duration) []probeR
 		}
 		seq := binary.BigEndian.Uint64(buf[4:probeLen])
 		s, ok := pending[seq]
-		// An echo of an earlier round, or from an address other than the
-		// one probed, is not this target's answer.
-		if !ok || seq < first || from.Addr().Unmap() != targets[s.idx].Addr().Unmap() {
+		// An echo of an earlier round (not pending), or from an address
+		// other than the one probed, is not this target's answer.
+		if !ok || from.Addr().Unmap() != targets[s.idx].Addr().Unmap() {
 			continue
 		}
 		out[s.idx].RTT = time.Since(s.start)
