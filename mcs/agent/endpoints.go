@@ -131,22 +131,25 @@ func localityOf(exports []*brokerv1.ExportedService, winner string) string {
 // has ready endpoints; they stay in the import until withdrawn.
 func (a *Agent) chooseClusters(byCluster map[string][]*discoveryv1.EndpointSlice, policy string) []string {
 	var all, remote []string
+	down := map[string]bool{} // judged once per call: it reads the Leases and this cluster's record
 	for c := range byCluster {
 		all = append(all, c)
+		down[c] = a.unreachable(c)
 		if c != a.cfg.ClusterID && anyReady(byCluster[c]) {
 			remote = append(remote, c)
 		}
 	}
 	slices.Sort(all)
 	slices.Sort(remote)
-	if up := slices.DeleteFunc(slices.Clone(remote), a.unreachable); len(up) > 0 {
+	isDown := func(c string) bool { return down[c] }
+	if up := slices.DeleteFunc(slices.Clone(remote), isDown); len(up) > 0 {
 		remote = up
 	}
 	localReady := anyReady(byCluster[a.cfg.ClusterID])
 	nearest := a.nearest(remote)
 	switch {
 	case policy == LocalitySpread:
-		if up := slices.DeleteFunc(slices.Clone(all), a.unreachable); slices.ContainsFunc(up, func(c string) bool { return anyReady(byCluster[c]) }) {
+		if up := slices.DeleteFunc(slices.Clone(all), isDown); slices.ContainsFunc(up, func(c string) bool { return anyReady(byCluster[c]) }) {
 			return up
 		}
 		return all

@@ -268,8 +268,9 @@ func (a *Agent) gatewayAddresses() []brokerv1.GatewayAddress {
 		return nil
 	}
 	var out []brokerv1.GatewayAddress
+	endpoints := a.gatewayEndpoints()
 	for _, fam := range []discoveryv1.AddressType{discoveryv1.AddressTypeIPv4, discoveryv1.AddressTypeIPv6} {
-		for _, e := range a.gatewayEndpoints()[fam] {
+		for _, e := range endpoints[fam] {
 			out = append(out, brokerv1.GatewayAddress{Address: e.Addresses[0], Port: a.cfg.GatewayIngressPort})
 		}
 	}
