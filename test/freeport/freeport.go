@@ -7,7 +7,6 @@
 package freeport
 
 import (
-	"fmt"
 	"math/rand/v2"
 	"net"
 	"strconv"
@@ -56,6 +55,3 @@ func free(addr string) bool {
 	c.Close()
 	return true
 }
-
-// String names the range, for messages.
-func String() string { return fmt.Sprintf("%d-%d", low, high) }
