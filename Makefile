@@ -9,6 +9,10 @@ export GOBIN := $(BIN)
 
 STATICCHECK_VERSION := v0.8.2
 CONTROLLER_GEN_VERSION := v0.23.0
+# code-generator follows the k8s.io modules in go.mod (keep them at one release).
+CODE_GENERATOR_VERSION := v0.37.2
+BROKER_API := github.com/isthmus-dev/isthmus/mcs/api/broker/v1alpha1
+BROKER_GEN := mcs/api/broker/generated
 HELM_VERSION := v3.22.0
 # Debian packages the tests use (`make deps` installs the missing ones).
 # nftables (nft) and conntrack are kube-proxy's in the demo's node namespaces.
@@ -68,6 +72,15 @@ lint: ## gofmt, go vet, staticcheck and generated files up to date
 	@git diff --exit-code -- mcs/api || { echo "generated files are stale: run make generate and commit"; exit 1; }
 
 .PHONY: generate
-generate: ## regenerate deep-copies and CRD manifests from mcs/api
+generate: ## regenerate deep-copies, CRD manifests and the broker's typed clientset, listers and informers from mcs/api
 	$(GO) run sigs.k8s.io/controller-tools/cmd/controller-gen@$(CONTROLLER_GEN_VERSION) \
 		object paths=./mcs/api/... crd:crdVersions=v1 output:crd:dir=./mcs/api/crds
+	@rm -rf $(BROKER_GEN) && hdr=$$(mktemp) && trap 'rm -f $$hdr' EXIT && \
+	cg=k8s.io/code-generator/cmd; v=$(CODE_GENERATOR_VERSION); pkg=github.com/isthmus-dev/isthmus/$(BROKER_GEN); \
+	GOFLAGS=-mod=mod $(GO) run $$cg/client-gen@$$v --go-header-file $$hdr --clientset-name versioned --input-base "" \
+		--input $(BROKER_API) --output-dir $(BROKER_GEN)/clientset --output-pkg $$pkg/clientset && \
+	GOFLAGS=-mod=mod $(GO) run $$cg/lister-gen@$$v --go-header-file $$hdr \
+		--output-dir $(BROKER_GEN)/listers --output-pkg $$pkg/listers $(BROKER_API) && \
+	GOFLAGS=-mod=mod $(GO) run $$cg/informer-gen@$$v --go-header-file $$hdr \
+		--versioned-clientset-package $$pkg/clientset/versioned --listers-package $$pkg/listers \
+		--output-dir $(BROKER_GEN)/informers --output-pkg $$pkg/informers $(BROKER_API)

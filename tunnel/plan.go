@@ -10,7 +10,7 @@ import (
 	"github.com/google/btree"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
-	brokerv1 "github.com/isthmus-dev/isthmus/mcs/api/v1alpha1"
+	brokerv1 "github.com/isthmus-dev/isthmus/mcs/api/broker/v1alpha1"
 )
 
 // Peer states. The first three come from health checks of configured

@@ -8,7 +8,7 @@ import (
 	"github.com/google/btree"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
-	brokerv1 "github.com/isthmus-dev/isthmus/mcs/api/v1alpha1"
+	brokerv1 "github.com/isthmus-dev/isthmus/mcs/api/broker/v1alpha1"
 )
 
 // planner holds the plan of every remote record and updates it for one

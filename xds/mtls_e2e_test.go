@@ -15,7 +15,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	xdscreds "google.golang.org/grpc/credentials/xds"
 
-	brokerv1 "github.com/isthmus-dev/isthmus/mcs/api/v1alpha1"
+	brokerv1 "github.com/isthmus-dev/isthmus/mcs/api/broker/v1alpha1"
 	"github.com/isthmus-dev/isthmus/xds/identity"
 	"github.com/isthmus-dev/isthmus/xds/model"
 )

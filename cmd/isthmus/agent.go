@@ -12,7 +12,7 @@ import (
 	"time"
 
 	"github.com/isthmus-dev/isthmus/mcs/agent"
-	brokerv1 "github.com/isthmus-dev/isthmus/mcs/api/v1alpha1"
+	brokerv1 "github.com/isthmus-dev/isthmus/mcs/api/broker/v1alpha1"
 	"github.com/isthmus-dev/isthmus/mcs/setup"
 )
 

@@ -15,7 +15,7 @@ import (
 	mcsv1beta1 "sigs.k8s.io/mcs-api/pkg/apis/v1beta1"
 
 	"github.com/isthmus-dev/isthmus/mcs/agent"
-	brokerv1 "github.com/isthmus-dev/isthmus/mcs/api/v1alpha1"
+	brokerv1 "github.com/isthmus-dev/isthmus/mcs/api/broker/v1alpha1"
 	"github.com/isthmus-dev/isthmus/mcs/setup"
 )
 

@@ -16,7 +16,7 @@ import (
 	"google.golang.org/grpc/keepalive"
 	"k8s.io/client-go/kubernetes"
 
-	brokerv1 "github.com/isthmus-dev/isthmus/mcs/api/v1alpha1"
+	brokerv1 "github.com/isthmus-dev/isthmus/mcs/api/broker/v1alpha1"
 	"github.com/isthmus-dev/isthmus/xds"
 	xdsidentity "github.com/isthmus-dev/isthmus/xds/identity"
 	"github.com/isthmus-dev/isthmus/xds/model"

@@ -20,7 +20,7 @@ import (
 
 	"github.com/isthmus-dev/isthmus/cmd/internal/kube"
 	"github.com/isthmus-dev/isthmus/mcs/agent"
-	brokerv1 "github.com/isthmus-dev/isthmus/mcs/api/v1alpha1"
+	brokerv1 "github.com/isthmus-dev/isthmus/mcs/api/broker/v1alpha1"
 )
 
 // finding is one check of `isthmusctl diagnose`.

@@ -4,7 +4,7 @@ import (
 	"fmt"
 	"time"
 
-	brokerv1 "github.com/isthmus-dev/isthmus/mcs/api/v1alpha1"
+	brokerv1 "github.com/isthmus-dev/isthmus/mcs/api/broker/v1alpha1"
 	"github.com/isthmus-dev/isthmus/mcs/setup"
 	"github.com/isthmus-dev/isthmus/xds/identity"
 )

@@ -82,6 +82,11 @@ func listPackages(t *testing.T) []pkg {
 // TestPackageDocs checks that every package says what it is for.
 func TestPackageDocs(t *testing.T) {
 	for _, p := range listPackages(t) {
+		// code-generator writes its own package comments; `make generate`
+		// owns these packages and lint fails when they are stale.
+		if strings.HasPrefix(p.ImportPath, module+"/mcs/api/broker/generated/") {
+			continue
+		}
 		documented := false
 		for _, f := range p.GoFiles {
 			file, err := parser.ParseFile(token.NewFileSet(), filepath.Join(p.Dir, f), nil, parser.PackageClauseOnly|parser.ParseComments)

@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	brokerv1 "github.com/isthmus-dev/isthmus/mcs/api/v1alpha1"
+	brokerv1 "github.com/isthmus-dev/isthmus/mcs/api/broker/v1alpha1"
 	"github.com/isthmus-dev/isthmus/test/netnstest"
 )
 

@@ -126,7 +126,7 @@ type Local struct {
 	Region    string
 	Zone      string
 	// ClustersetDomain is the parent of every cluster's SPIFFE trust
-	// domain (mcs/api/v1alpha1.TrustDomain).
+	// domain (mcs/api/broker/v1alpha1.TrustDomain).
 	ClustersetDomain string
 	Mode             Mode
 	// IngressPort is the gateway's mTLS port (15443).

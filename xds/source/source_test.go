@@ -23,7 +23,7 @@ import (
 	mcsclient "sigs.k8s.io/mcs-api/pkg/client/clientset/versioned"
 
 	"github.com/isthmus-dev/isthmus/mcs/api/crds"
-	brokerv1 "github.com/isthmus-dev/isthmus/mcs/api/v1alpha1"
+	brokerv1 "github.com/isthmus-dev/isthmus/mcs/api/broker/v1alpha1"
 	"github.com/isthmus-dev/isthmus/test/cluster"
 	"github.com/isthmus-dev/isthmus/xds/model"
 )

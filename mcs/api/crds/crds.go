@@ -1,5 +1,5 @@
 // Package crds embeds the CustomResourceDefinitions Isthmus installs: the
-// broker's own (generated from mcs/api/v1alpha1 by controller-gen), the
+// broker's own (generated from mcs/api/broker/v1alpha1 by controller-gen), the
 // upstream MCS ServiceExport and ServiceImport, and ClusterProperty.
 package crds
 

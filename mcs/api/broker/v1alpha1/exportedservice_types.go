@@ -10,6 +10,7 @@ import (
 // exporting cluster (oldest export wins a conflict). Its name comes from
 // ExportedServiceName, and only the source cluster writes it.
 //
+// +genclient
 // +kubebuilder:object:root=true
 // +kubebuilder:subresource:status
 // +kubebuilder:resource:scope=Namespaced,shortName=iexp

@@ -8,6 +8,7 @@ import (
 // runs, how its gateway and tunnel are reached and which address ranges it
 // owns. Its name is the cluster id. Only the member itself writes it.
 //
+// +genclient
 // +kubebuilder:object:root=true
 // +kubebuilder:subresource:status
 // +kubebuilder:resource:scope=Namespaced,shortName=icl
