@@ -62,7 +62,7 @@ func newMetrics(t *Tunnel) *metrics {
 			[]string{"remote_cluster"}, nil),
 		tx: prometheus.NewDesc("isthmus_tunnel_peer_transmit_bytes_total", "Bytes sent to a remote cluster's gateway, as the device counts them.",
 			[]string{"remote_cluster"}, nil),
-		conflicts: prometheus.NewDesc("isthmus_tunnel_conflicts", "1 for each remote cluster left unpeered, by kind (cidr, key, invalid).",
+		conflicts: prometheus.NewDesc("isthmus_tunnel_conflicts", "1 for each remote cluster left unpeered, by kind (cidr, key, invalid, refused: a range no member may claim).",
 			[]string{"remote_cluster", "kind"}, nil),
 	}
 }
@@ -98,7 +98,7 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 		return
 	}
 	counts := map[string]int{}
-	for _, s := range []string{StateConnecting, StateConnected, StateError, StatePending, StateInvalid, StateCIDRConflict, StateKeyConflict} {
+	for _, s := range []string{StateConnecting, StateConnected, StateError, StatePending, StateInvalid, StateCIDRConflict, StateKeyConflict, StateRefused} {
 		counts[s] = 0
 	}
 	for _, p := range peers {
@@ -111,6 +111,8 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 			ch <- prometheus.MustNewConstMetric(m.conflicts, prometheus.GaugeValue, 1, p.Cluster, "key")
 		case StateInvalid:
 			ch <- prometheus.MustNewConstMetric(m.conflicts, prometheus.GaugeValue, 1, p.Cluster, "invalid")
+		case StateRefused:
+			ch <- prometheus.MustNewConstMetric(m.conflicts, prometheus.GaugeValue, 1, p.Cluster, "refused")
 		}
 		if p.Peer == nil {
 			continue

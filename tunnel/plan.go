@@ -2,6 +2,7 @@ package tunnel
 
 import (
 	"cmp"
+	"errors"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -23,6 +24,11 @@ const (
 	StateInvalid      = "Invalid"
 	StateCIDRConflict = "CIDRConflict"
 	StateKeyConflict  = "KeyConflict"
+	// StateRefused: the record claims a range no member may have (a
+	// default route, a very wide prefix, one the hub did not approve, or
+	// one covering a network the tunnel itself needs), so it gets no peer
+	// and no route.
+	StateRefused = "Refused"
 )
 
 // Local is what this cluster's own record and device say about itself.
@@ -31,6 +37,14 @@ type Local struct {
 	PublicKey    wgtypes.Key
 	PodCIDRs     []netip.Prefix
 	ServiceCIDRs []netip.Prefix
+	// Approved are the ranges the hub approved for each member, where an
+	// allowlist is known; a member missing from it is held to the fixed
+	// rules only (brokerv1.CheckClaim).
+	Approved map[string][]netip.Prefix
+	// Protected are ranges no peer may claim whatever it is approved for:
+	// the broker's address and this node's own networks, without which
+	// the tunnel's own traffic would be routed into a tunnel.
+	Protected []netip.Prefix
 }
 
 // Peer is one remote cluster's gateway as the device should know it.
@@ -83,12 +97,9 @@ func Plan(local Local, records []brokerv1.Cluster) ([]Peer, []Verdict) {
 			continue
 		}
 		v := Verdict{Cluster: r.Name}
-		peer, err := parseRecord(r)
+		peer, err := parseRecord(r, local)
 		if err != nil {
-			v.State, v.Reason = StateInvalid, err.Error()
-			if r.Spec.WireGuard == nil || len(r.Spec.PodCIDRs) == 0 {
-				v.State = StatePending
-			}
+			v.State, v.Reason = recordState(r, err), err.Error()
 			verdicts = append(verdicts, v)
 			continue
 		}
@@ -177,9 +188,24 @@ func (c *claims) overlapping(p netip.Prefix) []claim {
 	return out
 }
 
+// recordState is the state of a record parseRecord refused.
+func recordState(r brokerv1.Cluster, err error) string {
+	var refused *brokerv1.ClaimError
+	switch {
+	case errors.As(err, &refused):
+		return StateRefused
+	case r.Spec.WireGuard == nil || len(r.Spec.PodCIDRs) == 0:
+		return StatePending
+	}
+	return StateInvalid
+}
+
 // parseRecord reads a remote record's tunnel facts, rejecting what the
-// device cannot use.
-func parseRecord(r brokerv1.Cluster) (Peer, error) {
+// device cannot use and what the record may not claim: every CIDR must
+// pass brokerv1.CheckClaim against the member's approved ranges and this
+// node's protected ones, and none may cover the peer's own endpoint (its
+// tunnel packets would be routed into the tunnel itself).
+func parseRecord(r brokerv1.Cluster, local Local) (Peer, error) {
 	p := Peer{Cluster: r.Name}
 	if r.Spec.WireGuard == nil {
 		return p, fmt.Errorf("no WireGuard key and endpoint published yet")
@@ -203,6 +229,19 @@ func parseRecord(r brokerv1.Cluster) (Peer, error) {
 	cidrs, err := parsePrefixes(append(slices.Clone(r.Spec.PodCIDRs), r.Spec.ServiceCIDRs...))
 	if err != nil {
 		return p, err
+	}
+	protected := append(slices.Clone(local.Protected), netip.PrefixFrom(p.Endpoint.Addr(), p.Endpoint.Addr().BitLen()))
+	var approved []netip.Prefix
+	if a, ok := local.Approved[r.Name]; ok {
+		approved = a
+		if approved == nil {
+			approved = []netip.Prefix{} // known, and empty: nothing is approved
+		}
+	}
+	for _, c := range cidrs {
+		if err := brokerv1.CheckClaim(c, approved, protected); err != nil {
+			return p, fmt.Errorf("no peer and no route: %w", err)
+		}
 	}
 	p.AllowedIPs = cidrs
 	pods, _ := parsePrefixes(r.Spec.PodCIDRs)

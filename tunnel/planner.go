@@ -85,7 +85,7 @@ func (p *planner) reset(local Local, records []brokerv1.Cluster) {
 func (p *planner) index(r *brokerv1.Cluster) {
 	p.inputs[r.Name] = inputOf(r)
 	p.records[r.Name] = *r
-	peer, err := parseRecord(*r)
+	peer, err := parseRecord(*r, p.local)
 	if err != nil {
 		return
 	}

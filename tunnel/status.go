@@ -187,7 +187,7 @@ func tunnelStatus(dev *Device, peers []PeerStatus, keyGen int64) *brokerv1.Tunne
 			ps.State = brokerv1.TunnelPeerConnecting
 		case StatePending:
 			ps.State = brokerv1.TunnelPeerConnecting
-		case StateCIDRConflict, StateKeyConflict, StateInvalid:
+		case StateCIDRConflict, StateKeyConflict, StateInvalid, StateRefused:
 			ps.State = brokerv1.TunnelPeerConflict
 		default:
 			ps.State = brokerv1.TunnelPeerError
@@ -243,7 +243,7 @@ func (t *Tunnel) conditions(dev *Device, peers []PeerStatus, err error) []metav1
 			up = append(up, p.Cluster)
 		case StateConnecting, StateError:
 			down = append(down, fmt.Sprintf("%s is %s: %s", p.Cluster, p.State, p.Message))
-		case StateCIDRConflict, StateKeyConflict, StateInvalid:
+		case StateCIDRConflict, StateKeyConflict, StateInvalid, StateRefused:
 			bad = append(bad, fmt.Sprintf("%s (%s): %s", p.Cluster, p.State, p.Message))
 			if !slices.Contains(kinds, p.State) {
 				kinds = append(kinds, p.State)
