@@ -16,7 +16,8 @@ BROKER_GEN := mcs/api/broker/generated
 HELM_VERSION := v3.22.0
 # Debian packages the tests use (`make deps` installs the missing ones).
 # nftables (nft) and conntrack are kube-proxy's in the demo's node namespaces.
-DEBIAN_PACKAGES := git bind9-dnsutils iproute2 wireguard-tools tcpdump nftables conntrack iptables
+# ca-certificates is what the image ships; openssl verifies the chains we issue.
+DEBIAN_PACKAGES := git bind9-dnsutils iproute2 wireguard-tools tcpdump nftables conntrack iptables ca-certificates openssl
 
 .PHONY: help
 help: ## list the targets
@@ -29,6 +30,10 @@ build: ## build isthmus, isthmusctl and isthmus-demo into bin/
 .PHONY: demo
 demo: deps tools build ## a local clusterset that resolves, routes over WireGuard and fails over (root; KEEP=1 keeps it up)
 	ISTHMUS_TOOLS_DIR="$$(bash test/tools/build.sh)" $(BIN)/isthmus-demo up --bin $(BIN)
+
+.PHONY: image
+image: ## the isthmus image from the tree: one OCI index (linux/amd64, linux/arm64) as bin/isthmus-image.tar, for ctr, skopeo and crane
+	@bash test/image/build.sh $(BIN)/isthmus-image.tar
 
 .PHONY: deps
 deps: ## install the Debian packages the tests need, when missing
@@ -54,6 +59,7 @@ setup: ## what the tests need: Debian packages, the Kubernetes binaries and helm
 test: setup ## set up everything, then run every test with the race detector
 	ISTHMUS_TOOLS_DIR="$$(bash test/tools/build.sh)" $(GO) test -race -count=1 -timeout 20m ./...
 	$(MAKE) --no-print-directory test-coredns-plugin
+	cd test/image && $(GO) test -race -count=1 -timeout 20m ./...
 
 .PHONY: test-coredns-plugin
 test-coredns-plugin: deps tools ## the CoreDNS plugin's own module (part of make test): builds a minimal CoreDNS, first time ~5 min
@@ -65,6 +71,7 @@ lint: ## gofmt, go vet, staticcheck and generated files up to date
 	if [ -n "$$unformatted" ]; then echo "gofmt would change:"; echo "$$unformatted"; exit 1; fi
 	$(GO) vet ./...
 	cd test/tools && $(GO) vet ./...
+	cd test/image && $(GO) vet ./...
 	cd dnsserver/coredns && $(GO) vet ./...
 	$(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
 	$(BIN)/staticcheck ./...
