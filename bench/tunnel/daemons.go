@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"net"
 	"net/http"
@@ -20,22 +21,20 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/wait"
-	"k8s.io/client-go/dynamic"
 
+	brokerclient "github.com/isthmus-dev/isthmus/mcs/api/broker/generated/clientset/versioned"
 	brokerv1 "github.com/isthmus-dev/isthmus/mcs/api/broker/v1alpha1"
 	"github.com/isthmus-dev/isthmus/mcs/api/crds"
 	"github.com/isthmus-dev/isthmus/test/cluster"
 	"github.com/isthmus-dev/isthmus/test/netnstest"
 )
 
-const brokerNS = "isthmus-broker"
-
-var clustersGVR = brokerv1.SchemeGroupVersion.WithResource("clusters")
+const brokerNS = brokerv1.DefaultBrokerNamespace
 
 type daemons struct {
-	broker dynamic.Interface
+	broker brokerclient.Interface
 	cmds   []*exec.Cmd
 	stops  []func()
 }
@@ -55,7 +54,7 @@ func (d *daemons) stop() {
 func startDaemons(ctx context.Context, cs *cluster.Clusterset, bin string, resync time.Duration) (*daemons, error) {
 	d := &daemons{}
 	var err error
-	if d.broker, err = dynamic.NewForConfig(cs.Broker.Config); err != nil {
+	if d.broker, err = brokerclient.NewForConfig(cs.Broker.Config); err != nil {
 		return nil, err
 	}
 	if err := installCRDs(ctx, cs.Broker); err != nil {
@@ -101,23 +100,20 @@ func startDaemons(ctx context.Context, cs *cluster.Clusterset, bin string, resyn
 }
 
 // applyRecord writes a record's agent fields, and for the fake peers of
-// the reconcile benchmark also a key and endpoint.
-func (d *daemons) applyRecord(ctx context.Context, id string, wg map[string]any, cidrs ...string) error {
-	pods := []any{cidrs[0]}
-	svcs := []any{}
-	for _, c := range cidrs[1:] {
-		svcs = append(svcs, c)
+// the reconcile benchmark also a key and endpoint, by server-side apply
+// as the agent's field manager.
+func (d *daemons) applyRecord(ctx context.Context, id string, wg *brokerv1.WireGuardPeer, cidrs ...string) error {
+	rec := &brokerv1.Cluster{
+		TypeMeta:   metav1.TypeMeta{APIVersion: brokerv1.SchemeGroupVersion.String(), Kind: "Cluster"},
+		ObjectMeta: metav1.ObjectMeta{Name: id, Namespace: brokerNS, Labels: map[string]string{brokerv1.LabelSourceCluster: id}},
+		Spec:       brokerv1.ClusterSpec{ClusterID: id, PodCIDRs: cidrs[:1], ServiceCIDRs: cidrs[1:], WireGuard: wg},
 	}
-	spec := map[string]any{"clusterID": id, "podCIDRs": pods, "serviceCIDRs": svcs}
-	if wg != nil {
-		spec["wireGuard"] = wg
+	data, err := json.Marshal(rec)
+	if err != nil {
+		return err
 	}
-	obj := &unstructured.Unstructured{Object: map[string]any{
-		"apiVersion": brokerv1.SchemeGroupVersion.String(), "kind": "Cluster",
-		"metadata": map[string]any{"name": id, "namespace": brokerNS, "labels": map[string]any{brokerv1.LabelSourceCluster: id}},
-		"spec":     spec,
-	}}
-	_, err := d.broker.Resource(clustersGVR).Namespace(brokerNS).Apply(ctx, id, obj, metav1.ApplyOptions{FieldManager: "tnlb-agent", Force: true})
+	force := true
+	_, err = d.broker.BrokerV1alpha1().Clusters(brokerNS).Patch(ctx, id, types.ApplyPatchType, data, metav1.PatchOptions{FieldManager: "tnlb-agent", Force: &force})
 	return err
 }
 
@@ -164,14 +160,14 @@ func (d *daemons) reconcileCost(ctx context.Context, n int) (cost, error) {
 	for i := range n {
 		k, _ := wgtypes.GeneratePrivateKey()
 		keys = append(keys, k.PublicKey())
-		wg := map[string]any{"publicKey": k.PublicKey().String(), "endpoint": fmt.Sprintf("192.0.2.%d:51820", 100+i%100)}
+		wg := &brokerv1.WireGuardPeer{PublicKey: k.PublicKey().String(), Endpoint: fmt.Sprintf("192.0.2.%d:51820", 100+i%100)}
 		if err := d.applyRecord(ctx, fmt.Sprintf("fake-%d", i), wg, fmt.Sprintf("10.%d.%d.0/24", 64+i/256, i%256)); err != nil {
 			return c, err
 		}
 	}
 	defer func() {
 		for i := range n {
-			_ = d.broker.Resource(clustersGVR).Namespace(brokerNS).Delete(ctx, fmt.Sprintf("fake-%d", i), metav1.DeleteOptions{})
+			_ = d.broker.BrokerV1alpha1().Clusters(brokerNS).Delete(ctx, fmt.Sprintf("fake-%d", i), metav1.DeleteOptions{})
 		}
 		_ = wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, 2*time.Minute, true, func(context.Context) (bool, error) {
 			p, err := peers()
@@ -202,7 +198,7 @@ func (d *daemons) reconcileCost(ctx context.Context, n int) (cost, error) {
 	if err != nil {
 		return c, err
 	}
-	wg := map[string]any{"publicKey": keys[0].String(), "endpoint": "192.0.2.100:51820"}
+	wg := &brokerv1.WireGuardPeer{PublicKey: keys[0].String(), Endpoint: "192.0.2.100:51820"}
 	written := time.Now()
 	if err := d.applyRecord(ctx, "fake-0", wg, "10.64.0.0/24", "10.127.0.0/24"); err != nil {
 		return c, err

@@ -15,12 +15,12 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
-	"k8s.io/apimachinery/pkg/runtime"
 	mcsv1beta1 "sigs.k8s.io/mcs-api/pkg/apis/v1beta1"
 
 	"github.com/isthmus-dev/isthmus/cmd/internal/kube"
 	"github.com/isthmus-dev/isthmus/mcs/agent"
 	brokerv1 "github.com/isthmus-dev/isthmus/mcs/api/broker/v1alpha1"
+	"github.com/isthmus-dev/isthmus/tunnel"
 )
 
 // finding is one check of `isthmusctl diagnose`.
@@ -68,7 +68,8 @@ func diagnose(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 
 type diagnosis struct {
 	name, ns, id, brokerNS, dnsServer, xdsServer string
-	local, broker                                *kube.Clients
+	local                                        *kube.Clients
+	broker                                       *brokerClients
 	findings                                     []finding
 	exporters                                    []string
 	ip                                           string
@@ -124,17 +125,14 @@ func (d *diagnosis) export(ctx context.Context) {
 }
 
 func (d *diagnosis) records(ctx context.Context) {
-	list, err := d.broker.Dynamic.Resource(brokerv1.SchemeGroupVersion.WithResource("exportedservices")).Namespace(d.brokerNS).List(ctx,
+	list, err := d.broker.API.BrokerV1alpha1().ExportedServices(d.brokerNS).List(ctx,
 		metav1.ListOptions{LabelSelector: labels.Set{brokerv1.LabelServiceName: d.name, brokerv1.LabelServiceNamespace: d.ns}.String()})
 	if err != nil {
 		d.add("broker records", false, err.Error(), "check the broker credential (isthmusctl join renews it) and the broker's reachability")
 		return
 	}
-	for _, u := range list.Items {
-		var es brokerv1.ExportedService
-		if runtime.DefaultUnstructuredConverter.FromUnstructured(u.Object, &es) == nil {
-			d.exporters = append(d.exporters, es.Spec.SourceCluster)
-		}
+	for _, es := range list.Items {
+		d.exporters = append(d.exporters, es.Spec.SourceCluster)
 	}
 	slices.Sort(d.exporters)
 	if len(d.exporters) == 0 {
@@ -219,14 +217,9 @@ func (d *diagnosis) dns(ctx context.Context) {
 }
 
 func (d *diagnosis) tunnels(ctx context.Context) {
-	u, err := d.broker.Dynamic.Resource(brokerv1.SchemeGroupVersion.WithResource("clusters")).Namespace(d.brokerNS).Get(ctx, d.id, metav1.GetOptions{})
+	c, err := d.broker.API.BrokerV1alpha1().Clusters(d.brokerNS).Get(ctx, d.id, metav1.GetOptions{})
 	if err != nil {
 		d.add("tunnels", false, "no Cluster record for "+d.id+": "+err.Error(), "is `isthmus agent` running here?")
-		return
-	}
-	var c brokerv1.Cluster
-	if err := runtime.DefaultUnstructuredConverter.FromUnstructured(u.Object, &c); err != nil {
-		d.add("tunnels", false, err.Error(), "")
 		return
 	}
 	for _, peer := range d.exporters {
@@ -240,9 +233,9 @@ func (d *diagnosis) tunnels(ctx context.Context) {
 		}
 		if c.Status.Tunnel == nil {
 			ok := slices.ContainsFunc(c.Status.Conditions, func(x metav1.Condition) bool {
-				return x.Type == "TunnelPeersConnected" && x.Status == metav1.ConditionTrue
+				return x.Type == tunnel.ConditionPeersConnected && x.Status == metav1.ConditionTrue
 			})
-			d.add(check, ok, "no per-peer tunnel status; TunnelPeersConnected="+fmt.Sprint(ok), "is `isthmus tunnel` running on this cluster's gateway node? its record conditions name the peers that are down")
+			d.add(check, ok, "no per-peer tunnel status; "+tunnel.ConditionPeersConnected+"="+fmt.Sprint(ok), "is `isthmus tunnel` running on this cluster's gateway node? its record conditions name the peers that are down")
 			continue
 		}
 		i := slices.IndexFunc(c.Status.Tunnel.Peers, func(p brokerv1.TunnelPeerStatus) bool { return p.Cluster == peer })
@@ -264,12 +257,8 @@ func (d *diagnosis) tunnels(ctx context.Context) {
 
 // peerSilent says why a peer's heartbeat lapsed, or "" while it is healthy.
 func (d *diagnosis) peerSilent(ctx context.Context, peer string) string {
-	u, err := d.broker.Dynamic.Resource(brokerv1.SchemeGroupVersion.WithResource("clusters")).Namespace(d.brokerNS).Get(ctx, peer, metav1.GetOptions{})
+	c, err := d.broker.API.BrokerV1alpha1().Clusters(d.brokerNS).Get(ctx, peer, metav1.GetOptions{})
 	if err != nil {
-		return ""
-	}
-	var c brokerv1.Cluster
-	if runtime.DefaultUnstructuredConverter.FromUnstructured(u.Object, &c) != nil {
 		return ""
 	}
 	for _, x := range c.Status.Conditions {

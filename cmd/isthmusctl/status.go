@@ -13,14 +13,12 @@ import (
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/runtime"
-	"k8s.io/client-go/dynamic"
-	"k8s.io/client-go/kubernetes"
 	mcsv1beta1 "sigs.k8s.io/mcs-api/pkg/apis/v1beta1"
 	"sigs.k8s.io/yaml"
 
 	"github.com/isthmus-dev/isthmus/cmd/internal/kube"
 	"github.com/isthmus-dev/isthmus/mcs/agent"
+	brokerclient "github.com/isthmus-dev/isthmus/mcs/api/broker/generated/clientset/versioned"
 	brokerv1 "github.com/isthmus-dev/isthmus/mcs/api/broker/v1alpha1"
 	"github.com/isthmus-dev/isthmus/mcs/setup"
 )
@@ -90,7 +88,7 @@ func status(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if err != nil {
 		return err
 	}
-	rep, err := collectStatus(ctx, local, broker.Kube, broker.Dynamic, ns)
+	rep, err := collectStatus(ctx, local, broker, ns)
 	if err != nil {
 		return err
 	}
@@ -101,7 +99,14 @@ func status(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 // memberAndBroker builds the clients of a member cluster and of its
 // broker, through the credential join stored unless brokerKubeconfig is
 // given, and returns the broker namespace.
-func memberAndBroker(ctx context.Context, kubeconfig, kubeContext, brokerKubeconfig string) (local, broker *kube.Clients, ns string, err error) {
+// brokerClients are the broker's clients: Kubernetes' own and the typed
+// broker API's.
+type brokerClients struct {
+	*kube.Clients
+	API brokerclient.Interface
+}
+
+func memberAndBroker(ctx context.Context, kubeconfig, kubeContext, brokerKubeconfig string) (local *kube.Clients, broker *brokerClients, ns string, err error) {
 	cfg, err := kube.Config(kubeconfig, kubeContext)
 	if err != nil {
 		return nil, nil, "", err
@@ -113,7 +118,11 @@ func memberAndBroker(ctx context.Context, kubeconfig, kubeContext, brokerKubecon
 	if err != nil {
 		return nil, nil, "", err
 	}
-	if broker, err = kube.NewClients(brokerCfg, 0, 0); err != nil {
+	broker = &brokerClients{}
+	if broker.Clients, err = kube.NewClients(brokerCfg, 0, 0); err != nil {
+		return nil, nil, "", err
+	}
+	if broker.API, err = brokerclient.NewForConfig(broker.Config); err != nil {
 		return nil, nil, "", err
 	}
 	return local, broker, ns, nil
@@ -145,20 +154,16 @@ func render(w io.Writer, format string, v any, table func(io.Writer)) error {
 	return nil
 }
 
-func collectStatus(ctx context.Context, local *kube.Clients, broker kubernetes.Interface, brokerDyn dynamic.Interface, ns string) (*statusReport, error) {
+func collectStatus(ctx context.Context, local *kube.Clients, broker *brokerClients, ns string) (*statusReport, error) {
 	rep := &statusReport{}
 	if id, err := agent.ClusterID(ctx, local.Dynamic, ""); err == nil {
 		rep.Cluster = id
 	}
-	list, err := brokerDyn.Resource(brokerv1.SchemeGroupVersion.WithResource("clusters")).Namespace(ns).List(ctx, metav1.ListOptions{})
+	list, err := broker.API.BrokerV1alpha1().Clusters(ns).List(ctx, metav1.ListOptions{})
 	if err != nil {
 		return nil, fmt.Errorf("listing the clusters on the broker: %w", err)
 	}
-	for _, u := range list.Items {
-		var c brokerv1.Cluster
-		if err := runtime.DefaultUnstructuredConverter.FromUnstructured(u.Object, &c); err != nil {
-			return nil, fmt.Errorf("reading cluster record %s: %w", u.GetName(), err)
-		}
+	for _, c := range list.Items {
 		row := clusterStatus{ID: c.Spec.ClusterID, Region: c.Spec.Region, Zone: c.Spec.Zone, Health: "Unknown"}
 		for _, cond := range c.Status.Conditions {
 			if cond.Type != brokerv1.ClusterConditionHeartbeat {
@@ -174,7 +179,7 @@ func collectStatus(ctx context.Context, local *kube.Clients, broker kubernetes.I
 				row.Health = "Unhealthy"
 			}
 		}
-		lease, err := broker.CoordinationV1().Leases(ns).Get(ctx, brokerv1.LeaseName(c.Spec.ClusterID), metav1.GetOptions{})
+		lease, err := broker.Kube.CoordinationV1().Leases(ns).Get(ctx, brokerv1.LeaseName(c.Spec.ClusterID), metav1.GetOptions{})
 		if err == nil && lease.Spec.RenewTime != nil {
 			t := lease.Spec.RenewTime.Time
 			row.LastHeartbeat = &t

@@ -9,6 +9,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/isthmus-dev/isthmus/cmd/internal/kube"
+	brokerv1 "github.com/isthmus-dev/isthmus/mcs/api/broker/v1alpha1"
 	"github.com/isthmus-dev/isthmus/tunnel"
 )
 
@@ -19,7 +20,7 @@ func tunnelRotateKey(ctx context.Context, args []string, stdout, stderr io.Write
 	fs.SetOutput(stderr)
 	kubeconfig := fs.String("kubeconfig", "", "kubeconfig of the member cluster (default: $KUBECONFIG or ~/.kube/config)")
 	kubeContext := fs.String("context", "", "kubeconfig context of the member cluster")
-	namespace := fs.String("namespace", "isthmus-system", "namespace of the key Secret (isthmus tunnel --key-namespace)")
+	namespace := fs.String("namespace", brokerv1.MemberNamespace, "namespace of the key Secret (isthmus tunnel --key-namespace)")
 	secret := fs.String("secret", "isthmus-tunnel-key", "name of the key Secret (isthmus tunnel --key-secret)")
 	if err := parse(fs, args); err != nil {
 		return err

@@ -45,10 +45,6 @@ const (
 	caFile   = "ca.crt"
 	// tlsHandshake is the record type every TLS connection starts with.
 	tlsHandshake = 0x16
-	// annotationUpstreamTLS on the ServiceExport's exportedAnnotations
-	// asks the xDS server to give proxyless gRPC clients mTLS to the
-	// service's pods (xds/source reads it on the ServiceImport).
-	annotationUpstreamTLS = "isthmus.dev/upstream-tls"
 )
 
 // SPIFFEID is the identity of a workload of the demo namespace in cluster,

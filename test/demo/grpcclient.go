@@ -21,6 +21,8 @@ import (
 	testgrpc "google.golang.org/grpc/interop/grpc_testing"
 	"google.golang.org/grpc/peer"
 	_ "google.golang.org/grpc/xds" // the xds:/// resolver and balancers
+
+	brokerv1 "github.com/isthmus-dev/isthmus/mcs/api/broker/v1alpha1"
 )
 
 // The proxyless gRPC client runs in c's node namespace, where c's xDS
@@ -146,7 +148,7 @@ func call(client testgrpc.TestServiceClient, first bool) grpcResult {
 // it refuses with the reason.
 type noTLS struct{}
 
-var errNoTLS = errors.New("the xDS cluster has no TLS settings: the import lacks " + annotationUpstreamTLS + ": mtls")
+var errNoTLS = errors.New("the xDS cluster has no TLS settings: the import lacks " + brokerv1.AnnotationUpstreamTLS + ": mtls")
 
 func (noTLS) ClientHandshake(context.Context, string, net.Conn) (net.Conn, credentials.AuthInfo, error) {
 	return nil, nil, errNoTLS

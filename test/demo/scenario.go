@@ -15,11 +15,10 @@ import (
 	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/runtime"
-	"k8s.io/client-go/dynamic"
 	mcsv1beta1 "sigs.k8s.io/mcs-api/pkg/apis/v1beta1"
 	mcsclient "sigs.k8s.io/mcs-api/pkg/client/clientset/versioned"
 
+	brokerclient "github.com/isthmus-dev/isthmus/mcs/api/broker/generated/clientset/versioned"
 	brokerv1 "github.com/isthmus-dev/isthmus/mcs/api/broker/v1alpha1"
 	"github.com/isthmus-dev/isthmus/test/netnstest"
 )
@@ -395,19 +394,15 @@ func (w *World) clusterSetIP(ctx context.Context, m *Member) (netip.Addr, error)
 }
 
 func (w *World) record(ctx context.Context, id string) (*brokerv1.Cluster, error) {
-	d, err := dynamic.NewForConfig(w.Clusters.Broker.Config)
+	b, err := brokerclient.NewForConfig(w.Clusters.Broker.Config)
 	if err != nil {
 		return nil, err
 	}
-	u, err := d.Resource(brokerv1.SchemeGroupVersion.WithResource("clusters")).Namespace(brokerv1.DefaultBrokerNamespace).Get(ctx, id, metav1.GetOptions{})
+	c, err := b.BrokerV1alpha1().Clusters(brokerv1.DefaultBrokerNamespace).Get(ctx, id, metav1.GetOptions{})
 	if err != nil {
 		return nil, fmt.Errorf("reading the Cluster record of %s: %w", id, err)
 	}
-	var c brokerv1.Cluster
-	if err := runtime.DefaultUnstructuredConverter.FromUnstructured(u.Object, &c); err != nil {
-		return nil, err
-	}
-	return &c, nil
+	return c, nil
 }
 
 // waitHeartbeat waits until id's record has Heartbeat=False with one of

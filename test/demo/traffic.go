@@ -20,6 +20,7 @@ import (
 	mcsv1beta1 "sigs.k8s.io/mcs-api/pkg/apis/v1beta1"
 	mcsclient "sigs.k8s.io/mcs-api/pkg/client/clientset/versioned"
 
+	brokerv1 "github.com/isthmus-dev/isthmus/mcs/api/broker/v1alpha1"
 	"github.com/isthmus-dev/isthmus/test/netnstest"
 )
 
@@ -59,7 +60,7 @@ func (w *World) deployEcho(ctx context.Context) error {
 		}
 		// Proxyless gRPC clients are to speak mTLS to the pods: the
 		// ServiceExport exports the annotation, the imports carry it.
-		upstreamTLS := map[string]string{annotationUpstreamTLS: "mtls"}
+		upstreamTLS := map[string]string{brokerv1.AnnotationUpstreamTLS: "mtls"}
 		svc := &corev1.Service{
 			ObjectMeta: metav1.ObjectMeta{Name: Service, Namespace: Namespace, Annotations: upstreamTLS},
 			Spec: corev1.ServiceSpec{Selector: labels, Ports: []corev1.ServicePort{{Name: "tcp", Port: servicePort,

@@ -1,10 +1,8 @@
-package main
+package charts_test
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
-	"flag"
 	"fmt"
 	"os"
 	"os/exec"
@@ -14,26 +12,16 @@ import (
 	"testing"
 	"time"
 
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
-	"k8s.io/client-go/discovery"
-	"k8s.io/client-go/discovery/cached/memory"
-	"k8s.io/client-go/dynamic"
-	"k8s.io/client-go/restmapper"
 	"sigs.k8s.io/yaml"
 
 	brokerv1 "github.com/isthmus-dev/isthmus/mcs/api/broker/v1alpha1"
 	"github.com/isthmus-dev/isthmus/mcs/api/crds"
 	"github.com/isthmus-dev/isthmus/mcs/setup"
-	"github.com/isthmus-dev/isthmus/test/cluster"
-	"github.com/isthmus-dev/isthmus/test/helmtest"
 )
 
-var update = flag.Bool("update", false, "rewrite the isthmus-broker chart's templates from mcs/setup's objects")
-
 const (
-	brokerChart = "../../charts/isthmus-broker"
 	// nsPlaceholder stands for the namespace while the templates are made.
 	nsPlaceholder = "x-broker-namespace-x"
 )
@@ -59,7 +47,7 @@ func brokerTemplates() (map[string][]byte, error) {
 		}
 		text := strings.ReplaceAll(string(y), fmt.Sprintf("substring(%d)", len(prefix)), `substring({{ len (include "isthmus-broker.memberPrefix" .) }})`)
 		text = strings.ReplaceAll(text, nsPlaceholder, "{{ .Values.namespace }}")
-		out[brokerTemplateFiles[i]] = []byte("# Made from mcs/setup.BrokerObjects by `go test ./cmd/isthmusctl -run TestBrokerChart -update`: edit those, not this.\n" + text)
+		out[brokerTemplateFiles[i]] = []byte("# Made from mcs/setup.BrokerObjects by `go test ./charts -run TestBrokerChart -update`: edit those, not this.\n" + text)
 	}
 	return out, nil
 }
@@ -84,12 +72,12 @@ func TestBrokerChart(t *testing.T) {
 		}
 		got, err := os.ReadFile(path)
 		if err != nil || !bytes.Equal(got, data) {
-			t.Errorf("%s differs from mcs/setup's objects (%v): run go test ./cmd/isthmusctl -run TestBrokerChart -update", path, err)
+			t.Errorf("%s differs from mcs/setup's objects (%v): run go test ./charts -run TestBrokerChart -update", path, err)
 		}
 	}
 	for _, name := range []string{"broker.isthmus.dev_clusters.yaml", "broker.isthmus.dev_exportedservices.yaml"} {
 		chart, err1 := os.ReadFile(filepath.Join(brokerChart, "crds", name))
-		gen, err2 := os.ReadFile(filepath.Join("../../mcs/api/crds", name))
+		gen, err2 := os.ReadFile(filepath.Join("../mcs/api/crds", name))
 		if err1 != nil || err2 != nil || !bytes.Equal(chart, gen) {
 			t.Errorf("charts/isthmus-broker/crds/%s differs from mcs/api/crds (%v %v): copy it after make generate", name, err1, err2)
 		}
@@ -110,7 +98,7 @@ func TestBrokerChart(t *testing.T) {
 		if err != nil {
 			t.Fatalf("helm template: %v\n%s", err, out)
 		}
-		docs := decodeDocs(t, out)
+		docs := decode(t, out)
 		objs := setup.BrokerObjects(ns)
 		if len(docs) != len(objs) {
 			t.Fatalf("namespace %s: %d rendered objects, want %d", ns, len(docs), len(objs))
@@ -132,52 +120,24 @@ func TestBrokerChart(t *testing.T) {
 		}
 	}
 
-	// Server-side dry-run against a real apiserver: the CRDs as helm
-	// installs them, the namespace for real, then every object.
-	cs := cluster.Start(t, cluster.Options{Broker: true})
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
+	// Server-side dry-run against a real apiserver (the shared broker):
+	// the CRDs as helm installs them, the namespace for real, then every
+	// object.
+	ctx := ctxFor(t, 2*time.Minute)
 	list, err := crds.Broker()
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := cs.Broker.InstallCRDs(ctx, list); err != nil {
+	if err := clusters.Broker.InstallCRDs(ctx, list); err != nil {
 		t.Fatal(err)
 	}
-	dyn, err := dynamic.NewForConfig(cs.Broker.Config)
-	if err != nil {
-		t.Fatal(err)
-	}
-	dc, err := discovery.NewDiscoveryClientForConfig(cs.Broker.Config)
-	if err != nil {
-		t.Fatal(err)
-	}
-	mapper := restmapper.NewDeferredDiscoveryRESTMapper(memory.NewMemCacheClient(dc))
+	apply := dryRunApplier(t, clusters.Broker.Config)
 	for i, obj := range rendered {
-		m, err := mapper.RESTMapping(obj.GroupVersionKind().GroupKind(), obj.GroupVersionKind().Version)
-		if err != nil {
-			t.Fatalf("mapping %s: %v", obj.GetKind(), err)
-		}
-		r := dyn.Resource(m.Resource).Namespace(obj.GetNamespace())
-		opts := metav1.ApplyOptions{FieldManager: "helm-dry-run", DryRun: []string{metav1.DryRunAll}}
-		if i == 0 {
-			opts.DryRun = nil // the namespace must exist for the dry-run of what lives in it
-		}
-		if _, err := r.Apply(ctx, obj.GetName(), obj, opts); err != nil {
+		// The namespace must exist for the dry-run of what lives in it.
+		if err := apply(ctx, obj, i != 0); err != nil {
 			t.Errorf("server-side dry-run of %s %s: %v", obj.GetKind(), obj.GetName(), err)
 		}
 	}
-}
-
-func findHelm(t *testing.T) string { return helmtest.Find(t, "../..") }
-
-func decodeDocs(t *testing.T, out []byte) []*unstructured.Unstructured {
-	t.Helper()
-	docs, err := helmtest.Decode(out)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return docs
 }
 
 // normalize round-trips through JSON so numbers and empty values compare alike.
