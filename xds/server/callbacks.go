@@ -173,11 +173,13 @@ func metadataString(n *corev3.Node, key string) string {
 }
 
 // clip bounds a client-given string for a log line or an error.
-func clip(s string) string {
-	if len(s) <= maxLogged {
+func clip(s string) string { return clipTo(s, maxLogged) }
+
+func clipTo(s string, n int) string {
+	if len(s) <= n {
 		return s
 	}
-	i := maxLogged
+	i := n
 	for i > 0 && !utf8.RuneStart(s[i]) {
 		i--
 	}
@@ -280,6 +282,14 @@ func (a logAdapter) Debugf(f string, args ...any) {
 		a.l.Debug(fmt.Sprintf(f, args...))
 	}
 }
-func (a logAdapter) Infof(f string, args ...any)  { a.Debugf(f, args...) }
-func (a logAdapter) Warnf(f string, args ...any)  { a.l.Warn(fmt.Sprintf(f, args...)) }
-func (a logAdapter) Errorf(f string, args ...any) { a.l.Error(fmt.Sprintf(f, args...)) }
+func (a logAdapter) Infof(f string, args ...any) { a.Debugf(f, args...) }
+
+// go-control-plane's warnings and errors quote type URLs and whole
+// subscriptions a client chose, so they are clipped like the client's
+// own strings (longer, as they carry more context).
+func (a logAdapter) Warnf(f string, args ...any) {
+	a.l.Warn(clipTo(fmt.Sprintf(f, args...), 4*maxLogged))
+}
+func (a logAdapter) Errorf(f string, args ...any) {
+	a.l.Error(clipTo(fmt.Sprintf(f, args...), 4*maxLogged))
+}

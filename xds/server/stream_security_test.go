@@ -348,3 +348,22 @@ func TestLoggedClientFieldsBounded(t *testing.T) {
 		}
 	}
 }
+
+// TestLibraryWarningsClipped: go-control-plane's warnings and errors,
+// which quote client-chosen type URLs and subscriptions, reach the log
+// clipped.
+func TestLibraryWarningsClipped(t *testing.T) {
+	var logs syncBuffer
+	a := logAdapter{slog.New(slog.NewTextHandler(&logs, nil))}
+	huge := strings.Repeat("x", 1<<20)
+	a.Warnf("[sotw] Watch rejected for type %s and stream %d", huge, 1)
+	a.Errorf("failed to send a response for %s%v", huge, []string{huge})
+	if n := strings.Count(logs.String(), "\n"); n != 2 {
+		t.Fatalf("%d log lines, want 2", n)
+	}
+	for _, line := range strings.Split(strings.TrimSpace(logs.String()), "\n") {
+		if len(line) > 4<<10 {
+			t.Errorf("a log line of %d bytes", len(line))
+		}
+	}
+}
