@@ -62,6 +62,13 @@ func (p *pki) RenewalReason(current setup.CAMaterial, bundle []byte, clustersetD
 	if want := brokerv1.TrustDomain(cluster, clustersetDomain); !ca.IsIntermediate() || ca.Domain() != want {
 		return fmt.Sprintf("the current one is %s, not the intermediate of %s", ca, want)
 	}
+	if err := ca.ConstraintProblem(); err != nil {
+		// A root made before its constraint had the leading dot: Envoy
+		// rejects this intermediate's leaves. Issuing again under the
+		// rotated root fixes it; under the old root, issuing fails and
+		// says to rotate.
+		return fmt.Sprintf("the current one is rejected by RFC 5280 verifiers: %v", err)
+	}
 	c := ca.Certificate()
 	if half := c.NotBefore.Add(c.NotAfter.Sub(c.NotBefore) / 2); !p.now().Before(half) {
 		return fmt.Sprintf("the current one passed half of its life at %s", half.UTC().Format(time.RFC3339))

@@ -59,8 +59,10 @@ type CA struct {
 }
 
 // NewRoot makes a self-signed clusterset root with a fresh P-256 key,
-// valid for ttl. Its URI name constraint permits only SPIFFE ids under
-// clustersetDomain.
+// valid for ttl. Its URI name constraint permits only SPIFFE ids whose
+// trust domain is a subdomain of clustersetDomain: RFC 5280 reads a URI
+// constraint "example.com" as that one host and ".example.com" as any
+// host below it, and trust domains are <cluster>.<clusterset domain>.
 func NewRoot(clustersetDomain string, ttl time.Duration) (*CA, error) {
 	if err := checkDomain(clustersetDomain); err != nil {
 		return nil, err
@@ -78,7 +80,7 @@ func NewRoot(clustersetDomain string, ttl time.Duration) (*CA, error) {
 		BasicConstraintsValid:       true,
 		MaxPathLen:                  1,
 		KeyUsage:                    x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
-		PermittedURIDomains:         []string{clustersetDomain},
+		PermittedURIDomains:         []string{"." + clustersetDomain},
 		PermittedDNSDomainsCritical: true,
 	}
 	cert, err := sign(tmpl, nil, key)
@@ -127,20 +129,80 @@ func LoadRoot(clustersetDomain string, certPEM, keyPEM, bundlePEM []byte) (*CA, 
 	if ca.cert.MaxPathLenZero {
 		return nil, errors.New("the root CA certificate has path length 0, so it cannot sign the clusters' intermediates")
 	}
-	probe := "x." + clustersetDomain
-	for _, c := range append(certs, roots...) {
-		if len(c.PermittedURIDomains) > 0 && !permits(c.PermittedURIDomains, probe) {
-			return nil, fmt.Errorf("certificate %q of the root CA chain constrains URIs to %v, which excludes the clusterset domain %s",
-				c.Subject.CommonName, c.PermittedURIDomains, clustersetDomain)
-		}
+	if err := ca.ConstraintProblem(); err != nil {
+		return nil, err
 	}
 	return ca, nil
 }
 
+// hostOnly reports whether constraints name the clusterset domain itself
+// as a URI host: how roots were made before NewRoot used the leading dot.
+func hostOnly(constraints []string, clustersetDomain string) bool {
+	for _, c := range constraints {
+		if c == clustersetDomain {
+			return true
+		}
+	}
+	return false
+}
+
+func legacyRootError(c *x509.Certificate) error {
+	return fmt.Errorf("root CA certificate %q constrains SPIFFE ids to the URI host %v, which RFC 5280 verifiers (OpenSSL, BoringSSL in Envoy) read as that one host, "+
+		"so they reject every trust domain below it (only Go accepts it; earlier releases made roots so): rotate the clusterset root "+
+		"(docs/operations.md, \"Rotating a root with a host-only name constraint\")", c.Subject.CommonName, c.PermittedURIDomains)
+}
+
+// ConstraintProblem says why a verifier that reads URI name constraints
+// as RFC 5280 does (OpenSSL, BoringSSL in Envoy) would reject what this
+// CA issues although Go's verifier accepts it, or returns nil. It checks
+// every chain from the CA to its bundle, so during a root rotation an
+// intermediate issued under the new root is good while the old root is
+// still trusted.
+func (ca *CA) ConstraintProblem() error {
+	host := ca.domain // an intermediate's leaves have exactly its trust domain
+	if !ca.intermediate {
+		host = "x." + ca.domain
+	}
+	chains, err := ca.cert.Verify(x509.VerifyOptions{
+		Roots:         pool(ca.roots),
+		Intermediates: pool(ca.chain),
+		CurrentTime:   ca.clock.Now(),
+		KeyUsages:     []x509.ExtKeyUsage{x509.ExtKeyUsageAny},
+	})
+	if err != nil {
+		return fmt.Errorf("CA certificate %q does not verify against the trust bundle: %w", ca.cert.Subject.CommonName, err)
+	}
+	var blocking *x509.Certificate
+	for _, chain := range chains {
+		blocking = nil
+		for _, c := range chain {
+			if len(c.PermittedURIDomains) > 0 && !permits(c.PermittedURIDomains, host) {
+				blocking = c
+				break
+			}
+		}
+		if blocking == nil {
+			return nil
+		}
+	}
+	if hostOnly(blocking.PermittedURIDomains, ca.ClustersetDomain()) {
+		return legacyRootError(blocking)
+	}
+	what := "the trust domain " + ca.domain
+	if !ca.intermediate {
+		what = "the clusterset domain " + ca.domain
+	}
+	return fmt.Errorf("certificate %q of the CA chain constrains URIs to %v, which excludes %s as RFC 5280 verifiers read it", blocking.Subject.CommonName, blocking.PermittedURIDomains, what)
+}
+
 // LoadCA loads a CA that PEM wrote: certPEM is its certificate followed by
 // any certificates up to the anchor, keyPEM its key, bundlePEM the trust
-// bundle. Its domain is its one permitted URI domain; a certificate with
-// path length 0 is a cluster's intermediate, any other the root role.
+// bundle. Its domain is its one permitted URI domain (without the root's
+// leading dot); a certificate with path length 0 is a cluster's
+// intermediate, any other the root role. A root whose constraint RFC 5280
+// verifiers read as excluding its trust domains is refused; an
+// intermediate under one loads (Go's verifier accepts its leaves) and
+// says so in ConstraintProblem.
 func LoadCA(certPEM, keyPEM, bundlePEM []byte) (*CA, error) {
 	certs, err := parseCerts("CA certificate", certPEM)
 	if err != nil {
@@ -160,11 +222,17 @@ func LoadCA(certPEM, keyPEM, bundlePEM []byte) (*CA, error) {
 		return nil, fmt.Errorf("CA certificate %q has %d permitted URI domains, want exactly one (its domain); load an operator's own root with LoadRoot",
 			ca.cert.Subject.CommonName, len(ca.cert.PermittedURIDomains))
 	}
+	ca.intermediate = ca.cert.MaxPathLen == 0 && ca.cert.MaxPathLenZero
 	ca.domain = ca.cert.PermittedURIDomains[0]
+	if !ca.intermediate {
+		if !strings.HasPrefix(ca.domain, ".") {
+			return nil, legacyRootError(ca.cert)
+		}
+		ca.domain = ca.domain[1:]
+	}
 	if err := checkDomain(ca.domain); err != nil {
 		return nil, fmt.Errorf("CA certificate %q: %w", ca.cert.Subject.CommonName, err)
 	}
-	ca.intermediate = ca.cert.MaxPathLen == 0 && ca.cert.MaxPathLenZero
 	if ca.intermediate {
 		if _, err := spiffeid.TrustDomainFromString(ca.domain); err != nil {
 			return nil, fmt.Errorf("intermediate CA domain %q is not a SPIFFE trust domain: %w", ca.domain, err)
@@ -367,18 +435,20 @@ func pool(certs []*x509.Certificate) *x509.CertPool {
 }
 
 // permits reports whether URI domain constraints let host through, as
-// RFC 5280 reads them: "a.b" permits a.b and its subdomains, ".a.b" only
-// its subdomains.
+// RFC 5280 (section 4.2.1.10) reads them and OpenSSL and BoringSSL
+// enforce them: "a.b" permits the host a.b only, ".a.b" any host below
+// a.b but not a.b itself. Go's verifier is laxer ("a.b" also permits its
+// subdomains), so Go accepting a chain proves nothing for Envoy.
 func permits(constraints []string, host string) bool {
 	for _, c := range constraints {
 		switch {
 		case c == "":
 			return true
 		case strings.HasPrefix(c, "."):
-			if strings.HasSuffix(host, c) {
+			if len(host) > len(c) && strings.HasSuffix(host, c) {
 				return true
 			}
-		case host == c || strings.HasSuffix(host, "."+c):
+		case host == c:
 			return true
 		}
 	}

@@ -146,7 +146,7 @@ func TestLoadRoot(t *testing.T) {
 	}{
 		{"path length 0", domain, zeroCert, zeroKey, "path length 0"},
 		{"key of another certificate", domain, otherCert, keyPEM, "does not belong"},
-		{"constraint excluding the domain", "other.example", oursCert, oursKey, "excludes the clusterset domain"},
+		{"constraint excluding the domain", "other.example", oursCert, oursKey, "excludes the clusterset domain other.example"},
 		{"bad domain", "Not_A_Domain", certPEM, keyPEM, "not a DNS label"},
 		{"chain without an anchor", domain, pemOfCert(ours.a.cert), keyPEM, "self-signed"},
 	}

@@ -10,6 +10,7 @@ type metrics struct {
 	nacks           *prometheus.CounterVec
 	pushLatency     *prometheus.HistogramVec
 	resources       *prometheus.GaugeVec
+	limited         *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -18,7 +19,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "isthmus_xds_connected_nodes", Help: "xDS clients connected, by view (gateway, grpc).",
 		}, []string{"view"}),
 		refused: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "isthmus_xds_refused_nodes_total", Help: "xDS streams refused (a node of another cluster, an unknown role, a gateway node from an address that is no gateway pod).",
+			Name: "isthmus_xds_refused_nodes_total", Help: "xDS streams refused (a node of another cluster, an unknown role, a gateway node from an address that is no gateway pod, a request naming another node than its stream's first).",
 		}),
 		pushes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "isthmus_xds_pushes_total", Help: "Discovery responses sent, by resource type.",
@@ -37,8 +38,11 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		resources: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "isthmus_xds_resources", Help: "Resources served, by view and type.",
 		}, []string{"view", "type"}),
+		limited: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "isthmus_xds_limited_streams_total", Help: "xDS streams closed for going over a cap, by cap (streams: open streams; names: resource names in one request; types: type URLs on one stream).",
+		}, []string{"limit"}),
 	}
-	for _, c := range []prometheus.Collector{m.connected, m.refused, m.pushes, m.pushedResources, m.nacks, m.pushLatency, m.resources} {
+	for _, c := range []prometheus.Collector{m.connected, m.refused, m.pushes, m.pushedResources, m.nacks, m.pushLatency, m.resources, m.limited} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}

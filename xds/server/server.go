@@ -33,8 +33,10 @@ type Server struct {
 	// the request callback to the cache's CreateWatch.
 	requests sync.Map
 
-	metrics *metrics
-	streams *streamTable
+	metrics    *metrics
+	streams    *streamTable
+	maxStreams int
+	maxNames   int
 
 	mu      sync.Mutex
 	changed map[string]time.Time // type URL → when its content last changed, for push latency
@@ -53,7 +55,23 @@ type Config struct {
 	// addresses of the gateway Service's pods. Nil admits any client (for
 	// tests, or an operator who opts out with --gateway-service "").
 	GatewayPeer func(netip.Addr) bool
+	// MaxStreams caps the streams open at once, SotW and delta together
+	// (0: DefaultMaxStreams); a stream over it is refused with
+	// ResourceExhausted.
+	MaxStreams int
+	// MaxNamesPerRequest caps the resource names one request may name
+	// (0: DefaultMaxNamesPerRequest); a request over it closes its stream
+	// with ResourceExhausted.
+	MaxNamesPerRequest int
 }
+
+// Defaults of the caps in Config. Every proxyless gRPC pod of the cluster
+// and each gateway replica holds one stream; a gateway subscribes to one
+// assignment per imported service port.
+const (
+	DefaultMaxStreams         = 10000
+	DefaultMaxNamesPerRequest = 100000
+)
 
 // New builds a server with empty views. Nodes that connect before the
 // first SetView wait for it.
@@ -65,6 +83,14 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		views:       newViewCache(nodeHash{localCluster: cfg.ClusterID}),
 		streams:     newStreamTable(),
 		changed:     map[string]time.Time{},
+		maxStreams:  cfg.MaxStreams,
+		maxNames:    cfg.MaxNamesPerRequest,
+	}
+	if s.maxStreams <= 0 {
+		s.maxStreams = DefaultMaxStreams
+	}
+	if s.maxNames <= 0 {
+		s.maxNames = DefaultMaxNamesPerRequest
 	}
 	m, err := newMetrics(cfg.Registry)
 	if err != nil {
@@ -135,8 +161,8 @@ func (s *Server) UpdateEndpoints(changed map[string]types.Resource) error {
 // Endpoints returns the current assignments (for the debug dump).
 func (s *Server) Endpoints() map[string]types.Resource { return s.eds.resources() }
 
-// streamOf finds the stream a request arrived on (noted by the request
-// callback just before the cache sees the request).
+// streamOf finds the SotW stream a request arrived on (noted by the
+// request callback just before the cache sees the request).
 func (s *Server) streamOf(req *cachev3.Request) (int64, bool) {
 	id, ok := s.requests.LoadAndDelete(req)
 	if !ok {
@@ -154,6 +180,16 @@ func (s *Server) ViewResources(v View) map[resource.Type][]types.Resource {
 // ConnectedNodes is the number of streams with a known node.
 func (s *Server) ConnectedNodes() int { return s.streams.count() }
 
+// typeLabel is the metric label of a type URL: its last word for the
+// types the caches know, "other" for any other, so that made-up type URLs
+// cannot grow the metrics without bound.
+func typeLabel(typeURL string) string {
+	if cachev3.GetResponseType(typeURL) == types.UnknownType {
+		return "other"
+	}
+	return shortType(typeURL)
+}
+
 // shortType is a type URL's last word (Listener, Cluster, …).
 func shortType(typeURL string) string {
 	for i := len(typeURL) - 1; i >= 0; i-- {
@@ -166,17 +202,32 @@ func shortType(typeURL string) string {
 
 // streamTable is what the server knows of each open stream: its node and
 // the version last sent per type, which NACK suppression needs.
+//
+// go-control-plane numbers SotW and delta streams each from 1, so the
+// table is keyed by streamKey: a delta stream's id is negated, or a delta
+// stream would share the node a SotW stream of the same number was
+// admitted with.
 type streamTable struct {
 	mu      sync.Mutex
 	streams map[int64]*streamState
+}
+
+// streamKey keys the stream table: SotW ids as they are, delta ids
+// negated.
+func streamKey(id int64, delta bool) int64 {
+	if delta {
+		return -id
+	}
+	return id
 }
 
 type streamState struct {
 	peer     netip.Addr // the client's address, from the stream's context
 	node     *corev3.Node
 	view     View
-	lastSent map[string]string // type URL → version
-	lastNACK map[string]string // type URL → version last reported as rejected
+	lastSent map[string]string   // type URL → version
+	lastNACK map[string]string   // metric type label → version last reported as rejected
+	types    map[string]struct{} // type URLs asked for, at most maxTypesPerStream
 	lastReq  *discoveryv3.DiscoveryRequest
 }
 
@@ -187,10 +238,29 @@ func (t *streamTable) get(id int64) *streamState {
 	defer t.mu.Unlock()
 	st := t.streams[id]
 	if st == nil {
-		st = &streamState{lastSent: map[string]string{}, lastNACK: map[string]string{}}
+		st = newStreamState()
 		t.streams[id] = st
 	}
 	return st
+}
+
+func newStreamState() *streamState {
+	return &streamState{lastSent: map[string]string{}, lastNACK: map[string]string{}, types: map[string]struct{}{}}
+}
+
+// open adds a stream unless max are open already.
+func (t *streamTable) open(id int64, max int) (*streamState, bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if st := t.streams[id]; st != nil {
+		return st, true
+	}
+	if len(t.streams) >= max {
+		return nil, false
+	}
+	st := newStreamState()
+	t.streams[id] = st
+	return st, true
 }
 
 func (t *streamTable) drop(id int64) *streamState {

@@ -40,7 +40,10 @@ func startWith(t *testing.T, cfg Config) *testServer {
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
 	reg := prometheus.NewRegistry()
-	cfg.ClusterID, cfg.Log, cfg.Registry = "a", slog.New(slog.NewTextHandler(io.Discard, nil)), reg
+	cfg.ClusterID, cfg.Registry = "a", reg
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
 	s, err := New(ctx, cfg)
 	if err != nil {
 		t.Fatal(err)

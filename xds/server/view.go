@@ -46,7 +46,7 @@ func ViewOf(node *corev3.Node, localCluster string) (View, error) {
 	}
 	fields := node.GetMetadata().GetFields()
 	if c := fields[MetadataCluster].GetStringValue(); c != "" && c != localCluster {
-		return "", fmt.Errorf("node %q says it runs in cluster %q, but this xDS server serves cluster %q: point it at its own cluster's server", node.GetId(), c, localCluster)
+		return "", fmt.Errorf("node %q says it runs in cluster %q, but this xDS server serves cluster %q: point it at its own cluster's server", clip(node.GetId()), clip(c), localCluster)
 	}
 	switch r := fields[MetadataRole].GetStringValue(); r {
 	case string(GatewayView):
@@ -59,7 +59,7 @@ func ViewOf(node *corev3.Node, localCluster string) (View, error) {
 		}
 		return GatewayView, nil
 	default:
-		return "", fmt.Errorf("node %q has role %q in its metadata (%s); want %q or %q", node.GetId(), r, MetadataRole, GatewayView, GRPCView)
+		return "", fmt.Errorf("node %q has role %q in its metadata (%s); want %q or %q", clip(node.GetId()), clip(r), MetadataRole, GatewayView, GRPCView)
 	}
 }
 
