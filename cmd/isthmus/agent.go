@@ -5,7 +5,6 @@ import (
 	"crypto/rand"
 	"flag"
 	"fmt"
-	"io"
 	"log/slog"
 	"os"
 	"strings"
@@ -18,11 +17,6 @@ import (
 
 // version is stamped at build time with -ldflags "-X main.version=...".
 var version = "dev"
-
-// runAgent is `isthmus agent` with its arguments.
-func runAgent(ctx context.Context, args []string, log *slog.Logger) error {
-	return runRoles(ctx, "agent", []role{agentRole()}, args, log, io.Discard)
-}
 
 // agentRole is the MCS agent of one member cluster.
 func agentRole() role {
