@@ -24,7 +24,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/util/validation"
-	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/kubernetes/scheme"
 	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
@@ -35,6 +34,8 @@ import (
 	mcsclient "sigs.k8s.io/mcs-api/pkg/client/clientset/versioned"
 	mcslisters "sigs.k8s.io/mcs-api/pkg/client/listers/apis/v1beta1"
 
+	brokerclient "github.com/isthmus-dev/isthmus/mcs/api/broker/generated/clientset/versioned"
+	brokerlisters "github.com/isthmus-dev/isthmus/mcs/api/broker/generated/listers/broker/v1alpha1"
 	brokerv1 "github.com/isthmus-dev/isthmus/mcs/api/broker/v1alpha1"
 )
 
@@ -52,12 +53,12 @@ type Config struct {
 	// Version is the agent's version, published in the Cluster record.
 	Version string
 
-	// Local reaches this cluster; Broker reaches the hub with this
-	// member's own identity.
-	Local         kubernetes.Interface
-	LocalMCS      mcsclient.Interface
-	Broker        kubernetes.Interface
-	BrokerDynamic dynamic.Interface
+	// Local reaches this cluster; Broker and BrokerClient (the broker
+	// API's records) reach the hub with this member's own identity.
+	Local        kubernetes.Interface
+	LocalMCS     mcsclient.Interface
+	Broker       kubernetes.Interface
+	BrokerClient brokerclient.Interface
 
 	// LeaseDuration is how long this cluster's heartbeat Lease is valid; it
 	// is renewed every third of it. Zero means 30 s. Another cluster whose
@@ -119,10 +120,10 @@ type Agent struct {
 	derived        cache.Indexer // derived Services the agent wrote here, byService
 	serviceExports mcslisters.ServiceExportLister
 	serviceImports mcslisters.ServiceImportLister
-	brokerSlices   cache.Indexer // broker EndpointSlices, byService
-	brokerExports  cache.Indexer // broker ExportedServices, byService
-	clusters       cache.Store   // broker Cluster records
-	leases         cache.Store   // broker Leases
+	brokerSlices   cache.Indexer               // broker EndpointSlices, byService
+	brokerExports  cache.Indexer               // broker ExportedServices, byService
+	clusters       brokerlisters.ClusterLister // broker Cluster records
+	leases         cache.Store                 // broker Leases
 
 	exports *controller
 	imports *controller
@@ -140,11 +141,6 @@ type Agent struct {
 }
 
 const byService = "byService"
-
-var (
-	exportedServiceGVR = brokerv1.SchemeGroupVersion.WithResource("exportedservices")
-	clusterGVR         = brokerv1.SchemeGroupVersion.WithResource("clusters")
-)
 
 // New checks the configuration and prepares the agent's informers.
 func New(cfg Config) (*Agent, error) {
@@ -169,7 +165,7 @@ func New(cfg Config) (*Agent, error) {
 	if err := checkGatewayConfig(&cfg); err != nil {
 		return nil, err
 	}
-	if cfg.Local == nil || cfg.LocalMCS == nil || cfg.Broker == nil || cfg.BrokerDynamic == nil || cfg.Log == nil || cfg.Registry == nil {
+	if cfg.Local == nil || cfg.LocalMCS == nil || cfg.Broker == nil || cfg.BrokerClient == nil || cfg.Log == nil || cfg.Registry == nil {
 		return nil, errors.New("agent config lacks a client, the logger or the registry")
 	}
 	a := &Agent{cfg: cfg, log: cfg.Log.With("cluster", cfg.ClusterID), metrics: newMetrics(cfg.Registry), health: map[string]clusterHealth{},

@@ -11,6 +11,7 @@ import (
 	mcsv1beta1 "sigs.k8s.io/mcs-api/pkg/apis/v1beta1"
 	mcslisters "sigs.k8s.io/mcs-api/pkg/client/listers/apis/v1beta1"
 
+	brokerlisters "github.com/isthmus-dev/isthmus/mcs/api/broker/generated/listers/broker/v1alpha1"
 	brokerv1 "github.com/isthmus-dev/isthmus/mcs/api/broker/v1alpha1"
 )
 
@@ -23,7 +24,7 @@ func slicesWith(ready ...bool) []*discoveryv1.EndpointSlice {
 }
 
 func TestChooseClusters(t *testing.T) {
-	clusters := cache.NewStore(cache.MetaNamespaceKeyFunc)
+	clusters := cache.NewIndexer(cache.MetaNamespaceKeyFunc, cache.Indexers{cache.NamespaceIndex: cache.MetaNamespaceIndexFunc})
 	for id, region := range map[string]string{"a": "eu", "b": "us", "c": "eu", "d": "us"} {
 		clusters.Add(&brokerv1.Cluster{ObjectMeta: metav1.ObjectMeta{Name: id, Namespace: "ns"}, Spec: brokerv1.ClusterSpec{ClusterID: id, Region: region}})
 	}
@@ -32,7 +33,7 @@ func TestChooseClusters(t *testing.T) {
 	clusters.Update(&brokerv1.Cluster{ObjectMeta: metav1.ObjectMeta{Name: "a", Namespace: "ns"}, Spec: brokerv1.ClusterSpec{ClusterID: "a", Region: "eu"},
 		Status: brokerv1.ClusterStatus{Tunnel: &brokerv1.TunnelStatus{Peers: []brokerv1.TunnelPeerStatus{
 			{Cluster: "b", State: brokerv1.TunnelPeerConnected}, {Cluster: "c", State: brokerv1.TunnelPeerConnecting}, {Cluster: "d", State: brokerv1.TunnelPeerError}}}}})
-	a := &Agent{cfg: Config{ClusterID: "a", Region: "eu", BrokerNamespace: "ns"}, clusters: clusters, leases: cache.NewStore(cache.MetaNamespaceKeyFunc)}
+	a := &Agent{cfg: Config{ClusterID: "a", Region: "eu", BrokerNamespace: "ns"}, clusters: brokerlisters.NewClusterLister(clusters), leases: cache.NewStore(cache.MetaNamespaceKeyFunc)}
 	tests := []struct {
 		name      string
 		byCluster map[string][]*discoveryv1.EndpointSlice

@@ -33,6 +33,7 @@ import (
 	mcsclient "sigs.k8s.io/mcs-api/pkg/client/clientset/versioned"
 
 	"github.com/isthmus-dev/isthmus/mcs/agent"
+	brokerclient "github.com/isthmus-dev/isthmus/mcs/api/broker/generated/clientset/versioned"
 	brokerv1 "github.com/isthmus-dev/isthmus/mcs/api/broker/v1alpha1"
 	"github.com/isthmus-dev/isthmus/mcs/setup"
 	"github.com/isthmus-dev/isthmus/test/cluster"
@@ -196,7 +197,7 @@ func agentConfig(ctx context.Context, i int) (agent.Config, error) {
 	if err != nil {
 		return agent.Config{}, err
 	}
-	brokerDyn, err := dynamic.NewForConfig(brokerCfg)
+	brokerClient, err := brokerclient.NewForConfig(brokerCfg)
 	if err != nil {
 		return agent.Config{}, err
 	}
@@ -207,7 +208,7 @@ func agentConfig(ctx context.Context, i int) (agent.Config, error) {
 	return agent.Config{
 		ClusterID: id, BrokerNamespace: ns, Region: regions[i], Version: "test",
 		PodCIDRs: []string{m.PodCIDR.String()}, ServiceCIDRs: []string{m.ServiceCIDR.String()},
-		Local: local, LocalMCS: localMCS, Broker: broker, BrokerDynamic: brokerDyn,
+		Local: local, LocalMCS: localMCS, Broker: broker, BrokerClient: brokerClient,
 		LeaseDuration: leaseDuration, WithdrawAfter: withdrawAfter,
 		LeaderElectionNamespace: setup.MemberNamespace, Identity: identity,
 	}, nil

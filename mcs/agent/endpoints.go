@@ -186,11 +186,11 @@ func (a *Agent) nearest(clusters []string) []string {
 }
 
 func (a *Agent) regionOf(cluster string) string {
-	o, ok, _ := a.clusters.GetByKey(a.cfg.BrokerNamespace + "/" + cluster)
-	if !ok {
+	rec, err := a.clusters.Clusters(a.cfg.BrokerNamespace).Get(cluster)
+	if err != nil {
 		return ""
 	}
-	return o.(*brokerv1.Cluster).Spec.Region
+	return rec.Spec.Region
 }
 
 func anyReady(slices []*discoveryv1.EndpointSlice) bool {

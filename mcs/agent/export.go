@@ -147,11 +147,11 @@ func (a *Agent) publishRecord(ctx context.Context, rec *brokerv1.ExportedService
 		return nil
 	}
 	rec.Annotations[annotationHash] = hash
-	u, err := toUnstructured(rec)
+	data, err := applyJSON(rec)
 	if err != nil {
 		return err
 	}
-	_, err = a.cfg.BrokerDynamic.Resource(exportedServiceGVR).Namespace(rec.Namespace).Apply(ctx, rec.Name, u, applyOptions)
+	_, err = a.cfg.BrokerClient.BrokerV1alpha1().ExportedServices(rec.Namespace).Patch(ctx, rec.Name, types.ApplyPatchType, data, patchOptions)
 	a.countWrite("broker", "apply", err)
 	return err
 }
@@ -239,7 +239,7 @@ func (a *Agent) applySlice(ctx context.Context, target string, api sliceAPI, s *
 func (a *Agent) withdraw(ctx context.Context, ns, name string) error {
 	recName := brokerv1.ExportedServiceName(a.cfg.ClusterID, ns, name)
 	if _, ok := a.brokerExport(recName); ok {
-		err := a.cfg.BrokerDynamic.Resource(exportedServiceGVR).Namespace(a.cfg.BrokerNamespace).Delete(ctx, recName, metav1.DeleteOptions{})
+		err := a.cfg.BrokerClient.BrokerV1alpha1().ExportedServices(a.cfg.BrokerNamespace).Delete(ctx, recName, metav1.DeleteOptions{})
 		if err != nil && !apierrors.IsNotFound(err) {
 			a.countWrite("broker", "delete", err)
 			return fmt.Errorf("withdrawing %s: %w", recName, err)
@@ -326,30 +326,21 @@ func (a *Agent) countWrite(target, verb string, err error) {
 var (
 	everything   = labels.Everything()
 	force        = true
-	applyOptions = metav1.ApplyOptions{FieldManager: fieldManager, Force: true}
 	patchOptions = metav1.PatchOptions{FieldManager: fieldManager, Force: &force}
 )
 
-// toUnstructured converts a typed object with TypeMeta set for a dynamic
-// apply, dropping fields the server owns.
-func toUnstructured(obj runtime.Object) (*unstructured.Unstructured, error) {
+// applyJSON encodes a typed object, TypeMeta set, for a server-side apply
+// patch. It goes through the unstructured form to drop the fields the
+// server owns (creationTimestamp, status), which a typed object always
+// carries and an apply must not claim.
+func applyJSON(obj runtime.Object) ([]byte, error) {
 	m, err := runtime.DefaultUnstructuredConverter.ToUnstructured(obj)
 	if err != nil {
 		return nil, fmt.Errorf("converting %T: %w", obj, err)
 	}
-	u := &unstructured.Unstructured{Object: m}
-	unstructured.RemoveNestedField(u.Object, "metadata", "creationTimestamp")
-	unstructured.RemoveNestedField(u.Object, "status")
-	return u, nil
-}
-
-// applyJSON encodes a typed object for a server-side apply patch.
-func applyJSON(obj runtime.Object) ([]byte, error) {
-	u, err := toUnstructured(obj)
-	if err != nil {
-		return nil, err
-	}
-	return json.Marshal(u.Object)
+	unstructured.RemoveNestedField(m, "metadata", "creationTimestamp")
+	unstructured.RemoveNestedField(m, "status")
+	return json.Marshal(m)
 }
 
 // Cache readers, each returning what the informers hold now.

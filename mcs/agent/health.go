@@ -9,8 +9,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
-	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
 
 	brokerv1 "github.com/isthmus-dev/isthmus/mcs/api/broker/v1alpha1"
 )
@@ -91,11 +90,11 @@ func (a *Agent) unreachable(cluster string) bool {
 	if a.healthOf(cluster) != healthy {
 		return true
 	}
-	o, ok, _ := a.clusters.GetByKey(a.cfg.BrokerNamespace + "/" + a.cfg.ClusterID)
-	if !ok {
+	rec, err := a.clusters.Clusters(a.cfg.BrokerNamespace).Get(a.cfg.ClusterID)
+	if err != nil {
 		return false
 	}
-	ts := o.(*brokerv1.Cluster).Status.Tunnel
+	ts := rec.Status.Tunnel
 	if ts == nil {
 		return false
 	}
@@ -157,8 +156,8 @@ func (a *Agent) reportHealth(ctx context.Context) {
 	if link := a.link.Load(); link == nil || !link.up {
 		return
 	}
-	for _, o := range a.clusters.List() {
-		rec := o.(*brokerv1.Cluster)
+	recs, _ := a.clusters.Clusters(a.cfg.BrokerNamespace).List(everything)
+	for _, rec := range recs {
 		want := a.heartbeatCondition(a.healthOf(rec.Spec.ClusterID))
 		cur := meta.FindStatusCondition(rec.Status.Conditions, want.Type)
 		if cur != nil && cur.Status == want.Status && cur.Reason == want.Reason && cur.Message == want.Message {
@@ -166,11 +165,7 @@ func (a *Agent) reportHealth(ctx context.Context) {
 		}
 		updated := rec.DeepCopy()
 		meta.SetStatusCondition(&updated.Status.Conditions, want)
-		m, err := runtime.DefaultUnstructuredConverter.ToUnstructured(updated)
-		if err != nil {
-			continue
-		}
-		_, err = a.cfg.BrokerDynamic.Resource(clusterGVR).Namespace(rec.Namespace).UpdateStatus(ctx, &unstructured.Unstructured{Object: m}, metav1.UpdateOptions{FieldManager: fieldManager})
+		_, err := a.cfg.BrokerClient.BrokerV1alpha1().Clusters(rec.Namespace).UpdateStatus(ctx, updated, metav1.UpdateOptions{FieldManager: fieldManager})
 		a.countWrite("broker", "status", err)
 		if err != nil && !apierrors.IsConflict(err) {
 			a.log.Warn("reporting a cluster's heartbeat", "peer", rec.Spec.ClusterID, "err", err)
@@ -287,15 +282,15 @@ func (a *Agent) publishCluster(ctx context.Context) error {
 		rec.Spec.Versions = map[string]string{"agent": a.cfg.Version}
 	}
 	hash := contentHash([]any{rec.Labels, rec.Spec})
-	if o, ok, _ := a.clusters.GetByKey(rec.Namespace + "/" + rec.Name); ok && o.(*brokerv1.Cluster).Annotations[annotationHash] == hash {
+	if cur, err := a.clusters.Clusters(rec.Namespace).Get(rec.Name); err == nil && cur.Annotations[annotationHash] == hash {
 		return nil
 	}
 	rec.Annotations = map[string]string{annotationHash: hash}
-	u, err := toUnstructured(rec)
+	data, err := applyJSON(rec)
 	if err != nil {
 		return err
 	}
-	_, err = a.cfg.BrokerDynamic.Resource(clusterGVR).Namespace(a.cfg.BrokerNamespace).Apply(ctx, rec.Name, u, applyOptions)
+	_, err = a.cfg.BrokerClient.BrokerV1alpha1().Clusters(a.cfg.BrokerNamespace).Patch(ctx, rec.Name, types.ApplyPatchType, data, patchOptions)
 	a.countWrite("broker", "apply", err)
 	if err != nil {
 		return fmt.Errorf("publishing the Cluster record: %w", err)
