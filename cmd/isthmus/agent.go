@@ -31,7 +31,7 @@ func agentRole() role {
 			withdrawAfter := fs.Duration(p+"withdraw-after", 5*time.Minute, "how long a peer may be silent before its exports leave this cluster's imports")
 			leaderElect := fs.Bool(p+"leader-elect", true, "elect one writing leader among the agent's replicas")
 			leaderNamespace := fs.String(p+"leader-elect-namespace", setup.MemberNamespace, "namespace of this cluster holding the election Lease")
-			dataplane := fs.String(p+"dataplane", agent.DataplaneDirect, "where derived Services send ClusterSetIP traffic: direct (to the endpoints, chosen by locality) or gateway (to the local east-west gateway's egress ports)")
+			dataplane := fs.String(p+"dataplane", string(brokerv1.DataplaneDirect), "where derived Services send ClusterSetIP traffic: direct (to the endpoints, chosen by locality) or gateway (to the local east-west gateway's egress ports)")
 			gatewayService := fs.String(p+"gateway-service", setup.MemberNamespace+"/isthmus-gateway", "NAMESPACE/NAME of the local Service in front of the east-west gateway pods (gateway mode)")
 			ingressPort := fs.Int(p+"gateway-ingress-port", brokerv1.DefaultGatewayIngressPort, "the east-west gateway pods' mTLS port, published with their addresses for other clusters' gateways (gateway mode)")
 			egressPorts := fs.String(p+"egress-ports", fmt.Sprintf("%d-%d", brokerv1.DefaultEgressPortMin, brokerv1.DefaultEgressPortMax), "MIN-MAX: the gateway egress ports the agent allocates to imports (gateway mode)")
@@ -68,7 +68,7 @@ func agentRole() role {
 					PodCIDRs: split(*podCIDRs), ServiceCIDRs: split(*serviceCIDRs), Version: version,
 					Local: local.Kube, LocalMCS: local.MCS, Broker: broker.Kube, BrokerClient: brokerClient,
 					LeaseDuration: *leaseDuration, WithdrawAfter: *withdrawAfter,
-					Dataplane: *dataplane, GatewayNamespace: gwNamespace, GatewayName: gwName,
+					Dataplane: brokerv1.Dataplane(*dataplane), GatewayNamespace: gwNamespace, GatewayName: gwName,
 					EgressPortMin: egressMin, EgressPortMax: egressMax, GatewayIngressPort: int32(*ingressPort),
 					Log: log, Registry: e.reg,
 				}

@@ -61,8 +61,9 @@ type Config struct {
 	BrokerClient brokerclient.Interface
 
 	// LeaseDuration is how long this cluster's heartbeat Lease is valid; it
-	// is renewed every third of it. Zero means 30 s. Another cluster whose
-	// Lease has not been renewed for LeaseDuration is unhealthy.
+	// is renewed every third of it. Zero means 30 s. Another cluster is
+	// judged by the duration its own Lease names (this one when it names
+	// none).
 	LeaseDuration time.Duration
 	// WithdrawAfter is how long an unrenewed Lease may be before that
 	// cluster's exports are withdrawn from this cluster's imports. Zero
@@ -77,8 +78,9 @@ type Config struct {
 	// Identity names this replica in the election.
 	Identity string
 
-	// Dataplane is DataplaneDirect (empty means it) or DataplaneGateway.
-	Dataplane string
+	// Dataplane is how traffic crosses clusters: brokerv1.DataplaneDirect
+	// (empty means it) or brokerv1.DataplaneGateway.
+	Dataplane brokerv1.Dataplane
 	// GatewayNamespace and GatewayName name the local Service in front of
 	// the east-west gateway pods, in gateway mode; empty means
 	// isthmus-system/isthmus-gateway.
@@ -129,10 +131,12 @@ type Agent struct {
 	imports *controller
 
 	emptySince atomic.Pointer[time.Time] // when the broker view became empty
-	link       atomic.Pointer[brokerLink]
+	link       atomic.Pointer[brokerv1.BrokerLink]
 
-	healthMu sync.Mutex
-	health   map[string]clusterHealth // last computed health per cluster
+	// heartbeats remembers when each peer's Lease was seen renewed.
+	heartbeats brokerv1.HeartbeatClock
+	healthMu   sync.Mutex
+	health     map[string]brokerv1.Health // last computed health per cluster
 
 	// Gateway mode: the egress port allocator, made when leading starts,
 	// and the signal that the gateway Service's slices changed.
@@ -168,8 +172,9 @@ func New(cfg Config) (*Agent, error) {
 	if cfg.Local == nil || cfg.LocalMCS == nil || cfg.Broker == nil || cfg.BrokerClient == nil || cfg.Log == nil || cfg.Registry == nil {
 		return nil, errors.New("agent config lacks a client, the logger or the registry")
 	}
-	a := &Agent{cfg: cfg, log: cfg.Log.With("cluster", cfg.ClusterID), metrics: newMetrics(cfg.Registry), health: map[string]clusterHealth{},
+	a := &Agent{cfg: cfg, log: cfg.Log.With("cluster", cfg.ClusterID), metrics: newMetrics(cfg.Registry), health: map[string]brokerv1.Health{},
 		gatewayChanged: make(chan struct{}, 1)}
+	a.heartbeats.Default = cfg.LeaseDuration
 	if a.gatewayMode() {
 		a.metrics.egressCapacity.Set(float64(cfg.EgressPortMax - cfg.EgressPortMin + 1))
 	}

@@ -66,7 +66,7 @@ func TestLocalityOf(t *testing.T) {
 	exp := func(cluster, policy string) *brokerv1.ExportedService {
 		e := &brokerv1.ExportedService{Spec: brokerv1.ExportedServiceSpec{SourceCluster: cluster}}
 		if policy != "" {
-			e.Annotations = map[string]string{AnnotationLocality: policy}
+			e.Annotations = map[string]string{brokerv1.AnnotationLocality: policy}
 		}
 		return e
 	}

@@ -355,7 +355,7 @@ func TestCheckGatewayConfig(t *testing.T) {
 		cfg.EgressPortMin != brokerv1.DefaultEgressPortMin || cfg.EgressPortMax != brokerv1.DefaultEgressPortMax {
 		t.Errorf("defaults: %+v, %v", cfg, err)
 	}
-	if cfg := (Config{}); checkGatewayConfig(&cfg) != nil || cfg.Dataplane != DataplaneDirect {
+	if cfg := (Config{}); checkGatewayConfig(&cfg) != nil || cfg.Dataplane != brokerv1.DataplaneDirect {
 		t.Errorf("empty data plane is not direct: %q", cfg.Dataplane)
 	}
 }
@@ -412,7 +412,7 @@ func TestGatewaySlices(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			a := &Agent{cfg: Config{Dataplane: DataplaneGateway, GatewayNamespace: "isthmus-system", GatewayName: "isthmus-gateway"}, localSlices: idx}
+			a := &Agent{cfg: Config{Dataplane: brokerv1.DataplaneGateway, GatewayNamespace: "isthmus-system", GatewayName: "isthmus-gateway"}, localSlices: idx}
 			owner := metav1.OwnerReference{Kind: "ServiceImport", Name: "web"}
 			got := a.gatewaySlices("ns", "web", tt.svc, r, tt.as, owner)
 			var desc []string
@@ -443,7 +443,7 @@ func TestGatewaySlices(t *testing.T) {
 		})
 	}
 	t.Run("a UDP port: the gateway cannot carry it, the import stays direct", func(t *testing.T) {
-		a := &Agent{cfg: Config{Dataplane: DataplaneGateway, GatewayNamespace: "isthmus-system", GatewayName: "isthmus-gateway"},
+		a := &Agent{cfg: Config{Dataplane: brokerv1.DataplaneGateway, GatewayNamespace: "isthmus-system", GatewayName: "isthmus-gateway"},
 			localSlices: cache.NewIndexer(cache.MetaNamespaceKeyFunc, cache.Indexers{byService: serviceIndex})}
 		for _, s := range twoFamilies {
 			if err := a.localSlices.Add(s); err != nil {

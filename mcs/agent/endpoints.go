@@ -113,7 +113,7 @@ func importSlice(src *discoveryv1.EndpointSlice, ns, name, cluster, derivedServi
 func localityOf(exports []*brokerv1.ExportedService, winner string) string {
 	for _, e := range exports {
 		if e.Spec.SourceCluster == winner {
-			switch p := e.Annotations[AnnotationLocality]; p {
+			switch p := e.Annotations[brokerv1.AnnotationLocality]; p {
 			case LocalitySpread, LocalityRemoteFirst:
 				return p
 			}

@@ -99,8 +99,8 @@ func (a *Agent) exportRecord(se *mcsv1beta1.ServiceExport, svc *corev1.Service) 
 		ports = append(ports, brokerv1.ServicePort{Name: p.Name, Protocol: p.Protocol, AppProtocol: p.AppProtocol, Port: p.Port})
 	}
 	annotations := map[string]string{}
-	if loc := se.Annotations[AnnotationLocality]; loc != "" {
-		annotations[AnnotationLocality] = loc
+	if loc := se.Annotations[brokerv1.AnnotationLocality]; loc != "" {
+		annotations[brokerv1.AnnotationLocality] = loc
 	}
 	rec := &brokerv1.ExportedService{
 		TypeMeta: metav1.TypeMeta{APIVersion: brokerv1.SchemeGroupVersion.String(), Kind: "ExportedService"},

@@ -19,15 +19,6 @@ import (
 	"github.com/isthmus-dev/isthmus/mcs/merge"
 )
 
-// Data plane modes (DESIGN.md). In direct mode the derived Service's
-// EndpointSlices hold the endpoints the locality policy chooses; in
-// gateway mode they hold the local east-west gateway's pods, one egress
-// port per service port, and the gateway's xDS chooses the endpoints.
-const (
-	DataplaneDirect  = "direct"
-	DataplaneGateway = "gateway"
-)
-
 // What gateway mode reports.
 const (
 	// ConditionGatewayEgress on a ClusterSetIP ServiceImport in gateway
@@ -47,12 +38,12 @@ const (
 func checkGatewayConfig(cfg *Config) error {
 	switch cfg.Dataplane {
 	case "":
-		cfg.Dataplane = DataplaneDirect
-	case DataplaneDirect, DataplaneGateway:
+		cfg.Dataplane = brokerv1.DataplaneDirect
+	case brokerv1.DataplaneDirect, brokerv1.DataplaneGateway:
 	default:
-		return fmt.Errorf("data plane %q: want %s or %s", cfg.Dataplane, DataplaneDirect, DataplaneGateway)
+		return fmt.Errorf("data plane %q: want %s or %s", cfg.Dataplane, brokerv1.DataplaneDirect, brokerv1.DataplaneGateway)
 	}
-	if cfg.Dataplane != DataplaneGateway {
+	if cfg.Dataplane != brokerv1.DataplaneGateway {
 		return nil
 	}
 	if cfg.GatewayNamespace == "" && cfg.GatewayName == "" {
@@ -76,7 +67,7 @@ func checkGatewayConfig(cfg *Config) error {
 	return checkEgressRange(cfg.EgressPortMin, cfg.EgressPortMax)
 }
 
-func (a *Agent) gatewayMode() bool { return a.cfg.Dataplane == DataplaneGateway }
+func (a *Agent) gatewayMode() bool { return a.cfg.Dataplane == brokerv1.DataplaneGateway }
 
 func (a *Agent) gatewayKey() string { return a.cfg.GatewayNamespace + "/" + a.cfg.GatewayName }
 

@@ -175,7 +175,7 @@ func setReady(ctx context.Context, t *testing.T, i int, ns, app string, ready bo
 // gatewayMode runs an agent in gateway mode with egress ports min-max.
 func gatewayMode(min, max int32) withConfig {
 	return func(c *agent.Config) {
-		c.Dataplane = agent.DataplaneGateway
+		c.Dataplane = brokerv1.DataplaneGateway
 		c.EgressPortMin, c.EgressPortMax = min, max
 	}
 }

@@ -123,7 +123,7 @@ func (a *Agent) syncImport(ctx context.Context, key string) error {
 func (a *Agent) liveExports(ns, name string) []*brokerv1.ExportedService {
 	var out []*brokerv1.ExportedService
 	for _, e := range a.exportsOf(ns, name) {
-		if a.healthOf(e.Spec.SourceCluster) != withdrawn {
+		if a.healthOf(e.Spec.SourceCluster) != brokerv1.Withdrawn {
 			out = append(out, e)
 		}
 	}

@@ -85,7 +85,6 @@ func (a *Agent) setupInformers() error {
 		{ownSliceInf, func(o any) { a.imports.enqueue(ownKey(o)) }},
 		{derivedInf, func(o any) { a.imports.enqueue(ownKey(o)) }},
 		{clusterInf, func(any) { a.importsAll() }},
-		{leaseInf, func(any) { a.recheckHealth() }},
 	}
 	for _, h := range handlers {
 		fn := h.fn
@@ -99,6 +98,17 @@ func (a *Agent) setupInformers() error {
 		a.informers = append(a.informers, h.inf)
 		a.synced = append(a.synced, h.inf.HasSynced)
 	}
+	// The heartbeat clock learns of a renewal only here, when the Lease is
+	// delivered, and must tell a deleted Lease from a renewed one.
+	if _, err := leaseInf.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(o any) { a.observeLease(o, false) },
+		UpdateFunc: func(_, o any) { a.observeLease(o, false) },
+		DeleteFunc: func(o any) { a.observeLease(o, true) },
+	}); err != nil {
+		return fmt.Errorf("adding event handler: %w", err)
+	}
+	a.informers = append(a.informers, leaseInf)
+	a.synced = append(a.synced, leaseInf.HasSynced)
 	return nil
 }
 
