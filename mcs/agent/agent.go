@@ -3,7 +3,8 @@
 // ExportedService record per service and copies of the service's
 // EndpointSlices, all owned by this cluster); its import controller builds,
 // from every cluster's records, the ServiceImports, derived Services and
-// EndpointSlices of this cluster; its heartbeat keeps this cluster's Lease
+// EndpointSlices of this cluster (a pure plan, plan.go, then its
+// application, apply.go); its heartbeat keeps this cluster's Lease
 // and Cluster record on the broker. It reads the broker only through
 // informers, so while the broker is away it keeps what it last saw and
 // withdraws nothing. In gateway mode the derived Services point at the

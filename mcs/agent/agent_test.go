@@ -55,7 +55,13 @@ func TestChooseClusters(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			if got := a.chooseClusters(tt.byCluster, tt.policy); !slices.Equal(got, tt.want) {
+			// The states as importInput gathers them, from the Leases and
+			// the Cluster records.
+			states := map[string]clusterState{}
+			for c := range tt.byCluster {
+				states[c] = clusterState{Health: a.healthOf(c), Unreachable: a.unreachable(c), Region: a.regionOf(c)}
+			}
+			if got := chooseClusters(tt.byCluster, tt.policy, "a", "eu", states); !slices.Equal(got, tt.want) {
 				t.Errorf("chooseClusters = %v, want %v", got, tt.want)
 			}
 		})
