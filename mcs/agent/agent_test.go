@@ -1,10 +1,12 @@
 package agent
 
 import (
+	"log/slog"
 	"slices"
 	"testing"
 	"time"
 
+	coordinationv1 "k8s.io/api/coordination/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/tools/cache"
@@ -130,5 +132,39 @@ func TestNames(t *testing.T) {
 	}
 	if importSliceName("web", "east", discoveryv1.AddressTypeIPv6) != "web-east-ipv6" {
 		t.Error("importSliceName")
+	}
+}
+
+// TestHealthFollowsEachLease: a peer is judged by its own Lease's duration
+// (here 1 s, while this agent's is 30 s) from when this agent saw it
+// renewed, and forgotten with its Lease.
+func TestHealthFollowsEachLease(t *testing.T) {
+	leases := cache.NewStore(cache.MetaNamespaceKeyFunc)
+	a := &Agent{cfg: Config{ClusterID: "a", LeaseDuration: 30 * time.Second, WithdrawAfter: time.Minute},
+		leases: leases, health: map[string]brokerv1.Health{}, log: slog.New(slog.DiscardHandler),
+		brokerExports: cache.NewIndexer(cache.MetaNamespaceKeyFunc, cache.Indexers{byService: serviceIndex}),
+		clusters:      brokerlisters.NewClusterLister(cache.NewIndexer(cache.MetaNamespaceKeyFunc, cache.Indexers{cache.NamespaceIndex: cache.MetaNamespaceIndexFunc}))}
+	a.heartbeats.Default = a.cfg.LeaseDuration
+	a.link.Store(&brokerv1.BrokerLink{Up: true, Since: time.Now().Add(-time.Hour)})
+	// A renewTime from the far past: only when this agent saw it counts.
+	l := &coordinationv1.Lease{ObjectMeta: metav1.ObjectMeta{Name: brokerv1.LeaseName("b"), Namespace: "ns", Labels: map[string]string{brokerv1.LabelSourceCluster: "b"}},
+		Spec: coordinationv1.LeaseSpec{RenewTime: &metav1.MicroTime{Time: time.Now().Add(-time.Hour)}, LeaseDurationSeconds: new(int32(1))}}
+	if err := leases.Add(l); err != nil {
+		t.Fatal(err)
+	}
+	a.observeLease(l, false)
+	if h := a.healthOf("b"); h != brokerv1.Healthy {
+		t.Fatalf("just seen renewed: %v", h)
+	}
+	time.Sleep(1200 * time.Millisecond)
+	if h := a.healthOf("b"); h != brokerv1.Lapsed || !a.unreachable("b") {
+		t.Errorf("1.2 s after a 1 s Lease was seen renewed: %v, unreachable %v", h, a.unreachable("b"))
+	}
+	if h := a.healthOf("a"); h != brokerv1.Healthy {
+		t.Errorf("this cluster to itself: %v", h)
+	}
+	a.observeLease(cache.DeletedFinalStateUnknown{Key: "ns/" + l.Name, Obj: l}, true)
+	if h := a.healthOf("b"); h != brokerv1.Healthy {
+		t.Errorf("after its Lease was deleted: %v", h)
 	}
 }
