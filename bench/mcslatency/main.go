@@ -28,7 +28,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
@@ -37,6 +36,7 @@ import (
 	mcsinformers "sigs.k8s.io/mcs-api/pkg/client/informers/externalversions"
 
 	"github.com/isthmus-dev/isthmus/mcs/agent"
+	brokerclient "github.com/isthmus-dev/isthmus/mcs/api/broker/generated/clientset/versioned"
 	brokerv1 "github.com/isthmus-dev/isthmus/mcs/api/broker/v1alpha1"
 	"github.com/isthmus-dev/isthmus/mcs/setup"
 	"github.com/isthmus-dev/isthmus/test/cluster"
@@ -141,7 +141,7 @@ func joinAndRun(ctx context.Context, cs *cluster.Clusterset, log *slog.Logger) e
 		if err != nil {
 			return err
 		}
-		brokerDyn, err := dynamic.NewForConfig(brokerCfg)
+		brokerClient, err := brokerclient.NewForConfig(brokerCfg)
 		if err != nil {
 			return err
 		}
@@ -150,7 +150,7 @@ func joinAndRun(ctx context.Context, cs *cluster.Clusterset, log *slog.Logger) e
 			return err
 		}
 		ag, err := agent.New(agent.Config{ClusterID: id, BrokerNamespace: brokerNS,
-			Local: member.Kube, LocalMCS: localMCS, Broker: broker, BrokerDynamic: brokerDyn,
+			Local: member.Kube, LocalMCS: localMCS, Broker: broker, BrokerClient: brokerClient,
 			Log: log, Registry: prometheus.NewRegistry()})
 		if err != nil {
 			return err

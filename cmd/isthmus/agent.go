@@ -5,24 +5,19 @@ import (
 	"crypto/rand"
 	"flag"
 	"fmt"
-	"io"
 	"log/slog"
 	"os"
 	"strings"
 	"time"
 
 	"github.com/isthmus-dev/isthmus/mcs/agent"
+	brokerclient "github.com/isthmus-dev/isthmus/mcs/api/broker/generated/clientset/versioned"
 	brokerv1 "github.com/isthmus-dev/isthmus/mcs/api/broker/v1alpha1"
 	"github.com/isthmus-dev/isthmus/mcs/setup"
 )
 
 // version is stamped at build time with -ldflags "-X main.version=...".
 var version = "dev"
-
-// runAgent is `isthmus agent` with its arguments.
-func runAgent(ctx context.Context, args []string, log *slog.Logger) error {
-	return runRoles(ctx, "agent", []role{agentRole()}, args, log, io.Discard)
-}
 
 // agentRole is the MCS agent of one member cluster.
 func agentRole() role {
@@ -36,7 +31,7 @@ func agentRole() role {
 			withdrawAfter := fs.Duration(p+"withdraw-after", 5*time.Minute, "how long a peer may be silent before its exports leave this cluster's imports")
 			leaderElect := fs.Bool(p+"leader-elect", true, "elect one writing leader among the agent's replicas")
 			leaderNamespace := fs.String(p+"leader-elect-namespace", setup.MemberNamespace, "namespace of this cluster holding the election Lease")
-			dataplane := fs.String(p+"dataplane", agent.DataplaneDirect, "where derived Services send ClusterSetIP traffic: direct (to the endpoints, chosen by locality) or gateway (to the local east-west gateway's egress ports)")
+			dataplane := fs.String(p+"dataplane", string(brokerv1.DataplaneDirect), "where derived Services send ClusterSetIP traffic: direct (to the endpoints, chosen by locality) or gateway (to the local east-west gateway's egress ports)")
 			gatewayService := fs.String(p+"gateway-service", setup.MemberNamespace+"/isthmus-gateway", "NAMESPACE/NAME of the local Service in front of the east-west gateway pods (gateway mode)")
 			ingressPort := fs.Int(p+"gateway-ingress-port", brokerv1.DefaultGatewayIngressPort, "the east-west gateway pods' mTLS port, published with their addresses for other clusters' gateways (gateway mode)")
 			egressPorts := fs.String(p+"egress-ports", fmt.Sprintf("%d-%d", brokerv1.DefaultEgressPortMin, brokerv1.DefaultEgressPortMax), "MIN-MAX: the gateway egress ports the agent allocates to imports (gateway mode)")
@@ -64,12 +59,16 @@ func agentRole() role {
 				if err != nil {
 					return err
 				}
+				brokerClient, err := brokerclient.NewForConfig(broker.Config)
+				if err != nil {
+					return err
+				}
 				cfg := agent.Config{
 					ClusterID: id, BrokerNamespace: ns, Region: *region, Zone: *zone,
 					PodCIDRs: split(*podCIDRs), ServiceCIDRs: split(*serviceCIDRs), Version: version,
-					Local: local.Kube, LocalMCS: local.MCS, Broker: broker.Kube, BrokerDynamic: broker.Dynamic,
+					Local: local.Kube, LocalMCS: local.MCS, Broker: broker.Kube, BrokerClient: brokerClient,
 					LeaseDuration: *leaseDuration, WithdrawAfter: *withdrawAfter,
-					Dataplane: *dataplane, GatewayNamespace: gwNamespace, GatewayName: gwName,
+					Dataplane: brokerv1.Dataplane(*dataplane), GatewayNamespace: gwNamespace, GatewayName: gwName,
 					EgressPortMin: egressMin, EgressPortMax: egressMax, GatewayIngressPort: int32(*ingressPort),
 					Log: log, Registry: e.reg,
 				}

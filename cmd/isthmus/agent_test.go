@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"net/netip"
 	"os"
 	"slices"
 	"sort"
@@ -32,9 +31,11 @@ import (
 	"github.com/isthmus-dev/isthmus/test/cluster"
 )
 
-// The agent tests share one clusterset: a broker and members a (region
+// The role tests share one clusterset: a broker and members a (region
 // eu), b (us) and c (eu), joined with isthmusctl's setup and each running
-// `isthmus agent` in this process with its own member credentials.
+// `isthmus agent` in this process with its own member credentials. The
+// agent's own behaviour is tested in mcs/agent; here the agent role runs
+// beside the roles under test.
 var clusters *cluster.Clusterset
 
 func TestMain(m *testing.M) {
@@ -49,6 +50,7 @@ var (
 )
 
 const (
+	propagation   = 30 * time.Second
 	leaseDuration = 2 * time.Second
 	withdrawAfter = 8 * time.Second
 )
@@ -125,7 +127,7 @@ func startReplica(slot, i int, extra ...string) error {
 	}
 	args = append(args, extra...)
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})).With("member", ids[i])
-	go func() { ra.done <- runAgent(ctx, args, log) }()
+	go func() { ra.done <- runRoles(ctx, "agent", []role{agentRole()}, args, log, io.Discard) }()
 	agentsMu.Lock()
 	agents[slot] = ra
 	agentsMu.Unlock()
@@ -176,49 +178,6 @@ func stopAgent(t *testing.T, i int) {
 	}
 }
 
-// metric reads one sample of an agent's metrics, summing the series whose
-// names start with prefix and whose text contains every filter.
-func metric(t *testing.T, i int, prefix string, filters ...string) float64 {
-	t.Helper()
-	agentsMu.Lock()
-	addr := agents[i].metrics
-	agentsMu.Unlock()
-	resp, err := http.Get("http://" + addr + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	body, _ := io.ReadAll(resp.Body)
-	sum := 0.0
-	for _, line := range strings.Split(string(body), "\n") {
-		if !strings.HasPrefix(line, prefix) {
-			continue
-		}
-		ok := true
-		for _, f := range filters {
-			ok = ok && strings.Contains(line, f)
-		}
-		if ok {
-			var v float64
-			fmt.Sscan(line[strings.LastIndex(line, " ")+1:], &v)
-			sum += v
-		}
-	}
-	return sum
-}
-
-// wantNoWrites checks, a few seconds after agent i started, that it has
-// written nothing to its cluster or the broker but its heartbeat.
-func wantNoWrites(t *testing.T, i int) {
-	t.Helper()
-	time.Sleep(3 * time.Second)
-	for _, target := range []string{`target="broker"`, `target="local"`} {
-		if n := metric(t, i, "isthmus_agent_writes_total", target); n != 0 {
-			t.Errorf("restarted agent made %v writes (%s) with nothing changed", n, target)
-		}
-	}
-}
-
 func mcs(t *testing.T, i int) mcsclient.Interface {
 	t.Helper()
 	c, err := mcsclient.NewForConfig(clusters.Members[i].Config)
@@ -247,18 +206,6 @@ func eventually(t *testing.T, timeout time.Duration, what string, check func() e
 			t.Fatalf("%s: still not true after %v: %v", what, timeout, err)
 		}
 		time.Sleep(200 * time.Millisecond)
-	}
-}
-
-// always checks that check keeps passing for a while.
-func always(t *testing.T, d time.Duration, what string, check func() error) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for time.Now().Before(deadline) {
-		if err := check(); err != nil {
-			t.Fatalf("%s: %v", what, err)
-		}
-		time.Sleep(250 * time.Millisecond)
 	}
 }
 
@@ -312,18 +259,6 @@ func workload(t *testing.T, ctx context.Context, i int, ns, name string, replica
 		svc.Spec.ClusterIP = corev1.ClusterIPNone
 	}
 	if _, err := c.CoreV1().Services(ns).Create(ctx, svc, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-}
-
-func scale(t *testing.T, ctx context.Context, i int, ns, name string, replicas int32) {
-	t.Helper()
-	s, err := clusters.Members[i].Client.AppsV1().Deployments(ns).GetScale(ctx, name, metav1.GetOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	s.Spec.Replicas = replicas
-	if _, err := clusters.Members[i].Client.AppsV1().Deployments(ns).UpdateScale(ctx, name, s, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -441,64 +376,4 @@ func podIPs(ctx context.Context, t *testing.T, i int, ns, app string) []string {
 	}
 	sort.Strings(ips)
 	return ips
-}
-
-func statusClusters(si *mcsv1beta1.ServiceImport) []string {
-	var out []string
-	for _, c := range si.Status.Clusters {
-		out = append(out, c.Cluster)
-	}
-	return out
-}
-
-func inCIDR(ips []string, p netip.Prefix) bool {
-	for _, ip := range ips {
-		if !p.Contains(netip.MustParseAddr(ip)) {
-			return false
-		}
-	}
-	return len(ips) > 0
-}
-
-func discardLog() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
-
-// describeSlices lists, for a failure message, the broker's EndpointSlices
-// and member a's slices in ns with their endpoints' readiness.
-func describeSlices(ctx context.Context, ns string) string {
-	var out []string
-	bs, _ := clusters.Broker.Client.DiscoveryV1().EndpointSlices(brokerv1.DefaultBrokerNamespace).List(ctx, metav1.ListOptions{})
-	for _, s := range bs.Items {
-		out = append(out, "broker:"+s.Name)
-	}
-	ls, _ := clusters.Members[0].Client.DiscoveryV1().EndpointSlices(ns).List(ctx, metav1.ListOptions{})
-	for _, s := range ls.Items {
-		var ready []string
-		for _, e := range s.Endpoints {
-			if e.Conditions.Ready != nil {
-				ready = append(ready, fmt.Sprint(e.Addresses, *e.Conditions.Ready))
-			}
-		}
-		out = append(out, fmt.Sprintf("a:%s%v", s.Name, ready))
-	}
-	return "slices " + strings.Join(out, " ")
-}
-
-// describeMembers reports, for a failure message, each member's node
-// conditions and its pods in ns with their conditions.
-func describeMembers(ctx context.Context, ns string) string {
-	var out []string
-	for i, m := range clusters.Members {
-		n, _ := m.Client.CoreV1().Nodes().Get(ctx, cluster.NodeName, metav1.GetOptions{})
-		pods, _ := m.Client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{})
-		var ps []string
-		for _, p := range pods.Items {
-			ps = append(ps, fmt.Sprintf("%s:%s:%v", p.Name, p.Status.Phase, p.Status.Conditions))
-		}
-		var nc any
-		if n != nil {
-			nc = n.Status.Conditions
-		}
-		out = append(out, fmt.Sprintf("%s node %v pods %v", ids[i], nc, ps))
-	}
-	return strings.Join(out, "; ")
 }

@@ -36,6 +36,7 @@ import (
 	"github.com/isthmus-dev/isthmus/cmd/internal/kube"
 	"github.com/isthmus-dev/isthmus/dnsserver"
 	"github.com/isthmus-dev/isthmus/mcs/agent"
+	brokerclient "github.com/isthmus-dev/isthmus/mcs/api/broker/generated/clientset/versioned"
 	"github.com/isthmus-dev/isthmus/tunnel"
 	"github.com/isthmus-dev/isthmus/xds"
 	xdsidentity "github.com/isthmus-dev/isthmus/xds/identity"
@@ -231,7 +232,7 @@ func registeredMetrics(t *testing.T) map[string]bool {
 		t.Fatal(err)
 	}
 	if _, err := agent.New(agent.Config{ClusterID: "c", BrokerNamespace: "isthmus-broker", Local: c.Kube, LocalMCS: c.MCS,
-		Broker: c.Kube, BrokerDynamic: c.Dynamic, Log: log, Registry: rec}); err != nil {
+		Broker: c.Kube, BrokerClient: brokerclient.NewForConfigOrDie(c.Config), Log: log, Registry: rec}); err != nil {
 		t.Fatal(err)
 	}
 	dnsserver.NewMetrics(rec, func() time.Duration { return 0 })

@@ -11,7 +11,7 @@ import (
 	mcsv1beta1 "sigs.k8s.io/mcs-api/pkg/apis/v1beta1"
 
 	"github.com/isthmus-dev/isthmus/cmd/internal/kube"
-	"github.com/isthmus-dev/isthmus/mcs/agent"
+	brokerv1 "github.com/isthmus-dev/isthmus/mcs/api/broker/v1alpha1"
 )
 
 // export is `isthmusctl export <svc>` and `isthmusctl unexport <svc>`:
@@ -72,7 +72,7 @@ func export(ctx context.Context, unexport bool, args []string, stdout, stderr io
 	}
 	se := &mcsv1beta1.ServiceExport{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns}}
 	if *locality != "" {
-		se.Annotations = map[string]string{agent.AnnotationLocality: *locality}
+		se.Annotations = map[string]string{brokerv1.AnnotationLocality: *locality}
 	}
 	if _, err := exports.Create(ctx, se, metav1.CreateOptions{}); err != nil {
 		if apierrors.IsAlreadyExists(err) {

@@ -3,7 +3,8 @@
 // ExportedService record per service and copies of the service's
 // EndpointSlices, all owned by this cluster); its import controller builds,
 // from every cluster's records, the ServiceImports, derived Services and
-// EndpointSlices of this cluster; its heartbeat keeps this cluster's Lease
+// EndpointSlices of this cluster (a pure plan, plan.go, then its
+// application, apply.go); its heartbeat keeps this cluster's Lease
 // and Cluster record on the broker. It reads the broker only through
 // informers, so while the broker is away it keeps what it last saw and
 // withdraws nothing. In gateway mode the derived Services point at the
@@ -24,7 +25,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/util/validation"
-	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/kubernetes/scheme"
 	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
@@ -35,6 +35,8 @@ import (
 	mcsclient "sigs.k8s.io/mcs-api/pkg/client/clientset/versioned"
 	mcslisters "sigs.k8s.io/mcs-api/pkg/client/listers/apis/v1beta1"
 
+	brokerclient "github.com/isthmus-dev/isthmus/mcs/api/broker/generated/clientset/versioned"
+	brokerlisters "github.com/isthmus-dev/isthmus/mcs/api/broker/generated/listers/broker/v1alpha1"
 	brokerv1 "github.com/isthmus-dev/isthmus/mcs/api/broker/v1alpha1"
 )
 
@@ -52,16 +54,17 @@ type Config struct {
 	// Version is the agent's version, published in the Cluster record.
 	Version string
 
-	// Local reaches this cluster; Broker reaches the hub with this
-	// member's own identity.
-	Local         kubernetes.Interface
-	LocalMCS      mcsclient.Interface
-	Broker        kubernetes.Interface
-	BrokerDynamic dynamic.Interface
+	// Local reaches this cluster; Broker and BrokerClient (the broker
+	// API's records) reach the hub with this member's own identity.
+	Local        kubernetes.Interface
+	LocalMCS     mcsclient.Interface
+	Broker       kubernetes.Interface
+	BrokerClient brokerclient.Interface
 
 	// LeaseDuration is how long this cluster's heartbeat Lease is valid; it
-	// is renewed every third of it. Zero means 30 s. Another cluster whose
-	// Lease has not been renewed for LeaseDuration is unhealthy.
+	// is renewed every third of it. Zero means 30 s. Another cluster is
+	// judged by the duration its own Lease names (this one when it names
+	// none).
 	LeaseDuration time.Duration
 	// WithdrawAfter is how long an unrenewed Lease may be before that
 	// cluster's exports are withdrawn from this cluster's imports. Zero
@@ -76,8 +79,9 @@ type Config struct {
 	// Identity names this replica in the election.
 	Identity string
 
-	// Dataplane is DataplaneDirect (empty means it) or DataplaneGateway.
-	Dataplane string
+	// Dataplane is how traffic crosses clusters: brokerv1.DataplaneDirect
+	// (empty means it) or brokerv1.DataplaneGateway.
+	Dataplane brokerv1.Dataplane
 	// GatewayNamespace and GatewayName name the local Service in front of
 	// the east-west gateway pods, in gateway mode; empty means
 	// isthmus-system/isthmus-gateway.
@@ -119,19 +123,21 @@ type Agent struct {
 	derived        cache.Indexer // derived Services the agent wrote here, byService
 	serviceExports mcslisters.ServiceExportLister
 	serviceImports mcslisters.ServiceImportLister
-	brokerSlices   cache.Indexer // broker EndpointSlices, byService
-	brokerExports  cache.Indexer // broker ExportedServices, byService
-	clusters       cache.Store   // broker Cluster records
-	leases         cache.Store   // broker Leases
+	brokerSlices   cache.Indexer               // broker EndpointSlices, byService
+	brokerExports  cache.Indexer               // broker ExportedServices, byService
+	clusters       brokerlisters.ClusterLister // broker Cluster records
+	leases         cache.Store                 // broker Leases
 
 	exports *controller
 	imports *controller
 
 	emptySince atomic.Pointer[time.Time] // when the broker view became empty
-	link       atomic.Pointer[brokerLink]
+	link       atomic.Pointer[brokerv1.BrokerLink]
 
-	healthMu sync.Mutex
-	health   map[string]clusterHealth // last computed health per cluster
+	// heartbeats remembers when each peer's Lease was seen renewed.
+	heartbeats brokerv1.HeartbeatClock
+	healthMu   sync.Mutex
+	health     map[string]brokerv1.Health // last computed health per cluster
 
 	// Gateway mode: the egress port allocator, made when leading starts,
 	// and the signal that the gateway Service's slices changed.
@@ -140,11 +146,6 @@ type Agent struct {
 }
 
 const byService = "byService"
-
-var (
-	exportedServiceGVR = brokerv1.SchemeGroupVersion.WithResource("exportedservices")
-	clusterGVR         = brokerv1.SchemeGroupVersion.WithResource("clusters")
-)
 
 // New checks the configuration and prepares the agent's informers.
 func New(cfg Config) (*Agent, error) {
@@ -169,11 +170,12 @@ func New(cfg Config) (*Agent, error) {
 	if err := checkGatewayConfig(&cfg); err != nil {
 		return nil, err
 	}
-	if cfg.Local == nil || cfg.LocalMCS == nil || cfg.Broker == nil || cfg.BrokerDynamic == nil || cfg.Log == nil || cfg.Registry == nil {
+	if cfg.Local == nil || cfg.LocalMCS == nil || cfg.Broker == nil || cfg.BrokerClient == nil || cfg.Log == nil || cfg.Registry == nil {
 		return nil, errors.New("agent config lacks a client, the logger or the registry")
 	}
-	a := &Agent{cfg: cfg, log: cfg.Log.With("cluster", cfg.ClusterID), metrics: newMetrics(cfg.Registry), health: map[string]clusterHealth{},
+	a := &Agent{cfg: cfg, log: cfg.Log.With("cluster", cfg.ClusterID), metrics: newMetrics(cfg.Registry), health: map[string]brokerv1.Health{},
 		gatewayChanged: make(chan struct{}, 1)}
+	a.heartbeats.Default = cfg.LeaseDuration
 	if a.gatewayMode() {
 		a.metrics.egressCapacity.Set(float64(cfg.EgressPortMax - cfg.EgressPortMin + 1))
 	}

@@ -1,16 +1,19 @@
 package agent
 
 import (
+	"log/slog"
 	"slices"
 	"testing"
 	"time"
 
+	coordinationv1 "k8s.io/api/coordination/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/tools/cache"
 	mcsv1beta1 "sigs.k8s.io/mcs-api/pkg/apis/v1beta1"
 	mcslisters "sigs.k8s.io/mcs-api/pkg/client/listers/apis/v1beta1"
 
+	brokerlisters "github.com/isthmus-dev/isthmus/mcs/api/broker/generated/listers/broker/v1alpha1"
 	brokerv1 "github.com/isthmus-dev/isthmus/mcs/api/broker/v1alpha1"
 )
 
@@ -23,7 +26,7 @@ func slicesWith(ready ...bool) []*discoveryv1.EndpointSlice {
 }
 
 func TestChooseClusters(t *testing.T) {
-	clusters := cache.NewStore(cache.MetaNamespaceKeyFunc)
+	clusters := cache.NewIndexer(cache.MetaNamespaceKeyFunc, cache.Indexers{cache.NamespaceIndex: cache.MetaNamespaceIndexFunc})
 	for id, region := range map[string]string{"a": "eu", "b": "us", "c": "eu", "d": "us"} {
 		clusters.Add(&brokerv1.Cluster{ObjectMeta: metav1.ObjectMeta{Name: id, Namespace: "ns"}, Spec: brokerv1.ClusterSpec{ClusterID: id, Region: region}})
 	}
@@ -32,7 +35,7 @@ func TestChooseClusters(t *testing.T) {
 	clusters.Update(&brokerv1.Cluster{ObjectMeta: metav1.ObjectMeta{Name: "a", Namespace: "ns"}, Spec: brokerv1.ClusterSpec{ClusterID: "a", Region: "eu"},
 		Status: brokerv1.ClusterStatus{Tunnel: &brokerv1.TunnelStatus{Peers: []brokerv1.TunnelPeerStatus{
 			{Cluster: "b", State: brokerv1.TunnelPeerConnected}, {Cluster: "c", State: brokerv1.TunnelPeerConnecting}, {Cluster: "d", State: brokerv1.TunnelPeerError}}}}})
-	a := &Agent{cfg: Config{ClusterID: "a", Region: "eu", BrokerNamespace: "ns"}, clusters: clusters, leases: cache.NewStore(cache.MetaNamespaceKeyFunc)}
+	a := &Agent{cfg: Config{ClusterID: "a", Region: "eu", BrokerNamespace: "ns"}, clusters: brokerlisters.NewClusterLister(clusters), leases: cache.NewStore(cache.MetaNamespaceKeyFunc)}
 	tests := []struct {
 		name      string
 		byCluster map[string][]*discoveryv1.EndpointSlice
@@ -54,7 +57,13 @@ func TestChooseClusters(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			if got := a.chooseClusters(tt.byCluster, tt.policy); !slices.Equal(got, tt.want) {
+			// The states as importInput gathers them, from the Leases and
+			// the Cluster records.
+			states := map[string]clusterState{}
+			for c := range tt.byCluster {
+				states[c] = clusterState{Health: a.healthOf(c), Unreachable: a.unreachable(c), Region: a.regionOf(c)}
+			}
+			if got := chooseClusters(tt.byCluster, tt.policy, "a", "eu", states); !slices.Equal(got, tt.want) {
 				t.Errorf("chooseClusters = %v, want %v", got, tt.want)
 			}
 		})
@@ -65,7 +74,7 @@ func TestLocalityOf(t *testing.T) {
 	exp := func(cluster, policy string) *brokerv1.ExportedService {
 		e := &brokerv1.ExportedService{Spec: brokerv1.ExportedServiceSpec{SourceCluster: cluster}}
 		if policy != "" {
-			e.Annotations = map[string]string{AnnotationLocality: policy}
+			e.Annotations = map[string]string{brokerv1.AnnotationLocality: policy}
 		}
 		return e
 	}
@@ -123,5 +132,39 @@ func TestNames(t *testing.T) {
 	}
 	if importSliceName("web", "east", discoveryv1.AddressTypeIPv6) != "web-east-ipv6" {
 		t.Error("importSliceName")
+	}
+}
+
+// TestHealthFollowsEachLease: a peer is judged by its own Lease's duration
+// (here 1 s, while this agent's is 30 s) from when this agent saw it
+// renewed, and forgotten with its Lease.
+func TestHealthFollowsEachLease(t *testing.T) {
+	leases := cache.NewStore(cache.MetaNamespaceKeyFunc)
+	a := &Agent{cfg: Config{ClusterID: "a", LeaseDuration: 30 * time.Second, WithdrawAfter: time.Minute},
+		leases: leases, health: map[string]brokerv1.Health{}, log: slog.New(slog.DiscardHandler),
+		brokerExports: cache.NewIndexer(cache.MetaNamespaceKeyFunc, cache.Indexers{byService: serviceIndex}),
+		clusters:      brokerlisters.NewClusterLister(cache.NewIndexer(cache.MetaNamespaceKeyFunc, cache.Indexers{cache.NamespaceIndex: cache.MetaNamespaceIndexFunc}))}
+	a.heartbeats.Default = a.cfg.LeaseDuration
+	a.link.Store(&brokerv1.BrokerLink{Up: true, Since: time.Now().Add(-time.Hour)})
+	// A renewTime from the far past: only when this agent saw it counts.
+	l := &coordinationv1.Lease{ObjectMeta: metav1.ObjectMeta{Name: brokerv1.LeaseName("b"), Namespace: "ns", Labels: map[string]string{brokerv1.LabelSourceCluster: "b"}},
+		Spec: coordinationv1.LeaseSpec{RenewTime: &metav1.MicroTime{Time: time.Now().Add(-time.Hour)}, LeaseDurationSeconds: new(int32(1))}}
+	if err := leases.Add(l); err != nil {
+		t.Fatal(err)
+	}
+	a.observeLease(l, false)
+	if h := a.healthOf("b"); h != brokerv1.Healthy {
+		t.Fatalf("just seen renewed: %v", h)
+	}
+	time.Sleep(1200 * time.Millisecond)
+	if h := a.healthOf("b"); h != brokerv1.Lapsed || !a.unreachable("b") {
+		t.Errorf("1.2 s after a 1 s Lease was seen renewed: %v, unreachable %v", h, a.unreachable("b"))
+	}
+	if h := a.healthOf("a"); h != brokerv1.Healthy {
+		t.Errorf("this cluster to itself: %v", h)
+	}
+	a.observeLease(cache.DeletedFinalStateUnknown{Key: "ns/" + l.Name, Obj: l}, true)
+	if h := a.healthOf("b"); h != brokerv1.Healthy {
+		t.Errorf("after its Lease was deleted: %v", h)
 	}
 }

@@ -355,7 +355,7 @@ func TestCheckGatewayConfig(t *testing.T) {
 		cfg.EgressPortMin != brokerv1.DefaultEgressPortMin || cfg.EgressPortMax != brokerv1.DefaultEgressPortMax {
 		t.Errorf("defaults: %+v, %v", cfg, err)
 	}
-	if cfg := (Config{}); checkGatewayConfig(&cfg) != nil || cfg.Dataplane != DataplaneDirect {
+	if cfg := (Config{}); checkGatewayConfig(&cfg) != nil || cfg.Dataplane != brokerv1.DataplaneDirect {
 		t.Errorf("empty data plane is not direct: %q", cfg.Dataplane)
 	}
 }
@@ -412,9 +412,8 @@ func TestGatewaySlices(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			a := &Agent{cfg: Config{Dataplane: DataplaneGateway, GatewayNamespace: "isthmus-system", GatewayName: "isthmus-gateway"}, localSlices: idx}
-			owner := metav1.OwnerReference{Kind: "ServiceImport", Name: "web"}
-			got := a.gatewaySlices("ns", "web", tt.svc, r, tt.as, owner)
+			a := &Agent{cfg: Config{Dataplane: brokerv1.DataplaneGateway, GatewayNamespace: "isthmus-system", GatewayName: "isthmus-gateway"}, localSlices: idx}
+			got := gatewaySlices("ns", "web", tt.svc, r, tt.as, a.gatewayEndpoints())
 			var desc []string
 			for _, s := range got {
 				var addrs []string
@@ -433,8 +432,8 @@ func TestGatewaySlices(t *testing.T) {
 					t.Errorf("ports %v: want each service port numbered as its egress port", ports)
 				}
 				if s.Labels[discoveryv1.LabelServiceName] != "derived-x" || s.Labels[labelDerivedFor] != "web" || s.Labels[labelSliceRole] != roleGateway ||
-					s.Labels[discoveryv1.LabelManagedBy] != brokerv1.ManagedBy || s.Labels[brokerv1.LabelSourceCluster] != "" || len(s.OwnerReferences) != 1 {
-					t.Errorf("labels %v, owners %v", s.Labels, s.OwnerReferences)
+					s.Labels[discoveryv1.LabelManagedBy] != brokerv1.ManagedBy || s.Labels[brokerv1.LabelSourceCluster] != "" {
+					t.Errorf("labels %v", s.Labels)
 				}
 			}
 			if !slices.Equal(desc, tt.want) {
@@ -443,14 +442,14 @@ func TestGatewaySlices(t *testing.T) {
 		})
 	}
 	t.Run("a UDP port: the gateway cannot carry it, the import stays direct", func(t *testing.T) {
-		a := &Agent{cfg: Config{Dataplane: DataplaneGateway, GatewayNamespace: "isthmus-system", GatewayName: "isthmus-gateway"},
+		a := &Agent{cfg: Config{Dataplane: brokerv1.DataplaneGateway, GatewayNamespace: "isthmus-system", GatewayName: "isthmus-gateway"},
 			localSlices: cache.NewIndexer(cache.MetaNamespaceKeyFunc, cache.Indexers{byService: serviceIndex})}
 		for _, s := range twoFamilies {
 			if err := a.localSlices.Add(s); err != nil {
 				t.Fatal(err)
 			}
 		}
-		if got := a.gatewaySlices("ns", "web", derived(corev1.IPv4Protocol), udp, full, metav1.OwnerReference{}); got != nil {
+		if got := gatewaySlices("ns", "web", derived(corev1.IPv4Protocol), udp, full, a.gatewayEndpoints()); got != nil {
 			t.Errorf("an import with a UDP port got gateway slices %v", got)
 		}
 	})

@@ -10,42 +10,6 @@ import (
 	brokerv1 "github.com/isthmus-dev/isthmus/mcs/api/broker/v1alpha1"
 )
 
-// endpointsByCluster gathers, per exporting cluster, its endpoints of a
-// service as one slice per address family. This cluster's own endpoints
-// come from its local slices, so they stay current while the broker is
-// away; the others' from the broker.
-func (a *Agent) endpointsByCluster(ns, name string, clusters []string) map[string][]*discoveryv1.EndpointSlice {
-	out := map[string][]*discoveryv1.EndpointSlice{}
-	brokerSlices := a.brokerSlicesOf(ns, name)
-	for _, c := range clusters {
-		var src []*discoveryv1.EndpointSlice
-		if c == a.cfg.ClusterID {
-			if a.exportValid(ns, name) {
-				for _, l := range a.localSlicesOf(ns, name) {
-					src = append(src, a.brokerSlice(l))
-				}
-			}
-		} else {
-			for _, s := range brokerSlices {
-				if s.Labels[brokerv1.LabelSourceCluster] == c {
-					src = append(src, s)
-				}
-			}
-		}
-		out[c] = byFamily(src)
-	}
-	return out
-}
-
-// exportValid reports whether this cluster exports namespace/name now.
-func (a *Agent) exportValid(ns, name string) bool {
-	if _, err := a.serviceExports.ServiceExports(ns).Get(name); err != nil {
-		return false
-	}
-	svc, err := a.services.Services(ns).Get(name)
-	return err == nil && svc.Spec.Type != "ExternalName"
-}
-
 // byFamily merges slices into one per address family, endpoints in a
 // stable order and ports the union.
 func byFamily(src []*discoveryv1.EndpointSlice) []*discoveryv1.EndpointSlice {
@@ -82,7 +46,7 @@ func samePort(p, q discoveryv1.EndpointPort) bool {
 // cluster for an import: for the ServiceImport itself (derivedService
 // empty; the MCS slice that DNS and other consumers read) or for its
 // derived Service (what kube-proxy programs).
-func importSlice(src *discoveryv1.EndpointSlice, ns, name, cluster, derivedService string, owner metav1.OwnerReference) *discoveryv1.EndpointSlice {
+func importSlice(src *discoveryv1.EndpointSlice, ns, name, cluster, derivedService string) *discoveryv1.EndpointSlice {
 	labels := map[string]string{
 		brokerv1.LabelSourceCluster: cluster,
 		discoveryv1.LabelManagedBy:  brokerv1.ManagedBy,
@@ -100,97 +64,12 @@ func importSlice(src *discoveryv1.EndpointSlice, ns, name, cluster, derivedServi
 		sliceName = importSliceName(derivedService, cluster, src.AddressType)
 	}
 	return &discoveryv1.EndpointSlice{
-		TypeMeta: metav1.TypeMeta{APIVersion: "discovery.k8s.io/v1", Kind: "EndpointSlice"},
-		ObjectMeta: metav1.ObjectMeta{Name: sliceName, Namespace: ns, Labels: labels,
-			OwnerReferences: []metav1.OwnerReference{owner}},
+		TypeMeta:    metav1.TypeMeta{APIVersion: "discovery.k8s.io/v1", Kind: "EndpointSlice"},
+		ObjectMeta:  metav1.ObjectMeta{Name: sliceName, Namespace: ns, Labels: labels},
 		AddressType: src.AddressType,
 		Endpoints:   src.Endpoints,
 		Ports:       src.Ports,
 	}
-}
-
-// localityOf is the winning export's locality policy.
-func localityOf(exports []*brokerv1.ExportedService, winner string) string {
-	for _, e := range exports {
-		if e.Spec.SourceCluster == winner {
-			switch p := e.Annotations[AnnotationLocality]; p {
-			case LocalitySpread, LocalityRemoteFirst:
-				return p
-			}
-		}
-	}
-	return LocalityLocal
-}
-
-// chooseClusters picks whose endpoints the derived Service gets, by the
-// locality policy: local keeps traffic here while any local endpoint is
-// ready and otherwise goes to the nearest region with ready endpoints;
-// spread uses every cluster; remote-first prefers the nearest other
-// clusters and falls back to this one. Other clusters that are
-// unreachable now (see unreachable) get no traffic while a reachable one
-// has ready endpoints; they stay in the import until withdrawn.
-func (a *Agent) chooseClusters(byCluster map[string][]*discoveryv1.EndpointSlice, policy string) []string {
-	var all, remote []string
-	down := map[string]bool{} // judged once per call: it reads the Leases and this cluster's record
-	for c := range byCluster {
-		all = append(all, c)
-		down[c] = a.unreachable(c)
-		if c != a.cfg.ClusterID && anyReady(byCluster[c]) {
-			remote = append(remote, c)
-		}
-	}
-	slices.Sort(all)
-	slices.Sort(remote)
-	isDown := func(c string) bool { return down[c] }
-	if up := slices.DeleteFunc(slices.Clone(remote), isDown); len(up) > 0 {
-		remote = up
-	}
-	localReady := anyReady(byCluster[a.cfg.ClusterID])
-	nearest := a.nearest(remote)
-	switch {
-	case policy == LocalitySpread:
-		if up := slices.DeleteFunc(slices.Clone(all), isDown); slices.ContainsFunc(up, func(c string) bool { return anyReady(byCluster[c]) }) {
-			return up
-		}
-		return all
-	case policy == LocalityRemoteFirst && len(nearest) > 0:
-		return nearest
-	case policy == LocalityRemoteFirst:
-		return []string{a.cfg.ClusterID}
-	case localReady:
-		return []string{a.cfg.ClusterID}
-	case len(nearest) > 0:
-		return nearest
-	default:
-		// Nothing is ready anywhere: keep every endpoint listed, so that
-		// readiness flips are all that is needed to recover.
-		return all
-	}
-}
-
-// nearest keeps the clusters in this cluster's region when there are any.
-func (a *Agent) nearest(clusters []string) []string {
-	if a.cfg.Region == "" {
-		return clusters
-	}
-	var same []string
-	for _, c := range clusters {
-		if a.regionOf(c) == a.cfg.Region {
-			same = append(same, c)
-		}
-	}
-	if len(same) > 0 {
-		return same
-	}
-	return clusters
-}
-
-func (a *Agent) regionOf(cluster string) string {
-	o, ok, _ := a.clusters.GetByKey(a.cfg.BrokerNamespace + "/" + cluster)
-	if !ok {
-		return ""
-	}
-	return o.(*brokerv1.Cluster).Spec.Region
 }
 
 func anyReady(slices []*discoveryv1.EndpointSlice) bool {

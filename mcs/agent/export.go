@@ -2,9 +2,7 @@ package agent
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
-	"slices"
 	"strings"
 
 	corev1 "k8s.io/api/core/v1"
@@ -12,11 +10,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
-	"k8s.io/apimachinery/pkg/labels"
-	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/client-go/tools/cache"
 	mcsv1beta1 "sigs.k8s.io/mcs-api/pkg/apis/v1beta1"
 
 	brokerv1 "github.com/isthmus-dev/isthmus/mcs/api/broker/v1alpha1"
@@ -99,8 +93,8 @@ func (a *Agent) exportRecord(se *mcsv1beta1.ServiceExport, svc *corev1.Service) 
 		ports = append(ports, brokerv1.ServicePort{Name: p.Name, Protocol: p.Protocol, AppProtocol: p.AppProtocol, Port: p.Port})
 	}
 	annotations := map[string]string{}
-	if loc := se.Annotations[AnnotationLocality]; loc != "" {
-		annotations[AnnotationLocality] = loc
+	if loc := se.Annotations[brokerv1.AnnotationLocality]; loc != "" {
+		annotations[brokerv1.AnnotationLocality] = loc
 	}
 	rec := &brokerv1.ExportedService{
 		TypeMeta: metav1.TypeMeta{APIVersion: brokerv1.SchemeGroupVersion.String(), Kind: "ExportedService"},
@@ -147,11 +141,11 @@ func (a *Agent) publishRecord(ctx context.Context, rec *brokerv1.ExportedService
 		return nil
 	}
 	rec.Annotations[annotationHash] = hash
-	u, err := toUnstructured(rec)
+	data, err := applyJSON(rec)
 	if err != nil {
 		return err
 	}
-	_, err = a.cfg.BrokerDynamic.Resource(exportedServiceGVR).Namespace(rec.Namespace).Apply(ctx, rec.Name, u, applyOptions)
+	_, err = a.cfg.BrokerClient.BrokerV1alpha1().ExportedServices(rec.Namespace).Patch(ctx, rec.Name, types.ApplyPatchType, data, patchOptions)
 	a.countWrite("broker", "apply", err)
 	return err
 }
@@ -205,41 +199,11 @@ func (a *Agent) brokerSlice(local *discoveryv1.EndpointSlice) *discoveryv1.Endpo
 	return s
 }
 
-type sliceAPI interface {
-	Patch(ctx context.Context, name string, pt types.PatchType, data []byte, opts metav1.PatchOptions, subresources ...string) (*discoveryv1.EndpointSlice, error)
-}
-
-// applySlice applies an EndpointSlice unless the target already holds
-// exactly it (the hash annotation says so).
-func (a *Agent) applySlice(ctx context.Context, target string, api sliceAPI, s *discoveryv1.EndpointSlice) error {
-	hash := contentHash([]any{s.Labels, s.OwnerReferences, s.AddressType, s.Endpoints, s.Ports})
-	var cur *discoveryv1.EndpointSlice
-	if target == "broker" {
-		cur = a.cachedSlice(a.brokerSlices, s.Namespace, s.Name)
-	} else {
-		cur = a.cachedSlice(a.ownSlices, s.Namespace, s.Name)
-	}
-	if cur != nil && cur.Annotations[annotationHash] == hash {
-		return nil
-	}
-	if s.Annotations == nil {
-		s.Annotations = map[string]string{}
-	}
-	s.Annotations[annotationHash] = hash
-	data, err := applyJSON(s)
-	if err != nil {
-		return err
-	}
-	_, err = api.Patch(ctx, s.Name, types.ApplyPatchType, data, patchOptions)
-	a.countWrite(target, "apply", err)
-	return err
-}
-
 // withdraw removes this cluster's records of a service from the broker.
 func (a *Agent) withdraw(ctx context.Context, ns, name string) error {
 	recName := brokerv1.ExportedServiceName(a.cfg.ClusterID, ns, name)
 	if _, ok := a.brokerExport(recName); ok {
-		err := a.cfg.BrokerDynamic.Resource(exportedServiceGVR).Namespace(a.cfg.BrokerNamespace).Delete(ctx, recName, metav1.DeleteOptions{})
+		err := a.cfg.BrokerClient.BrokerV1alpha1().ExportedServices(a.cfg.BrokerNamespace).Delete(ctx, recName, metav1.DeleteOptions{})
 		if err != nil && !apierrors.IsNotFound(err) {
 			a.countWrite("broker", "delete", err)
 			return fmt.Errorf("withdrawing %s: %w", recName, err)
@@ -315,93 +279,4 @@ func (a *Agent) updateExportGauges() {
 	}
 	a.metrics.exports.Set(float64(exported))
 	a.metrics.conflicts.Set(float64(conflicts))
-}
-
-func (a *Agent) countWrite(target, verb string, err error) {
-	if err == nil {
-		a.metrics.brokerWrites.WithLabelValues(target, verb).Inc()
-	}
-}
-
-var (
-	everything   = labels.Everything()
-	force        = true
-	applyOptions = metav1.ApplyOptions{FieldManager: fieldManager, Force: true}
-	patchOptions = metav1.PatchOptions{FieldManager: fieldManager, Force: &force}
-)
-
-// toUnstructured converts a typed object with TypeMeta set for a dynamic
-// apply, dropping fields the server owns.
-func toUnstructured(obj runtime.Object) (*unstructured.Unstructured, error) {
-	m, err := runtime.DefaultUnstructuredConverter.ToUnstructured(obj)
-	if err != nil {
-		return nil, fmt.Errorf("converting %T: %w", obj, err)
-	}
-	u := &unstructured.Unstructured{Object: m}
-	unstructured.RemoveNestedField(u.Object, "metadata", "creationTimestamp")
-	unstructured.RemoveNestedField(u.Object, "status")
-	return u, nil
-}
-
-// applyJSON encodes a typed object for a server-side apply patch.
-func applyJSON(obj runtime.Object) ([]byte, error) {
-	u, err := toUnstructured(obj)
-	if err != nil {
-		return nil, err
-	}
-	return json.Marshal(u.Object)
-}
-
-// Cache readers, each returning what the informers hold now.
-
-func (a *Agent) exportsOf(ns, name string) []*brokerv1.ExportedService {
-	objs, _ := a.brokerExports.ByIndex(byService, ns+"/"+name)
-	out := make([]*brokerv1.ExportedService, 0, len(objs))
-	for _, o := range objs {
-		out = append(out, o.(*brokerv1.ExportedService))
-	}
-	slices.SortFunc(out, func(x, y *brokerv1.ExportedService) int { return strings.Compare(x.Name, y.Name) })
-	return out
-}
-
-func (a *Agent) brokerExport(name string) (*brokerv1.ExportedService, bool) {
-	o, ok, _ := a.brokerExports.GetByKey(a.cfg.BrokerNamespace + "/" + name)
-	if !ok {
-		return nil, false
-	}
-	return o.(*brokerv1.ExportedService), true
-}
-
-func slicesIn(idx cache.Indexer, key string) []*discoveryv1.EndpointSlice {
-	objs, _ := idx.ByIndex(byService, key)
-	out := make([]*discoveryv1.EndpointSlice, 0, len(objs))
-	for _, o := range objs {
-		out = append(out, o.(*discoveryv1.EndpointSlice))
-	}
-	slices.SortFunc(out, func(x, y *discoveryv1.EndpointSlice) int { return strings.Compare(x.Name, y.Name) })
-	return out
-}
-
-func (a *Agent) localSlicesOf(ns, name string) []*discoveryv1.EndpointSlice {
-	return slicesIn(a.localSlices, ns+"/"+name)
-}
-
-func (a *Agent) brokerSlicesOf(ns, name string) []*discoveryv1.EndpointSlice {
-	return slicesIn(a.brokerSlices, ns+"/"+name)
-}
-
-func (a *Agent) cachedSlice(idx cache.Indexer, ns, name string) *discoveryv1.EndpointSlice {
-	o, ok, _ := idx.GetByKey(ns + "/" + name)
-	if !ok {
-		return nil
-	}
-	return o.(*discoveryv1.EndpointSlice)
-}
-
-func cutKey(key string) (ns, name string, err error) {
-	ns, name, ok := strings.Cut(key, "/")
-	if !ok || ns == "" || name == "" {
-		return "", "", fmt.Errorf("malformed key %q", key)
-	}
-	return ns, name, nil
 }

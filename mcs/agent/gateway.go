@@ -19,15 +19,6 @@ import (
 	"github.com/isthmus-dev/isthmus/mcs/merge"
 )
 
-// Data plane modes (DESIGN.md). In direct mode the derived Service's
-// EndpointSlices hold the endpoints the locality policy chooses; in
-// gateway mode they hold the local east-west gateway's pods, one egress
-// port per service port, and the gateway's xDS chooses the endpoints.
-const (
-	DataplaneDirect  = "direct"
-	DataplaneGateway = "gateway"
-)
-
 // What gateway mode reports.
 const (
 	// ConditionGatewayEgress on a ClusterSetIP ServiceImport in gateway
@@ -47,12 +38,12 @@ const (
 func checkGatewayConfig(cfg *Config) error {
 	switch cfg.Dataplane {
 	case "":
-		cfg.Dataplane = DataplaneDirect
-	case DataplaneDirect, DataplaneGateway:
+		cfg.Dataplane = brokerv1.DataplaneDirect
+	case brokerv1.DataplaneDirect, brokerv1.DataplaneGateway:
 	default:
-		return fmt.Errorf("data plane %q: want %s or %s", cfg.Dataplane, DataplaneDirect, DataplaneGateway)
+		return fmt.Errorf("data plane %q: want %s or %s", cfg.Dataplane, brokerv1.DataplaneDirect, brokerv1.DataplaneGateway)
 	}
-	if cfg.Dataplane != DataplaneGateway {
+	if cfg.Dataplane != brokerv1.DataplaneGateway {
 		return nil
 	}
 	if cfg.GatewayNamespace == "" && cfg.GatewayName == "" {
@@ -76,7 +67,7 @@ func checkGatewayConfig(cfg *Config) error {
 	return checkEgressRange(cfg.EgressPortMin, cfg.EgressPortMax)
 }
 
-func (a *Agent) gatewayMode() bool { return a.cfg.Dataplane == DataplaneGateway }
+func (a *Agent) gatewayMode() bool { return a.cfg.Dataplane == brokerv1.DataplaneGateway }
 
 func (a *Agent) gatewayKey() string { return a.cfg.GatewayNamespace + "/" + a.cfg.GatewayName }
 
@@ -148,6 +139,27 @@ func gatewayCarries(r merge.Result) bool {
 	return true
 }
 
+// importGateway is gateway mode's seam in the import plan, nil in direct
+// mode.
+func (a *Agent) importGateway() importGateway {
+	if !a.gatewayMode() {
+		return nil
+	}
+	return agentGateway{a}
+}
+
+// agentGateway gives the plan this agent's egress allocator and the local
+// gateway's ready pods.
+type agentGateway struct{ a *Agent }
+
+func (g agentGateway) egress(key string, r merge.Result) *egressAssignment {
+	return g.a.assignEgress(key, r)
+}
+
+func (g agentGateway) endpoints() map[discoveryv1.AddressType][]discoveryv1.Endpoint {
+	return g.a.gatewayEndpoints()
+}
+
 // assignEgress allocates the egress ports of a ClusterSetIP import, and
 // sets aside those of an import that is not one (any more).
 func (a *Agent) assignEgress(key string, r merge.Result) *egressAssignment {
@@ -168,11 +180,19 @@ func (a *Agent) assignEgress(key string, r merge.Result) *egressAssignment {
 	return &as
 }
 
-// egressWritten frees the ports an import gave up, now that its
-// annotation no longer lists them, and retries imports waiting for one.
-func (a *Agent) egressWritten(key string) {
-	if a.gatewayMode() {
-		a.requeue(a.egress.committed(key))
+// egressRecorded is gateway mode's one step in applying an import, once
+// its ServiceImport holds the egress annotation as assigned: the ports it
+// gave up are freed and the imports waiting for one retried, and an import
+// newly left without ports is reported. Nil means direct mode.
+func (a *Agent) egressRecorded(key string, si *mcsv1beta1.ServiceImport, as *egressAssignment) {
+	if as == nil {
+		return
+	}
+	a.requeue(a.egress.committed(key))
+	if as.NewlyExhausted {
+		a.events.Event(si, corev1.EventTypeWarning, ReasonEgressExhausted, a.exhaustedMessage(as))
+		a.log.Warn("gateway egress ports exhausted; the import bypasses the gateway", "import", key, "range",
+			fmt.Sprintf("%d-%d", a.cfg.EgressPortMin, a.cfg.EgressPortMax))
 	}
 }
 
@@ -276,53 +296,6 @@ func (a *Agent) gatewayAddresses() []brokerv1.GatewayAddress {
 	}
 	if len(out) > maxGatewayAddresses {
 		out = out[:maxGatewayAddresses]
-	}
-	return out
-}
-
-// gatewaySlices are the derived Service's EndpointSlices in gateway mode:
-// the ready gateway pods of each of the Service's families, with each
-// service port numbered as its egress port, so that kube-proxy sends
-// ClusterSetIP:port to gateway:egress. Nil means the gateway cannot carry
-// this import now (a port lacks an egress port, or no gateway pod of the
-// Service's families is ready) and the caller falls back to direct mode.
-func (a *Agent) gatewaySlices(ns, name string, derived *corev1.Service, r merge.Result, as *egressAssignment, owner metav1.OwnerReference) []*discoveryv1.EndpointSlice {
-	if as == nil || !as.Complete() || derived == nil || !gatewayCarries(r) {
-		return nil
-	}
-	egress := map[portKey]int32{}
-	for _, p := range as.Ports {
-		egress[portKey{p.Protocol, p.Port}] = p.Egress
-	}
-	var ports []discoveryv1.EndpointPort
-	for _, p := range r.Ports {
-		ports = append(ports, discoveryv1.EndpointPort{Name: new(p.Name), Protocol: new(p.Protocol), AppProtocol: p.AppProtocol,
-			Port: new(egress[portKey{p.Protocol, p.Port}])})
-	}
-	endpoints := a.gatewayEndpoints()
-	var out []*discoveryv1.EndpointSlice
-	for _, fam := range derived.Spec.IPFamilies {
-		at := discoveryv1.AddressType(fam)
-		if len(endpoints[at]) == 0 {
-			continue
-		}
-		out = append(out, &discoveryv1.EndpointSlice{
-			TypeMeta: metav1.TypeMeta{APIVersion: "discovery.k8s.io/v1", Kind: "EndpointSlice"},
-			ObjectMeta: metav1.ObjectMeta{
-				// A cluster id holds no dot, so this name never meets a
-				// direct-mode slice's.
-				Name: derived.Name + ".gateway-" + strings.ToLower(string(at)), Namespace: ns,
-				Labels: map[string]string{
-					discoveryv1.LabelManagedBy:   brokerv1.ManagedBy,
-					discoveryv1.LabelServiceName: derived.Name,
-					labelDerivedFor:              name,
-					labelSliceRole:               roleGateway,
-				},
-				OwnerReferences: []metav1.OwnerReference{owner}},
-			AddressType: at,
-			Endpoints:   endpoints[at],
-			Ports:       ports,
-		})
 	}
 	return out
 }

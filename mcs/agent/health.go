@@ -9,102 +9,62 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
-	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
 
 	brokerv1 "github.com/isthmus-dev/isthmus/mcs/api/broker/v1alpha1"
 )
 
-// clusterHealth is what this agent concludes from another cluster's
-// heartbeat Lease.
-type clusterHealth int
+// Reachability is judged by the rule of mcs/api (brokerv1.HeartbeatClock
+// and brokerv1.Reachability), the one the xDS server uses too, so that an
+// import and a gateway never disagree about a cluster. Each peer's Lease
+// is judged by its own leaseDurationSeconds and by when this agent saw it
+// renewed, never by the renewTime the peer wrote.
 
-const (
-	healthy   clusterHealth = iota
-	unhealthy               // Lease not renewed for LeaseDuration: still imported
-	withdrawn               // Lease not renewed for WithdrawAfter: left out of imports
-)
-
-// brokerLink is this agent's own connection to the broker: up or down,
-// since when.
-type brokerLink struct {
-	up    bool
-	since time.Time
-}
-
-func (h clusterHealth) String() string {
-	return [...]string{"healthy", "unhealthy", "withdrawn"}[h]
-}
-
-// healthOf computes a cluster's health from its Lease. This cluster is
-// always healthy to itself, and a cluster without a Lease has not started
-// heartbeating yet, which is no reason to drop its exports.
-//
-// A peer's silence only counts while this agent itself reaches the broker:
-// when the broker is away, every Lease stops being renewed and nothing is
-// learned about the peers, so their health is frozen as of the moment the
-// broker was lost; and after the broker returns, each peer is given a
-// full period to renew again.
-func (a *Agent) healthOf(cluster string) clusterHealth {
-	if cluster == a.cfg.ClusterID {
-		return healthy
-	}
-	o, ok, _ := a.leases.GetByKey(a.cfg.BrokerNamespace + "/" + brokerv1.LeaseName(cluster))
+// observeLease feeds the heartbeat clock every Lease the informer delivers,
+// and forgets the cluster of a deleted one.
+func (a *Agent) observeLease(obj any, deleted bool) {
+	l, ok := unwrap(obj).(*coordinationv1.Lease)
 	if !ok {
-		return healthy
+		return
 	}
-	l := o.(*coordinationv1.Lease)
-	if l.Spec.RenewTime == nil {
-		return healthy
+	if deleted {
+		a.heartbeats.Forget(l.Labels[brokerv1.LabelSourceCluster])
+	} else {
+		a.heartbeats.Observe(l, time.Now())
 	}
-	link := a.link.Load()
-	if link == nil {
-		return healthy // the broker has not been reached yet
+	a.recheckHealth()
+}
+
+// healthOf judges a cluster's heartbeat. This cluster is always healthy to
+// itself, and a cluster never seen heartbeating has not started yet, which
+// is no reason to drop its exports. A peer's silence only counts while
+// this agent itself reaches the broker (the link): when the broker is
+// away, nothing is learned about the peers, so their health is frozen as
+// of the moment the broker was lost; after it returns, each peer is given
+// a full period to renew again.
+func (a *Agent) healthOf(cluster string) brokerv1.Health {
+	if cluster == a.cfg.ClusterID {
+		return brokerv1.Healthy
 	}
-	ref := time.Now()
-	if !link.up {
-		ref = link.since
-	}
-	last := l.Spec.RenewTime.Time
-	if link.up && link.since.After(last) {
-		last = link.since
-	}
-	age := ref.Sub(last)
-	switch {
-	case age > a.cfg.WithdrawAfter:
-		return withdrawn
-	case age > a.cfg.LeaseDuration:
-		return unhealthy
-	}
-	return healthy
+	h, _ := a.heartbeats.Judge(cluster, a.link.Load(), time.Now(), a.cfg.WithdrawAfter)
+	return h
 }
 
 // unreachable reports whether traffic to cluster should go elsewhere now:
 // its heartbeat has lapsed, or this cluster's own tunnel reports the data
-// path to it down (the peer in Error or Conflict in this cluster's record,
-// the signal the xDS server uses too). With the default 30 s Lease the
-// tunnel's probes (3 lost, one a second) say it first.
+// path to it down (the peer in Error or Conflict in this cluster's record).
+// With the default 30 s Lease the tunnel's probes (3 lost, one a second)
+// say it first.
 func (a *Agent) unreachable(cluster string) bool {
 	if cluster == a.cfg.ClusterID {
 		return false
 	}
-	if a.healthOf(cluster) != healthy {
-		return true
+	local, err := a.clusters.Clusters(a.cfg.BrokerNamespace).Get(a.cfg.ClusterID)
+	if err != nil {
+		local = nil
 	}
-	o, ok, _ := a.clusters.GetByKey(a.cfg.BrokerNamespace + "/" + a.cfg.ClusterID)
-	if !ok {
-		return false
-	}
-	ts := o.(*brokerv1.Cluster).Status.Tunnel
-	if ts == nil {
-		return false
-	}
-	for _, p := range ts.Peers {
-		if p.Cluster == cluster {
-			return p.State == brokerv1.TunnelPeerError || p.State == brokerv1.TunnelPeerConflict
-		}
-	}
-	return false
+	reachable, _ := brokerv1.Reachability(a.healthOf(cluster), local, cluster)
+	return !reachable
 }
 
 // recheckHealth recomputes every known cluster's health and, when any
@@ -154,11 +114,11 @@ func (a *Agent) watchHealth(ctx context.Context) {
 // member computes the same thing from the same Leases, so writes only
 // happen on changes. Nothing is written while the broker is unreachable.
 func (a *Agent) reportHealth(ctx context.Context) {
-	if link := a.link.Load(); link == nil || !link.up {
+	if link := a.link.Load(); link == nil || !link.Up {
 		return
 	}
-	for _, o := range a.clusters.List() {
-		rec := o.(*brokerv1.Cluster)
+	recs, _ := a.clusters.Clusters(a.cfg.BrokerNamespace).List(everything)
+	for _, rec := range recs {
 		want := a.heartbeatCondition(a.healthOf(rec.Spec.ClusterID))
 		cur := meta.FindStatusCondition(rec.Status.Conditions, want.Type)
 		if cur != nil && cur.Status == want.Status && cur.Reason == want.Reason && cur.Message == want.Message {
@@ -166,11 +126,7 @@ func (a *Agent) reportHealth(ctx context.Context) {
 		}
 		updated := rec.DeepCopy()
 		meta.SetStatusCondition(&updated.Status.Conditions, want)
-		m, err := runtime.DefaultUnstructuredConverter.ToUnstructured(updated)
-		if err != nil {
-			continue
-		}
-		_, err = a.cfg.BrokerDynamic.Resource(clusterGVR).Namespace(rec.Namespace).UpdateStatus(ctx, &unstructured.Unstructured{Object: m}, metav1.UpdateOptions{FieldManager: fieldManager})
+		_, err := a.cfg.BrokerClient.BrokerV1alpha1().Clusters(rec.Namespace).UpdateStatus(ctx, updated, metav1.UpdateOptions{FieldManager: fieldManager})
 		a.countWrite("broker", "status", err)
 		if err != nil && !apierrors.IsConflict(err) {
 			a.log.Warn("reporting a cluster's heartbeat", "peer", rec.Spec.ClusterID, "err", err)
@@ -178,15 +134,18 @@ func (a *Agent) reportHealth(ctx context.Context) {
 	}
 }
 
-func (a *Agent) heartbeatCondition(h clusterHealth) metav1.Condition {
+// heartbeatCondition is the Heartbeat condition for a health. It names no
+// Lease duration: each cluster chooses its own, and every member must
+// write the same words or they would overwrite each other.
+func (a *Agent) heartbeatCondition(h brokerv1.Health) metav1.Condition {
 	c := metav1.Condition{Type: brokerv1.ClusterConditionHeartbeat, Status: metav1.ConditionTrue, Reason: brokerv1.ReasonLeaseRenewed,
-		Message: fmt.Sprintf("The cluster renews its heartbeat Lease (valid %v).", a.cfg.LeaseDuration)}
+		Message: "The cluster renews its heartbeat Lease."}
 	switch h {
-	case unhealthy:
+	case brokerv1.Lapsed:
 		c.Status, c.Reason = metav1.ConditionFalse, brokerv1.ReasonLeaseExpired
-		c.Message = fmt.Sprintf("The heartbeat Lease has not been renewed for over %v: check the cluster's isthmus agent and its access to the broker. Its exports stay imported until %v without renewal.",
-			a.cfg.LeaseDuration, a.cfg.WithdrawAfter)
-	case withdrawn:
+		c.Message = fmt.Sprintf("The heartbeat Lease has not been renewed within its duration: check the cluster's isthmus agent and its access to the broker. Its exports stay imported until %v without renewal.",
+			a.cfg.WithdrawAfter)
+	case brokerv1.Withdrawn:
 		c.Status, c.Reason = metav1.ConditionFalse, brokerv1.ReasonWithdrawn
 		c.Message = fmt.Sprintf("The heartbeat Lease has not been renewed for over %v: the cluster's exports are withdrawn from every import until it renews.", a.cfg.WithdrawAfter)
 	}
@@ -210,7 +169,7 @@ func (a *Agent) heartbeat(ctx context.Context) {
 				a.log.Warn("lost the broker; imports keep their last state", "err", err)
 			}
 			if connected {
-				a.link.Store(&brokerLink{up: false, since: time.Now()})
+				a.link.Store(&brokerv1.BrokerLink{Up: false, Since: time.Now()})
 			}
 			connected = false
 			a.metrics.brokerConnected.Set(0)
@@ -222,7 +181,7 @@ func (a *Agent) heartbeat(ctx context.Context) {
 				a.exportsAll()
 			}
 			if !connected || a.link.Load() == nil {
-				a.link.Store(&brokerLink{up: true, since: time.Now()})
+				a.link.Store(&brokerv1.BrokerLink{Up: true, Since: time.Now()})
 			}
 			connected = true
 			a.metrics.brokerConnected.Set(1)
@@ -287,15 +246,15 @@ func (a *Agent) publishCluster(ctx context.Context) error {
 		rec.Spec.Versions = map[string]string{"agent": a.cfg.Version}
 	}
 	hash := contentHash([]any{rec.Labels, rec.Spec})
-	if o, ok, _ := a.clusters.GetByKey(rec.Namespace + "/" + rec.Name); ok && o.(*brokerv1.Cluster).Annotations[annotationHash] == hash {
+	if cur, err := a.clusters.Clusters(rec.Namespace).Get(rec.Name); err == nil && cur.Annotations[annotationHash] == hash {
 		return nil
 	}
 	rec.Annotations = map[string]string{annotationHash: hash}
-	u, err := toUnstructured(rec)
+	data, err := applyJSON(rec)
 	if err != nil {
 		return err
 	}
-	_, err = a.cfg.BrokerDynamic.Resource(clusterGVR).Namespace(a.cfg.BrokerNamespace).Apply(ctx, rec.Name, u, applyOptions)
+	_, err = a.cfg.BrokerClient.BrokerV1alpha1().Clusters(a.cfg.BrokerNamespace).Patch(ctx, rec.Name, types.ApplyPatchType, data, patchOptions)
 	a.countWrite("broker", "apply", err)
 	if err != nil {
 		return fmt.Errorf("publishing the Cluster record: %w", err)

@@ -6,9 +6,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
-	"k8s.io/apimachinery/pkg/runtime"
-	"k8s.io/client-go/dynamic/dynamicinformer"
 	coordinationinformers "k8s.io/client-go/informers/coordination/v1"
 	coreinformers "k8s.io/client-go/informers/core/v1"
 	discoveryinformers "k8s.io/client-go/informers/discovery/v1"
@@ -18,6 +15,8 @@ import (
 	mcsinformers "sigs.k8s.io/mcs-api/pkg/client/informers/externalversions/apis/v1beta1"
 	mcslisters "sigs.k8s.io/mcs-api/pkg/client/listers/apis/v1beta1"
 
+	brokerinformers "github.com/isthmus-dev/isthmus/mcs/api/broker/generated/informers/externalversions/broker/v1alpha1"
+	brokerlisters "github.com/isthmus-dev/isthmus/mcs/api/broker/generated/listers/broker/v1alpha1"
 	brokerv1 "github.com/isthmus-dev/isthmus/mcs/api/broker/v1alpha1"
 )
 
@@ -45,14 +44,8 @@ func (a *Agent) setupInformers() error {
 	importInf := mcsinformers.NewServiceImportInformer(a.cfg.LocalMCS, metav1.NamespaceAll, 0, cache.Indexers{})
 	brokerSliceInf := discoveryinformers.NewFilteredEndpointSliceInformer(broker, ns, 0, indexByService, managedByUs)
 	leaseInf := coordinationinformers.NewLeaseInformer(broker, ns, 0, cache.Indexers{})
-	brokerExportInf := dynamicinformer.NewFilteredDynamicInformer(a.cfg.BrokerDynamic, exportedServiceGVR, ns, 0, indexByService, nil).Informer()
-	clusterInf := dynamicinformer.NewFilteredDynamicInformer(a.cfg.BrokerDynamic, clusterGVR, ns, 0, cache.Indexers{}, nil).Informer()
-	if err := brokerExportInf.SetTransform(typed[brokerv1.ExportedService]); err != nil {
-		return err
-	}
-	if err := clusterInf.SetTransform(typed[brokerv1.Cluster]); err != nil {
-		return err
-	}
+	brokerExportInf := brokerinformers.NewExportedServiceInformer(a.cfg.BrokerClient, ns, 0, indexByService)
+	clusterInf := brokerinformers.NewClusterInformer(a.cfg.BrokerClient, ns, 0, cache.Indexers{})
 
 	a.services = corelisters.NewServiceLister(svcInf.GetIndexer())
 	a.namespaces = corelisters.NewNamespaceLister(nsInf.GetIndexer())
@@ -63,7 +56,7 @@ func (a *Agent) setupInformers() error {
 	a.serviceImports = mcslisters.NewServiceImportLister(importInf.GetIndexer())
 	a.brokerSlices = brokerSliceInf.GetIndexer()
 	a.brokerExports = brokerExportInf.GetIndexer()
-	a.clusters = clusterInf.GetStore()
+	a.clusters = brokerlisters.NewClusterLister(clusterInf.GetIndexer())
 	a.leases = leaseInf.GetStore()
 
 	// Which keys an object's change concerns.
@@ -92,7 +85,6 @@ func (a *Agent) setupInformers() error {
 		{ownSliceInf, func(o any) { a.imports.enqueue(ownKey(o)) }},
 		{derivedInf, func(o any) { a.imports.enqueue(ownKey(o)) }},
 		{clusterInf, func(any) { a.importsAll() }},
-		{leaseInf, func(any) { a.recheckHealth() }},
 	}
 	for _, h := range handlers {
 		fn := h.fn
@@ -106,24 +98,18 @@ func (a *Agent) setupInformers() error {
 		a.informers = append(a.informers, h.inf)
 		a.synced = append(a.synced, h.inf.HasSynced)
 	}
+	// The heartbeat clock learns of a renewal only here, when the Lease is
+	// delivered, and must tell a deleted Lease from a renewed one.
+	if _, err := leaseInf.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(o any) { a.observeLease(o, false) },
+		UpdateFunc: func(_, o any) { a.observeLease(o, false) },
+		DeleteFunc: func(o any) { a.observeLease(o, true) },
+	}); err != nil {
+		return fmt.Errorf("adding event handler: %w", err)
+	}
+	a.informers = append(a.informers, leaseInf)
+	a.synced = append(a.synced, leaseInf.HasSynced)
 	return nil
-}
-
-// typed converts the dynamic informer's unstructured objects to the broker
-// types once, as they enter the cache.
-func typed[T any, PT interface {
-	*T
-	runtime.Object
-}](obj any) (any, error) {
-	u, ok := obj.(*unstructured.Unstructured)
-	if !ok {
-		return obj, nil // tombstones and already-typed objects pass through
-	}
-	out := PT(new(T))
-	if err := runtime.DefaultUnstructuredConverter.FromUnstructured(u.Object, out); err != nil {
-		return nil, fmt.Errorf("decoding %s %s: %w", u.GetKind(), u.GetName(), err)
-	}
-	return out, nil
 }
 
 // serviceIndex files an object under the namespace/name of the service it

@@ -16,10 +16,6 @@ const (
 	// annotationHash holds a digest of what the agent last wrote, so an
 	// unchanged object is never written again.
 	annotationHash = "isthmus.dev/content-hash"
-	// AnnotationLocality on a ServiceExport picks how importers choose
-	// endpoints for the derived Service: local (default), spread or
-	// remote-first.
-	AnnotationLocality = "isthmus.dev/locality"
 	// labelDerivedFor marks a derived Service with the ServiceImport it
 	// serves.
 	labelDerivedFor = "isthmus.dev/derived-for"

@@ -1,4 +1,4 @@
-package main
+package agent_test
 
 import (
 	"context"
@@ -226,10 +226,15 @@ func TestAgentCredentialsAreConfined(t *testing.T) {
 func TestClusterIDMustBeSettled(t *testing.T) {
 	clusterset(t)
 	ctx := ctxFor(t, time.Minute)
-	m := clusters.Members[0]
-	err := runAgent(ctx, []string{"--kubeconfig", m.Kubeconfig, "--cluster-id", "zz", "--metrics-addr", ""}, discardLog())
-	if err == nil || !strings.Contains(err.Error(), "--cluster-id=zz disagrees with ClusterProperty cluster.clusterset.k8s.io=a") {
+	memberDyn, err := dynamic.NewForConfig(clusters.Members[0].Config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := agent.ClusterID(ctx, memberDyn, "zz"); err == nil || !strings.Contains(err.Error(), "--cluster-id=zz disagrees with ClusterProperty cluster.clusterset.k8s.io=a") {
 		t.Errorf("agent with a disagreeing --cluster-id: %v", err)
+	}
+	if id, err := agent.ClusterID(ctx, memberDyn, ""); err != nil || id != "a" {
+		t.Errorf("the ClusterProperty alone: %q, %v", id, err)
 	}
 	// A cluster without the property (here, the broker itself) needs the flag.
 	localDyn, err := dynamic.NewForConfig(clusters.Broker.Config)

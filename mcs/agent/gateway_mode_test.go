@@ -1,4 +1,4 @@
-package main
+package agent_test
 
 import (
 	"context"
@@ -172,10 +172,18 @@ func setReady(ctx context.Context, t *testing.T, i int, ns, app string, ready bo
 	}
 }
 
-func restartAgent(t *testing.T, i int, extra ...string) {
+// gatewayMode runs an agent in gateway mode with egress ports min-max.
+func gatewayMode(min, max int32) withConfig {
+	return func(c *agent.Config) {
+		c.Dataplane = brokerv1.DataplaneGateway
+		c.EgressPortMin, c.EgressPortMax = min, max
+	}
+}
+
+func restartAgent(t *testing.T, i int, with ...withConfig) {
 	t.Helper()
 	stopAgent(t, i)
-	if err := startAgent(i, extra...); err != nil {
+	if err := startAgent(i, with...); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -258,8 +266,8 @@ func TestGatewayMode(t *testing.T) {
 		return nil
 	})
 	const min, max = 17000, 17999
-	gatewayArgs := []string{"--dataplane=gateway", fmt.Sprintf("--egress-ports=%d-%d", min, max)}
-	restartAgent(t, 1, gatewayArgs...)
+	gatewayArgs := gatewayMode(min, max)
+	restartAgent(t, 1, gatewayArgs)
 	direct := false
 	t.Cleanup(func() {
 		if !direct {
@@ -323,7 +331,7 @@ func TestGatewayMode(t *testing.T) {
 	}
 	step("restart keeps every port and writes nothing", func(t *testing.T) {
 		before := heldEgressPorts(ctx, t, 1, "")
-		restartAgent(t, 1, gatewayArgs...)
+		restartAgent(t, 1, gatewayArgs)
 		wantNoWrites(t, 1)
 		if after := heldEgressPorts(ctx, t, 1, ""); fmt.Sprint(after) != fmt.Sprint(before) {
 			t.Errorf("egress ports changed across the restart:\n before %v\n after  %v", before, after)
@@ -404,7 +412,7 @@ func TestGatewayMode(t *testing.T) {
 	step("a full range: the rest go direct, reported", func(t *testing.T) {
 		// A one-port range holding three's port: three keeps it, every
 		// other ClusterSetIP import here waits.
-		restartAgent(t, 1, "--dataplane=gateway", fmt.Sprintf("--egress-ports=%d-%d", reused, reused))
+		restartAgent(t, 1, gatewayMode(reused, reused))
 		settle(t, "three keeps its port", wantGateway(ctx, t, 1, ns, "three", reused, reused, "TCP/80=http"))
 		eventually(t, propagation, "two waits, direct", func() error {
 			if err := wantDirect(ctx, t, 1, ns, "two", 0)(); err != nil {

@@ -1,0 +1,346 @@
+package agent
+
+import (
+	"slices"
+	"strings"
+
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	mcsv1beta1 "sigs.k8s.io/mcs-api/pkg/apis/v1beta1"
+
+	brokerv1 "github.com/isthmus-dev/isthmus/mcs/api/broker/v1alpha1"
+	"github.com/isthmus-dev/isthmus/mcs/merge"
+)
+
+// The import of one service is planned, then applied (docs/architecture.md,
+// "plan and apply"). The plan is a function of the records it is given and
+// nothing else: no apiserver, no informer. import.go gathers its input from
+// the caches, apply.go writes what it says. The input names every record
+// taken from other clusters, so that what crosses the trust boundary is
+// visible in one place.
+
+// importInput is everything the plan of one service's import reads.
+type importInput struct {
+	Namespace, Name string
+	// Local is this cluster's id, Region its region.
+	Local, Region string
+	// Exports are every cluster's export record of the service, as the
+	// broker holds them (this cluster's too).
+	Exports []*brokerv1.ExportedService
+	// Endpoints are each exporting cluster's EndpointSlices of the
+	// service: the broker's copies for other clusters, this cluster's own
+	// slices (in their broker form) for itself, so they stay current while
+	// the broker is away.
+	Endpoints map[string][]*discoveryv1.EndpointSlice
+	// Clusters say how each exporting cluster stands now.
+	Clusters map[string]clusterState
+	// Derived is the derived Service as it stands here, nil when there is
+	// none yet: the ServiceImport's ClusterSetIPs are its ClusterIPs, and
+	// the gateway's slices follow its families.
+	Derived *corev1.Service
+	// Gateway is gateway mode's one seam; nil in direct mode.
+	Gateway importGateway
+}
+
+// clusterState is what this cluster knows of an exporting cluster.
+type clusterState struct {
+	// Health is its heartbeat's: a withdrawn cluster's exports leave the
+	// import.
+	Health brokerv1.Health
+	// Unreachable: traffic should go elsewhere while another cluster can
+	// take it (brokerv1.Reachability).
+	Unreachable bool
+	// Region places it for the locality policy.
+	Region string
+}
+
+// importGateway is what gateway mode adds to the plan: an egress port for
+// each service port, and the local gateway's ready pods to send traffic
+// to. It is the only place gateway mode enters the plan.
+type importGateway interface {
+	// egress gives the import key, as merged, its egress ports, keeping
+	// those it holds; not a ClusterSetIP import the gateway can carry, it
+	// gives none.
+	egress(key string, r merge.Result) *egressAssignment
+	// endpoints are the gateway's ready pods, per address family.
+	endpoints() map[discoveryv1.AddressType][]discoveryv1.Endpoint
+}
+
+// importPlan is what this cluster should hold for one service. Owner
+// references are left to apply, which knows the ServiceImport's UID.
+type importPlan struct {
+	// Remove: no live cluster exports the service; the import goes.
+	Remove bool
+	Merged merge.Result
+	// Egress is the import's gateway egress allocation; nil in direct mode.
+	Egress *egressAssignment
+	Import *mcsv1beta1.ServiceImport
+	// Derived is the Service holding the ClusterSetIP; nil for a headless
+	// import, which has none.
+	Derived *corev1.Service
+	// Slices are the MCS slices (every live cluster's endpoints) and the
+	// derived Service's (the locality choice, or the gateway), by name.
+	Slices map[string]*discoveryv1.EndpointSlice
+
+	in        importInput
+	byCluster map[string][]*discoveryv1.EndpointSlice
+	gateway   map[discoveryv1.AddressType][]discoveryv1.Endpoint
+}
+
+// planImport plans one service's import from its input.
+func planImport(in importInput) *importPlan {
+	p := &importPlan{in: in}
+	var live []*brokerv1.ExportedService
+	for _, e := range in.Exports {
+		if in.Clusters[e.Spec.SourceCluster].Health != brokerv1.Withdrawn {
+			live = append(live, e)
+		}
+	}
+	if len(live) == 0 {
+		p.Remove = true
+		return p
+	}
+	r := merge.Merge(live)
+	p.Merged = r
+	if in.Gateway != nil {
+		p.Egress = in.Gateway.egress(in.Namespace+"/"+in.Name, r)
+		p.gateway = in.Gateway.endpoints()
+	}
+	p.byCluster = map[string][]*discoveryv1.EndpointSlice{}
+	for _, c := range r.Clusters {
+		p.byCluster[c] = byFamily(in.Endpoints[c])
+	}
+	if r.Type == brokerv1.ClusterSetIP {
+		p.Derived = derivedService(in.Namespace, in.Name, r)
+	}
+	p.setDerived(in.Derived)
+	return p
+}
+
+// setDerived (re)computes what follows from the derived Service as it
+// stands: the ServiceImport's ClusterSetIPs and the derived Service's
+// slices. Apply calls it again once it has written the derived Service,
+// whose addresses the apiserver allocates.
+func (p *importPlan) setDerived(derived *corev1.Service) {
+	in, r := p.in, p.Merged
+	p.in.Derived = derived
+	if r.Type != brokerv1.ClusterSetIP {
+		derived = nil
+	}
+	p.Import = serviceImport(in.Namespace, in.Name, r, derived, p.Egress)
+	p.Slices = map[string]*discoveryv1.EndpointSlice{}
+	for _, c := range r.Clusters {
+		for _, s := range p.byCluster[c] {
+			s := importSlice(s, in.Namespace, in.Name, c, "")
+			p.Slices[s.Name] = s
+		}
+	}
+	if r.Type != brokerv1.ClusterSetIP {
+		return
+	}
+	// Gateway mode points the derived Service at the gateway; when the
+	// gateway cannot carry the import, direct mode's choice stands in.
+	gateway := gatewaySlices(in.Namespace, in.Name, derived, r, p.Egress, p.gateway)
+	for _, s := range gateway {
+		p.Slices[s.Name] = s
+	}
+	if len(gateway) > 0 {
+		return
+	}
+	derivedName := derivedServiceName(in.Name)
+	for _, c := range chooseClusters(p.byCluster, localityOf(in.Exports, r.Winner), in.Local, in.Region, in.Clusters) {
+		for _, s := range p.byCluster[c] {
+			s := importSlice(s, in.Namespace, in.Name, c, derivedName)
+			p.Slices[s.Name] = s
+		}
+	}
+}
+
+// serviceImport is the ServiceImport of a merged export. derived, when it
+// has addresses, gives its ClusterSetIPs.
+func serviceImport(ns, name string, r merge.Result, derived *corev1.Service, egress *egressAssignment) *mcsv1beta1.ServiceImport {
+	annotations := clone(r.Annotations)
+	// The egress annotation is the agent's word to the xDS server: an
+	// exported annotation of that name must not pass for it.
+	delete(annotations, brokerv1.AnnotationEgressPorts)
+	if egress != nil && len(egress.Ports) > 0 {
+		annotations[brokerv1.AnnotationEgressPorts] = brokerv1.FormatEgressPorts(egress.Ports)
+	}
+	si := &mcsv1beta1.ServiceImport{
+		TypeMeta: metav1.TypeMeta{APIVersion: mcsv1beta1.SchemeGroupVersion.String(), Kind: "ServiceImport"},
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns,
+			Labels:      withLabel(r.Labels, discoveryv1.LabelManagedBy, brokerv1.ManagedBy),
+			Annotations: annotations},
+		Spec: mcsv1beta1.ServiceImportSpec{
+			Type:                  mcsv1beta1.ServiceImportType(r.Type),
+			SessionAffinity:       r.SessionAffinity,
+			SessionAffinityConfig: r.SessionAffinityConfig,
+			IPFamilies:            r.IPFamilies,
+			InternalTrafficPolicy: r.InternalTrafficPolicy,
+			TrafficDistribution:   r.TrafficDistribution,
+		},
+	}
+	for _, p := range r.Ports {
+		si.Spec.Ports = append(si.Spec.Ports, mcsv1beta1.ServicePort{Name: p.Name, Protocol: p.Protocol, AppProtocol: p.AppProtocol, Port: p.Port})
+	}
+	if derived != nil && len(derived.Spec.ClusterIPs) > 0 {
+		si.Spec.IPs = derived.Spec.ClusterIPs
+		si.Spec.IPFamilies = derived.Spec.IPFamilies
+	}
+	return si
+}
+
+// derivedService is the Service that holds an import's ClusterSetIP:
+// selector-less, so its endpoints are the slices this agent writes, and
+// allocated from this cluster's own service range by the apiserver.
+func derivedService(ns, name string, r merge.Result) *corev1.Service {
+	svc := &corev1.Service{
+		TypeMeta: metav1.TypeMeta{APIVersion: "v1", Kind: "Service"},
+		ObjectMeta: metav1.ObjectMeta{Name: derivedServiceName(name), Namespace: ns,
+			Labels:      map[string]string{labelDerivedFor: name, discoveryv1.LabelManagedBy: brokerv1.ManagedBy},
+			Annotations: map[string]string{}},
+		Spec: corev1.ServiceSpec{
+			Type:                  corev1.ServiceTypeClusterIP,
+			SessionAffinity:       r.SessionAffinity,
+			SessionAffinityConfig: r.SessionAffinityConfig,
+			InternalTrafficPolicy: r.InternalTrafficPolicy,
+			TrafficDistribution:   r.TrafficDistribution,
+		},
+	}
+	if len(r.IPFamilies) > 0 {
+		svc.Spec.IPFamilies = r.IPFamilies
+		policy := corev1.IPFamilyPolicySingleStack
+		if len(r.IPFamilies) > 1 {
+			policy = corev1.IPFamilyPolicyPreferDualStack
+		}
+		svc.Spec.IPFamilyPolicy = &policy
+	}
+	for _, p := range r.Ports {
+		svc.Spec.Ports = append(svc.Spec.Ports, corev1.ServicePort{
+			Name: p.Name, Protocol: p.Protocol, AppProtocol: p.AppProtocol, Port: p.Port, TargetPort: intstr.FromInt32(p.Port),
+		})
+	}
+	return svc
+}
+
+// localityOf is the winning export's locality policy.
+func localityOf(exports []*brokerv1.ExportedService, winner string) string {
+	for _, e := range exports {
+		if e.Spec.SourceCluster == winner {
+			switch p := e.Annotations[brokerv1.AnnotationLocality]; p {
+			case LocalitySpread, LocalityRemoteFirst:
+				return p
+			}
+		}
+	}
+	return LocalityLocal
+}
+
+// chooseClusters picks whose endpoints the derived Service gets, by the
+// locality policy: local keeps traffic here while any local endpoint is
+// ready and otherwise goes to the nearest region with ready endpoints;
+// spread uses every cluster; remote-first prefers the nearest other
+// clusters and falls back to this one. Other clusters that are
+// unreachable now get no traffic while a reachable one has ready
+// endpoints; they stay in the import until withdrawn.
+func chooseClusters(byCluster map[string][]*discoveryv1.EndpointSlice, policy, local, region string, states map[string]clusterState) []string {
+	var all, remote []string
+	for c := range byCluster {
+		all = append(all, c)
+		if c != local && anyReady(byCluster[c]) {
+			remote = append(remote, c)
+		}
+	}
+	slices.Sort(all)
+	slices.Sort(remote)
+	isDown := func(c string) bool { return c != local && states[c].Unreachable }
+	if up := slices.DeleteFunc(slices.Clone(remote), isDown); len(up) > 0 {
+		remote = up
+	}
+	localReady := anyReady(byCluster[local])
+	nearest := nearest(remote, region, states)
+	switch {
+	case policy == LocalitySpread:
+		if up := slices.DeleteFunc(slices.Clone(all), isDown); slices.ContainsFunc(up, func(c string) bool { return anyReady(byCluster[c]) }) {
+			return up
+		}
+		return all
+	case policy == LocalityRemoteFirst && len(nearest) > 0:
+		return nearest
+	case policy == LocalityRemoteFirst:
+		return []string{local}
+	case localReady:
+		return []string{local}
+	case len(nearest) > 0:
+		return nearest
+	default:
+		// Nothing is ready anywhere: keep every endpoint listed, so that
+		// readiness flips are all that is needed to recover.
+		return all
+	}
+}
+
+// nearest keeps the clusters in region when there are any.
+func nearest(clusters []string, region string, states map[string]clusterState) []string {
+	if region == "" {
+		return clusters
+	}
+	var same []string
+	for _, c := range clusters {
+		if states[c].Region == region {
+			same = append(same, c)
+		}
+	}
+	if len(same) > 0 {
+		return same
+	}
+	return clusters
+}
+
+// gatewaySlices are the derived Service's EndpointSlices in gateway mode:
+// the ready gateway pods of each of the Service's families, with each
+// service port numbered as its egress port, so that kube-proxy sends
+// ClusterSetIP:port to gateway:egress. Nil means the gateway cannot carry
+// this import now (a port lacks an egress port, or no gateway pod of the
+// Service's families is ready) and the plan falls back to direct mode.
+func gatewaySlices(ns, name string, derived *corev1.Service, r merge.Result, as *egressAssignment,
+	endpoints map[discoveryv1.AddressType][]discoveryv1.Endpoint) []*discoveryv1.EndpointSlice {
+	if as == nil || !as.Complete() || derived == nil || !gatewayCarries(r) {
+		return nil
+	}
+	egress := map[portKey]int32{}
+	for _, p := range as.Ports {
+		egress[portKey{p.Protocol, p.Port}] = p.Egress
+	}
+	var ports []discoveryv1.EndpointPort
+	for _, p := range r.Ports {
+		ports = append(ports, discoveryv1.EndpointPort{Name: new(p.Name), Protocol: new(p.Protocol), AppProtocol: p.AppProtocol,
+			Port: new(egress[portKey{p.Protocol, p.Port}])})
+	}
+	var out []*discoveryv1.EndpointSlice
+	for _, fam := range derived.Spec.IPFamilies {
+		at := discoveryv1.AddressType(fam)
+		if len(endpoints[at]) == 0 {
+			continue
+		}
+		out = append(out, &discoveryv1.EndpointSlice{
+			TypeMeta: metav1.TypeMeta{APIVersion: "discovery.k8s.io/v1", Kind: "EndpointSlice"},
+			ObjectMeta: metav1.ObjectMeta{
+				// A cluster id holds no dot, so this name never meets a
+				// direct-mode slice's.
+				Name: derived.Name + ".gateway-" + strings.ToLower(string(at)), Namespace: ns,
+				Labels: map[string]string{
+					discoveryv1.LabelManagedBy:   brokerv1.ManagedBy,
+					discoveryv1.LabelServiceName: derived.Name,
+					labelDerivedFor:              name,
+					labelSliceRole:               roleGateway,
+				}},
+			AddressType: at,
+			Endpoints:   endpoints[at],
+			Ports:       ports,
+		})
+	}
+	return out
+}
