@@ -16,6 +16,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"k8s.io/client-go/dynamic"
 	"log/slog"
 	"os"
 	"runtime"
@@ -150,7 +151,7 @@ func joinAndRun(ctx context.Context, cs *cluster.Clusterset, log *slog.Logger) e
 			return err
 		}
 		ag, err := agent.New(agent.Config{ClusterID: id, BrokerNamespace: brokerNS,
-			Local: member.Kube, LocalMCS: localMCS, Broker: broker, BrokerClient: brokerClient,
+			Local: member.Kube, LocalMCS: localMCS, Broker: broker, BrokerClient: brokerClient, BrokerDynamic: dynamic.NewForConfigOrDie(brokerCfg),
 			Log: log, Registry: prometheus.NewRegistry()})
 		if err != nil {
 			return err

@@ -66,7 +66,7 @@ func agentRole() role {
 				cfg := agent.Config{
 					ClusterID: id, BrokerNamespace: ns, Region: *region, Zone: *zone,
 					PodCIDRs: split(*podCIDRs), ServiceCIDRs: split(*serviceCIDRs), Version: version,
-					Local: local.Kube, LocalMCS: local.MCS, Broker: broker.Kube, BrokerClient: brokerClient,
+					Local: local.Kube, LocalMCS: local.MCS, Broker: broker.Kube, BrokerClient: brokerClient, BrokerDynamic: broker.Dynamic,
 					LeaseDuration: *leaseDuration, WithdrawAfter: *withdrawAfter,
 					Dataplane: brokerv1.Dataplane(*dataplane), GatewayNamespace: gwNamespace, GatewayName: gwName,
 					EgressPortMin: egressMin, EgressPortMax: egressMax, GatewayIngressPort: int32(*ingressPort),

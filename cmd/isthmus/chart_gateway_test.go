@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"k8s.io/client-go/dynamic"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -232,7 +233,7 @@ func registeredMetrics(t *testing.T) map[string]bool {
 		t.Fatal(err)
 	}
 	if _, err := agent.New(agent.Config{ClusterID: "c", BrokerNamespace: "isthmus-broker", Local: c.Kube, LocalMCS: c.MCS,
-		Broker: c.Kube, BrokerClient: brokerclient.NewForConfigOrDie(c.Config), Log: log, Registry: rec}); err != nil {
+		Broker: c.Kube, BrokerClient: brokerclient.NewForConfigOrDie(c.Config), BrokerDynamic: dynamic.NewForConfigOrDie(c.Config), Log: log, Registry: rec}); err != nil {
 		t.Fatal(err)
 	}
 	dnsserver.NewMetrics(rec, func() time.Duration { return 0 })

@@ -25,6 +25,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/util/validation"
+	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/kubernetes/scheme"
 	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
@@ -54,12 +55,15 @@ type Config struct {
 	// Version is the agent's version, published in the Cluster record.
 	Version string
 
-	// Local reaches this cluster; Broker and BrokerClient (the broker
-	// API's records) reach the hub with this member's own identity.
-	Local        kubernetes.Interface
-	LocalMCS     mcsclient.Interface
-	Broker       kubernetes.Interface
-	BrokerClient brokerclient.Interface
+	// Local reaches this cluster; Broker, BrokerClient (writes of this
+	// member's broker records) and BrokerDynamic (reads of every member's,
+	// one object at a time: mcs/api/broker/records) reach the hub with
+	// this member's own identity.
+	Local         kubernetes.Interface
+	LocalMCS      mcsclient.Interface
+	Broker        kubernetes.Interface
+	BrokerClient  brokerclient.Interface
+	BrokerDynamic dynamic.Interface
 
 	// LeaseDuration is how long this cluster's heartbeat Lease is valid; it
 	// is renewed every third of it. Zero means 30 s. Another cluster is
@@ -170,7 +174,7 @@ func New(cfg Config) (*Agent, error) {
 	if err := checkGatewayConfig(&cfg); err != nil {
 		return nil, err
 	}
-	if cfg.Local == nil || cfg.LocalMCS == nil || cfg.Broker == nil || cfg.BrokerClient == nil || cfg.Log == nil || cfg.Registry == nil {
+	if cfg.Local == nil || cfg.LocalMCS == nil || cfg.Broker == nil || cfg.BrokerClient == nil || cfg.BrokerDynamic == nil || cfg.Log == nil || cfg.Registry == nil {
 		return nil, errors.New("agent config lacks a client, the logger or the registry")
 	}
 	a := &Agent{cfg: cfg, log: cfg.Log.With("cluster", cfg.ClusterID), metrics: newMetrics(cfg.Registry), health: map[string]brokerv1.Health{},

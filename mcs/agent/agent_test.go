@@ -61,7 +61,7 @@ func TestChooseClusters(t *testing.T) {
 			// the Cluster records.
 			states := map[string]clusterState{}
 			for c := range tt.byCluster {
-				states[c] = clusterState{Health: a.healthOf(c), Unreachable: a.unreachable(c), Region: a.regionOf(c)}
+				states[c] = a.clusterState(c)
 			}
 			if got := chooseClusters(tt.byCluster, tt.policy, "a", "eu", states); !slices.Equal(got, tt.want) {
 				t.Errorf("chooseClusters = %v, want %v", got, tt.want)

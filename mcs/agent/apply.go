@@ -52,7 +52,7 @@ func (a *Agent) applyImport(ctx context.Context, p *importPlan) error {
 	} else if err := a.deleteDerived(ctx, ns, derivedServiceName(name)); err != nil {
 		return err
 	}
-	if err := a.setImportStatus(ctx, si, p.Merged, p.Egress); err != nil {
+	if err := a.setImportStatus(ctx, si, p.Merged, p.Egress, p.Refused); err != nil {
 		return err
 	}
 
@@ -136,7 +136,7 @@ func (a *Agent) deleteDerived(ctx context.Context, ns, name string) error {
 
 // setImportStatus lists the exporting clusters, the Ready condition and,
 // in gateway mode, the GatewayEgress condition.
-func (a *Agent) setImportStatus(ctx context.Context, si *mcsv1beta1.ServiceImport, r merge.Result, egress *egressAssignment) error {
+func (a *Agent) setImportStatus(ctx context.Context, si *mcsv1beta1.ServiceImport, r merge.Result, egress *egressAssignment, refused []string) error {
 	updated := si.DeepCopy()
 	updated.Status.Clusters = nil
 	for _, c := range r.Clusters {
@@ -150,8 +150,15 @@ func (a *Agent) setImportStatus(ctx context.Context, si *mcsv1beta1.ServiceImpor
 	}
 	meta.SetStatusCondition(&updated.Status.Conditions, ready)
 	a.setEgressCondition(&updated.Status, egress, r, si.Generation)
+	setRefusedCondition(&updated.Status, refused, si.Generation)
 	if equalStatus(si.Status, updated.Status) {
 		return nil
+	}
+	if len(refused) > 0 && !equalStatus(si.Status, updated.Status) {
+		a.log.Warn("left out part of other members' records", "import", si.Namespace+"/"+si.Name, "refused", refused)
+		for _, c := range refusedClusters(refused) {
+			a.metrics.recordsRefused.WithLabelValues(c).Inc()
+		}
 	}
 	_, err := a.cfg.LocalMCS.MulticlusterV1beta1().ServiceImports(si.Namespace).UpdateStatus(ctx, updated, metav1.UpdateOptions{FieldManager: fieldManager})
 	a.countWrite("local", "status", err)

@@ -208,7 +208,7 @@ func agentConfig(ctx context.Context, i int) (agent.Config, error) {
 	return agent.Config{
 		ClusterID: id, BrokerNamespace: ns, Region: regions[i], Version: "test",
 		PodCIDRs: []string{m.PodCIDR.String()}, ServiceCIDRs: []string{m.ServiceCIDR.String()},
-		Local: local, LocalMCS: localMCS, Broker: broker, BrokerClient: brokerClient,
+		Local: local, LocalMCS: localMCS, Broker: broker, BrokerClient: brokerClient, BrokerDynamic: dynamic.NewForConfigOrDie(brokerCfg),
 		LeaseDuration: leaseDuration, WithdrawAfter: withdrawAfter,
 		LeaderElectionNamespace: setup.MemberNamespace, Identity: identity,
 	}, nil

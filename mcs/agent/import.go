@@ -39,6 +39,9 @@ func (a *Agent) importInput(ns, name string) importInput {
 		Clusters:  map[string]clusterState{},
 		Derived:   a.cachedDerived(ns, derivedServiceName(name)),
 		Gateway:   a.importGateway(),
+		// Gateway mode reaches other clusters' endpoints only through
+		// their own gateways.
+		TrustUnclaimed: a.gatewayMode(),
 	}
 	brokerSlices := a.brokerSlicesOf(ns, name)
 	for _, e := range in.Exports {
@@ -48,7 +51,7 @@ func (a *Agent) importInput(ns, name string) importInput {
 		}
 		// Judged once per sync: each reads the Leases and this cluster's
 		// record.
-		in.Clusters[c] = clusterState{Health: a.healthOf(c), Unreachable: a.unreachable(c), Region: a.regionOf(c)}
+		in.Clusters[c] = a.clusterState(c)
 		in.Endpoints[c] = a.endpointsOf(ns, name, c, brokerSlices)
 	}
 	return in
@@ -84,10 +87,21 @@ func (a *Agent) exportValid(ns, name string) bool {
 	return err == nil && svc.Spec.Type != "ExternalName"
 }
 
-func (a *Agent) regionOf(cluster string) string {
+// clusterState is how an exporting cluster stands: its health and
+// reachability, and what its Cluster record claims (its region, its pod
+// ranges as brokerv1.CheckClaim allows them, when it joined).
+func (a *Agent) clusterState(cluster string) clusterState {
+	st := clusterState{Health: a.healthOf(cluster), Unreachable: a.unreachable(cluster)}
 	rec, err := a.clusters.Clusters(a.cfg.BrokerNamespace).Get(cluster)
 	if err != nil {
-		return ""
+		return st
 	}
-	return rec.Spec.Region
+	st.Region, st.Joined = rec.Spec.Region, rec.CreationTimestamp.Time
+	if len(rec.Spec.PodCIDRs) > 0 {
+		st.Claimed = true
+		// A refused range is the tunnel's to report (it gets no route);
+		// here it only covers no endpoint.
+		st.PodCIDRs, _ = brokerv1.ParseClaims(rec.Spec.PodCIDRs, nil, nil)
+	}
+	return st
 }

@@ -6,6 +6,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	coordinationinformers "k8s.io/client-go/informers/coordination/v1"
 	coreinformers "k8s.io/client-go/informers/core/v1"
 	discoveryinformers "k8s.io/client-go/informers/discovery/v1"
@@ -15,8 +16,8 @@ import (
 	mcsinformers "sigs.k8s.io/mcs-api/pkg/client/informers/externalversions/apis/v1beta1"
 	mcslisters "sigs.k8s.io/mcs-api/pkg/client/listers/apis/v1beta1"
 
-	brokerinformers "github.com/isthmus-dev/isthmus/mcs/api/broker/generated/informers/externalversions/broker/v1alpha1"
 	brokerlisters "github.com/isthmus-dev/isthmus/mcs/api/broker/generated/listers/broker/v1alpha1"
+	"github.com/isthmus-dev/isthmus/mcs/api/broker/records"
 	brokerv1 "github.com/isthmus-dev/isthmus/mcs/api/broker/v1alpha1"
 )
 
@@ -44,8 +45,14 @@ func (a *Agent) setupInformers() error {
 	importInf := mcsinformers.NewServiceImportInformer(a.cfg.LocalMCS, metav1.NamespaceAll, 0, cache.Indexers{})
 	brokerSliceInf := discoveryinformers.NewFilteredEndpointSliceInformer(broker, ns, 0, indexByService, managedByUs)
 	leaseInf := coordinationinformers.NewLeaseInformer(broker, ns, 0, cache.Indexers{})
-	brokerExportInf := brokerinformers.NewExportedServiceInformer(a.cfg.BrokerClient, ns, 0, indexByService)
-	clusterInf := brokerinformers.NewClusterInformer(a.cfg.BrokerClient, ns, 0, cache.Indexers{})
+	// Other members' records are decoded one at a time: one odd record
+	// must not keep the whole list from syncing.
+	undecodable := func(gvr schema.GroupVersionResource, _, name string, err error) {
+		a.metrics.undecodable.WithLabelValues(gvr.Resource).Inc()
+		a.log.Warn("leaving out a broker record that does not decode", "resource", gvr.Resource, "name", name, "err", err)
+	}
+	brokerExportInf := records.NewExportedServiceInformer(a.cfg.BrokerDynamic, ns, 0, indexByService, undecodable)
+	clusterInf := records.NewClusterInformer(a.cfg.BrokerDynamic, ns, 0, cache.Indexers{}, undecodable)
 
 	a.services = corelisters.NewServiceLister(svcInf.GetIndexer())
 	a.namespaces = corelisters.NewNamespaceLister(nsInf.GetIndexer())

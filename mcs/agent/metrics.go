@@ -12,6 +12,9 @@ type metrics struct {
 	reconcile       *prometheus.HistogramVec
 	queueDepth      *prometheus.GaugeVec
 	withdrawRefused prometheus.Counter
+	// What other members wrote that this agent would not take.
+	recordsRefused *prometheus.CounterVec
+	undecodable    *prometheus.CounterVec
 
 	// Gateway mode.
 	egressInUse       prometheus.Gauge
@@ -44,6 +47,13 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		withdrawRefused: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "isthmus_agent_mass_withdrawal_refused_total",
 			Help: "Import deletions refused because the broker view looked empty or unsynced."}),
+		recordsRefused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "isthmus_agent_imports_refused_records_total",
+			Help: "Times an import came to leave out part of another member's records (endpoint addresses outside its pod CIDRs, endpoints over the per-cluster cap, unsupported slices), by exporting cluster."},
+			[]string{"cluster"}),
+		undecodable: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "isthmus_agent_broker_records_undecodable_total",
+			Help: "Broker records left out because they do not decode, by resource."}, []string{"resource"}),
 		egressInUse: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "isthmus_agent_gateway_egress_ports_in_use", Help: "Gateway egress ports allocated to imports (gateway mode)."}),
 		egressCapacity: prometheus.NewGauge(prometheus.GaugeOpts{
@@ -62,6 +72,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "isthmus_agent_gateway_fallbacks_total", Help: "Times the gateway had no ready endpoint and derived Services fell back to direct mode."}),
 	}
 	reg.MustRegister(m.exports, m.imports, m.conflicts, m.brokerConnected, m.brokerWrites, m.reconcile, m.queueDepth, m.withdrawRefused,
+		m.recordsRefused, m.undecodable,
 		m.egressInUse, m.egressCapacity, m.egressWaiting, m.egressExhaustions, m.gatewayReady, m.gatewayFallback, m.gatewayFallbacks)
 	return m
 }

@@ -1,8 +1,10 @@
 package agent
 
 import (
+	"net/netip"
 	"slices"
 	"strings"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
@@ -42,6 +44,11 @@ type importInput struct {
 	Derived *corev1.Service
 	// Gateway is gateway mode's one seam; nil in direct mode.
 	Gateway importGateway
+	// TrustUnclaimed takes the endpoints of a cluster that claims no pod
+	// CIDRs as they are. Gateway mode does: traffic reaches another
+	// cluster's endpoints only through that cluster's own gateway. In
+	// direct mode such endpoints are left out, as nothing routes to them.
+	TrustUnclaimed bool
 }
 
 // clusterState is what this cluster knows of an exporting cluster.
@@ -54,6 +61,14 @@ type clusterState struct {
 	Unreachable bool
 	// Region places it for the locality policy.
 	Region string
+	// PodCIDRs are the ranges its Cluster record claims that pass
+	// brokerv1.CheckClaim; its endpoint addresses must lie inside them.
+	// Claimed is false when it claims none (or has no record yet).
+	PodCIDRs []netip.Prefix
+	Claimed  bool
+	// Joined is the server-set creation time of its Cluster record: none
+	// of its exports may claim to be older (brokerv1.EffectiveExportTime).
+	Joined time.Time
 }
 
 // importGateway is what gateway mode adds to the plan: an egress port for
@@ -83,6 +98,9 @@ type importPlan struct {
 	// Slices are the MCS slices (every live cluster's endpoints) and the
 	// derived Service's (the locality choice, or the gateway), by name.
 	Slices map[string]*discoveryv1.EndpointSlice
+	// Refused says what of other clusters' records was left out
+	// (trust.go), for the ServiceImport's condition; empty when nothing.
+	Refused []string
 
 	in        importInput
 	byCluster map[string][]*discoveryv1.EndpointSlice
@@ -94,9 +112,17 @@ func planImport(in importInput) *importPlan {
 	p := &importPlan{in: in}
 	var live []*brokerv1.ExportedService
 	for _, e := range in.Exports {
-		if in.Clusters[e.Spec.SourceCluster].Health != brokerv1.Withdrawn {
-			live = append(live, e)
+		st := in.Clusters[e.Spec.SourceCluster]
+		if st.Health == brokerv1.Withdrawn {
+			continue
 		}
+		// No export may claim to predate its cluster's joining: the
+		// oldest export wins every conflict.
+		if t := brokerv1.EffectiveExportTime(e.Spec.ExportCreationTimestamp, st.Joined); !t.Equal(&e.Spec.ExportCreationTimestamp) {
+			e = e.DeepCopy()
+			e.Spec.ExportCreationTimestamp = t
+		}
+		live = append(live, e)
 	}
 	if len(live) == 0 {
 		p.Remove = true
@@ -110,7 +136,13 @@ func planImport(in importInput) *importPlan {
 	}
 	p.byCluster = map[string][]*discoveryv1.EndpointSlice{}
 	for _, c := range r.Clusters {
-		p.byCluster[c] = byFamily(in.Endpoints[c])
+		eps := in.Endpoints[c]
+		if st := in.Clusters[c]; c != in.Local && (st.Claimed || !in.TrustUnclaimed) {
+			var refused []string
+			eps, refused = takeEndpoints(c, eps, st.PodCIDRs)
+			p.Refused = append(p.Refused, refused...)
+		}
+		p.byCluster[c] = byFamily(eps)
 	}
 	if r.Type == brokerv1.ClusterSetIP {
 		p.Derived = derivedService(in.Namespace, in.Name, r)

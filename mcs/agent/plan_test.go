@@ -2,6 +2,7 @@ package agent
 
 import (
 	"fmt"
+	"net/netip"
 	"slices"
 	"sort"
 	"testing"
@@ -76,10 +77,11 @@ type planView struct {
 	service  bool     // a derived Service is planned
 	ips      []string // the ServiceImport's ClusterSetIPs
 	egress   string   // the egress annotation
+	refused  int      // reports of other clusters' records left out
 }
 
 func viewPlan(p *importPlan) planView {
-	v := planView{remove: p.Remove}
+	v := planView{remove: p.Remove, refused: len(p.Refused)}
 	if p.Remove {
 		return v
 	}
@@ -107,16 +109,22 @@ func viewPlan(p *importPlan) planView {
 // TestPlanImport plans imports in cluster a (region eu; b is in us, c in
 // eu) from records alone: no apiserver.
 func TestPlanImport(t *testing.T) {
-	healthy := map[string]clusterState{"a": {Region: "eu"}, "b": {Region: "us"}, "c": {Region: "eu"}}
+	pods := []netip.Prefix{netip.MustParsePrefix("10.0.0.0/16")}
+	healthy := map[string]clusterState{"a": {Region: "eu", Claimed: true, PodCIDRs: pods}, "b": {Region: "us", Claimed: true, PodCIDRs: pods},
+		"c": {Region: "eu", Claimed: true, PodCIDRs: pods}}
 	with := func(cluster string, s clusterState) map[string]clusterState {
 		out := map[string]clusterState{}
 		for c, st := range healthy {
 			out[c] = st
 		}
+		s.Claimed, s.PodCIDRs = healthy[cluster].Claimed, healthy[cluster].PodCIDRs
 		s.Region = healthy[cluster].Region
 		out[cluster] = s
 		return out
 	}
+	injected := planSlices("b", true)
+	injected[0].Endpoints[0].Addresses = []string{"198.51.100.7"}
+	joined := time.Date(2026, 1, 1, 0, 0, 10, 0, time.UTC)
 	derived := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: derivedServiceName("web"), Namespace: "ns"},
 		Spec: corev1.ServiceSpec{ClusterIPs: []string{"10.96.0.7"}, IPFamilies: []corev1.IPFamily{corev1.IPv4Protocol}}}
 	gwPods := map[discoveryv1.AddressType][]discoveryv1.Endpoint{discoveryv1.AddressTypeIPv4: {{Addresses: []string{"10.240.0.9"}}}}
@@ -191,6 +199,18 @@ func TestPlanImport(t *testing.T) {
 			Endpoints: abc, Clusters: healthy, Derived: derived, Gateway: &stubGateway{as: full}},
 			planView{typ: mcsv1beta1.ClusterSetIP, clusters: []string{"a", "b"}, mcs: []string{"a", "b"}, derived: []string{"a"},
 				service: true, ips: []string{"10.96.0.7"}, egress: "TCP/80=16000"}},
+		{"the endpoint injection: an address outside the exporter's pod CIDRs is left out", importInput{
+			Exports:   []*brokerv1.ExportedService{planExport("a", 1, cs, LocalitySpread), planExport("b", 2, cs, "")},
+			Endpoints: map[string][]*discoveryv1.EndpointSlice{"a": planSlices("a", true), "b": injected}, Clusters: healthy},
+			planView{typ: mcsv1beta1.ClusterSetIP, clusters: []string{"a", "b"}, mcs: []string{"a"}, derived: []string{"a"}, service: true, refused: 1}},
+		{"direct mode: nothing of a cluster that claims no pod CIDRs", importInput{
+			Exports:   []*brokerv1.ExportedService{planExport("a", 1, cs, LocalitySpread), planExport("b", 2, cs, "")},
+			Endpoints: abc, Clusters: map[string]clusterState{"a": healthy["a"], "b": {Region: "us"}}},
+			planView{typ: mcsv1beta1.ClusterSetIP, clusters: []string{"a", "b"}, mcs: []string{"a"}, derived: []string{"a"}, service: true, refused: 1}},
+		{"an export cannot claim to predate its cluster's joining", importInput{
+			Exports:   []*brokerv1.ExportedService{planExport("a", 5, cs, ""), planExport("b", 0, brokerv1.Headless, "")},
+			Endpoints: abc, Clusters: with("b", clusterState{Joined: joined})},
+			planView{typ: mcsv1beta1.ClusterSetIP, clusters: []string{"a", "b"}, mcs: []string{"a", "b"}, derived: []string{"a"}, service: true}},
 		{"gateway, headless: nothing of the gateway", importInput{
 			Exports:   []*brokerv1.ExportedService{planExport("a", 1, brokerv1.Headless, "")},
 			Endpoints: abc, Clusters: healthy, Gateway: &stubGateway{as: full, pods: gwPods}},
@@ -214,7 +234,7 @@ func TestPlanImport(t *testing.T) {
 // allocated addresses become the ServiceImport's, and the gateway's slices
 // follow its families.
 func TestPlanSetDerived(t *testing.T) {
-	in := importInput{Namespace: "ns", Name: "web", Local: "a",
+	in := importInput{Namespace: "ns", Name: "web", Local: "a", TrustUnclaimed: true,
 		Exports:   []*brokerv1.ExportedService{planExport("b", 1, brokerv1.ClusterSetIP, "")},
 		Endpoints: map[string][]*discoveryv1.EndpointSlice{"b": planSlices("b", true)},
 		Gateway: &stubGateway{as: &egressAssignment{Ports: []brokerv1.EgressPort{{Protocol: corev1.ProtocolTCP, Port: 80, Egress: 16000}}},

@@ -4,10 +4,51 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"strings"
 
 	discoveryv1 "k8s.io/api/discovery/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/validation"
+	mcsv1beta1 "sigs.k8s.io/mcs-api/pkg/apis/v1beta1"
 )
+
+// ConditionRecordsRefused on a ServiceImport is True while part of
+// another member's records of the service is left out; its message says
+// what and why. It is absent when nothing is.
+const (
+	ConditionRecordsRefused = "isthmus.dev/RecordsRefused"
+	ReasonRecordsRefused    = "RecordsRefused"
+)
+
+// setRefusedCondition sets or clears ConditionRecordsRefused.
+func setRefusedCondition(st *mcsv1beta1.ServiceImportStatus, refused []string, generation int64) {
+	if len(refused) == 0 {
+		meta.RemoveStatusCondition(&st.Conditions, ConditionRecordsRefused)
+		return
+	}
+	msg := "Left out of this import: " + strings.Join(refused, "; ") +
+		". The exporting cluster's agent or the broker's admission policy should have stopped this: check that member."
+	if len(msg) > 2048 {
+		msg = msg[:2045] + "..."
+	}
+	meta.SetStatusCondition(&st.Conditions, metav1.Condition{Type: ConditionRecordsRefused, Status: metav1.ConditionTrue,
+		Reason: ReasonRecordsRefused, Message: msg, ObservedGeneration: generation})
+}
+
+// refusedClusters are the clusters named by takeEndpoints' reports.
+func refusedClusters(refused []string) []string {
+	var out []string
+	for _, r := range refused {
+		if c, ok := strings.CutPrefix(r, "cluster "); ok {
+			c, _, _ = strings.Cut(c, ":")
+			if !slices.Contains(out, c) {
+				out = append(out, c)
+			}
+		}
+	}
+	return out
+}
 
 // What an importer takes from another member's EndpointSlices. Another
 // member's records are hostile input (docs/security.md): an address is
@@ -34,7 +75,7 @@ func takeEndpoints(cluster string, src []*discoveryv1.EndpointSlice, pods []neti
 	over := 0
 	for _, s := range src {
 		if s.AddressType != discoveryv1.AddressTypeIPv4 && s.AddressType != discoveryv1.AddressTypeIPv6 {
-			refused = append(refused, fmt.Sprintf("cluster %s: a slice of address type %s (only IPv4 and IPv6 are imported)", cluster, s.AddressType))
+			refused = append(refused, fmt.Sprintf("cluster %s: a slice of address type %.16s (only IPv4 and IPv6 are imported)", cluster, s.AddressType))
 			continue
 		}
 		clean := &discoveryv1.EndpointSlice{AddressType: s.AddressType}
@@ -78,7 +119,11 @@ func takeEndpoints(cluster string, src []*discoveryv1.EndpointSlice, pods []neti
 		if len(addrs) > 5 {
 			addrs = append(addrs[:5], fmt.Sprintf("and %d more", len(outside)-5))
 		}
-		refused = append(refused, fmt.Sprintf("cluster %s: endpoint addresses outside its pod CIDRs %v: %v", cluster, pods, addrs))
+		if len(pods) == 0 {
+			refused = append(refused, fmt.Sprintf("cluster %s: its Cluster record claims no pod CIDRs, so nothing routes to its endpoints %v", cluster, addrs))
+		} else {
+			refused = append(refused, fmt.Sprintf("cluster %s: endpoint addresses outside its pod CIDRs %v: %v", cluster, pods, addrs))
+		}
 	}
 	if over > 0 {
 		refused = append(refused, fmt.Sprintf("cluster %s: %d endpoints over the limit of %d per cluster", cluster, over, maxEndpointsPerCluster))

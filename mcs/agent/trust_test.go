@@ -40,9 +40,9 @@ func TestTakeEndpoints(t *testing.T) {
 				Endpoints: []discoveryv1.Endpoint{{Addresses: []string{"10.2.0.5"}, Conditions: discoveryv1.EndpointConditions{Ready: &yes}, Hostname: &host, Zone: &node}}}},
 		},
 		{
-			name: "the endpoint injection: an address in no range the member claims",
-			src:  []*discoveryv1.EndpointSlice{{AddressType: discoveryv1.AddressTypeIPv4, Endpoints: []discoveryv1.Endpoint{ep("10.2.0.5"), ep("198.51.100.7")}}},
-			want: []*discoveryv1.EndpointSlice{{AddressType: discoveryv1.AddressTypeIPv4, Endpoints: []discoveryv1.Endpoint{ep("10.2.0.5")}}},
+			name:    "the endpoint injection: an address in no range the member claims",
+			src:     []*discoveryv1.EndpointSlice{{AddressType: discoveryv1.AddressTypeIPv4, Endpoints: []discoveryv1.Endpoint{ep("10.2.0.5"), ep("198.51.100.7")}}},
+			want:    []*discoveryv1.EndpointSlice{{AddressType: discoveryv1.AddressTypeIPv4, Endpoints: []discoveryv1.Endpoint{ep("10.2.0.5")}}},
 			refused: "outside its pod CIDRs [10.2.0.0/16 fd00:2::/48]: [198.51.100.7]",
 		},
 		{
