@@ -100,11 +100,15 @@ func allowlistPolicy(ns string) *admissionv1.ValidatingAdmissionPolicy {
 	inApproved := func(kind, c string) string {
 		return fmt.Sprintf("%s.exists(p, cidr(p).containsCIDR(%s))", approved(kind), c)
 	}
-	addressApproved := fmt.Sprintf("(isIP(a) && %s.exists(p, cidr(p).containsIP(ip(a))))", approved("podCIDRs"))
+	// Addresses that are no global unicast IPs are left to the universal
+	// rule endpoint-addresses.
+	addressApproved := fmt.Sprintf("(!(isIP(a) && ip(a).isGlobalUnicast()) || %s.exists(p, cidr(p).containsIP(ip(a))))", approved("podCIDRs"))
 	cidrRule := func(rule, field, kind, flag string) admissionv1.Validation {
 		list := "object.spec.?" + field + ".orValue([])"
 		return admissionv1.Validation{
-			Expression: fmt.Sprintf("!variables.judged || !variables.isCluster || !has(params.spec.cidrs) || %s.all(c, %s)", list, inApproved(kind, "c")),
+			// A range that is not sensible is left to the universal rule,
+			// so that each refusal names one rule.
+			Expression: fmt.Sprintf("!variables.judged || !variables.isCluster || !has(params.spec.cidrs) || %s.all(c, !%s || %s)", list, sensibleCIDR("c"), inApproved(kind, "c")),
 			MessageExpression: fmt.Sprintf(`"rule %[1]s: member '" + variables.me + "' claims " + %[2]s.filter(c, !%[3]s).join(", ") + " in spec.%[4]s, outside the ranges the hub admin approved for it (" + %[5]s.join(", ") + "): publish only the approved ranges, or have the hub admin run isthmusctl join %[6]s again with the cluster's real ranges"`,
 				rule, list, inApproved(kind, "c"), field, approved(kind), flag),
 			Reason: ptr(metav1.StatusReasonForbidden),

@@ -55,7 +55,7 @@ func memberSlice(cluster string) *discoveryv1.EndpointSlice {
 			brokerv1.LabelServiceNamespace: "demo", brokerv1.LabelManagedBy: brokerv1.ManagedBy,
 		}},
 		AddressType: discoveryv1.AddressTypeIPv4,
-		Endpoints:   []discoveryv1.Endpoint{{Addresses: []string{"10.241.0.5"}, Conditions: discoveryv1.EndpointConditions{Ready: &ready}}},
+		Endpoints:   []discoveryv1.Endpoint{{Addresses: []string{approved[cluster].podIP}, Conditions: discoveryv1.EndpointConditions{Ready: &ready}}},
 		Ports:       []discoveryv1.EndpointPort{{Name: &name, Port: &port, Protocol: &proto}},
 	}
 }

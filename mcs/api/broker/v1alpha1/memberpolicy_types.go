@@ -47,8 +47,8 @@ type MemberPolicySpec struct {
 	// +kubebuilder:validation:items:Pattern=`^[a-z0-9]([-a-z0-9]*[a-z0-9])?$`
 	ExportNamespaces []string `json:"exportNamespaces,omitempty"`
 
-	// Limits cap the size of the member's records; unset fields take the
-	// defaults DefaultMaxEndpointsPerSlice and DefaultMaxMetadataBytes.
+	// Limits cap the size of the member's records; unset fields take their
+	// defaults: 100 endpoints per slice, 16384 metadata bytes.
 	// +optional
 	Limits *MemberLimits `json:"limits,omitempty"`
 }
