@@ -81,7 +81,7 @@ func universalValidations() []admissionv1.Validation {
 		},
 		{
 			Expression:        fmt.Sprintf("!(%s) || (object.addressType in ['IPv4', 'IPv6'] && object.?endpoints.orValue([]).all(e, e.addresses.all(a, %s)))", isSlice, goodAddress),
-			MessageExpression: fmt.Sprintf(`"rule endpoint-addresses: broker EndpointSlice " + request.name + " must have addressType IPv4 or IPv6 (it has " + object.addressType + ") and only global unicast addresses" + (object.addressType in ['IPv4', 'IPv6'] ? "; refused: " + object.?endpoints.orValue([]).map(e, e.addresses.filter(a, !%s).join(", ")).filter(s, s != "").join(", ") : "") + ": publish only the Service's pod addresses"`, goodAddress),
+			MessageExpression: fmt.Sprintf(`"rule endpoint-addresses: broker EndpointSlice " + request.name + " must have addressType IPv4 or IPv6 and only global unicast addresses (it has addressType " + object.addressType + ")" + (object.addressType in ['IPv4', 'IPv6'] ? "; refused: " + object.?endpoints.orValue([]).map(e, e.addresses.filter(a, !%s).join(", ")).filter(s, s != "").join(", ") : "") + ": publish only the Service's pod addresses"`, goodAddress),
 			Reason:            ptr(metav1.StatusReasonForbidden),
 		},
 	}

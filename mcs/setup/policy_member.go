@@ -43,7 +43,7 @@ func applyMemberPolicy(ctx context.Context, onHub *applier, ns, id string, opts 
 	switch {
 	case apierrors.IsNotFound(err):
 	case err != nil:
-		return fmt.Errorf("reading MemberPolicy %s/%s on the broker (is the broker installed by this isthmusctl version? run isthmusctl broker install): %w", ns, id, err)
+		return fmt.Errorf("reading MemberPolicy %s/%s on the broker: %w", ns, id, err)
 	default:
 		if err := runtime.DefaultUnstructuredConverter.FromUnstructured(u.Object, &current); err != nil {
 			return fmt.Errorf("decoding MemberPolicy %s/%s: %w", ns, id, err)
@@ -65,6 +65,9 @@ func applyMemberPolicy(ctx context.Context, onHub *applier, ns, id string, opts 
 			Labels: map[string]string{"app.kubernetes.io/part-of": "isthmus", brokerv1.LabelSourceCluster: id}},
 		Spec: spec,
 	}); err != nil {
+		if apierrors.IsNotFound(err) {
+			return fmt.Errorf("the broker in %s has no MemberPolicy resource: run isthmusctl broker install against the hub with this isthmusctl first (%w)", ns, err)
+		}
 		return err
 	}
 	if spec.CIDRs == nil {
