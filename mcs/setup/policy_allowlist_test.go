@@ -134,21 +134,15 @@ func TestUniversalCIDRRulesHoldWithoutAllowlist(t *testing.T) {
 	asBeta := asMember(t, b)
 	waitForAllowlist(t, asBeta)
 	policies := hub.Dynamic.Resource(memberPolicyGVR).Namespace(brokerv1.DefaultBrokerNamespace)
-	before, err := policies.Get(ctx, beta, metav1.GetOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	cidrs, _, _ := unstructured.NestedMap(before.Object, "spec", "cidrs")
 	if _, err := policies.Patch(ctx, beta, types.JSONPatchType, []byte(`[{"op":"remove","path":"/spec/cidrs"}]`), metav1.PatchOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
-		u, err := policies.Get(context.Background(), beta, metav1.GetOptions{})
-		if err == nil {
-			_ = unstructured.SetNestedMap(u.Object, cidrs, "spec", "cidrs")
-			_, err = policies.Update(context.Background(), u, metav1.UpdateOptions{})
-		}
-		if err != nil {
+		// As the hub admin would: join again with the ranges.
+		var out bytes.Buffer
+		if _, err := Join(context.Background(), hub, b, JoinOptions{
+			PodCIDRs: []string{approved[beta].pods}, ServiceCIDRs: []string{approved[beta].svcs}, ExportNamespaces: []string{"demo"},
+		}, &out); err != nil {
 			t.Errorf("restoring beta's approved ranges: %v", err)
 			return
 		}
