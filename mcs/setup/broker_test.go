@@ -228,7 +228,7 @@ func TestJoinRefusesWrongInput(t *testing.T) {
 	wantErrContaining(t, err, "--pod-cidrs and --service-cidrs go together")
 	for cidr, want := range map[string]string{
 		"0.0.0.0/0":      "wider than /8",
-		"2001:db8::/16":  "wider than /32",
+		"2001:db8::/31":  "wider than /32",
 		"10.242.0.1/16":  "did you mean 10.242.0.0/16?",
 		"169.254.0.0/16": "reserved range 169.254.0.0/16",
 		"10.242.0.0":     "is not a CIDR",

@@ -196,8 +196,11 @@ func TestEndpointInjectionIsDenied(t *testing.T) {
 		{"an address in no range beta claims", "198.51.100.7", "rule endpoints-in-pod-cidrs"},
 		{"an address in another member's pod range", "10.241.0.9", "rule endpoints-in-pod-cidrs"},
 		{"an address in beta's service range", "10.98.0.10", "rule endpoints-in-pod-cidrs"},
-		{"the cloud metadata address", "169.254.169.254", "rule endpoint-addresses"},
-		{"loopback", "127.0.0.1", "rule endpoint-addresses"},
+		// The EndpointSlice API itself refuses loopback and link-local
+		// addresses (the metadata address among them); multicast and the
+		// broadcast address get as far as admission.
+		{"a multicast address", "239.1.2.3", "rule endpoint-addresses"},
+		{"the broadcast address", "255.255.255.255", "rule endpoint-addresses"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			err := withAddresses(tt.addr)
