@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/netip"
 	"strings"
+	"time"
 
 	admissionv1 "k8s.io/api/admissionregistration/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -38,6 +39,15 @@ var reservedRanges = []string{
 	"::/128", "::1/128", "fe80::/10", "ff00::/8",
 }
 
+// maxMemberTokenTTL caps the tokens a member may mint for itself (join's
+// default lifetime): without a cap, whoever holds a member's credential
+// could mint a token that outlives any rotation of it, valid until the
+// member's ServiceAccount is deleted.
+const (
+	maxMemberTokenTTL     = 90 * 24 * time.Hour
+	maxMemberTokenTTLText = "90 days"
+)
+
 // celList renders strings as a CEL list literal.
 func celList(items []string) string {
 	quoted := make([]string, len(items))
@@ -64,8 +74,9 @@ func sensibleCIDR(c string) string {
 }
 
 // universalValidations are the rules the member-writes policy applies to
-// every member's writes, with or without a MemberPolicy: the ranges a
-// Cluster record claims must be sensible, and broker EndpointSlices must
+// every member's writes, with or without a MemberPolicy: tokens it mints
+// for itself are capped, the ranges a Cluster record claims must be
+// sensible, and broker EndpointSlices must
 // carry only global unicast IP addresses (never loopback, link-local, such
 // as the metadata address, multicast or FQDNs that importers would dial).
 func universalValidations() []admissionv1.Validation {
@@ -73,6 +84,12 @@ func universalValidations() []admissionv1.Validation {
 	isSlice := "request.resource.resource == 'endpointslices' && object != null"
 	goodAddress := "(isIP(a) && ip(a).isGlobalUnicast())"
 	return []admissionv1.Validation{
+		{
+			Expression: fmt.Sprintf("request.resource.resource != 'serviceaccounts' || object == null || !has(object.spec.expirationSeconds) || object.spec.expirationSeconds <= %d", int64(maxMemberTokenTTL.Seconds())),
+			MessageExpression: fmt.Sprintf(`"rule token-lifetime: member '" + variables.me + "' may request tokens of at most %d seconds (%s), not " + string(object.spec.expirationSeconds) + ": ask for a shorter expirationSeconds and renew"`,
+				int64(maxMemberTokenTTL.Seconds()), maxMemberTokenTTLText),
+			Reason: ptr(metav1.StatusReasonForbidden),
+		},
 		{
 			Expression: fmt.Sprintf("!(%s) || %s.all(c, %s)", isCluster, claimedCIDRs, sensibleCIDR("c")),
 			MessageExpression: fmt.Sprintf(`"rule sensible-cidrs: member '" + variables.me + "' claims " + %s.filter(c, !%s).join(", ") + "; no member may claim a default route, an IPv4 prefix shorter than /%d, an IPv6 prefix shorter than /%d, or any part of %s: publish only the cluster's own pod and service ranges"`,
