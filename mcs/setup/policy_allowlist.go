@@ -160,10 +160,11 @@ func allowlistPolicy(ns string) *admissionv1.ValidatingAdmissionPolicy {
 			}},
 			Variables: []admissionv1.Variable{
 				{Name: "me", Expression: fmt.Sprintf("request.userInfo.username.substring(%d)", len(prefix))},
-				// Only the writer's own MemberPolicy judges, and only its own
-				// records: the member-writes policy already refuses the rest,
-				// with its own message.
-				{Name: "judged", Expression: fmt.Sprintf("params.metadata.name == variables.me && object != null && %s && (%s) == variables.me", notSubresource, ownerOf("object"))},
+				// Only the writer's own MemberPolicy judges, and only records
+				// that are and were its own: the member-writes policy already
+				// refuses the rest (a record taken over from another member
+				// among them), with its own message.
+				{Name: "judged", Expression: fmt.Sprintf("params.metadata.name == variables.me && object != null && %s && (%s) == variables.me && (oldObject == null || (%s) == variables.me)", notSubresource, ownerOf("object"), ownerOf("oldObject"))},
 				{Name: "isCluster", Expression: "request.resource.resource == 'clusters'"},
 				{Name: "isSlice", Expression: "request.resource.resource == 'endpointslices'"},
 				{Name: "isExport", Expression: "request.resource.resource == 'exportedservices'"},
