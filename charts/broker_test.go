@@ -26,7 +26,7 @@ const (
 	nsPlaceholder = "x-broker-namespace-x"
 )
 
-var brokerTemplateFiles = []string{"namespace.yaml", "member-role.yaml", "member-policy.yaml", "member-policy-binding.yaml"}
+var brokerTemplateFiles = []string{"namespace.yaml", "member-role.yaml", "member-policy.yaml", "member-policy-binding.yaml", "allowlist-policy.yaml", "allowlist-policy-binding.yaml"}
 
 // brokerTemplates makes the chart's templates from setup.BrokerObjects: the
 // namespace becomes a value, and the policy's CEL offset past the member
@@ -75,7 +75,7 @@ func TestBrokerChart(t *testing.T) {
 			t.Errorf("%s differs from mcs/setup's objects (%v): run go test ./charts -run TestBrokerChart -update", path, err)
 		}
 	}
-	for _, name := range []string{"broker.isthmus.dev_clusters.yaml", "broker.isthmus.dev_exportedservices.yaml"} {
+	for _, name := range []string{"broker.isthmus.dev_clusters.yaml", "broker.isthmus.dev_exportedservices.yaml", "broker.isthmus.dev_memberpolicies.yaml"} {
 		chart, err1 := os.ReadFile(filepath.Join(brokerChart, "crds", name))
 		gen, err2 := os.ReadFile(filepath.Join("../mcs/api/crds", name))
 		if err1 != nil || err2 != nil || !bytes.Equal(chart, gen) {

@@ -17,6 +17,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
@@ -125,6 +126,9 @@ func join(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	clusterID := fs.String("cluster-id", "", "the member's cluster id, a DNS label (default: its cluster.clusterset.k8s.io ClusterProperty)")
 	tokenTTL := fs.Duration("token-ttl", 90*24*time.Hour, "lifetime of the member's broker token; join renews it after half")
 	intermediateTTL := fs.Duration("intermediate-ttl", 365*24*time.Hour, "lifetime of the member's intermediate CA; join renews it after half")
+	podCIDRs := fs.String("pod-cidrs", "", "comma-separated pod ranges approved for the member: the broker refuses it any other pod range, and endpoints outside them (with --service-cidrs; default: keep what the broker holds)")
+	serviceCIDRs := fs.String("service-cidrs", "", "comma-separated Service ranges approved for the member (with --pod-cidrs)")
+	exportNamespaces := fs.String("export-namespaces", "", "comma-separated namespaces the member may export from (default: keep what the broker holds; any when never set)")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -143,11 +147,14 @@ func join(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	id, err := setup.Join(ctx, hub, member, setup.JoinOptions{
-		ClusterID:       *clusterID,
-		BrokerNamespace: *brokerNamespace,
-		BrokerServer:    *brokerServer,
-		TokenTTL:        *tokenTTL,
-		Certificates:    newPKI(0, *intermediateTTL),
+		ClusterID:        *clusterID,
+		BrokerNamespace:  *brokerNamespace,
+		BrokerServer:     *brokerServer,
+		TokenTTL:         *tokenTTL,
+		Certificates:     newPKI(0, *intermediateTTL),
+		PodCIDRs:         splitList(*podCIDRs),
+		ServiceCIDRs:     splitList(*serviceCIDRs),
+		ExportNamespaces: splitList(*exportNamespaces),
 	}, stdout)
 	if err != nil {
 		return fmt.Errorf("joining %s to the broker at %s: %w", member.Config.Host, hub.Config.Host, err)
@@ -174,4 +181,15 @@ func clientsFor(kubeconfig, context string) (*setup.Clients, error) {
 		return nil, err
 	}
 	return setup.NewClients(cfg)
+}
+
+// splitList splits a comma-separated flag value, dropping empty items.
+func splitList(s string) []string {
+	var out []string
+	for _, item := range strings.Split(s, ",") {
+		if item = strings.TrimSpace(item); item != "" {
+			out = append(out, item)
+		}
+	}
+	return out
 }

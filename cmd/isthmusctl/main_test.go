@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -41,6 +42,17 @@ func TestCommands(t *testing.T) {
 		}
 	}
 
+	// Joining again with the member's ranges records them in its
+	// MemberPolicy on the broker.
+	var stdout, stderr bytes.Buffer
+	withRanges := slices.Concat(commands[1], []string{"--pod-cidrs", cs.Members[0].PodCIDR.String(), "--service-cidrs", cs.Members[0].ServiceCIDR.String()})
+	if err := run(ctx, withRanges, &stdout, &stderr); err != nil {
+		t.Fatalf("isthmusctl %s: %v\n%s", strings.Join(withRanges, " "), err, stderr.String())
+	}
+	if !strings.Contains(stdout.String(), "memberpolicies.broker.isthmus.dev/east configured (broker)") {
+		t.Errorf("join with --pod-cidrs did not change the MemberPolicy:\n%s", stdout.String())
+	}
+
 	for _, bad := range []struct {
 		args []string
 		want string
@@ -49,6 +61,8 @@ func TestCommands(t *testing.T) {
 		{[]string{"join", "--kubeconfig", cs.Kubeconfig, "--context", "member1"}, "--broker-context is required"},
 		{[]string{"join", "--kubeconfig", cs.Kubeconfig, "--context", "member1", "--broker-context", "nowhere"}, `context "nowhere"`},
 		{[]string{"broker", "install", "--kubeconfig", cs.Kubeconfig, "--context", "broker", "extra"}, `unexpected argument "extra"`},
+		{slices.Concat(commands[1], []string{"--pod-cidrs", "10.240.0.0/16"}), "--pod-cidrs and --service-cidrs go together"},
+		{slices.Concat(commands[1], []string{"--pod-cidrs", "0.0.0.0/0", "--service-cidrs", "10.96.0.0/16"}), "wider than /8"},
 	} {
 		var stdout, stderr bytes.Buffer
 		err := run(ctx, bad.args, &stdout, &stderr)

@@ -13,7 +13,6 @@ import (
 	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
-	"k8s.io/apimachinery/pkg/runtime/schema"
 
 	brokerv1 "github.com/isthmus-dev/isthmus/mcs/api/broker/v1alpha1"
 	"github.com/isthmus-dev/isthmus/mcs/api/crds"
@@ -91,8 +90,13 @@ func InstallBroker(ctx context.Context, hub *Clients, opts BrokerOptions, out io
 			return err
 		}
 	}
-	for i, gvr := range []schema.GroupVersionResource{policyGVR, policyBindingGVR} {
-		if _, err := a.apply(ctx, gvr, objs[i+2]); err != nil {
+	// The policies and their bindings, each policy before its binding.
+	for _, obj := range objs[2:] {
+		gvr := policyGVR
+		if _, ok := obj.(*admissionv1.ValidatingAdmissionPolicyBinding); ok {
+			gvr = policyBindingGVR
+		}
+		if _, err := a.apply(ctx, gvr, obj); err != nil {
 			return err
 		}
 	}
@@ -101,8 +105,9 @@ func InstallBroker(ctx context.Context, hub *Clients, opts BrokerOptions, out io
 
 // BrokerObjects are the broker's objects besides its CRDs, for the broker
 // namespace ns, in the order they are applied: the Namespace, the member
-// Role, the admission policy and its binding. The isthmus-broker Helm
-// chart is checked against them.
+// Role, the member-writes admission policy and its binding, and the
+// allowlist admission policy (judging each member by its MemberPolicy) and
+// its binding. The isthmus-broker Helm chart is checked against them.
 func BrokerObjects(ns string) []runtime.Object {
 	return []runtime.Object{
 		&corev1.Namespace{
@@ -123,6 +128,8 @@ func BrokerObjects(ns string) []runtime.Object {
 				ValidationActions: []admissionv1.ValidationAction{admissionv1.Deny},
 			},
 		},
+		allowlistPolicy(ns),
+		allowlistBinding(ns),
 	}
 }
 
@@ -165,16 +172,7 @@ func memberPolicy(ns string) *admissionv1.ValidatingAdmissionPolicy {
 	prefix := memberUserPrefix(ns)
 	fail := admissionv1.Fail
 	writes := []admissionv1.OperationType{admissionv1.Create, admissionv1.Update, admissionv1.Delete}
-	// owner(o) is the cluster a record belongs to: the source-cluster label,
-	// which must agree with the record's own cluster field (a Cluster's name,
-	// a Lease's name after its prefix, an ExportedService's sourceCluster).
-	owner := func(o string) string {
-		label := fmt.Sprintf("(has(%[1]s.metadata.labels) ? %[1]s.metadata.labels[?'%[2]s'].orValue('') : '')", o, brokerv1.LabelSourceCluster)
-		id := fmt.Sprintf(`(request.resource.resource == 'clusters' ? %[1]s.metadata.name :
-  request.resource.resource == 'leases' ? (%[1]s.metadata.name.startsWith('%[2]s') ? %[1]s.metadata.name.substring(%[3]d) : '') :
-  request.resource.resource == 'exportedservices' ? %[1]s.spec.sourceCluster : %[4]s)`, o, brokerv1.LeasePrefix, len(brokerv1.LeasePrefix), label)
-		return fmt.Sprintf("%[1]s == null ? '' : (%[2]s == %[3]s ? %[2]s : '')", o, label, id)
-	}
+	owner := ownerOf
 	return &admissionv1.ValidatingAdmissionPolicy{
 		TypeMeta:   metav1.TypeMeta{APIVersion: admissionv1.SchemeGroupVersion.String(), Kind: "ValidatingAdmissionPolicy"},
 		ObjectMeta: metav1.ObjectMeta{Name: PolicyName(ns), Labels: partOf},
@@ -213,7 +211,7 @@ func memberPolicy(ns string) *admissionv1.ValidatingAdmissionPolicy {
 				{Name: "peerHeartbeat", Expression: fmt.Sprintf(`request.resource.resource == 'clusters' && has(request.subResource) && request.subResource == 'status' && request.operation == 'UPDATE' &&
   %[1]s == %[2]s && %[3]s == %[4]s`, otherConditions("object"), otherConditions("oldObject"), tunnelStatusOf("object"), tunnelStatusOf("oldObject"))},
 			},
-			Validations: []admissionv1.Validation{
+			Validations: append([]admissionv1.Validation{
 				{
 					Expression: fmt.Sprintf("!variables.isToken || request.name == '%s' + variables.me", brokerv1.MemberServiceAccountPrefix),
 					MessageExpression: fmt.Sprintf(`"rule own-token-only: member '" + variables.me + "' may request tokens only for its own ServiceAccount %s" + variables.me + ", not " + request.name`,
@@ -231,9 +229,21 @@ func memberPolicy(ns string) *admissionv1.ValidatingAdmissionPolicy {
 					MessageExpression: `"rule existing-records-of-others: " + request.resource.resource + " " + request.name + " belongs to another cluster; member '" + variables.me + "' may only change or delete its own records"`,
 					Reason:            ptr(metav1.StatusReasonForbidden),
 				},
-			},
+			}, universalValidations()...),
 		},
 	}
+}
+
+// ownerOf is the CEL expression for the cluster the record o (object or
+// oldObject) belongs to: the source-cluster label, which must agree with
+// the record's own cluster field (a Cluster's name, a Lease's name after
+// its prefix, an ExportedService's sourceCluster); empty when they differ.
+func ownerOf(o string) string {
+	label := fmt.Sprintf("(has(%[1]s.metadata.labels) ? %[1]s.metadata.labels[?'%[2]s'].orValue('') : '')", o, brokerv1.LabelSourceCluster)
+	id := fmt.Sprintf(`(request.resource.resource == 'clusters' ? %[1]s.metadata.name :
+  request.resource.resource == 'leases' ? (%[1]s.metadata.name.startsWith('%[2]s') ? %[1]s.metadata.name.substring(%[3]d) : '') :
+  request.resource.resource == 'exportedservices' ? %[1]s.spec.sourceCluster : %[4]s)`, o, brokerv1.LeasePrefix, len(brokerv1.LeasePrefix), label)
+	return fmt.Sprintf("%[1]s == null ? '' : (%[2]s == %[3]s ? %[2]s : '')", o, label, id)
 }
 
 // otherConditions is the CEL list of a Cluster's status conditions other

@@ -20,6 +20,10 @@ var (
 )
 
 func validCluster(id string) *brokerv1.Cluster {
+	ranges, ok := approved[id]
+	if !ok {
+		ranges = approved[alpha]
+	}
 	return &brokerv1.Cluster{
 		TypeMeta: metav1.TypeMeta{APIVersion: brokerv1.SchemeGroupVersion.String(), Kind: "Cluster"},
 		ObjectMeta: metav1.ObjectMeta{Name: id, Namespace: brokerv1.DefaultBrokerNamespace,
@@ -30,8 +34,8 @@ func validCluster(id string) *brokerv1.Cluster {
 			Zone:         "eu-1",
 			Gateways:     []brokerv1.GatewayAddress{{Address: "192.0.2.10", Port: 15443}},
 			WireGuard:    &brokerv1.WireGuardPeer{PublicKey: "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=", Endpoint: "192.0.2.10:51820"},
-			PodCIDRs:     []string{"10.241.0.0/16"},
-			ServiceCIDRs: []string{"10.97.0.0/16"},
+			PodCIDRs:     []string{ranges.pods},
+			ServiceCIDRs: []string{ranges.svcs},
 			Versions:     map[string]string{"agent": "v0.1.0"},
 		},
 	}
@@ -218,6 +222,23 @@ func TestJoinRefusesWrongInput(t *testing.T) {
 	var out bytes.Buffer
 	_, err := Join(ctx, hub, b, JoinOptions{ClusterID: "gamma"}, &out)
 	wantErrContaining(t, err, `this cluster's id is already "beta"`, "--cluster-id=beta")
+
+	// Approved ranges are checked before anything is written.
+	_, err = Join(ctx, hub, b, JoinOptions{PodCIDRs: []string{approved[beta].pods}}, &out)
+	wantErrContaining(t, err, "--pod-cidrs and --service-cidrs go together")
+	for cidr, want := range map[string]string{
+		"0.0.0.0/0":      "wider than /8",
+		"2001:db8::/31":  "wider than /32",
+		"10.242.0.1/16":  "did you mean 10.242.0.0/16?",
+		"169.254.0.0/16": "reserved range 169.254.0.0/16",
+		"10.242.0.0":     "is not a CIDR",
+	} {
+		_, err = Join(ctx, hub, b, JoinOptions{PodCIDRs: []string{cidr}, ServiceCIDRs: []string{approved[beta].svcs}}, &out)
+		wantErrContaining(t, err, "--pod-cidrs", want)
+	}
+	// A range approved for alpha cannot be approved for beta too.
+	_, err = Join(ctx, hub, b, JoinOptions{PodCIDRs: []string{"10.241.128.0/17"}, ServiceCIDRs: []string{approved[beta].svcs}}, &out)
+	wantErrContaining(t, err, "10.241.128.0/17 overlaps "+approved[alpha].pods+", approved for cluster alpha")
 
 	// A second cluster may not take an id in use: member2 pretends to be
 	// alpha by changing its ClusterProperty.

@@ -45,6 +45,16 @@ type JoinOptions struct {
 	// isthmus-system/isthmus-ca (and again once half its life has passed).
 	// Without it no identity is set up.
 	Certificates Certificates
+	// PodCIDRs and ServiceCIDRs, given together, are the member's address
+	// ranges as the hub admin approves them: recorded in its MemberPolicy,
+	// they are the only ranges the broker lets it claim, and its
+	// EndpointSlices may carry only addresses in PodCIDRs. When both are
+	// empty a second join keeps what the MemberPolicy already holds.
+	PodCIDRs, ServiceCIDRs []string
+	// ExportNamespaces, when set, are the only namespaces the member may
+	// export Services from. When empty a second join keeps what the
+	// MemberPolicy already holds.
+	ExportNamespaces []string
 }
 
 // Names in a member cluster.
@@ -124,6 +134,11 @@ func Join(ctx context.Context, hub, member *Clients, opts JoinOptions, out io.Wr
 		}
 	case !apierrors.IsNotFound(err):
 		return "", fmt.Errorf("reading ServiceAccount %s/%s on the broker: %w", ns, saName, err)
+	}
+	// The allowlist is in place before the member's identity can write,
+	// and only once the id is known to be this cluster's.
+	if err := applyMemberPolicy(ctx, onHub, ns, id, opts); err != nil {
+		return "", err
 	}
 	labels := map[string]string{"app.kubernetes.io/part-of": "isthmus", brokerv1.LabelSourceCluster: id}
 	if _, err := onHub.apply(ctx, serviceAccountGVR, &corev1.ServiceAccount{

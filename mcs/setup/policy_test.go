@@ -55,7 +55,7 @@ func memberSlice(cluster string) *discoveryv1.EndpointSlice {
 			brokerv1.LabelServiceNamespace: "demo", brokerv1.LabelManagedBy: brokerv1.ManagedBy,
 		}},
 		AddressType: discoveryv1.AddressTypeIPv4,
-		Endpoints:   []discoveryv1.Endpoint{{Addresses: []string{"10.241.0.5"}, Conditions: discoveryv1.EndpointConditions{Ready: &ready}}},
+		Endpoints:   []discoveryv1.Endpoint{{Addresses: []string{approved[cluster].podIP}, Conditions: discoveryv1.EndpointConditions{Ready: &ready}}},
 		Ports:       []discoveryv1.EndpointPort{{Name: &name, Port: &port, Protocol: &proto}},
 	}
 }
@@ -339,6 +339,10 @@ func TestMembersWriteOnlyTheirOwnRecords(t *testing.T) {
 		req := &authenticationv1.TokenRequest{Spec: authenticationv1.TokenRequestSpec{ExpirationSeconds: ptr(int64(600))}}
 		_, err := asBeta.Kube.CoreV1().ServiceAccounts(ns).CreateToken(ctx, brokerv1.MemberServiceAccount(alpha), req, metav1.CreateOptions{})
 		wantDenied(t, err, "rule own-token-only")
+		// ...nor a token for itself that would outlive any rotation.
+		long := &authenticationv1.TokenRequest{Spec: authenticationv1.TokenRequestSpec{ExpirationSeconds: ptr(int64(365 * 24 * 3600))}}
+		_, err = asBeta.Kube.CoreV1().ServiceAccounts(ns).CreateToken(ctx, brokerv1.MemberServiceAccount(beta), long, metav1.CreateOptions{})
+		wantDenied(t, err, "rule token-lifetime")
 		// A member may renew its own credential.
 		tr, err := asBeta.Kube.CoreV1().ServiceAccounts(ns).CreateToken(ctx, brokerv1.MemberServiceAccount(beta), req, metav1.CreateOptions{})
 		if err != nil || tr.Status.Token == "" {

@@ -27,6 +27,13 @@ const (
 	beta  = "beta"
 )
 
+// approved are the ranges join approves for each member; validCluster and
+// memberSlice publish inside them.
+var approved = map[string]struct{ pods, svcs, podIP string }{
+	alpha: {"10.241.0.0/16", "10.97.0.0/16", "10.241.0.5"},
+	beta:  {"10.242.0.0/16", "10.98.0.0/16", "10.242.0.5"},
+}
+
 var (
 	joinOnce sync.Once
 	joinErr  error
@@ -42,10 +49,13 @@ func joined(t *testing.T) (hub, a, b *Clients) {
 		if joinErr = InstallBroker(ctx, hub, BrokerOptions{}, &out); joinErr != nil {
 			return
 		}
-		if _, joinErr = Join(ctx, hub, a, JoinOptions{ClusterID: alpha}, &out); joinErr != nil {
+		if _, joinErr = Join(ctx, hub, a, JoinOptions{ClusterID: alpha,
+			PodCIDRs: []string{approved[alpha].pods}, ServiceCIDRs: []string{approved[alpha].svcs}}, &out); joinErr != nil {
 			return
 		}
-		_, joinErr = Join(ctx, hub, b, JoinOptions{ClusterID: beta}, &out)
+		_, joinErr = Join(ctx, hub, b, JoinOptions{ClusterID: beta,
+			PodCIDRs: []string{approved[beta].pods}, ServiceCIDRs: []string{approved[beta].svcs},
+			ExportNamespaces: []string{"demo"}}, &out)
 		t.Logf("first install and joins:\n%s", out.String())
 	})
 	if joinErr != nil {

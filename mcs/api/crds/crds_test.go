@@ -23,6 +23,7 @@ func TestCRDs(t *testing.T) {
 	}{
 		{broker, "clusters.broker.isthmus.dev", apiextensionsv1.NamespaceScoped, "v1alpha1"},
 		{broker, "exportedservices.broker.isthmus.dev", apiextensionsv1.NamespaceScoped, "v1alpha1"},
+		{broker, "memberpolicies.broker.isthmus.dev", apiextensionsv1.NamespaceScoped, "v1alpha1"},
 		{member, "serviceexports.multicluster.x-k8s.io", apiextensionsv1.NamespaceScoped, "v1beta1"},
 		{member, "serviceimports.multicluster.x-k8s.io", apiextensionsv1.NamespaceScoped, "v1beta1"},
 		{member, "clusterproperties.about.k8s.io", apiextensionsv1.ClusterScoped, "v1alpha1"},
@@ -55,8 +56,8 @@ func TestCRDs(t *testing.T) {
 			}
 		})
 	}
-	if len(broker) != 2 || len(member) != 3 {
-		t.Errorf("got %d broker and %d member CRDs, want 2 and 3", len(broker), len(member))
+	if len(broker) != 3 || len(member) != 3 {
+		t.Errorf("got %d broker and %d member CRDs, want 3 and 3", len(broker), len(member))
 	}
 }
 

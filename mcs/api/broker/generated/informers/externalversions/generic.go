@@ -41,6 +41,8 @@ func (f *sharedInformerFactory) ForResource(resource schema.GroupVersionResource
 		return &genericInformer{resource: resource.GroupResource(), informer: f.Broker().V1alpha1().Clusters().Informer()}, nil
 	case v1alpha1.SchemeGroupVersion.WithResource("exportedservices"):
 		return &genericInformer{resource: resource.GroupResource(), informer: f.Broker().V1alpha1().ExportedServices().Informer()}, nil
+	case v1alpha1.SchemeGroupVersion.WithResource("memberpolicies"):
+		return &genericInformer{resource: resource.GroupResource(), informer: f.Broker().V1alpha1().MemberPolicies().Informer()}, nil
 
 	}
 

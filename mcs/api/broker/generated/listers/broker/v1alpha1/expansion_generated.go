@@ -17,3 +17,11 @@ type ExportedServiceListerExpansion interface{}
 // ExportedServiceNamespaceListerExpansion allows custom methods to be added to
 // ExportedServiceNamespaceLister.
 type ExportedServiceNamespaceListerExpansion interface{}
+
+// MemberPolicyListerExpansion allows custom methods to be added to
+// MemberPolicyLister.
+type MemberPolicyListerExpansion interface{}
+
+// MemberPolicyNamespaceListerExpansion allows custom methods to be added to
+// MemberPolicyNamespaceLister.
+type MemberPolicyNamespaceListerExpansion interface{}

@@ -12,6 +12,8 @@ type Interface interface {
 	Clusters() TypedClusterInformer
 	// ExportedServices returns a ExportedServiceInformer.
 	ExportedServices() TypedExportedServiceInformer
+	// MemberPolicies returns a MemberPolicyInformer.
+	MemberPolicies() TypedMemberPolicyInformer
 }
 
 type version struct {
@@ -33,4 +35,9 @@ func (v *version) Clusters() TypedClusterInformer {
 // ExportedServices returns a TypedExportedServiceInformer.
 func (v *version) ExportedServices() TypedExportedServiceInformer {
 	return &exportedServiceInformer{factory: v.factory, namespace: v.namespace, tweakListOptions: v.tweakListOptions}
+}
+
+// MemberPolicies returns a TypedMemberPolicyInformer.
+func (v *version) MemberPolicies() TypedMemberPolicyInformer {
+	return &memberPolicyInformer{factory: v.factory, namespace: v.namespace, tweakListOptions: v.tweakListOptions}
 }

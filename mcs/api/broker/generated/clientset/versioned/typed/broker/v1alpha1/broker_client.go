@@ -14,6 +14,7 @@ type BrokerV1alpha1Interface interface {
 	RESTClient() rest.Interface
 	ClustersGetter
 	ExportedServicesGetter
+	MemberPoliciesGetter
 }
 
 // BrokerV1alpha1Client is used to interact with features provided by the broker.isthmus.dev group.
@@ -27,6 +28,10 @@ func (c *BrokerV1alpha1Client) Clusters(namespace string) ClusterInterface {
 
 func (c *BrokerV1alpha1Client) ExportedServices(namespace string) ExportedServiceInterface {
 	return newExportedServices(c, namespace)
+}
+
+func (c *BrokerV1alpha1Client) MemberPolicies(namespace string) MemberPolicyInterface {
+	return newMemberPolicies(c, namespace)
 }
 
 // NewForConfig creates a new BrokerV1alpha1Client for the given config.

@@ -5,3 +5,5 @@ package v1alpha1
 type ClusterExpansion interface{}
 
 type ExportedServiceExpansion interface{}
+
+type MemberPolicyExpansion interface{}

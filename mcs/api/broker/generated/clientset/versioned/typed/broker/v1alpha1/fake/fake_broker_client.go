@@ -20,6 +20,10 @@ func (c *FakeBrokerV1alpha1) ExportedServices(namespace string) v1alpha1.Exporte
 	return newFakeExportedServices(c, namespace)
 }
 
+func (c *FakeBrokerV1alpha1) MemberPolicies(namespace string) v1alpha1.MemberPolicyInterface {
+	return newFakeMemberPolicies(c, namespace)
+}
+
 // RESTClient returns a RESTClient that is used to communicate
 // with API server by this client implementation.
 func (c *FakeBrokerV1alpha1) RESTClient() rest.Interface {
