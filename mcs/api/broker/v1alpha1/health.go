@@ -50,6 +50,8 @@ const (
 	MaxLeaseDuration = 5 * time.Minute
 )
 
+// +kubebuilder:object:generate=false
+
 // BrokerLink is the observing process's own connection to the broker: up
 // or down, and since when. While it is down nothing is learned about any
 // peer, so every peer's health stays as it was when the link was lost; when
@@ -58,6 +60,8 @@ type BrokerLink struct {
 	Up    bool
 	Since time.Time
 }
+
+// +kubebuilder:object:generate=false
 
 // HeartbeatClock remembers, for each member, when this process observed
 // its Lease being renewed. Feed it every Lease the informer delivers; it is
@@ -70,6 +74,7 @@ type HeartbeatClock struct {
 	seen map[string]heartbeat
 }
 
+// +kubebuilder:object:generate=false
 type heartbeat struct {
 	renew    time.Time // the peer's renewTime, only to tell a renewal apart
 	at       time.Time // when this process saw that renewal

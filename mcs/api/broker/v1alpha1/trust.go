@@ -23,6 +23,8 @@ const (
 	MinIPv6PrefixBits = 32
 )
 
+// +kubebuilder:object:generate=false
+
 // ClaimError says why a claimed range was refused. Rule names the rule for
 // conditions, Events and metrics.
 type ClaimError struct {
