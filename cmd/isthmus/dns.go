@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -12,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/isthmus-dev/isthmus/cmd/internal/serve"
 	"github.com/isthmus-dev/isthmus/dnsserver"
 )
 
@@ -77,26 +77,10 @@ func dnsRole() role {
 					return err
 				}
 				log.Info("serving DNS", "addr", l.Addr().String(), "zone", builder.Config().Zone, "cluster_zone", builder.Config().ClusterZone, "ttl", builder.Config().TTL)
-				ctx, cancel := context.WithCancel(ctx)
-				defer cancel()
-				errs := make(chan error, 2)
-				for _, f := range []func() error{
-					func() error { return l.Serve(ctx, handler, log) },
-					func() error { return src.Run(ctx) },
-				} {
-					go func() {
-						err := f()
-						cancel() // one part ending ends the role
-						errs <- err
-					}()
-				}
-				var all []error
-				for range 2 {
-					if err := <-errs; err != nil && !errors.Is(err, context.Canceled) {
-						all = append(all, err)
-					}
-				}
-				return errors.Join(all...)
+				return serve.Group(ctx,
+					serve.Part{Run: func(ctx context.Context) error { return l.Serve(ctx, handler, log) }},
+					serve.Part{Run: src.Run},
+				)
 			}
 		}}
 }

@@ -200,36 +200,19 @@ func runRoles(ctx context.Context, name string, rs []role, args []string, log *s
 		return err
 	}
 
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	errs := make(chan error, len(rs)+1)
-	start := func(what string, f func() error) {
-		go func() {
-			err := f()
-			if err != nil && !errors.Is(err, context.Canceled) {
-				err = fmt.Errorf("%s: %w", what, err)
-			} else {
-				err = nil
-			}
-			cancel() // one part ending ends the process: a supervisor restarts it whole
-			errs <- err
-		}()
-	}
+	parts := make([]serve.Part, 0, len(rs)+1)
 	for i, r := range rs {
 		rlog := log
 		if prefix {
 			rlog = log.With("role", r.name)
 		}
-		start(r.name, func() error { return entries[i](ctx, e, rlog) })
+		parts = append(parts, serve.Part{Name: r.name, Run: func(ctx context.Context) error { return entries[i](ctx, e, rlog) }})
 	}
-	start("metrics", func() error { return serve.Run(ctx, e.flags.metricsAddr, e.reg, e.health, log) })
-	var all []error
-	for range len(rs) + 1 {
-		if err := <-errs; err != nil {
-			all = append(all, err)
-		}
-	}
-	return errors.Join(all...)
+	parts = append(parts, serve.Part{Name: "metrics", Run: func(ctx context.Context) error {
+		return serve.Run(ctx, e.flags.metricsAddr, e.reg, e.health, log)
+	}})
+	// One part ending ends the process: a supervisor restarts it whole.
+	return serve.Group(ctx, parts...)
 }
 
 // parseWithEnv parses args, then gives every flag not on the command line

@@ -7,16 +7,10 @@ import (
 	"log/slog"
 	"net/netip"
 	"os"
-	"sync/atomic"
 	"time"
 
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-
-	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/tools/leaderelection"
-	"k8s.io/client-go/tools/leaderelection/resourcelock"
-
 	brokerv1 "github.com/isthmus-dev/isthmus/mcs/api/broker/v1alpha1"
+	"github.com/isthmus-dev/isthmus/mcs/election"
 	"github.com/isthmus-dev/isthmus/tunnel"
 )
 
@@ -90,66 +84,18 @@ func tunnelRole() role {
 				if !*leaderElect {
 					return t.Run(ctx)
 				}
-				return runElected(ctx, local.Kube, *keyNS, "isthmus-tunnel-"+cfg.ClusterID, *identity,
-					[3]time.Duration{*leaseDuration, *renewDeadline, *retryPeriod}, t.Run, log)
+				id := *identity
+				if id == "" {
+					if id, err = os.Hostname(); err != nil {
+						return fmt.Errorf("finding a leader election identity: %w", err)
+					}
+				}
+				// The replicas share one key, and two active devices with
+				// it would make every peer roam back and forth between them.
+				return election.Run(ctx, election.Config{
+					Client: local.Kube, Namespace: *keyNS, Name: "isthmus-tunnel-" + cfg.ClusterID, Identity: id,
+					LeaseDuration: *leaseDuration, RenewDeadline: *renewDeadline, RetryPeriod: *retryPeriod, Log: log,
+				}, t.Run)
 			}
 		}}
-}
-
-// runElected runs fn only while this replica holds the gateway Lease: the
-// replicas share one key, and two active devices with it would make every
-// peer roam back and forth between them. A standby takes over when the
-// leader's Lease expires, or at once when the leader shuts down cleanly
-// (it releases the Lease). Losing the Lease stops fn and ends the process.
-func runElected(ctx context.Context, c kubernetes.Interface, ns, name, identity string, timing [3]time.Duration,
-	fn func(context.Context) error, log *slog.Logger) error {
-	if identity == "" {
-		h, err := os.Hostname()
-		if err != nil {
-			return fmt.Errorf("finding a leader election identity: %w", err)
-		}
-		identity = h
-	}
-	lock := &resourcelock.LeaseLock{
-		LeaseMeta:  metav1.ObjectMeta{Namespace: ns, Name: name},
-		Client:     c.CoordinationV1(),
-		LockConfig: resourcelock.ResourceLockConfig{Identity: identity},
-	}
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	// fn runs on the elector's goroutine; it must finish its clean
-	// shutdown (peers, routes, device) before the process exits.
-	var runErr error
-	var started atomic.Bool
-	done := make(chan struct{})
-	le, err := leaderelection.NewLeaderElector(leaderelection.LeaderElectionConfig{
-		Lock: lock, Name: name, ReleaseOnCancel: true,
-		LeaseDuration: timing[0], RenewDeadline: timing[1], RetryPeriod: timing[2],
-		Callbacks: leaderelection.LeaderCallbacks{
-			OnStartedLeading: func(ctx context.Context) {
-				started.Store(true)
-				defer close(done)
-				log.Info("holding the gateway Lease; this replica is active", "lease", ns+"/"+name, "identity", identity)
-				runErr = fn(ctx)
-				cancel()
-			},
-			OnStoppedLeading: func() {
-				log.Info("not holding the gateway Lease", "lease", ns+"/"+name, "identity", identity)
-				cancel()
-			},
-			OnNewLeader: func(leader string) {
-				if leader != identity {
-					log.Info("standing by", "leader", leader)
-				}
-			},
-		},
-	})
-	if err != nil {
-		return fmt.Errorf("setting up leader election on Lease %s/%s: %w", ns, name, err)
-	}
-	le.Run(ctx)
-	if started.Load() {
-		<-done
-	}
-	return runErr
 }
