@@ -13,7 +13,6 @@ import (
 
 	"github.com/isthmus-dev/isthmus/mcs/agent"
 	brokerv1 "github.com/isthmus-dev/isthmus/mcs/api/broker/v1alpha1"
-	"github.com/isthmus-dev/isthmus/mcs/setup"
 )
 
 // version is stamped at build time with -ldflags "-X main.version=...".
@@ -35,9 +34,9 @@ func agentRole() role {
 			leaseDuration := fs.Duration(p+"lease-duration", 30*time.Second, "validity of this cluster's heartbeat; a peer silent this long is unhealthy")
 			withdrawAfter := fs.Duration(p+"withdraw-after", 5*time.Minute, "how long a peer may be silent before its exports leave this cluster's imports")
 			leaderElect := fs.Bool(p+"leader-elect", true, "elect one writing leader among the agent's replicas")
-			leaderNamespace := fs.String(p+"leader-elect-namespace", setup.MemberNamespace, "namespace of this cluster holding the election Lease")
+			leaderNamespace := fs.String(p+"leader-elect-namespace", brokerv1.MemberNamespace, "namespace of this cluster holding the election Lease")
 			dataplane := fs.String(p+"dataplane", agent.DataplaneDirect, "where derived Services send ClusterSetIP traffic: direct (to the endpoints, chosen by locality) or gateway (to the local east-west gateway's egress ports)")
-			gatewayService := fs.String(p+"gateway-service", setup.MemberNamespace+"/isthmus-gateway", "NAMESPACE/NAME of the local Service in front of the east-west gateway pods (gateway mode)")
+			gatewayService := fs.String(p+"gateway-service", brokerv1.MemberNamespace+"/"+brokerv1.GatewayService, "NAMESPACE/NAME of the local Service in front of the east-west gateway pods (gateway mode)")
 			ingressPort := fs.Int(p+"gateway-ingress-port", brokerv1.DefaultGatewayIngressPort, "the east-west gateway pods' mTLS port, published with their addresses for other clusters' gateways (gateway mode)")
 			egressPorts := fs.String(p+"egress-ports", fmt.Sprintf("%d-%d", brokerv1.DefaultEgressPortMin, brokerv1.DefaultEgressPortMax), "MIN-MAX: the gateway egress ports the agent allocates to imports (gateway mode)")
 			return func(ctx context.Context, e *env, log *slog.Logger) error {

@@ -31,8 +31,8 @@ func tunnelRole() role {
 			statusInterval := fs.Duration(p+"status-interval", 10*time.Second, "least time between two writes of the record's tunnel conditions")
 			routeProtocol := fs.Int(p+"route-protocol", 158, "route protocol id marking this role's routes (5-255)")
 			routeTable := fs.Int(p+"route-table", 254, "routing table of the routes to remote clusters (254 is main)")
-			keyNS := fs.String(p+"key-namespace", "isthmus-system", "namespace of the key Secret in this cluster")
-			keySecret := fs.String(p+"key-secret", "isthmus-tunnel-key", "name of the Secret holding the cluster's WireGuard private key, shared by its gateway replicas")
+			keyNS := fs.String(p+"key-namespace", brokerv1.MemberNamespace, "namespace of the key Secret in this cluster")
+			keySecret := fs.String(p+"key-secret", tunnel.DefaultKeySecret, "name of the Secret holding the cluster's WireGuard private key, shared by its gateway replicas")
 			leaderElect := fs.Bool(p+"leader-elect", true, "run the device only while holding the gateway Lease in --key-namespace, so one replica at a time is active")
 			identity := fs.String(p+"leader-elect-identity", "", "this replica's name in the Lease (empty: the host name)")
 			leaseDuration := fs.Duration(p+"leader-elect-lease-duration", 15*time.Second, "how long a dead leader's Lease blocks a standby")
@@ -93,7 +93,7 @@ func tunnelRole() role {
 				// The replicas share one key, and two active devices with
 				// it would make every peer roam back and forth between them.
 				return election.Run(ctx, election.Config{
-					Client: local.Kube, Namespace: *keyNS, Name: "isthmus-tunnel-" + cfg.ClusterID, Identity: id,
+					Client: local.Kube, Namespace: *keyNS, Name: tunnel.LeaseName(cfg.ClusterID), Identity: id,
 					LeaseDuration: *leaseDuration, RenewDeadline: *renewDeadline, RetryPeriod: *retryPeriod, Log: log,
 				}, t.Run)
 			}

@@ -40,7 +40,7 @@ func xdsRole() role {
 			certTTL := fs.Duration(p+"cert-ttl", 24*time.Hour, "lifetime of the gateway's and workloads' certificates (renewed at half)")
 			var workloads multiFlag
 			fs.Var(&workloads, p+"workload-certs", "NAMESPACE/SERVICEACCOUNT=DIRECTORY: keep that identity's certificate in DIRECTORY (tls.crt, tls.key, ca.crt) for a proxyless gRPC client's file_watcher provider; repeatable")
-			gatewayService := fs.String(p+"gateway-service", brokerv1.MemberNamespace+"/isthmus-gateway", "NAMESPACE/NAME of the east-west gateway's Service: only clients at its pods' addresses get the gateway view, which carries the gateway's private key (empty: any client that says it is a gateway; never in production)")
+			gatewayService := fs.String(p+"gateway-service", brokerv1.MemberNamespace+"/"+brokerv1.GatewayService, "NAMESPACE/NAME of the east-west gateway's Service: only clients at its pods' addresses get the gateway view, which carries the gateway's private key (empty: any client that says it is a gateway; never in production)")
 			debugAddr := fs.String(p+"debug-addr", "", "address of /debug/xds?view=gateway|grpc, a JSON dump of the served resources (empty: off; it shows the clusterset's topology)")
 			return func(ctx context.Context, e *env, log *slog.Logger) error {
 				if *mode != string(model.Direct) && *mode != string(model.Gateway) {

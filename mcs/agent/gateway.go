@@ -19,7 +19,7 @@ import (
 	"github.com/isthmus-dev/isthmus/mcs/merge"
 )
 
-// Data plane modes (DESIGN.md). In direct mode the derived Service's
+// Data plane modes (docs/architecture.md). In direct mode the derived Service's
 // EndpointSlices hold the endpoints the locality policy chooses; in
 // gateway mode they hold the local east-west gateway's pods, one egress
 // port per service port, and the gateway's xDS chooses the endpoints.

@@ -154,6 +154,44 @@ func TestDependenciesPointDownward(t *testing.T) {
 	}
 }
 
+// TestProductCodeImportsNoTestHelpers: the test harness (test/...) is for
+// tests; a product binary that linked it would carry apiserver launchers
+// and fixtures.
+func TestProductCodeImportsNoTestHelpers(t *testing.T) {
+	for _, p := range listPackages(t) {
+		if !slices.Contains([]string{"cmd", "mcs", "mcs/election", "mcs/api", "xds", "dnsserver", "tunnel"}, component(p.ImportPath)) {
+			continue
+		}
+		for _, imp := range p.Imports {
+			if imp == module+"/test" || strings.HasPrefix(imp, module+"/test/") {
+				t.Errorf("%s imports the test helper %s outside its tests", p.ImportPath, imp)
+			}
+		}
+	}
+}
+
+// TestBrokerAPIImportsNothingOfOurs: the broker API package is the
+// contract every member and the CLI read; it depends on nothing of ours,
+// so that no change elsewhere can change the contract.
+func TestBrokerAPIImportsNothingOfOurs(t *testing.T) {
+	const api = module + "/mcs/api/broker/v1alpha1"
+	found := false
+	for _, p := range listPackages(t) {
+		if p.ImportPath != api {
+			continue
+		}
+		found = true
+		for _, imp := range p.Imports {
+			if imp == module || strings.HasPrefix(imp, module+"/") {
+				t.Errorf("%s imports %s", api, imp)
+			}
+		}
+	}
+	if !found {
+		t.Errorf("%s not found", api)
+	}
+}
+
 // TestFileLength keeps files readable in one sitting.
 func TestFileLength(t *testing.T) {
 	for _, p := range listPackages(t) {

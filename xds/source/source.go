@@ -19,7 +19,6 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
-	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/dynamic/dynamicinformer"
 	kubeinformers "k8s.io/client-go/informers"
@@ -368,6 +367,3 @@ func toCluster(o any) (*brokerv1.Cluster, error) {
 	}
 	return &c, nil
 }
-
-// GroupVersionResource of the broker's Cluster records, for tests.
-func ClusterResource() schema.GroupVersionResource { return clusterGVR }
