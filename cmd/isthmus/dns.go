@@ -9,7 +9,6 @@ import (
 	"net/netip"
 	"runtime"
 	"strings"
-	"time"
 
 	"github.com/isthmus-dev/isthmus/cmd/internal/serve"
 	"github.com/isthmus-dev/isthmus/dnsserver"
@@ -62,14 +61,17 @@ func dnsRole() role {
 				if err != nil {
 					return err
 				}
-				var src *dnsserver.Source
-				metrics := dnsserver.NewMetrics(e.reg, func() time.Duration { return src.SyncAge() })
+				metrics := dnsserver.NewMetrics(e.reg, nil)
 				handler, err := dnsserver.NewHandler(builder.Config(), metrics)
 				if err != nil {
 					return fmt.Errorf("configuring the resolver: %w", err)
 				}
-				src = dnsserver.NewSource(local.Kube, local.MCS, builder, handler, log)
-				src.OnIndex = metrics.SetIndex
+				src, err := dnsserver.NewSource(dnsserver.SourceConfig{
+					Kube: local.Kube, MCS: local.MCS, Builder: builder, Handler: handler, Metrics: metrics, Registry: e.reg, Log: log,
+				})
+				if err != nil {
+					return err
+				}
 				e.health.Add("dns", src.Ready)
 
 				l, err := dnsserver.Listen(ctx, *listen, *sockets)

@@ -97,7 +97,7 @@ func xdsRole() role {
 					Local: lm, Kube: local.Kube, MCS: local.MCS, Broker: broker.Kube, BrokerDynamic: broker.Dynamic,
 					BrokerNamespace: ns, LeaseDuration: *leaseDuration, ProbeEvery: 2 * time.Second, Log: log,
 				}, func(ch source.Change) { ctrl.Apply(ctx, ch) })
-				if ctrl, err = xds.NewController(lm, src, srv, e.reg, log); err != nil {
+				if ctrl, err = xds.New(xds.Config{Local: lm, Models: src, Server: srv, Registry: e.reg, Log: log}); err != nil {
 					return err
 				}
 				if *caSecret != "" {
