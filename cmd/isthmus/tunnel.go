@@ -10,7 +10,6 @@ import (
 	"time"
 
 	brokerv1 "github.com/isthmus-dev/isthmus/mcs/api/broker/v1alpha1"
-	"github.com/isthmus-dev/isthmus/mcs/election"
 	"github.com/isthmus-dev/isthmus/tunnel"
 )
 
@@ -48,15 +47,20 @@ func tunnelRole() role {
 					return fmt.Errorf("--%sendpoint %q: want ip:port: %w", p, *endpoint, err)
 				}
 				cfg := tunnel.Config{
-					ClusterID: e.flags.clusterID, BrokerNamespace: brokerv1.DefaultBrokerNamespace, Device: *device, Implementation: implementation,
+					Device: *device, Implementation: implementation,
 					MTU: *mtu, ListenPort: *listenPort, Endpoint: ep, ProbePort: *probePort, Keepalive: *keepalive,
 					Resync: *resync, ProbeInterval: *probeInterval, StatusInterval: *statusInterval,
 					RouteProtocol: *routeProtocol, RouteTable: *routeTable, KeyNamespace: *keyNS, KeySecret: *keySecret,
+					Log: log, Registry: e.reg,
 				}
-				if cfg.ClusterID == "" {
-					// Checked for real once read from the ClusterProperty:
-					// bad flags are reported before any apiserver is asked.
-					cfg.ClusterID = "unresolved"
+				if *leaderElect {
+					id := *identity
+					if id == "" {
+						if id, err = os.Hostname(); err != nil {
+							return fmt.Errorf("finding a leader election identity: %w", err)
+						}
+					}
+					cfg.Election = &tunnel.Election{Identity: id, LeaseDuration: *leaseDuration, RenewDeadline: *renewDeadline, RetryPeriod: *retryPeriod}
 				}
 				if err := cfg.Validate(); err != nil {
 					return err
@@ -72,30 +76,13 @@ func tunnelRole() role {
 				if err != nil {
 					return err
 				}
-				cfg.BrokerNamespace = ns
-				t, err := tunnel.New(cfg, broker.Dynamic, local.Kube, log)
+				cfg.BrokerNamespace, cfg.Broker, cfg.Local = ns, broker.Dynamic, local.Kube
+				t, err := tunnel.New(cfg)
 				if err != nil {
 					return err
 				}
-				if err := t.Register(e.reg); err != nil {
-					return fmt.Errorf("registering tunnel metrics: %w", err)
-				}
 				e.health.Add("tunnel", t.Ready)
-				if !*leaderElect {
-					return t.Run(ctx)
-				}
-				id := *identity
-				if id == "" {
-					if id, err = os.Hostname(); err != nil {
-						return fmt.Errorf("finding a leader election identity: %w", err)
-					}
-				}
-				// The replicas share one key, and two active devices with
-				// it would make every peer roam back and forth between them.
-				return election.Run(ctx, election.Config{
-					Client: local.Kube, Namespace: *keyNS, Name: tunnel.LeaseName(cfg.ClusterID), Identity: id,
-					LeaseDuration: *leaseDuration, RenewDeadline: *renewDeadline, RetryPeriod: *retryPeriod, Log: log,
-				}, t.Run)
+				return t.Run(ctx)
 			}
 		}}
 }
