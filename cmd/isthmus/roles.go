@@ -27,6 +27,9 @@ type role struct {
 	about string
 	// metricsAddr is the default of --metrics-addr when the role runs alone.
 	metricsAddr string
+	// facts: the role reads the cluster's facts (e.facts), which the
+	// process then takes as its own flags.
+	facts bool
 	// flags registers the role's own flags in fs, each name prefixed with
 	// prefix, and returns the role's entry point. The entry point checks
 	// its flags before it contacts anything, registers its metrics and
@@ -80,6 +83,7 @@ func (c *common) register(fs *flag.FlagSet, metricsAddr string) {
 // the metrics registry and the readiness checks.
 type env struct {
 	flags  common
+	facts  facts
 	reg    *prometheus.Registry
 	health *serve.Health
 
@@ -174,6 +178,12 @@ func runRoles(ctx context.Context, name string, rs []role, args []string, log *s
 		metricsAddr, prefix = rs[0].metricsAddr, false
 	}
 	e.flags.register(fs, metricsAddr)
+	for _, r := range rs {
+		if r.facts {
+			e.facts.register(fs)
+			break
+		}
+	}
 	entries := make([]func(context.Context, *env, *slog.Logger) error, len(rs))
 	var about []string
 	for i, r := range rs {

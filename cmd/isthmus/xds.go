@@ -27,27 +27,20 @@ func runXDS(ctx context.Context, args []string, log *slog.Logger) error {
 // xdsRole is ADS for the cluster's Envoy east-west gateways and proxyless
 // gRPC clients.
 func xdsRole() role {
-	return role{name: "xds", about: "the xDS server: Envoy east-west gateways and proxyless gRPC clients", metricsAddr: "127.0.0.1:9471",
+	return role{name: "xds", about: "the xDS server: Envoy east-west gateways and proxyless gRPC clients", metricsAddr: "127.0.0.1:9471", facts: true,
 		flags: func(fs *flag.FlagSet, p string) func(context.Context, *env, *slog.Logger) error {
-			region := fs.String(p+"region", "", "this cluster's region: other clusters of the same region come first in failover")
-			zone := fs.String(p+"zone", "", "this cluster's zone")
-			mode := fs.String(p+"dataplane", string(model.Direct), "how traffic crosses clusters: direct (pod IPs over the tunnels) or gateway (through east-west gateways)")
 			domain := fs.String(p+"clusterset-domain", brokerv1.DefaultClustersetDomain, "parent of every cluster's SPIFFE trust domain")
-			ingressPort := fs.Int(p+"gateway-ingress-port", brokerv1.DefaultGatewayIngressPort, "the east-west gateway's mTLS port")
 			listen := fs.String(p+"listen", ":15010", "address of the ADS gRPC server")
-			leaseDuration := fs.Duration(p+"lease-duration", 30*time.Second, "heartbeat Lease validity when a Lease names none")
 			caSecret := fs.String(p+"ca-secret", brokerv1.MemberNamespace+"/"+brokerv1.IntermediateCASecret, "NAMESPACE/NAME of the cluster's intermediate CA Secret (isthmusctl join writes it); empty: serve no certificates")
 			certTTL := fs.Duration(p+"cert-ttl", 24*time.Hour, "lifetime of the gateway's and workloads' certificates (renewed at half)")
 			var workloads multiFlag
 			fs.Var(&workloads, p+"workload-certs", "NAMESPACE/SERVICEACCOUNT=DIRECTORY: keep that identity's certificate in DIRECTORY (tls.crt, tls.key, ca.crt) for a proxyless gRPC client's file_watcher provider; repeatable")
-			gatewayService := fs.String(p+"gateway-service", brokerv1.MemberNamespace+"/"+brokerv1.GatewayService, "NAMESPACE/NAME of the east-west gateway's Service: only clients at its pods' addresses get the gateway view, which carries the gateway's private key (empty: any client that says it is a gateway; never in production)")
 			debugAddr := fs.String(p+"debug-addr", "", "address of /debug/xds?view=gateway|grpc, a JSON dump of the served resources (empty: off; it shows the clusterset's topology)")
 			return func(ctx context.Context, e *env, log *slog.Logger) error {
-				if *mode != string(model.Direct) && *mode != string(model.Gateway) {
-					return fmt.Errorf("--%sdataplane %q: want direct or gateway", p, *mode)
-				}
-				if *ingressPort <= 0 || *ingressPort > 65535 {
-					return fmt.Errorf("--%sgateway-ingress-port %d is not a port", p, *ingressPort)
+				f := &e.facts
+				mode, err := f.check()
+				if err != nil {
+					return err
 				}
 				if *caSecret == "" && len(workloads) > 0 {
 					return fmt.Errorf("--%sworkload-certs needs --%sca-secret", p, p)
@@ -57,8 +50,8 @@ func xdsRole() role {
 					return err
 				}
 				var gwNS, gwName string
-				if *gatewayService != "" {
-					if gwNS, gwName, err = namespacedName(p+"gateway-service", *gatewayService); err != nil {
+				if f.gatewayService != "" {
+					if gwNS, gwName, err = namespacedName("gateway-service", f.gatewayService); err != nil {
 						return err
 					}
 				}
@@ -74,9 +67,9 @@ func xdsRole() role {
 				if err != nil {
 					return err
 				}
-				lm := model.Local{ClusterID: id, Region: *region, Zone: *zone, ClustersetDomain: *domain, Mode: model.Mode(*mode), IngressPort: int32(*ingressPort)}
+				lm := model.Local{ClusterID: id, Region: f.region, Zone: f.zone, ClustersetDomain: *domain, Mode: model.Mode(mode), IngressPort: int32(f.ingressPort)}
 				cfg := server.Config{ClusterID: id, Log: log, Registry: e.reg}
-				if *gatewayService != "" {
+				if f.gatewayService != "" {
 					gateways := source.NewGatewayPods(local.Kube, gwNS, gwName)
 					cfg.GatewayPeer = gateways.Has
 					e.health.Add("xds-gateway-pods", gateways.Ready)
@@ -95,7 +88,7 @@ func xdsRole() role {
 				var ctrl *xds.Controller
 				src := source.New(source.Config{
 					Local: lm, Kube: local.Kube, MCS: local.MCS, Broker: broker.Kube, BrokerDynamic: broker.Dynamic,
-					BrokerNamespace: ns, LeaseDuration: *leaseDuration, ProbeEvery: 2 * time.Second, Log: log,
+					BrokerNamespace: ns, LeaseDuration: f.leaseDuration, ProbeEvery: 2 * time.Second, Log: log,
 				}, func(ch source.Change) { ctrl.Apply(ctx, ch) })
 				if ctrl, err = xds.New(xds.Config{Local: lm, Models: src, Server: srv, Registry: e.reg, Log: log}); err != nil {
 					return err
@@ -119,7 +112,7 @@ func xdsRole() role {
 				if err != nil {
 					return fmt.Errorf("listening for xDS on %s: %w", *listen, err)
 				}
-				log.Info("starting the xDS server", "cluster", id, "dataplane", *mode)
+				log.Info("starting the xDS server", "cluster", id, "dataplane", mode)
 				return serve.Group(ctx,
 					serve.Part{Run: func(ctx context.Context) error { return srv.Serve(ctx, lis) }},
 					serve.Part{Run: src.Run},
