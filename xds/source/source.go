@@ -17,10 +17,6 @@ import (
 	coordinationv1 "k8s.io/api/coordination/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
-	"k8s.io/apimachinery/pkg/runtime"
-	"k8s.io/client-go/dynamic"
-	"k8s.io/client-go/dynamic/dynamicinformer"
 	kubeinformers "k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
@@ -28,6 +24,8 @@ import (
 	mcsclient "sigs.k8s.io/mcs-api/pkg/client/clientset/versioned"
 	mcsinformers "sigs.k8s.io/mcs-api/pkg/client/informers/externalversions"
 
+	brokerclient "github.com/isthmus-dev/isthmus/mcs/api/broker/generated/clientset/versioned"
+	brokerinformers "github.com/isthmus-dev/isthmus/mcs/api/broker/generated/informers/externalversions"
 	brokerv1 "github.com/isthmus-dev/isthmus/mcs/api/broker/v1alpha1"
 	"github.com/isthmus-dev/isthmus/xds/model"
 )
@@ -36,8 +34,6 @@ import (
 // ServiceExport's exportedAnnotations) set to "mtls" asks proxyless gRPC
 // clients in direct mode to speak mTLS to the service's pods.
 const AnnotationUpstreamTLS = "isthmus.dev/upstream-tls"
-
-var clusterGVR = brokerv1.SchemeGroupVersion.WithResource("clusters")
 
 // byService indexes MCS slices by the namespace/name of their service.
 const byService = "service"
@@ -52,11 +48,12 @@ func sliceService(obj any) ([]string, error) {
 
 // Config is what a Source reads from.
 type Config struct {
-	Local           model.Local
-	Kube            kubernetes.Interface
-	MCS             mcsclient.Interface
-	Broker          kubernetes.Interface
-	BrokerDynamic   dynamic.Interface
+	Local  model.Local
+	Kube   kubernetes.Interface
+	MCS    mcsclient.Interface
+	Broker kubernetes.Interface
+	// BrokerAPI reads the broker's Cluster records.
+	BrokerAPI       brokerclient.Interface
 	BrokerNamespace string
 	// LeaseDuration is used for a Lease that names no duration.
 	LeaseDuration time.Duration
@@ -109,7 +106,8 @@ func New(cfg Config, onChange func(Change)) *Source {
 	s.imports = mcsinformers.NewSharedInformerFactory(cfg.MCS, 0).Multicluster().V1beta1().ServiceImports().Informer()
 	bf := kubeinformers.NewSharedInformerFactoryWithOptions(cfg.Broker, 0, kubeinformers.WithNamespace(cfg.BrokerNamespace))
 	s.leases = bf.Coordination().V1().Leases().Informer()
-	s.records = dynamicinformer.NewFilteredDynamicInformer(cfg.BrokerDynamic, clusterGVR, cfg.BrokerNamespace, 0, cache.Indexers{}, nil).Informer()
+	s.records = brokerinformers.NewSharedInformerFactoryWithOptions(cfg.BrokerAPI, 0, brokerinformers.WithNamespace(cfg.BrokerNamespace)).
+		Broker().V1alpha1().Clusters().Informer()
 
 	serviceEvent := func(obj any) {
 		if t, ok := obj.(cache.DeletedFinalStateUnknown); ok {
@@ -357,13 +355,9 @@ func (s *Source) judgeHealth() {
 }
 
 func toCluster(o any) (*brokerv1.Cluster, error) {
-	u, ok := o.(*unstructured.Unstructured)
+	c, ok := o.(*brokerv1.Cluster)
 	if !ok {
 		return nil, fmt.Errorf("unexpected %T in the Cluster informer", o)
 	}
-	var c brokerv1.Cluster
-	if err := runtime.DefaultUnstructuredConverter.FromUnstructured(u.Object, &c); err != nil {
-		return nil, fmt.Errorf("reading Cluster record %s: %w", u.GetName(), err)
-	}
-	return &c, nil
+	return c, nil
 }
