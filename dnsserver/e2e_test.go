@@ -47,7 +47,10 @@ func TestEndToEnd(t *testing.T) {
 		t.Fatal(err)
 	}
 	h, _ := NewHandler(b.Config(), nil)
-	src := NewSource(m.Client, mcs, b, h, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	src, err := NewSource(SourceConfig{Kube: m.Client, MCS: mcs, Builder: b, Handler: h, Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
 	srcDone := make(chan error, 1)
 	go func() { srcDone <- src.Run(ctx) }()
 	addr := startServer(t, h)

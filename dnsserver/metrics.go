@@ -57,12 +57,18 @@ func NewMetrics(reg prometheus.Registerer, syncAge func() time.Duration) *Metric
 	}
 	reg.MustRegister(vec, m.latency, m.names, m.services, m.builds)
 	if syncAge != nil {
-		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-			Name: "isthmus_dns_sync_age_seconds",
-			Help: "Seconds since the apiserver last showed it was there (an event or a probe): how stale answers may be.",
-		}, func() float64 { return syncAge().Seconds() }))
+		reg.MustRegister(syncAgeGauge(syncAge))
 	}
 	return m
+}
+
+// syncAgeGauge reports syncAge (Source.SyncAge) as
+// isthmus_dns_sync_age_seconds.
+func syncAgeGauge(syncAge func() time.Duration) prometheus.Collector {
+	return prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "isthmus_dns_sync_age_seconds",
+		Help: "Seconds since the apiserver last showed it was there (an event or a probe): how stale answers may be.",
+	}, func() float64 { return syncAge().Seconds() })
 }
 
 func typeName(t uint16) string {

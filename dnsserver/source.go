@@ -8,6 +8,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	kubeinformers "k8s.io/client-go/informers"
@@ -36,18 +37,42 @@ type Source struct {
 	mcs     mcsclient.Interface
 	builder *Builder
 	handler *Handler
+	metrics *Metrics
 	log     *slog.Logger
-	// OnIndex, when set before Run, is called with every index stored.
-	OnIndex func(*Index)
 
 	changed  chan struct{}
 	synced   atomic.Bool
 	lastSeen atomic.Int64 // unix nanoseconds of the last sign of the apiserver
 }
 
+// SourceConfig is what NewSource needs.
+type SourceConfig struct {
+	// Kube and MCS reach the cluster whose ServiceImports and
+	// EndpointSlices are served.
+	Kube kubernetes.Interface
+	MCS  mcsclient.Interface
+	// Builder builds each index, Handler answers from it.
+	Builder *Builder
+	Handler *Handler
+	// Metrics, when set, record every index's size.
+	Metrics *Metrics
+	// Registry, when set, receives isthmus_dns_sync_age_seconds.
+	Registry prometheus.Registerer
+	Log      *slog.Logger
+}
+
 // NewSource returns a Source; Run starts it.
-func NewSource(kube kubernetes.Interface, mcs mcsclient.Interface, b *Builder, h *Handler, log *slog.Logger) *Source {
-	return &Source{kube: kube, mcs: mcs, builder: b, handler: h, log: log, changed: make(chan struct{}, 1)}
+func NewSource(cfg SourceConfig) (*Source, error) {
+	if cfg.Kube == nil || cfg.MCS == nil || cfg.Builder == nil || cfg.Handler == nil || cfg.Log == nil {
+		return nil, errors.New("a DNS source needs the clients, a builder, a handler and a logger")
+	}
+	s := &Source{kube: cfg.Kube, mcs: cfg.MCS, builder: cfg.Builder, handler: cfg.Handler, metrics: cfg.Metrics, log: cfg.Log, changed: make(chan struct{}, 1)}
+	if cfg.Registry != nil {
+		if err := cfg.Registry.Register(syncAgeGauge(s.SyncAge)); err != nil {
+			return nil, fmt.Errorf("registering the DNS sync age: %w", err)
+		}
+	}
+	return s, nil
 }
 
 // Ready reports nil once the first full sync is in the handler.
@@ -153,8 +178,8 @@ func (s *Source) Run(ctx context.Context) error {
 func (s *Source) publish() {
 	ix := s.builder.Build()
 	s.handler.Store(ix)
-	if s.OnIndex != nil {
-		s.OnIndex(ix)
+	if s.metrics != nil {
+		s.metrics.SetIndex(ix)
 	}
 }
 

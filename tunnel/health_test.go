@@ -86,7 +86,7 @@ func TestConfigValidate(t *testing.T) {
 		t.Fatal(err)
 	}
 	for name, mutate := range map[string]func(*Config){
-		"no cluster":        func(c *Config) { c.ClusterID = "" },
+		"nameless replica":  func(c *Config) { c.Election = &Election{} },
 		"long device":       func(c *Config) { c.Device = "sixteen-chars-xx" },
 		"keepalive off":     func(c *Config) { c.Keepalive = 0 },
 		"kernel's protocol": func(c *Config) { c.RouteProtocol = 2 },
@@ -99,6 +99,18 @@ func TestConfigValidate(t *testing.T) {
 		mutate(&c)
 		if err := c.Validate(); err == nil {
 			t.Errorf("%s: accepted", name)
+		}
+	}
+	// What only a running process knows is New's to check.
+	for name, mutate := range map[string]func(*Config){
+		"no cluster":          func(c *Config) { c.ClusterID = "" },
+		"no broker namespace": func(c *Config) { c.BrokerNamespace = "" },
+		"no clients":          func(c *Config) {},
+	} {
+		c := good
+		mutate(&c)
+		if _, err := New(c); err == nil {
+			t.Errorf("New with %s: accepted", name)
 		}
 	}
 	if _, err := ParseImplementation("bogus"); err == nil {

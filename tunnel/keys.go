@@ -12,6 +12,15 @@ import (
 	"k8s.io/client-go/kubernetes"
 )
 
+// DefaultKeySecret is the member Secret (in the Isthmus namespace) that
+// holds the cluster's WireGuard private key, shared by the gateway
+// replicas.
+const DefaultKeySecret = "isthmus-tunnel-key"
+
+// LeaseName is the member Lease (in the key Secret's namespace) that lets
+// one gateway replica at a time run the device.
+func LeaseName(clusterID string) string { return "isthmus-tunnel-" + clusterID }
+
 // KeySecretField is the Secret data field that holds the private key,
 // base64 as wg(8) prints it.
 const KeySecretField = "privateKey"

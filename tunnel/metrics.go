@@ -67,8 +67,8 @@ func newMetrics(t *Tunnel) *metrics {
 	}
 }
 
-// Register adds the tunnel's metrics to reg.
-func (t *Tunnel) Register(reg prometheus.Registerer) error {
+// register adds the tunnel's metrics to reg.
+func (t *Tunnel) register(reg prometheus.Registerer) error {
 	for _, c := range []prometheus.Collector{t.metrics.probeRTT, t.metrics.probeFailures, t.metrics.reconcileDuration, t.metrics.reconcileErrors,
 		t.metrics.deviceOps, t.metrics.statusWrites, t.metrics} {
 		if err := reg.Register(c); err != nil {

@@ -389,14 +389,6 @@ func srcFor(pfx netip.Prefix, src netip.Addr) netip.Addr {
 	return netip.Addr{}
 }
 
-func srcMatches(have net.IP, want netip.Addr) bool {
-	a, ok := netip.AddrFromSlice(have)
-	if !want.IsValid() {
-		return !ok
-	}
-	return ok && a.Unmap() == want
-}
-
 func sameAllowed(have []net.IPNet, want []netip.Prefix) bool {
 	got := make([]netip.Prefix, 0, len(have))
 	for _, n := range have {

@@ -276,3 +276,13 @@ func old0(ps []Peer) Peer {
 	}
 	return ps[0]
 }
+
+// srcMatches says whether a route's source (nil for none) is want (the
+// zero Addr for none).
+func srcMatches(have net.IP, want netip.Addr) bool {
+	a, ok := netip.AddrFromSlice(have)
+	if !want.IsValid() {
+		return !ok
+	}
+	return ok && a.Unmap() == want
+}

@@ -11,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/vishvananda/netlink"
 	"golang.zx2c4.com/wireguard/wgctrl"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
@@ -22,6 +23,7 @@ import (
 	"k8s.io/client-go/tools/cache"
 
 	brokerv1 "github.com/isthmus-dev/isthmus/mcs/api/broker/v1alpha1"
+	"github.com/isthmus-dev/isthmus/mcs/election"
 )
 
 // FieldManager is the server-side apply field manager that owns the
@@ -63,15 +65,34 @@ type Config struct {
 	RouteTable     int
 	KeyNamespace   string
 	KeySecret      string
+	// Election, when set, runs the device only while this replica holds
+	// the gateway Lease (LeaseName, in KeyNamespace): the replicas share
+	// one key, and two active devices with it would make every peer roam
+	// back and forth between them.
+	Election *Election
+
+	// Broker holds the cluster records; Local holds the key Secret and
+	// the gateway Lease.
+	Broker dynamic.Interface
+	Local  kubernetes.Interface
+	Log    *slog.Logger
+	// Registry receives the isthmus_tunnel_* metrics.
+	Registry prometheus.Registerer
 }
 
-// Validate reports the first unusable setting.
+// Election is how the gateway replicas elect the active one.
+type Election struct {
+	// Identity names this replica in the Lease.
+	Identity string
+	// The timings; zero takes mcs/election's defaults.
+	LeaseDuration, RenewDeadline, RetryPeriod time.Duration
+}
+
+// Validate reports the first unusable setting. It checks what a command
+// line gives, so that bad flags are reported before any apiserver is
+// asked; New checks the rest.
 func (c Config) Validate() error {
 	switch {
-	case c.ClusterID == "":
-		return errors.New("a cluster id is required")
-	case c.BrokerNamespace == "":
-		return errors.New("a broker namespace is required")
 	case len(c.Device) == 0 || len(c.Device) > 15:
 		return fmt.Errorf("device name %q must have 1 to 15 characters", c.Device)
 	case c.MTU < 1280 || c.MTU > 65535:
@@ -92,6 +113,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("route table %d must be positive", c.RouteTable)
 	case c.KeyNamespace == "" || c.KeySecret == "":
 		return errors.New("the key Secret's namespace and name are required")
+	case c.Election != nil && c.Election.Identity == "":
+		return errors.New("leader election needs an identity for this replica")
 	}
 	return nil
 }
@@ -123,16 +146,26 @@ type Tunnel struct {
 	dirty   dirtySet
 }
 
-// New returns a tunnel for cfg: broker holds the cluster records, local
-// holds the key Secret.
-func New(cfg Config, broker dynamic.Interface, local kubernetes.Interface, log *slog.Logger) (*Tunnel, error) {
+// New returns a tunnel for cfg, its metrics registered.
+func New(cfg Config) (*Tunnel, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("tunnel configuration: %w", err)
 	}
-	t := &Tunnel{cfg: cfg, broker: broker, local: local, log: log, notReady: errors.New("starting"),
+	switch {
+	case cfg.ClusterID == "":
+		return nil, errors.New("tunnel configuration: a cluster id is required")
+	case cfg.BrokerNamespace == "":
+		return nil, errors.New("tunnel configuration: a broker namespace is required")
+	case cfg.Broker == nil || cfg.Local == nil || cfg.Log == nil || cfg.Registry == nil:
+		return nil, errors.New("tunnel configuration: the broker and local clients, a logger and a registry are required")
+	}
+	t := &Tunnel{cfg: cfg, broker: cfg.Broker, local: cfg.Local, log: cfg.Log, notReady: errors.New("starting"),
 		peers: map[string]Peer{}, verdicts: map[string]Verdict{}}
 	t.health.peers = map[string]*peerHealth{}
 	t.metrics = newMetrics(t)
+	if err := t.register(cfg.Registry); err != nil {
+		return nil, fmt.Errorf("registering the tunnel metrics: %w", err)
+	}
 	return t, nil
 }
 
@@ -151,8 +184,21 @@ func (t *Tunnel) setReady(err error) {
 }
 
 // Run brings the device up, keeps it in step with the broker's records
-// until ctx ends, then removes its peers and routes and the device.
-func (t *Tunnel) Run(ctx context.Context) (err error) {
+// until ctx ends, then removes its peers and routes and the device. With
+// an Election it does so only while this replica holds the gateway Lease;
+// losing the Lease ends it with election.ErrLost.
+func (t *Tunnel) Run(ctx context.Context) error {
+	e := t.cfg.Election
+	if e == nil {
+		return t.run(ctx)
+	}
+	return election.Run(ctx, election.Config{
+		Client: t.local, Namespace: t.cfg.KeyNamespace, Name: LeaseName(t.cfg.ClusterID), Identity: e.Identity,
+		LeaseDuration: e.LeaseDuration, RenewDeadline: e.RenewDeadline, RetryPeriod: e.RetryPeriod, Log: t.log,
+	}, t.run)
+}
+
+func (t *Tunnel) run(ctx context.Context) (err error) {
 	key, err := LoadOrCreateKey(ctx, t.local, t.cfg.KeyNamespace, t.cfg.KeySecret)
 	if err != nil {
 		return err

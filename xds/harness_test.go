@@ -83,7 +83,7 @@ func newEnv(t *testing.T, local model.Local, clusters map[string]*model.Cluster)
 		t.Fatal(err)
 	}
 	m := &memModels{services: map[model.Key]*model.Service{}, clusters: clusters}
-	ctrl, err := NewController(local, m, srv, reg, log)
+	ctrl, err := New(Config{Local: local, Models: m, Server: srv, Registry: reg, Log: log})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -9,6 +9,7 @@ package xds
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
@@ -54,10 +55,26 @@ type Controller struct {
 	ready    atomic.Bool
 }
 
-// NewController returns a controller feeding srv.
-func NewController(local model.Local, models Models, srv *server.Server, reg prometheus.Registerer, log *slog.Logger) (*Controller, error) {
+// Config is what New needs.
+type Config struct {
+	// Local is this cluster: its id, locality, data plane and domain.
+	Local model.Local
+	// Models is where the clusterset is read (the source).
+	Models Models
+	// Server is where the translated resources go.
+	Server *server.Server
+	// Registry receives the controller's metrics.
+	Registry prometheus.Registerer
+	Log      *slog.Logger
+}
+
+// New returns a controller feeding cfg.Server.
+func New(cfg Config) (*Controller, error) {
+	if cfg.Models == nil || cfg.Server == nil || cfg.Registry == nil || cfg.Log == nil {
+		return nil, errors.New("an xDS controller needs models, a server, a registry and a logger")
+	}
 	c := &Controller{
-		local: local, models: models, srv: srv, log: log,
+		local: cfg.Local, models: cfg.Models, srv: cfg.Server, log: cfg.Log,
 		errors: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "isthmus_xds_translation_errors_total",
 			Help: "Services whose translation failed; their last good resources stay served.",
@@ -73,7 +90,7 @@ func NewController(local model.Local, models Models, srv *server.Server, reg pro
 		cla:      map[string]types.Resource{},
 	}
 	for _, m := range []prometheus.Collector{c.errors, c.applies} {
-		if err := reg.Register(m); err != nil {
+		if err := cfg.Registry.Register(m); err != nil {
 			return nil, fmt.Errorf("registering the xDS controller metrics: %w", err)
 		}
 	}

@@ -237,14 +237,11 @@ func registeredMetrics(t *testing.T) map[string]bool {
 		t.Fatal(err)
 	}
 	dnsserver.NewMetrics(rec, func() time.Duration { return 0 })
-	tun, err := tunnel.New(tunnel.Config{ClusterID: "c", BrokerNamespace: "isthmus-broker", Device: "isthmus0", Implementation: tunnel.Auto,
+	_, err = tunnel.New(tunnel.Config{ClusterID: "c", BrokerNamespace: "isthmus-broker", Device: "isthmus0", Implementation: tunnel.Auto,
 		MTU: 1420, ListenPort: 51820, Endpoint: netip.MustParseAddrPort("192.0.2.1:51820"), ProbePort: 51821, Keepalive: 10 * time.Second,
 		Resync: 30 * time.Second, ProbeInterval: time.Second, StatusInterval: 10 * time.Second, RouteProtocol: 158, RouteTable: 254,
-		KeyNamespace: "isthmus-system", KeySecret: "isthmus-tunnel-key"}, c.Dynamic, c.Kube, log)
+		KeyNamespace: "isthmus-system", KeySecret: "isthmus-tunnel-key", Broker: c.Dynamic, Local: c.Kube, Log: log, Registry: rec})
 	if err != nil {
-		t.Fatal(err)
-	}
-	if err := tun.Register(rec); err != nil {
 		t.Fatal(err)
 	}
 	ctx := ctxFor(t, time.Minute)
@@ -253,9 +250,9 @@ func registeredMetrics(t *testing.T) map[string]bool {
 		t.Fatal(err)
 	}
 	lm := model.Local{ClusterID: "c", Mode: model.Direct, IngressPort: 15443}
-	src := source.New(source.Config{Local: lm, Kube: c.Kube, MCS: c.MCS, Broker: c.Kube, BrokerDynamic: c.Dynamic, BrokerNamespace: "isthmus-broker", Log: log},
+	src := source.New(source.Config{Local: lm, Kube: c.Kube, MCS: c.MCS, Broker: c.Kube, BrokerAPI: c.BrokerAPI, BrokerNamespace: "isthmus-broker", Log: log},
 		func(source.Change) {})
-	if _, err := xds.NewController(lm, src, srv, rec, log); err != nil {
+	if _, err := xds.New(xds.Config{Local: lm, Models: src, Server: srv, Registry: rec, Log: log}); err != nil {
 		t.Fatal(err)
 	}
 	xdsidentity.NewMetrics(rec)

@@ -28,6 +28,7 @@ import (
 	"github.com/isthmus-dev/isthmus/cmd/internal/kube"
 	"github.com/isthmus-dev/isthmus/mcs/agent"
 	brokerv1 "github.com/isthmus-dev/isthmus/mcs/api/broker/v1alpha1"
+	"github.com/isthmus-dev/isthmus/mcs/election"
 	"github.com/isthmus-dev/isthmus/mcs/setup"
 	"github.com/isthmus-dev/isthmus/test/cluster"
 	"github.com/isthmus-dev/isthmus/tunnel"
@@ -280,9 +281,8 @@ func TestChartTunnelIdentity(t *testing.T) {
 		t.Errorf("reading the key back with the tunnel's identity: %v (same key: %v)", err, again.Private == created.Private)
 	}
 	ran := false
-	err = runElected(ctx, c.Kube, "isthmus-system", "isthmus-tunnel-"+ids[chartMember], "chart-test",
-		[3]time.Duration{15 * time.Second, 10 * time.Second, 2 * time.Second},
-		func(context.Context) error { ran = true; return nil }, slog.New(slog.DiscardHandler))
+	err = election.Run(ctx, election.Config{Client: c.Kube, Namespace: "isthmus-system", Name: "isthmus-tunnel-" + ids[chartMember], Identity: "chart-test", Log: slog.New(slog.DiscardHandler)},
+		func(context.Context) error { ran = true; return nil })
 	if err != nil || !ran {
 		t.Errorf("the gateway Lease with the tunnel's identity: ran %v, %v", ran, err)
 	}

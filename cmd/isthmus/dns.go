@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -10,8 +9,8 @@ import (
 	"net/netip"
 	"runtime"
 	"strings"
-	"time"
 
+	"github.com/isthmus-dev/isthmus/cmd/internal/serve"
 	"github.com/isthmus-dev/isthmus/dnsserver"
 )
 
@@ -33,13 +32,24 @@ func dnsRole() role {
 	return role{name: "dns", about: "the clusterset.local resolver", metricsAddr: ":9153",
 		flags: func(fs *flag.FlagSet, p string) func(context.Context, *env, *slog.Logger) error {
 			listen := fs.String(p+"listen", defaultDNSListen, "address to serve DNS on, UDP and TCP")
-			zone := fs.String(p+"zone", dnsserver.DefaultZone, "the clusterset zone")
+			domain := fs.String(p+"domain", dnsserver.DefaultZone, "the clusterset DNS domain, the zone this server is authoritative for")
+			// --zone was this flag's name, but the agent and the xDS
+			// server take --zone as the topology zone: it stays accepted
+			// for a while, with a warning.
+			oldDomain := fs.String(p+"zone", "", "deprecated: the old name of --"+p+"domain")
 			clusterZone := fs.String(p+"cluster-zone", "", "serve the opt-in per-cluster form <svc>.<ns>.svc.<clusterid>.<cluster-zone> (off when empty)")
 			ttl := fs.Uint(p+"ttl", dnsserver.DefaultTTL, "TTL of answers and of negative answers (SOA minimum), seconds, 1-3600")
 			maxUDP := fs.Int(p+"max-udp-size", dnsserver.DefaultMaxUDPSize, "largest UDP response, whatever a client advertises, 512-65535")
 			nsAddrs := fs.String(p+"ns-addr", "", "comma-separated addresses ns.dns.<zone> (the apex NS target) resolves to, e.g. this Service's ClusterIP")
 			sockets := fs.Int(p+"udp-sockets", runtime.GOMAXPROCS(0), "UDP sockets sharing the port (SO_REUSEPORT), one reader each")
 			return func(ctx context.Context, e *env, log *slog.Logger) error {
+				if *oldDomain != "" {
+					log.Warn("--" + p + "zone (" + envName(p+"zone") + ") is deprecated; use --" + p + "domain (" + envName(p+"domain") + ")")
+					if *domain != dnsserver.DefaultZone && *domain != *oldDomain {
+						return fmt.Errorf("--%sdomain %q and the deprecated --%szone %q disagree", p, *domain, p, *oldDomain)
+					}
+					*domain = *oldDomain
+				}
 				if *ttl == 0 || *ttl > 3600 {
 					return fmt.Errorf("--%sttl %d: must be 1-3600", p, *ttl)
 				}
@@ -54,7 +64,7 @@ func dnsRole() role {
 					}
 					addrs = append(addrs, a)
 				}
-				builder, err := dnsserver.NewBuilder(dnsserver.Config{Zone: *zone, ClusterZone: *clusterZone, TTL: uint32(*ttl), MaxUDPSize: *maxUDP}, addrs)
+				builder, err := dnsserver.NewBuilder(dnsserver.Config{Zone: *domain, ClusterZone: *clusterZone, TTL: uint32(*ttl), MaxUDPSize: *maxUDP}, addrs)
 				if err != nil {
 					return fmt.Errorf("configuring the resolver: %w", err)
 				}
@@ -62,41 +72,28 @@ func dnsRole() role {
 				if err != nil {
 					return err
 				}
-				var src *dnsserver.Source
-				metrics := dnsserver.NewMetrics(e.reg, func() time.Duration { return src.SyncAge() })
+				metrics := dnsserver.NewMetrics(e.reg, nil)
 				handler, err := dnsserver.NewHandler(builder.Config(), metrics)
 				if err != nil {
 					return fmt.Errorf("configuring the resolver: %w", err)
 				}
-				src = dnsserver.NewSource(local.Kube, local.MCS, builder, handler, log)
-				src.OnIndex = metrics.SetIndex
+				src, err := dnsserver.NewSource(dnsserver.SourceConfig{
+					Kube: local.Kube, MCS: local.MCS, Builder: builder, Handler: handler, Metrics: metrics, Registry: e.reg, Log: log,
+				})
+				if err != nil {
+					return err
+				}
 				e.health.Add("dns", src.Ready)
 
 				l, err := dnsserver.Listen(ctx, *listen, *sockets)
 				if err != nil {
 					return err
 				}
-				log.Info("serving DNS", "addr", l.Addr().String(), "zone", builder.Config().Zone, "cluster_zone", builder.Config().ClusterZone, "ttl", builder.Config().TTL)
-				ctx, cancel := context.WithCancel(ctx)
-				defer cancel()
-				errs := make(chan error, 2)
-				for _, f := range []func() error{
-					func() error { return l.Serve(ctx, handler, log) },
-					func() error { return src.Run(ctx) },
-				} {
-					go func() {
-						err := f()
-						cancel() // one part ending ends the role
-						errs <- err
-					}()
-				}
-				var all []error
-				for range 2 {
-					if err := <-errs; err != nil && !errors.Is(err, context.Canceled) {
-						all = append(all, err)
-					}
-				}
-				return errors.Join(all...)
+				log.Info("serving DNS", "addr", l.Addr().String(), "domain", builder.Config().Zone, "cluster_zone", builder.Config().ClusterZone, "ttl", builder.Config().TTL)
+				return serve.Group(ctx,
+					serve.Part{Run: func(ctx context.Context) error { return l.Serve(ctx, handler, log) }},
+					serve.Part{Run: src.Run},
+				)
 			}
 		}}
 }

@@ -28,7 +28,7 @@ func TestDNSRoleFlagErrors(t *testing.T) {
 		{"--max-udp-size", "100"},
 		{"--cluster-zone", "x.clusterset.local"},
 		{"--ns-addr", "not-an-ip"},
-		{"--zone", "a..b", "--kubeconfig", "/nonexistent"},
+		{"--domain", "a..b", "--kubeconfig", "/nonexistent"},
 		{"extra-arg"},
 		{"--no-such-flag"},
 		{"--kubeconfig", "/nonexistent/kubeconfig"},
@@ -148,5 +148,34 @@ func TestDNSRole(t *testing.T) {
 	cancel()
 	if err := <-done; err != nil {
 		t.Errorf("role ended with %v", err)
+	}
+}
+
+// TestDNSDomainFlag: --domain names the DNS domain; the old --zone still
+// does, with a deprecation warning, and the two may not disagree. A bad
+// domain reaching the resolver's configuration shows which value it got.
+func TestDNSDomainFlag(t *testing.T) {
+	tests := []struct {
+		args     []string
+		wantErr  string
+		wantWarn bool
+	}{
+		{[]string{"--domain", "a..b"}, "configuring the resolver", false},
+		{[]string{"--zone", "a..b"}, "configuring the resolver", true},
+		{[]string{"--domain", "example.test"}, "loading this cluster's kubeconfig", false},
+		{[]string{"--zone", "example.test"}, "loading this cluster's kubeconfig", true},
+		{[]string{"--domain", "example.test", "--zone", "other.test"}, "disagree", true},
+		{[]string{"--zone", "a..b", "--domain", "a..b"}, "configuring the resolver", true},
+	}
+	for _, tt := range tests {
+		var logs strings.Builder
+		args := append([]string{"dns", "--kubeconfig", "/dev/null", "--metrics-addr", ""}, tt.args...)
+		err := run(context.Background(), args, slog.New(slog.NewTextHandler(&logs, nil)), io.Discard)
+		if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+			t.Errorf("%v: %v, want an error containing %q", tt.args, err, tt.wantErr)
+		}
+		if warned := strings.Contains(logs.String(), "--zone (ISTHMUS_ZONE) is deprecated; use --domain"); warned != tt.wantWarn {
+			t.Errorf("%v: deprecation warning %v, want %v; log:\n%s", tt.args, warned, tt.wantWarn, logs.String())
+		}
 	}
 }

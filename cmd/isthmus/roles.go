@@ -27,6 +27,9 @@ type role struct {
 	about string
 	// metricsAddr is the default of --metrics-addr when the role runs alone.
 	metricsAddr string
+	// facts: the role reads the cluster's facts (e.facts), which the
+	// process then takes as its own flags.
+	facts bool
 	// flags registers the role's own flags in fs, each name prefixed with
 	// prefix, and returns the role's entry point. The entry point checks
 	// its flags before it contacts anything, registers its metrics and
@@ -80,6 +83,7 @@ func (c *common) register(fs *flag.FlagSet, metricsAddr string) {
 // the metrics registry and the readiness checks.
 type env struct {
 	flags  common
+	facts  facts
 	reg    *prometheus.Registry
 	health *serve.Health
 
@@ -174,6 +178,12 @@ func runRoles(ctx context.Context, name string, rs []role, args []string, log *s
 		metricsAddr, prefix = rs[0].metricsAddr, false
 	}
 	e.flags.register(fs, metricsAddr)
+	for _, r := range rs {
+		if r.facts {
+			e.facts.register(fs)
+			break
+		}
+	}
 	entries := make([]func(context.Context, *env, *slog.Logger) error, len(rs))
 	var about []string
 	for i, r := range rs {
@@ -200,36 +210,19 @@ func runRoles(ctx context.Context, name string, rs []role, args []string, log *s
 		return err
 	}
 
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	errs := make(chan error, len(rs)+1)
-	start := func(what string, f func() error) {
-		go func() {
-			err := f()
-			if err != nil && !errors.Is(err, context.Canceled) {
-				err = fmt.Errorf("%s: %w", what, err)
-			} else {
-				err = nil
-			}
-			cancel() // one part ending ends the process: a supervisor restarts it whole
-			errs <- err
-		}()
-	}
+	parts := make([]serve.Part, 0, len(rs)+1)
 	for i, r := range rs {
 		rlog := log
 		if prefix {
 			rlog = log.With("role", r.name)
 		}
-		start(r.name, func() error { return entries[i](ctx, e, rlog) })
+		parts = append(parts, serve.Part{Name: r.name, Run: func(ctx context.Context) error { return entries[i](ctx, e, rlog) }})
 	}
-	start("metrics", func() error { return serve.Run(ctx, e.flags.metricsAddr, e.reg, e.health, log) })
-	var all []error
-	for range len(rs) + 1 {
-		if err := <-errs; err != nil {
-			all = append(all, err)
-		}
-	}
-	return errors.Join(all...)
+	parts = append(parts, serve.Part{Name: "metrics", Run: func(ctx context.Context) error {
+		return serve.Run(ctx, e.flags.metricsAddr, e.reg, e.health, log)
+	}})
+	// One part ending ends the process: a supervisor restarts it whole.
+	return serve.Group(ctx, parts...)
 }
 
 // parseWithEnv parses args, then gives every flag not on the command line

@@ -60,9 +60,15 @@ func TestAllHelp(t *testing.T) {
 		t.Fatalf("isthmus all -h: %v, want flag.ErrHelp", err)
 	}
 	help := out.String()
-	for _, want := range []string{"-cluster-id", "-broker-kubeconfig", "-kubeconfig", "-metrics-addr", "-agent-region", "-dns-listen", "-tunnel-endpoint", "ISTHMUS_CLUSTER_ID"} {
+	for _, want := range []string{"-cluster-id", "-broker-kubeconfig", "-kubeconfig", "-metrics-addr", "-region", "-lease-duration", "-dns-listen", "-dns-domain", "-tunnel-endpoint", "ISTHMUS_CLUSTER_ID"} {
 		if !strings.Contains(help, want) {
 			t.Errorf("help lacks %q:\n%s", want, help)
+		}
+	}
+	// The cluster's facts are the process's, given once.
+	for _, dup := range []string{"-agent-region", "-xds-region", "-agent-zone", "-xds-dataplane", "-agent-lease-duration", "-xds-gateway-service"} {
+		if strings.Contains(help, dup) {
+			t.Errorf("help offers %q: a cluster fact given per role", dup)
 		}
 	}
 	for _, r := range roles() {

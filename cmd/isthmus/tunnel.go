@@ -7,14 +7,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"os"
-	"sync/atomic"
 	"time"
-
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-
-	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/tools/leaderelection"
-	"k8s.io/client-go/tools/leaderelection/resourcelock"
 
 	brokerv1 "github.com/isthmus-dev/isthmus/mcs/api/broker/v1alpha1"
 	"github.com/isthmus-dev/isthmus/tunnel"
@@ -37,8 +30,8 @@ func tunnelRole() role {
 			statusInterval := fs.Duration(p+"status-interval", 10*time.Second, "least time between two writes of the record's tunnel conditions")
 			routeProtocol := fs.Int(p+"route-protocol", 158, "route protocol id marking this role's routes (5-255)")
 			routeTable := fs.Int(p+"route-table", 254, "routing table of the routes to remote clusters (254 is main)")
-			keyNS := fs.String(p+"key-namespace", "isthmus-system", "namespace of the key Secret in this cluster")
-			keySecret := fs.String(p+"key-secret", "isthmus-tunnel-key", "name of the Secret holding the cluster's WireGuard private key, shared by its gateway replicas")
+			keyNS := fs.String(p+"key-namespace", brokerv1.MemberNamespace, "namespace of the key Secret in this cluster")
+			keySecret := fs.String(p+"key-secret", tunnel.DefaultKeySecret, "name of the Secret holding the cluster's WireGuard private key, shared by its gateway replicas")
 			leaderElect := fs.Bool(p+"leader-elect", true, "run the device only while holding the gateway Lease in --key-namespace, so one replica at a time is active")
 			identity := fs.String(p+"leader-elect-identity", "", "this replica's name in the Lease (empty: the host name)")
 			leaseDuration := fs.Duration(p+"leader-elect-lease-duration", 15*time.Second, "how long a dead leader's Lease blocks a standby")
@@ -54,15 +47,20 @@ func tunnelRole() role {
 					return fmt.Errorf("--%sendpoint %q: want ip:port: %w", p, *endpoint, err)
 				}
 				cfg := tunnel.Config{
-					ClusterID: e.flags.clusterID, BrokerNamespace: brokerv1.DefaultBrokerNamespace, Device: *device, Implementation: implementation,
+					Device: *device, Implementation: implementation,
 					MTU: *mtu, ListenPort: *listenPort, Endpoint: ep, ProbePort: *probePort, Keepalive: *keepalive,
 					Resync: *resync, ProbeInterval: *probeInterval, StatusInterval: *statusInterval,
 					RouteProtocol: *routeProtocol, RouteTable: *routeTable, KeyNamespace: *keyNS, KeySecret: *keySecret,
+					Log: log, Registry: e.reg,
 				}
-				if cfg.ClusterID == "" {
-					// Checked for real once read from the ClusterProperty:
-					// bad flags are reported before any apiserver is asked.
-					cfg.ClusterID = "unresolved"
+				if *leaderElect {
+					id := *identity
+					if id == "" {
+						if id, err = os.Hostname(); err != nil {
+							return fmt.Errorf("finding a leader election identity: %w", err)
+						}
+					}
+					cfg.Election = &tunnel.Election{Identity: id, LeaseDuration: *leaseDuration, RenewDeadline: *renewDeadline, RetryPeriod: *retryPeriod}
 				}
 				if err := cfg.Validate(); err != nil {
 					return err
@@ -78,78 +76,13 @@ func tunnelRole() role {
 				if err != nil {
 					return err
 				}
-				cfg.BrokerNamespace = ns
-				t, err := tunnel.New(cfg, broker.Dynamic, local.Kube, log)
+				cfg.BrokerNamespace, cfg.Broker, cfg.Local = ns, broker.Dynamic, local.Kube
+				t, err := tunnel.New(cfg)
 				if err != nil {
 					return err
 				}
-				if err := t.Register(e.reg); err != nil {
-					return fmt.Errorf("registering tunnel metrics: %w", err)
-				}
 				e.health.Add("tunnel", t.Ready)
-				if !*leaderElect {
-					return t.Run(ctx)
-				}
-				return runElected(ctx, local.Kube, *keyNS, "isthmus-tunnel-"+cfg.ClusterID, *identity,
-					[3]time.Duration{*leaseDuration, *renewDeadline, *retryPeriod}, t.Run, log)
+				return t.Run(ctx)
 			}
 		}}
-}
-
-// runElected runs fn only while this replica holds the gateway Lease: the
-// replicas share one key, and two active devices with it would make every
-// peer roam back and forth between them. A standby takes over when the
-// leader's Lease expires, or at once when the leader shuts down cleanly
-// (it releases the Lease). Losing the Lease stops fn and ends the process.
-func runElected(ctx context.Context, c kubernetes.Interface, ns, name, identity string, timing [3]time.Duration,
-	fn func(context.Context) error, log *slog.Logger) error {
-	if identity == "" {
-		h, err := os.Hostname()
-		if err != nil {
-			return fmt.Errorf("finding a leader election identity: %w", err)
-		}
-		identity = h
-	}
-	lock := &resourcelock.LeaseLock{
-		LeaseMeta:  metav1.ObjectMeta{Namespace: ns, Name: name},
-		Client:     c.CoordinationV1(),
-		LockConfig: resourcelock.ResourceLockConfig{Identity: identity},
-	}
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	// fn runs on the elector's goroutine; it must finish its clean
-	// shutdown (peers, routes, device) before the process exits.
-	var runErr error
-	var started atomic.Bool
-	done := make(chan struct{})
-	le, err := leaderelection.NewLeaderElector(leaderelection.LeaderElectionConfig{
-		Lock: lock, Name: name, ReleaseOnCancel: true,
-		LeaseDuration: timing[0], RenewDeadline: timing[1], RetryPeriod: timing[2],
-		Callbacks: leaderelection.LeaderCallbacks{
-			OnStartedLeading: func(ctx context.Context) {
-				started.Store(true)
-				defer close(done)
-				log.Info("holding the gateway Lease; this replica is active", "lease", ns+"/"+name, "identity", identity)
-				runErr = fn(ctx)
-				cancel()
-			},
-			OnStoppedLeading: func() {
-				log.Info("not holding the gateway Lease", "lease", ns+"/"+name, "identity", identity)
-				cancel()
-			},
-			OnNewLeader: func(leader string) {
-				if leader != identity {
-					log.Info("standing by", "leader", leader)
-				}
-			},
-		},
-	})
-	if err != nil {
-		return fmt.Errorf("setting up leader election on Lease %s/%s: %w", ns, name, err)
-	}
-	le.Run(ctx)
-	if started.Load() {
-		<-done
-	}
-	return runErr
 }

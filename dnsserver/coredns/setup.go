@@ -130,7 +130,10 @@ func setup(c *caddy.Controller) error {
 	if err != nil {
 		return plugin.Error(Name, err)
 	}
-	src := isthmusdns.NewSource(kc, mc, b, h, slogToCoreDNS())
+	src, err := isthmusdns.NewSource(isthmusdns.SourceConfig{Kube: kc, MCS: mc, Builder: b, Handler: h, Log: slogToCoreDNS()})
+	if err != nil {
+		return plugin.Error(Name, err)
+	}
 	p := &Plugin{handler: h, source: src}
 
 	ctx, cancel := context.WithCancel(context.Background())

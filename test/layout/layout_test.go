@@ -105,34 +105,39 @@ func TestPackageDocs(t *testing.T) {
 }
 
 // component is the top-level folder a package belongs to, with mcs/api
-// apart from the mcs controllers.
+// and mcs/election (shared by the agent and the tunnel) apart from the mcs
+// controllers.
 func component(importPath string) string {
 	rel := strings.TrimPrefix(strings.TrimPrefix(importPath, module), "/")
-	if rel == "mcs/api" || strings.HasPrefix(rel, "mcs/api/") {
-		return "mcs/api"
+	for _, shared := range []string{"mcs/api", "mcs/election"} {
+		if rel == shared || strings.HasPrefix(rel, shared+"/") {
+			return shared
+		}
 	}
 	top, _, _ := strings.Cut(rel, "/")
 	return top
 }
 
-// TestDependenciesPointDownward checks that dependencies point downward:
-// cmd may use everything; a component (mcs, xds, dnsserver, tunnel) may
-// use only itself and mcs/api; mcs/api uses nothing of ours; the test
-// harness uses no component; nothing imports cmd or test code from
-// product code.
+// TestDependenciesPointDownward checks docs/architecture.md's rule: cmd
+// may use everything; a component (mcs, xds, dnsserver, tunnel) may use
+// only itself and mcs/api, and the agent and the tunnel also the shared
+// leader election (mcs/election, which uses only mcs/api); mcs/api uses
+// nothing of ours; the test harness uses no component; nothing imports cmd
+// or test code from product code.
 func TestDependenciesPointDownward(t *testing.T) {
 	allowed := map[string][]string{
-		"cmd":       {"cmd", "mcs", "xds", "dnsserver", "tunnel", "mcs/api"},
-		"mcs":       {"mcs", "mcs/api"},
-		"xds":       {"xds", "mcs/api"},
-		"dnsserver": {"dnsserver", "mcs/api"},
-		"tunnel":    {"tunnel", "mcs/api"},
-		"mcs/api":   {"mcs/api"},
-		"bench":     {"bench", "test", "mcs", "xds", "mcs/api"},
-		"test":      {"test", "mcs/api"},
+		"cmd":          {"cmd", "mcs", "mcs/election", "xds", "dnsserver", "tunnel", "mcs/api"},
+		"mcs":          {"mcs", "mcs/election", "mcs/api"},
+		"mcs/election": {"mcs/election", "mcs/api"},
+		"xds":          {"xds", "mcs/api"},
+		"dnsserver":    {"dnsserver", "mcs/api"},
+		"tunnel":       {"tunnel", "mcs/election", "mcs/api"},
+		"mcs/api":      {"mcs/api"},
+		"bench":        {"bench", "test", "mcs", "xds", "mcs/api"},
+		"test":         {"test", "mcs/api"},
 		// charts holds the Helm charts and their tests; the broker chart's
 		// templates are made from mcs/setup's objects.
-		"charts": {"charts", "test", "mcs", "mcs/api"},
+		"charts": {"charts", "test", "mcs", "mcs/election", "mcs/api"},
 	}
 	for _, p := range listPackages(t) {
 		from := component(p.ImportPath)
@@ -149,6 +154,44 @@ func TestDependenciesPointDownward(t *testing.T) {
 				t.Errorf("%s (%s) imports %s (%s): dependencies must point downward", p.ImportPath, from, imp, to)
 			}
 		}
+	}
+}
+
+// TestProductCodeImportsNoTestHelpers: the test harness (test/...) is for
+// tests; a product binary that linked it would carry apiserver launchers
+// and fixtures.
+func TestProductCodeImportsNoTestHelpers(t *testing.T) {
+	for _, p := range listPackages(t) {
+		if !slices.Contains([]string{"cmd", "mcs", "mcs/election", "mcs/api", "xds", "dnsserver", "tunnel"}, component(p.ImportPath)) {
+			continue
+		}
+		for _, imp := range p.Imports {
+			if imp == module+"/test" || strings.HasPrefix(imp, module+"/test/") {
+				t.Errorf("%s imports the test helper %s outside its tests", p.ImportPath, imp)
+			}
+		}
+	}
+}
+
+// TestBrokerAPIImportsNothingOfOurs: the broker API package is the
+// contract every member and the CLI read; it depends on nothing of ours,
+// so that no change elsewhere can change the contract.
+func TestBrokerAPIImportsNothingOfOurs(t *testing.T) {
+	const api = module + "/mcs/api/broker/v1alpha1"
+	found := false
+	for _, p := range listPackages(t) {
+		if p.ImportPath != api {
+			continue
+		}
+		found = true
+		for _, imp := range p.Imports {
+			if imp == module || strings.HasPrefix(imp, module+"/") {
+				t.Errorf("%s imports %s", api, imp)
+			}
+		}
+	}
+	if !found {
+		t.Errorf("%s not found", api)
 	}
 }
 

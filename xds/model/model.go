@@ -109,7 +109,7 @@ type Cluster struct {
 	Reason  string
 }
 
-// Mode is how traffic crosses clusters (DESIGN.md).
+// Mode is how traffic crosses clusters (docs/architecture.md).
 type Mode string
 
 // The two data-plane modes.

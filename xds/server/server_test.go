@@ -48,14 +48,11 @@ func startWith(t *testing.T, cfg Config) *testServer {
 	if err != nil {
 		t.Fatal(err)
 	}
-	g := grpc.NewServer()
-	s.Register(g)
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	go func() { _ = g.Serve(lis) }()
-	t.Cleanup(g.Stop)
+	go func() { _ = s.Serve(ctx, lis) }()
 	return &testServer{Server: s, addr: lis.Addr().String(), reg: reg}
 }
 

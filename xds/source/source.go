@@ -17,11 +17,6 @@ import (
 	coordinationv1 "k8s.io/api/coordination/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
-	"k8s.io/apimachinery/pkg/runtime"
-	"k8s.io/apimachinery/pkg/runtime/schema"
-	"k8s.io/client-go/dynamic"
-	"k8s.io/client-go/dynamic/dynamicinformer"
 	kubeinformers "k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
@@ -29,6 +24,8 @@ import (
 	mcsclient "sigs.k8s.io/mcs-api/pkg/client/clientset/versioned"
 	mcsinformers "sigs.k8s.io/mcs-api/pkg/client/informers/externalversions"
 
+	brokerclient "github.com/isthmus-dev/isthmus/mcs/api/broker/generated/clientset/versioned"
+	brokerinformers "github.com/isthmus-dev/isthmus/mcs/api/broker/generated/informers/externalversions"
 	brokerv1 "github.com/isthmus-dev/isthmus/mcs/api/broker/v1alpha1"
 	"github.com/isthmus-dev/isthmus/xds/model"
 )
@@ -37,8 +34,6 @@ import (
 // ServiceExport's exportedAnnotations) set to "mtls" asks proxyless gRPC
 // clients in direct mode to speak mTLS to the service's pods.
 const AnnotationUpstreamTLS = "isthmus.dev/upstream-tls"
-
-var clusterGVR = brokerv1.SchemeGroupVersion.WithResource("clusters")
 
 // byService indexes MCS slices by the namespace/name of their service.
 const byService = "service"
@@ -53,11 +48,12 @@ func sliceService(obj any) ([]string, error) {
 
 // Config is what a Source reads from.
 type Config struct {
-	Local           model.Local
-	Kube            kubernetes.Interface
-	MCS             mcsclient.Interface
-	Broker          kubernetes.Interface
-	BrokerDynamic   dynamic.Interface
+	Local  model.Local
+	Kube   kubernetes.Interface
+	MCS    mcsclient.Interface
+	Broker kubernetes.Interface
+	// BrokerAPI reads the broker's Cluster records.
+	BrokerAPI       brokerclient.Interface
 	BrokerNamespace string
 	// LeaseDuration is used for a Lease that names no duration.
 	LeaseDuration time.Duration
@@ -86,21 +82,26 @@ type Source struct {
 	leases    cache.SharedIndexInformer
 	onChange  func(Change)
 	synced    atomic.Bool
-	brokerUp  atomic.Bool
 	kick      chan struct{}
 	mu        sync.Mutex
 	dirty     map[model.Key]bool
 	dirtyCl   bool
-	health    map[string]bool // cluster id → last judged Lease health
+	link      brokerv1.BrokerLink // guarded by mu
+	clock     brokerv1.HeartbeatClock
 	timerMu   sync.Mutex
 	nextCheck *time.Timer
 }
 
+// neverWithdrawn: the xDS server has no withdrawal of its own (the agent
+// withdraws imports); a lapsed cluster stays merely unreachable.
+const neverWithdrawn = 100 * 365 * 24 * time.Hour
+
 // New builds a Source; Run starts it and calls onChange from one
 // goroutine at a time.
 func New(cfg Config, onChange func(Change)) *Source {
-	s := &Source{cfg: cfg, onChange: onChange, kick: make(chan struct{}, 1), dirty: map[model.Key]bool{}, health: map[string]bool{}}
-	s.brokerUp.Store(true)
+	s := &Source{cfg: cfg, onChange: onChange, kick: make(chan struct{}, 1), dirty: map[model.Key]bool{}}
+	s.clock.Default = cfg.LeaseDuration
+	s.link = brokerv1.BrokerLink{Up: true, Since: time.Now()}
 	kf := kubeinformers.NewSharedInformerFactoryWithOptions(cfg.Kube, 0, kubeinformers.WithTweakListOptions(func(o *metav1.ListOptions) {
 		o.LabelSelector = mcsv1beta1.LabelServiceName + "," + mcsv1beta1.LabelSourceCluster
 	}))
@@ -110,7 +111,8 @@ func New(cfg Config, onChange func(Change)) *Source {
 	s.imports = mcsinformers.NewSharedInformerFactory(cfg.MCS, 0).Multicluster().V1beta1().ServiceImports().Informer()
 	bf := kubeinformers.NewSharedInformerFactoryWithOptions(cfg.Broker, 0, kubeinformers.WithNamespace(cfg.BrokerNamespace))
 	s.leases = bf.Coordination().V1().Leases().Informer()
-	s.records = dynamicinformer.NewFilteredDynamicInformer(cfg.BrokerDynamic, clusterGVR, cfg.BrokerNamespace, 0, cache.Indexers{}, nil).Informer()
+	s.records = brokerinformers.NewSharedInformerFactoryWithOptions(cfg.BrokerAPI, 0, brokerinformers.WithNamespace(cfg.BrokerNamespace)).
+		Broker().V1alpha1().Clusters().Informer()
 
 	serviceEvent := func(obj any) {
 		if t, ok := obj.(cache.DeletedFinalStateUnknown); ok {
@@ -129,15 +131,50 @@ func New(cfg Config, onChange func(Change)) *Source {
 	for _, inf := range []cache.SharedIndexInformer{s.imports, s.slices} {
 		_, _ = inf.AddEventHandler(handler(serviceEvent))
 	}
-	clusterEvent := func(any) { s.brokerUp.Store(true); s.markClusters() }
-	for _, inf := range []cache.SharedIndexInformer{s.records, s.leases} {
-		_, _ = inf.AddEventHandler(handler(clusterEvent))
-	}
+	_, _ = s.records.AddEventHandler(handler(func(any) { s.setLink(true); s.markClusters() }))
+	// Every Lease delivered is a heartbeat seen now, by this process's
+	// clock (brokerv1.HeartbeatClock says why).
+	_, _ = s.leases.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(o any) { s.observe(o) },
+		UpdateFunc: func(_, o any) { s.observe(o) },
+		DeleteFunc: func(o any) {
+			if t, ok := o.(cache.DeletedFinalStateUnknown); ok {
+				o = t.Obj
+			}
+			if l, ok := o.(*coordinationv1.Lease); ok {
+				s.clock.Forget(l.Labels[brokerv1.LabelSourceCluster])
+			}
+			s.markClusters()
+		},
+	})
 	return s
 }
 
 func handler(f func(any)) cache.ResourceEventHandlerFuncs {
 	return cache.ResourceEventHandlerFuncs{AddFunc: f, UpdateFunc: func(_, n any) { f(n) }, DeleteFunc: f}
+}
+
+func (s *Source) observe(o any) {
+	if l, ok := o.(*coordinationv1.Lease); ok {
+		s.clock.Observe(l, time.Now())
+	}
+	s.setLink(true)
+	s.markClusters()
+}
+
+// setLink records the broker's reachability; a change re-judges every
+// cluster.
+func (s *Source) setLink(up bool) bool {
+	s.mu.Lock()
+	changed := s.link.Up != up
+	if changed {
+		s.link = brokerv1.BrokerLink{Up: up, Since: time.Now()}
+	}
+	s.mu.Unlock()
+	if changed {
+		s.markClusters()
+	}
+	return changed
 }
 
 func (s *Source) markService(k model.Key) {
@@ -186,7 +223,7 @@ func (s *Source) Run(ctx context.Context) error {
 	}
 	s.dirtyCl = true
 	s.mu.Unlock()
-	s.judgeHealth()
+	s.scheduleJudgement()
 	s.synced.Store(true)
 	s.poke()
 	go s.probeBroker(ctx)
@@ -204,7 +241,7 @@ func (s *Source) Run(ctx context.Context) error {
 		s.dirty, s.dirtyCl = map[model.Key]bool{}, false
 		s.mu.Unlock()
 		if ch.Clusters {
-			s.judgeHealth()
+			s.scheduleJudgement()
 		}
 		if len(ch.Services) > 0 || ch.Clusters {
 			s.onChange(ch)
@@ -227,9 +264,8 @@ func (s *Source) probeBroker(ctx context.Context) {
 		_, err := s.cfg.Broker.CoordinationV1().Leases(s.cfg.BrokerNamespace).Get(pctx, brokerv1.LeaseName(s.cfg.Local.ClusterID), metav1.GetOptions{})
 		cancel()
 		up := err == nil || isNotFound(err)
-		if was := s.brokerUp.Swap(up); was != up {
+		if s.setLink(up) {
 			s.cfg.Log.Info("broker reachability changed", "reachable", up, "err", err)
-			s.markClusters()
 		}
 	}
 }
@@ -278,7 +314,7 @@ func (s *Source) Service(k model.Key) *model.Service {
 // Clusters returns every member cluster with its health.
 func (s *Source) Clusters() map[string]*model.Cluster {
 	out := map[string]*model.Cluster{}
-	var localTunnel *brokerv1.TunnelStatus
+	var local *brokerv1.Cluster
 	for _, o := range s.records.GetStore().List() {
 		rec, err := toCluster(o)
 		if err != nil {
@@ -292,61 +328,43 @@ func (s *Source) Clusters() map[string]*model.Cluster {
 			}
 		}
 		if rec.Spec.ClusterID == s.cfg.Local.ClusterID {
-			localTunnel = rec.Status.Tunnel
+			local = rec
 		}
 		out[c.ID] = c
 	}
 	s.mu.Lock()
+	link := s.link
+	s.mu.Unlock()
+	now := time.Now()
 	for id, c := range out {
 		if id == s.cfg.Local.ClusterID {
 			continue
 		}
-		if ok, known := s.health[id]; known && !ok {
-			c.Healthy, c.Reason = false, "LeaseExpired"
-		}
-	}
-	s.mu.Unlock()
-	if localTunnel != nil {
-		for _, p := range localTunnel.Peers {
-			// Error: handshakes or probes fail. Conflict: the tunnel left
-			// the peer out (overlapping CIDRs, a duplicate key), so there
-			// is no route to it at all. Connecting is a first handshake
-			// still to come, and is given its chance.
-			if c := out[p.Cluster]; c != nil && (p.State == brokerv1.TunnelPeerError || p.State == brokerv1.TunnelPeerConflict) {
-				c.Healthy, c.Reason = false, "Tunnel"+string(p.State)
-			}
+		h, _ := s.clock.Judge(id, &link, now, neverWithdrawn)
+		if ok, reason := brokerv1.Reachability(h, local, id); !ok {
+			c.Healthy, c.Reason = false, reason
 		}
 	}
 	return out
 }
 
-// judgeHealth decides each cluster's Lease health and schedules the next
-// check for the moment the soonest valid Lease would expire. While the
-// broker is unreachable nothing changes.
-func (s *Source) judgeHealth() {
-	if !s.brokerUp.Load() {
-		return
-	}
+// scheduleJudgement re-marks the clusters when the soonest judgement
+// would change (a heartbeat lapsing) though no event arrives.
+func (s *Source) scheduleJudgement() {
+	s.mu.Lock()
+	link := s.link
+	s.mu.Unlock()
 	now := time.Now()
 	next := time.Duration(0)
-	s.mu.Lock()
-	for _, o := range s.leases.GetStore().List() {
-		l := o.(*coordinationv1.Lease)
-		id := l.Labels[brokerv1.LabelSourceCluster]
-		if id == "" || l.Spec.RenewTime == nil {
+	for _, o := range s.records.GetStore().List() {
+		rec, err := toCluster(o)
+		if err != nil || rec.Spec.ClusterID == s.cfg.Local.ClusterID {
 			continue
 		}
-		d := s.cfg.LeaseDuration
-		if l.Spec.LeaseDurationSeconds != nil && *l.Spec.LeaseDurationSeconds > 0 {
-			d = time.Duration(*l.Spec.LeaseDurationSeconds) * time.Second
-		}
-		left := l.Spec.RenewTime.Add(d).Sub(now)
-		s.health[id] = left > 0
-		if left > 0 && (next == 0 || left < next) {
-			next = left
+		if _, d := s.clock.Judge(rec.Spec.ClusterID, &link, now, neverWithdrawn); d > 0 && (next == 0 || d < next) {
+			next = d
 		}
 	}
-	s.mu.Unlock()
 	if next > 0 {
 		s.timerMu.Lock()
 		if s.nextCheck != nil {
@@ -358,16 +376,9 @@ func (s *Source) judgeHealth() {
 }
 
 func toCluster(o any) (*brokerv1.Cluster, error) {
-	u, ok := o.(*unstructured.Unstructured)
+	c, ok := o.(*brokerv1.Cluster)
 	if !ok {
 		return nil, fmt.Errorf("unexpected %T in the Cluster informer", o)
 	}
-	var c brokerv1.Cluster
-	if err := runtime.DefaultUnstructuredConverter.FromUnstructured(u.Object, &c); err != nil {
-		return nil, fmt.Errorf("reading Cluster record %s: %w", u.GetName(), err)
-	}
-	return &c, nil
+	return c, nil
 }
-
-// GroupVersionResource of the broker's Cluster records, for tests.
-func ClusterResource() schema.GroupVersionResource { return clusterGVR }

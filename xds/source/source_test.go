@@ -14,14 +14,12 @@ import (
 	discoveryv1 "k8s.io/api/discovery/v1"
 	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
-	"k8s.io/apimachinery/pkg/runtime"
-	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/utils/ptr"
 	mcsv1beta1 "sigs.k8s.io/mcs-api/pkg/apis/v1beta1"
 	mcsclient "sigs.k8s.io/mcs-api/pkg/client/clientset/versioned"
 
+	brokerclient "github.com/isthmus-dev/isthmus/mcs/api/broker/generated/clientset/versioned"
 	brokerv1 "github.com/isthmus-dev/isthmus/mcs/api/broker/v1alpha1"
 	"github.com/isthmus-dev/isthmus/mcs/api/crds"
 	"github.com/isthmus-dev/isthmus/test/cluster"
@@ -52,7 +50,7 @@ func TestSourceOnRealAPIServers(t *testing.T) {
 	kube := kubernetes.NewForConfigOrDie(m.Config)
 	mcs := mcsclient.NewForConfigOrDie(m.Config)
 	broker := kubernetes.NewForConfigOrDie(b.Config)
-	brokerDyn := dynamic.NewForConfigOrDie(b.Config)
+	brokerAPI := brokerclient.NewForConfigOrDie(b.Config)
 	const ns = brokerv1.DefaultBrokerNamespace
 	for _, c := range []kubernetes.Interface{kube, broker} {
 		for _, n := range []string{"demo", ns} {
@@ -62,17 +60,11 @@ func TestSourceOnRealAPIServers(t *testing.T) {
 		}
 	}
 	record := func(id, region, gw string) {
-		u := &unstructured.Unstructured{}
-		obj, err := runtime.DefaultUnstructuredConverter.ToUnstructured(&brokerv1.Cluster{
-			TypeMeta:   metav1.TypeMeta{APIVersion: brokerv1.SchemeGroupVersion.String(), Kind: "Cluster"},
+		c := &brokerv1.Cluster{
 			ObjectMeta: metav1.ObjectMeta{Name: id, Namespace: ns, Labels: map[string]string{brokerv1.LabelSourceCluster: id}},
 			Spec:       brokerv1.ClusterSpec{ClusterID: id, Region: region, Gateways: []brokerv1.GatewayAddress{{Address: gw, Port: 15443}}},
-		})
-		if err != nil {
-			t.Fatal(err)
 		}
-		u.Object = obj
-		if _, err := brokerDyn.Resource(clusterGVR).Namespace(ns).Create(ctx, u, metav1.CreateOptions{}); err != nil {
+		if _, err := brokerAPI.BrokerV1alpha1().Clusters(ns).Create(ctx, c, metav1.CreateOptions{}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -137,7 +129,7 @@ func TestSourceOnRealAPIServers(t *testing.T) {
 	var mu sync.Mutex
 	var changes []Change
 	src := New(Config{
-		Local: model.Local{ClusterID: "a", Region: "eu"}, Kube: kube, MCS: mcs, Broker: broker, BrokerDynamic: brokerDyn,
+		Local: model.Local{ClusterID: "a", Region: "eu"}, Kube: kube, MCS: mcs, Broker: broker, BrokerAPI: brokerAPI,
 		BrokerNamespace: ns, LeaseDuration: 30 * time.Second, ProbeEvery: 500 * time.Millisecond, Log: slog.New(slog.NewTextHandler(testWriter{t}, nil)),
 	}, func(c Change) { mu.Lock(); changes = append(changes, c); mu.Unlock() })
 	done := make(chan error, 1)
@@ -196,12 +188,12 @@ func TestSourceOnRealAPIServers(t *testing.T) {
 	close(stop)
 
 	// The local tunnel reports b down: b is unhealthy.
-	rec, err := brokerDyn.Resource(clusterGVR).Namespace(ns).Get(ctx, "a", metav1.GetOptions{})
+	rec, err := brokerAPI.BrokerV1alpha1().Clusters(ns).Get(ctx, "a", metav1.GetOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	_ = unstructured.SetNestedSlice(rec.Object, []any{map[string]any{"cluster": "b", "state": "Error", "message": "no handshake"}}, "status", "tunnel", "peers")
-	if _, err := brokerDyn.Resource(clusterGVR).Namespace(ns).UpdateStatus(ctx, rec, metav1.UpdateOptions{}); err != nil {
+	rec.Status.Tunnel = &brokerv1.TunnelStatus{Peers: []brokerv1.TunnelPeerStatus{{Cluster: "b", State: brokerv1.TunnelPeerError, Message: "no handshake"}}}
+	if _, err := brokerAPI.BrokerV1alpha1().Clusters(ns).UpdateStatus(ctx, rec, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	renew("b")

@@ -65,17 +65,32 @@ isthmus-tunnel-{{ .Values.clusterID }}
 {{- end -}}
 
 {{/*
+factsEnv are this cluster's facts that the agent and the xDS server both
+read: flags of the process, not of a role, so they are given once, and
+unprefixed in `isthmus all` too (cmd/isthmus/facts.go).
+*/}}
+{{- define "isthmus.factsEnv" -}}
+{{- with .Values.region }}
+{{ include "isthmus.env" (list "REGION" .) }}
+{{- end }}
+{{- with .Values.zone }}
+{{ include "isthmus.env" (list "ZONE" .) }}
+{{- end }}
+{{ include "isthmus.env" (list "DATAPLANE" .Values.dataplane) }}
+{{ include "isthmus.env" (list "GATEWAY_SERVICE" (print .Release.Namespace "/isthmus-gateway")) }}
+{{ include "isthmus.env" (list "GATEWAY_INGRESS_PORT" .Values.gateway.ingressPort) }}
+{{ include "isthmus.env" (list "LEASE_DURATION" .Values.agent.leaseDuration) }}
+{{- end -}}
+
+{{/*
 The roles' own flags as environment variables; (list $ PREFIX), PREFIX
 empty for a role alone and ROLE_ in `isthmus all`, whose flags carry the
 role's name.
 */}}
 {{- define "isthmus.agentEnv" -}}
 {{- $ := index . 0 -}}{{- $p := index . 1 -}}
-{{- with $.Values.region }}
-{{ include "isthmus.env" (list (print $p "REGION") .) }}
-{{- end }}
-{{- with $.Values.zone }}
-{{ include "isthmus.env" (list (print $p "ZONE") .) }}
+{{- if eq $p "" }}
+{{ include "isthmus.factsEnv" $ }}
 {{- end }}
 {{- with $.Values.podCIDRs }}
 {{ include "isthmus.env" (list (print $p "POD_CIDRS") (join "," .)) }}
@@ -83,20 +98,16 @@ role's name.
 {{- with $.Values.serviceCIDRs }}
 {{ include "isthmus.env" (list (print $p "SERVICE_CIDRS") (join "," .)) }}
 {{- end }}
-{{ include "isthmus.env" (list (print $p "LEASE_DURATION") $.Values.agent.leaseDuration) }}
 {{ include "isthmus.env" (list (print $p "WITHDRAW_AFTER") $.Values.agent.withdrawAfter) }}
 {{ include "isthmus.env" (list (print $p "LEADER_ELECT") "true") }}
 {{ include "isthmus.env" (list (print $p "LEADER_ELECT_NAMESPACE") $.Release.Namespace) }}
-{{ include "isthmus.env" (list (print $p "DATAPLANE") $.Values.dataplane) }}
-{{ include "isthmus.env" (list (print $p "GATEWAY_SERVICE") (print $.Release.Namespace "/isthmus-gateway")) }}
-{{ include "isthmus.env" (list (print $p "GATEWAY_INGRESS_PORT") $.Values.gateway.ingressPort) }}
 {{ include "isthmus.env" (list (print $p "EGRESS_PORTS") $.Values.gateway.egressPorts) }}
 {{- end -}}
 
 {{- define "isthmus.dnsEnv" -}}
 {{- $ := index . 0 -}}{{- $p := index . 1 -}}
 {{ include "isthmus.env" (list (print $p "LISTEN") ":1053") }}
-{{ include "isthmus.env" (list (print $p "ZONE") $.Values.dns.zone) }}
+{{ include "isthmus.env" (list (print $p "DOMAIN") $.Values.dns.zone) }}
 {{- with $.Values.dns.clusterZone }}
 {{ include "isthmus.env" (list (print $p "CLUSTER_ZONE") .) }}
 {{- end }}
@@ -109,19 +120,13 @@ role's name.
 
 {{- define "isthmus.xdsEnv" -}}
 {{- $ := index . 0 -}}{{- $p := index . 1 -}}
-{{- with $.Values.region }}
-{{ include "isthmus.env" (list (print $p "REGION") .) }}
+{{- if eq $p "" }}
+{{ include "isthmus.factsEnv" $ }}
 {{- end }}
-{{- with $.Values.zone }}
-{{ include "isthmus.env" (list (print $p "ZONE") .) }}
-{{- end }}
-{{ include "isthmus.env" (list (print $p "DATAPLANE") $.Values.dataplane) }}
 {{ include "isthmus.env" (list (print $p "CLUSTERSET_DOMAIN") $.Values.xds.clustersetDomain) }}
-{{ include "isthmus.env" (list (print $p "GATEWAY_INGRESS_PORT") $.Values.gateway.ingressPort) }}
 {{ include "isthmus.env" (list (print $p "LISTEN") (print ":" $.Values.xds.port)) }}
 {{ include "isthmus.env" (list (print $p "CA_SECRET") (ternary (print $.Release.Namespace "/" $.Values.xds.caSecret) "" (ne $.Values.xds.caSecret ""))) }}
 {{ include "isthmus.env" (list (print $p "CERT_TTL") $.Values.xds.certTTL) }}
-{{ include "isthmus.env" (list (print $p "GATEWAY_SERVICE") (print $.Release.Namespace "/isthmus-gateway")) }}
 {{- end -}}
 
 {{- define "isthmus.tunnelEnv" -}}

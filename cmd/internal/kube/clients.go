@@ -7,6 +7,8 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	mcsclient "sigs.k8s.io/mcs-api/pkg/client/clientset/versioned"
+
+	brokerclient "github.com/isthmus-dev/isthmus/mcs/api/broker/generated/clientset/versioned"
 )
 
 // Clients are the clients of one apiserver that the Isthmus roles use,
@@ -16,6 +18,9 @@ type Clients struct {
 	Kube    kubernetes.Interface
 	Dynamic dynamic.Interface
 	MCS     mcsclient.Interface
+	// BrokerAPI is the typed client of the broker's own records
+	// (broker.isthmus.dev), meaningful for the broker's apiserver.
+	BrokerAPI brokerclient.Interface
 }
 
 // NewClients builds the typed, dynamic and MCS clients for cfg, after
@@ -37,5 +42,9 @@ func NewClients(cfg *rest.Config, qps float32, burst int) (*Clients, error) {
 	if err != nil {
 		return nil, fmt.Errorf("building an MCS client for %s: %w", cfg.Host, err)
 	}
-	return &Clients{Config: cfg, Kube: k, Dynamic: d, MCS: m}, nil
+	b, err := brokerclient.NewForConfig(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("building a broker client for %s: %w", cfg.Host, err)
+	}
+	return &Clients{Config: cfg, Kube: k, Dynamic: d, MCS: m, BrokerAPI: b}, nil
 }

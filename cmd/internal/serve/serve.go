@@ -1,7 +1,8 @@
 // Package serve runs the observability endpoints every Isthmus role
 // exposes on one HTTP listener: Prometheus metrics at /metrics, liveness at
 // /healthz and readiness at /readyz. Roles register readiness checks; the
-// process is ready when every check passes.
+// process is ready when every check passes. Group runs a process's parts
+// together, so that one failing stops the rest.
 package serve
 
 import (
@@ -93,24 +94,30 @@ func Handler(reg *prometheus.Registry, h *Health) http.Handler {
 // Run serves the observability endpoints on addr until ctx ends. An empty
 // addr serves nothing: every listener needs a reason.
 func Run(ctx context.Context, addr string, reg *prometheus.Registry, h *Health, log *slog.Logger) error {
+	return HTTP(ctx, "metrics and health", addr, Handler(reg, h), log)
+}
+
+// HTTP serves handler on addr until ctx ends; what names it in the log
+// and in errors. An empty addr serves nothing.
+func HTTP(ctx context.Context, what, addr string, handler http.Handler, log *slog.Logger) error {
 	if addr == "" {
 		<-ctx.Done()
 		return nil
 	}
 	l, err := net.Listen("tcp", addr)
 	if err != nil {
-		return fmt.Errorf("listening for metrics and health on %s: %w", addr, err)
+		return fmt.Errorf("listening for %s on %s: %w", what, addr, err)
 	}
-	srv := &http.Server{Handler: Handler(reg, h), ReadHeaderTimeout: 5 * time.Second}
+	srv := &http.Server{Handler: handler, ReadHeaderTimeout: 5 * time.Second}
 	go func() {
 		<-ctx.Done()
 		shutdown, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		_ = srv.Shutdown(shutdown)
 	}()
-	log.Info("serving metrics and health", "addr", l.Addr().String())
+	log.Info("serving "+what, "addr", l.Addr().String())
 	if err := srv.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
-		return fmt.Errorf("serving metrics and health: %w", err)
+		return fmt.Errorf("serving %s: %w", what, err)
 	}
 	return nil
 }

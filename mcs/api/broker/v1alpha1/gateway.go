@@ -10,7 +10,7 @@ import (
 )
 
 // The gateway-mode contract between the agent and the xDS server. In
-// gateway mode (DESIGN.md) the agent points each derived Service's
+// gateway mode (docs/architecture.md) the agent points each derived Service's
 // EndpointSlices at the local east-west gateway, one egress port per
 // imported service port, and records the ports it chose on the
 // ServiceImport; the xDS server opens one egress listener per recorded

@@ -33,6 +33,9 @@ const (
 	// GatewayServiceAccount is the east-west gateway's identity in
 	// MemberNamespace.
 	GatewayServiceAccount = "isthmus-gateway"
+	// GatewayService is the chart's Service in front of the east-west
+	// gateway's pods, in MemberNamespace.
+	GatewayService = "isthmus-gateway"
 )
 
 // TrustDomain is cluster's SPIFFE trust domain.

@@ -1,0 +1,172 @@
+package xds
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+
+	brokerv1 "github.com/isthmus-dev/isthmus/mcs/api/broker/v1alpha1"
+	"github.com/isthmus-dev/isthmus/xds/identity"
+)
+
+// DefaultCAReload is how often the CA Secret is read again by default:
+// `isthmusctl join` renews the intermediate long before it expires, so a
+// minute's delay costs nothing, and a watch would need list rights on
+// every Secret of the namespace.
+const DefaultCAReload = time.Minute
+
+// CertificatesConfig is what ServeCertificates needs.
+type CertificatesConfig struct {
+	// Kube reads the CA Secret.
+	Kube kubernetes.Interface
+	// CASecretNamespace and CASecretName name the cluster's intermediate
+	// CA, which `isthmusctl join` writes.
+	CASecretNamespace, CASecretName string
+	// TTL is every leaf's lifetime; each is renewed at half of it.
+	TTL time.Duration
+	// Workloads are the identities whose certificates are kept as files,
+	// for proxyless gRPC clients' file_watcher provider.
+	Workloads []WorkloadCert
+	// Reload is how often the Secret is read again (0: DefaultCAReload).
+	Reload time.Duration
+	// Registry receives the certificate metrics.
+	Registry prometheus.Registerer
+}
+
+// WorkloadCert is one workload identity whose certificate is written to a
+// directory (tls.crt, tls.key, ca.crt).
+type WorkloadCert struct {
+	Namespace, ServiceAccount, Dir string
+}
+
+// ServeCertificates issues the gateway's certificate (served over SDS
+// through SetGatewayCertificates) and each workload's (written to its
+// directory) from the cluster's intermediate CA, and renews them: at half
+// their lifetime, and all at once when the CA Secret changes. It returns
+// once the first certificates are in place; the renewals run until ctx
+// ends.
+func (c *Controller) ServeCertificates(ctx context.Context, cfg CertificatesConfig) error {
+	cas := &caSource{kube: cfg.Kube, ns: cfg.CASecretNamespace, name: cfg.CASecretName, log: c.log}
+	if err := cas.load(ctx); err != nil {
+		return err
+	}
+	reload := cfg.Reload
+	if reload <= 0 {
+		reload = DefaultCAReload
+	}
+	go cas.watch(ctx, reload)
+	metrics := identity.NewMetrics(cfg.Registry)
+	cluster, domain := c.local.ClusterID, c.local.ClustersetDomain
+	if err := cas.rotate(ctx, brokerv1.GatewaySPIFFEID(cluster, domain), cfg.TTL, metrics, func(l *identity.Leaf) {
+		c.SetGatewayCertificates(ctx, l.CertChainPEM, l.KeyPEM, l.BundlePEM)
+		c.log.Info("gateway certificate in place", "leaf", l)
+	}); err != nil {
+		return err
+	}
+	for _, w := range cfg.Workloads {
+		id, dir := brokerv1.WorkloadSPIFFEID(cluster, domain, w.Namespace, w.ServiceAccount), w.Dir
+		if err := cas.rotate(ctx, id, cfg.TTL, metrics, func(l *identity.Leaf) {
+			if err := l.WriteFiles(dir); err != nil {
+				c.log.Error("writing a workload certificate", "id", id, "dir", dir, "err", err)
+				return
+			}
+			c.log.Info("workload certificate written", "leaf", l, "dir", dir)
+		}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// caSource keeps the cluster's intermediate CA from the Secret `isthmusctl
+// join` writes, reloading it when join renews it, and issues leaves from
+// whichever is current.
+type caSource struct {
+	kube      kubernetes.Interface
+	ns, name  string
+	log       *slog.Logger
+	mu        sync.Mutex
+	ca        *identity.CA
+	version   string
+	onChanged []func()
+}
+
+func (s *caSource) load(ctx context.Context) error {
+	sec, err := s.kube.CoreV1().Secrets(s.ns).Get(ctx, s.name, metav1.GetOptions{})
+	if err != nil {
+		return fmt.Errorf("reading the cluster's intermediate CA from Secret %s/%s (written by isthmusctl join): %w", s.ns, s.name, err)
+	}
+	s.mu.Lock()
+	same := sec.ResourceVersion == s.version
+	s.mu.Unlock()
+	if same {
+		return nil
+	}
+	ca, err := identity.LoadCA(sec.Data[identity.CertFile], sec.Data[identity.KeyFile], sec.Data[identity.CAFile])
+	if err != nil {
+		return fmt.Errorf("loading the intermediate CA from Secret %s/%s: %w", s.ns, s.name, err)
+	}
+	s.mu.Lock()
+	first := s.ca == nil
+	s.ca, s.version = ca, sec.ResourceVersion
+	hooks := append([]func(){}, s.onChanged...)
+	s.mu.Unlock()
+	if !first {
+		s.log.Info("the cluster's intermediate CA changed; renewing every leaf", "ca", ca)
+		for _, h := range hooks {
+			h()
+		}
+	}
+	return nil
+}
+
+// IssueLeaf issues from the current CA.
+func (s *caSource) IssueLeaf(id string, ttl time.Duration) (*identity.Leaf, error) {
+	s.mu.Lock()
+	ca := s.ca
+	s.mu.Unlock()
+	return ca.IssueLeaf(id, ttl)
+}
+
+// watch reloads the Secret every interval until ctx ends; a failed read
+// keeps the CA in hand.
+func (s *caSource) watch(ctx context.Context, every time.Duration) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if err := s.load(ctx); err != nil {
+				s.log.Warn("reloading the intermediate CA; keeping the current one", "err", err)
+			}
+		}
+	}
+}
+
+// rotate runs a Rotator for id, calling use with every leaf (the first at
+// once), renewing all leaves when the CA changes.
+func (s *caSource) rotate(ctx context.Context, id string, ttl time.Duration, metrics *identity.Metrics, use func(*identity.Leaf)) error {
+	r, err := identity.NewRotator(s, id, identity.RotatorOptions{TTL: ttl, Logger: s.log, Metrics: metrics})
+	if err != nil {
+		return fmt.Errorf("issuing the certificate of %s: %w", id, err)
+	}
+	r.Subscribe(use)
+	use(r.Current())
+	s.mu.Lock()
+	s.onChanged = append(s.onChanged, func() {
+		if err := r.Renew(); err != nil {
+			s.log.Error("renewing a leaf after the CA changed", "id", id, "err", err)
+		}
+	})
+	s.mu.Unlock()
+	go func() { _ = r.Run(ctx) }()
+	return nil
+}
