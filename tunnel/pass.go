@@ -11,9 +11,9 @@ import (
 	"time"
 
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
-	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/tools/cache"
 
+	"github.com/isthmus-dev/isthmus/mcs/api/broker/records"
 	brokerv1 "github.com/isthmus-dev/isthmus/mcs/api/broker/v1alpha1"
 )
 
@@ -71,13 +71,17 @@ func (t *Tunnel) publishedOK(own *brokerv1.Cluster) bool {
 // fullPass reads every record, plans them all, and brings the device and
 // the routes to the plan from what they actually hold.
 func (t *Tunnel) fullPass(ctx context.Context, rec *reconciler, inf cache.SharedIndexInformer, echo *echoState) error {
-	records, err := t.records.decode(inf.GetStore())
-	if err != nil {
-		return err
+	records, skipped := t.records.decode(inf.GetStore())
+	for _, err := range skipped {
+		t.log.Warn("leaving out a broker record: no peer and no route for it", "err", err)
 	}
 	t.mu.Lock()
 	local := Local{Cluster: t.cfg.ClusterID, PublicKey: t.pub}
 	t.mu.Unlock()
+	var err error
+	if local.Protected, err = nodeNetworks(t.cfg.Device); err != nil {
+		return fmt.Errorf("reading this node's networks, which no peer may claim: %w", err)
+	}
 	var own *brokerv1.Cluster
 	for i := range records {
 		if records[i].Name == t.cfg.ClusterID {
@@ -245,8 +249,9 @@ func decodeOne(store cache.Store, namespace, name string) (*brokerv1.Cluster, er
 		return nil, fmt.Errorf("cluster record %s is a %T", name, obj)
 	}
 	var c brokerv1.Cluster
-	if err := runtime.DefaultUnstructuredConverter.FromUnstructured(u.Object, &c); err != nil {
-		return nil, fmt.Errorf("decoding cluster record %s: %w", name, err)
+	if err := records.Decode(u, &c); err != nil {
+		// As if gone: the full pass leaves it out and says why.
+		return nil, nil
 	}
 	return &c, nil
 }

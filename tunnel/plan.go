@@ -25,9 +25,8 @@ const (
 	StateCIDRConflict = "CIDRConflict"
 	StateKeyConflict  = "KeyConflict"
 	// StateRefused: the record claims a range no member may have (a
-	// default route, a very wide prefix, one the hub did not approve, or
-	// one covering a network the tunnel itself needs), so it gets no peer
-	// and no route.
+	// default route, a very wide prefix, or one covering a network the
+	// tunnel itself needs), so it gets no peer and no route.
 	StateRefused = "Refused"
 )
 
@@ -37,10 +36,6 @@ type Local struct {
 	PublicKey    wgtypes.Key
 	PodCIDRs     []netip.Prefix
 	ServiceCIDRs []netip.Prefix
-	// Approved are the ranges the hub approved for each member, where an
-	// allowlist is known; a member missing from it is held to the fixed
-	// rules only (brokerv1.CheckClaim).
-	Approved map[string][]netip.Prefix
 	// Protected are ranges no peer may claim whatever it is approved for:
 	// the broker's address and this node's own networks, without which
 	// the tunnel's own traffic would be routed into a tunnel.
@@ -202,8 +197,8 @@ func recordState(r brokerv1.Cluster, err error) string {
 
 // parseRecord reads a remote record's tunnel facts, rejecting what the
 // device cannot use and what the record may not claim: every CIDR must
-// pass brokerv1.CheckClaim against the member's approved ranges and this
-// node's protected ones, and none may cover the peer's own endpoint (its
+// pass brokerv1.CheckClaim's fixed rules and miss this node's protected
+// ranges, and none may cover the peer's own endpoint (its
 // tunnel packets would be routed into the tunnel itself).
 func parseRecord(r brokerv1.Cluster, local Local) (Peer, error) {
 	p := Peer{Cluster: r.Name}
@@ -231,15 +226,11 @@ func parseRecord(r brokerv1.Cluster, local Local) (Peer, error) {
 		return p, err
 	}
 	protected := append(slices.Clone(local.Protected), netip.PrefixFrom(p.Endpoint.Addr(), p.Endpoint.Addr().BitLen()))
-	var approved []netip.Prefix
-	if a, ok := local.Approved[r.Name]; ok {
-		approved = a
-		if approved == nil {
-			approved = []netip.Prefix{} // known, and empty: nothing is approved
-		}
-	}
+	// The hub's allowlist (MemberPolicy) is the broker's to enforce:
+	// members cannot read it. Here the fixed rules and this node's
+	// protected ranges hold whatever the broker let through.
 	for _, c := range cidrs {
-		if err := brokerv1.CheckClaim(c, approved, protected); err != nil {
+		if err := brokerv1.CheckClaim(c, nil, protected); err != nil {
 			return p, fmt.Errorf("no peer and no route: %w", err)
 		}
 	}

@@ -264,10 +264,6 @@ func TestPlanRefusesClaims(t *testing.T) {
 	kb, kc, kd := key(t), key(t), key(t)
 	local := Local{Cluster: "a", PublicKey: key(t),
 		PodCIDRs: []netip.Prefix{netip.MustParsePrefix("10.1.0.0/16")},
-		Approved: map[string][]netip.Prefix{
-			"b": {netip.MustParsePrefix("10.2.0.0/16"), netip.MustParsePrefix("10.92.0.0/16")},
-			"e": nil, // on the allowlist with nothing approved
-		},
 		Protected: []netip.Prefix{netip.MustParsePrefix("172.30.0.0/24")}, // this node's underlay
 	}
 	tests := []struct {
@@ -275,15 +271,12 @@ func TestPlanRefusesClaims(t *testing.T) {
 		record brokerv1.Cluster
 		rule   string // "" when it becomes a peer
 	}{
-		{"approved ranges", rec("b", 1, kb.String(), "192.0.2.2:51820", []string{"10.2.0.0/16"}, "10.92.0.0/16"), ""},
-		{"approved, a part of it", rec("b", 1, kb.String(), "192.0.2.2:51820", []string{"10.2.8.0/24"}), ""},
-		{"a range the hub did not approve", rec("b", 1, kb.String(), "192.0.2.2:51820", []string{"10.2.0.0/16", "203.0.113.0/24"}), brokerv1.RuleNotApproved},
+		{"ordinary ranges", rec("b", 1, kb.String(), "192.0.2.2:51820", []string{"10.2.0.0/16"}, "10.92.0.0/16"), ""},
 		{"a default route, with no allowlist known", rec("c", 1, kc.String(), "192.0.2.3:51820", []string{"10.3.0.0/16", "0.0.0.0/0"}), brokerv1.RuleDefaultRoute},
 		{"half the IPv4 space", rec("c", 1, kc.String(), "192.0.2.3:51820", []string{"128.0.0.0/1"}), brokerv1.RuleTooWide},
 		{"a wide IPv6 range", rec("c", 1, kc.String(), "192.0.2.3:51820", []string{"10.3.0.0/16", "2000::/3"}), brokerv1.RuleTooWide},
 		{"this node's own network", rec("c", 1, kc.String(), "192.0.2.3:51820", []string{"172.30.0.0/16"}), brokerv1.RuleProtected},
 		{"its own tunnel endpoint", rec("d", 1, kd.String(), "10.4.0.1:51820", []string{"10.4.0.0/16"}), brokerv1.RuleProtected},
-		{"an empty allowlist approves nothing", rec("e", 1, kd.String(), "192.0.2.5:51820", []string{"10.5.0.0/16"}), brokerv1.RuleNotApproved},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -16,12 +16,12 @@ import (
 	"golang.zx2c4.com/wireguard/wgctrl"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
-	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/dynamic/dynamicinformer"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
 
+	"github.com/isthmus-dev/isthmus/mcs/api/broker/records"
 	brokerv1 "github.com/isthmus-dev/isthmus/mcs/api/broker/v1alpha1"
 	"github.com/isthmus-dev/isthmus/mcs/election"
 )
@@ -509,10 +509,15 @@ type cachedRecord struct {
 	record          brokerv1.Cluster
 }
 
-func (rc *recordCache) decode(store cache.Store) ([]brokerv1.Cluster, error) {
+//
+// Records are decoded one at a time, reading timestamps as the apiserver
+// accepts them (records.Decode); one that still does not decode is left
+// out (no peer, no route) and returned in skipped, never allowed to stop
+// the pass and so every other peer's update.
+func (rc *recordCache) decode(store cache.Store) (out []brokerv1.Cluster, skipped []error) {
 	objs := store.List()
 	next := make(map[string]cachedRecord, len(objs))
-	out := make([]brokerv1.Cluster, 0, len(objs))
+	out = make([]brokerv1.Cluster, 0, len(objs))
 	for _, o := range objs {
 		u, ok := o.(*unstructured.Unstructured)
 		if !ok {
@@ -521,13 +526,14 @@ func (rc *recordCache) decode(store cache.Store) ([]brokerv1.Cluster, error) {
 		c, ok := rc.byName[u.GetName()]
 		if !ok || c.resourceVersion != u.GetResourceVersion() {
 			c = cachedRecord{resourceVersion: u.GetResourceVersion()}
-			if err := runtime.DefaultUnstructuredConverter.FromUnstructured(u.Object, &c.record); err != nil {
-				return nil, fmt.Errorf("decoding cluster record %s: %w", u.GetName(), err)
+			if err := records.Decode(u, &c.record); err != nil {
+				skipped = append(skipped, fmt.Errorf("cluster record %s does not decode: %w", u.GetName(), err))
+				continue
 			}
 		}
 		next[u.GetName()] = c
 		out = append(out, c.record)
 	}
 	rc.byName = next
-	return out, nil
+	return out, skipped
 }

@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/isthmus-dev/isthmus/mcs/agent"
-	brokerclient "github.com/isthmus-dev/isthmus/mcs/api/broker/generated/clientset/versioned"
 	brokerv1 "github.com/isthmus-dev/isthmus/mcs/api/broker/v1alpha1"
 )
 
@@ -54,14 +53,10 @@ func agentRole() role {
 				if err != nil {
 					return err
 				}
-				brokerClient, err := brokerclient.NewForConfig(broker.Config)
-				if err != nil {
-					return err
-				}
 				cfg := agent.Config{
 					ClusterID: id, BrokerNamespace: ns, Region: f.region, Zone: f.zone,
 					PodCIDRs: split(*podCIDRs), ServiceCIDRs: split(*serviceCIDRs), Version: version,
-					Local: local.Kube, LocalMCS: local.MCS, Broker: broker.Kube, BrokerClient: brokerClient, BrokerDynamic: broker.Dynamic,
+					Local: local.Kube, LocalMCS: local.MCS, Broker: broker.Kube, BrokerClient: broker.BrokerAPI, BrokerDynamic: broker.Dynamic,
 					LeaseDuration: f.leaseDuration, WithdrawAfter: *withdrawAfter,
 					Dataplane: dataplane, GatewayNamespace: gwNamespace, GatewayName: gwName,
 					EgressPortMin: egressMin, EgressPortMax: egressMax, GatewayIngressPort: int32(f.ingressPort),

@@ -250,7 +250,7 @@ func registeredMetrics(t *testing.T) map[string]bool {
 		t.Fatal(err)
 	}
 	lm := model.Local{ClusterID: "c", Mode: model.Direct, IngressPort: 15443}
-	src := source.New(source.Config{Local: lm, Kube: c.Kube, MCS: c.MCS, Broker: c.Kube, BrokerAPI: c.BrokerAPI, BrokerNamespace: "isthmus-broker", Log: log},
+	src := source.New(source.Config{Local: lm, Kube: c.Kube, MCS: c.MCS, Broker: c.Kube, BrokerRecords: c.Dynamic, BrokerNamespace: "isthmus-broker", Log: log},
 		func(source.Change) {})
 	if _, err := xds.New(xds.Config{Local: lm, Models: src, Server: srv, Registry: rec, Log: log}); err != nil {
 		t.Fatal(err)

@@ -87,7 +87,7 @@ func xdsRole() role {
 				}
 				var ctrl *xds.Controller
 				src := source.New(source.Config{
-					Local: lm, Kube: local.Kube, MCS: local.MCS, Broker: broker.Kube, BrokerAPI: broker.BrokerAPI,
+					Local: lm, Kube: local.Kube, MCS: local.MCS, Broker: broker.Kube, BrokerRecords: broker.Dynamic,
 					BrokerNamespace: ns, LeaseDuration: f.leaseDuration, ProbeEvery: 2 * time.Second, Log: log,
 				}, func(ch source.Change) { ctrl.Apply(ctx, ch) })
 				if ctrl, err = xds.New(xds.Config{Local: lm, Models: src, Server: srv, Registry: e.reg, Log: log}); err != nil {

@@ -9,6 +9,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/client-go/dynamic"
 	"log/slog"
 	"sync"
 	"sync/atomic"
@@ -24,8 +26,7 @@ import (
 	mcsclient "sigs.k8s.io/mcs-api/pkg/client/clientset/versioned"
 	mcsinformers "sigs.k8s.io/mcs-api/pkg/client/informers/externalversions"
 
-	brokerclient "github.com/isthmus-dev/isthmus/mcs/api/broker/generated/clientset/versioned"
-	brokerinformers "github.com/isthmus-dev/isthmus/mcs/api/broker/generated/informers/externalversions"
+	"github.com/isthmus-dev/isthmus/mcs/api/broker/records"
 	brokerv1 "github.com/isthmus-dev/isthmus/mcs/api/broker/v1alpha1"
 	"github.com/isthmus-dev/isthmus/xds/model"
 )
@@ -52,8 +53,10 @@ type Config struct {
 	Kube   kubernetes.Interface
 	MCS    mcsclient.Interface
 	Broker kubernetes.Interface
-	// BrokerAPI reads the broker's Cluster records.
-	BrokerAPI       brokerclient.Interface
+	// BrokerRecords reads the broker's Cluster records, one object at a
+	// time (mcs/api/broker/records): one member's odd record must not keep
+	// the others from syncing.
+	BrokerRecords   dynamic.Interface
 	BrokerNamespace string
 	// LeaseDuration is used for a Lease that names no duration.
 	LeaseDuration time.Duration
@@ -111,8 +114,10 @@ func New(cfg Config, onChange func(Change)) *Source {
 	s.imports = mcsinformers.NewSharedInformerFactory(cfg.MCS, 0).Multicluster().V1beta1().ServiceImports().Informer()
 	bf := kubeinformers.NewSharedInformerFactoryWithOptions(cfg.Broker, 0, kubeinformers.WithNamespace(cfg.BrokerNamespace))
 	s.leases = bf.Coordination().V1().Leases().Informer()
-	s.records = brokerinformers.NewSharedInformerFactoryWithOptions(cfg.BrokerAPI, 0, brokerinformers.WithNamespace(cfg.BrokerNamespace)).
-		Broker().V1alpha1().Clusters().Informer()
+	s.records = records.NewClusterInformer(cfg.BrokerRecords, cfg.BrokerNamespace, 0, cache.Indexers{},
+		func(_ schema.GroupVersionResource, _, name string, err error) {
+			cfg.Log.Warn("leaving out a Cluster record that does not decode", "name", name, "err", err)
+		})
 
 	serviceEvent := func(obj any) {
 		if t, ok := obj.(cache.DeletedFinalStateUnknown); ok {

@@ -2,6 +2,7 @@ package source
 
 import (
 	"context"
+	"k8s.io/client-go/dynamic"
 	"log/slog"
 	"net/netip"
 	"slices"
@@ -129,7 +130,7 @@ func TestSourceOnRealAPIServers(t *testing.T) {
 	var mu sync.Mutex
 	var changes []Change
 	src := New(Config{
-		Local: model.Local{ClusterID: "a", Region: "eu"}, Kube: kube, MCS: mcs, Broker: broker, BrokerAPI: brokerAPI,
+		Local: model.Local{ClusterID: "a", Region: "eu"}, Kube: kube, MCS: mcs, Broker: broker, BrokerRecords: dynamic.NewForConfigOrDie(b.Config),
 		BrokerNamespace: ns, LeaseDuration: 30 * time.Second, ProbeEvery: 500 * time.Millisecond, Log: slog.New(slog.NewTextHandler(testWriter{t}, nil)),
 	}, func(c Change) { mu.Lock(); changes = append(changes, c); mu.Unlock() })
 	done := make(chan error, 1)
