@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"flag"
 	"fmt"
+	"github.com/isthmus-dev/isthmus/cmd/internal/buildinfo"
 	"log/slog"
 	"os"
 	"strings"
@@ -13,9 +14,6 @@ import (
 	"github.com/isthmus-dev/isthmus/mcs/agent"
 	brokerv1 "github.com/isthmus-dev/isthmus/mcs/api/broker/v1alpha1"
 )
-
-// version is stamped at build time with -ldflags "-X main.version=...".
-var version = "dev"
 
 // agentRole is the MCS agent of one member cluster.
 func agentRole() role {
@@ -55,7 +53,7 @@ func agentRole() role {
 				}
 				cfg := agent.Config{
 					ClusterID: id, BrokerNamespace: ns, Region: f.region, Zone: f.zone,
-					PodCIDRs: split(*podCIDRs), ServiceCIDRs: split(*serviceCIDRs), Version: version,
+					PodCIDRs: split(*podCIDRs), ServiceCIDRs: split(*serviceCIDRs), Version: buildinfo.Read().Version,
 					Local: local.Kube, LocalMCS: local.MCS, Broker: broker.Kube, BrokerClient: broker.BrokerAPI, BrokerDynamic: broker.Dynamic,
 					LeaseDuration: f.leaseDuration, WithdrawAfter: *withdrawAfter,
 					Dataplane: dataplane, GatewayNamespace: gwNamespace, GatewayName: gwName,

@@ -131,7 +131,7 @@ func runWithChartIdentity(t *testing.T, ctx context.Context, role string, args .
 	log := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})).With("role", role)
 	rctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- run(rctx, args, log, io.Discard) }()
+	go func() { done <- run(rctx, args, log, io.Discard, io.Discard) }()
 	var once sync.Once
 	stop = func() {
 		once.Do(func() {

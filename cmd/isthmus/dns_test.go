@@ -170,7 +170,7 @@ func TestDNSDomainFlag(t *testing.T) {
 	for _, tt := range tests {
 		var logs strings.Builder
 		args := append([]string{"dns", "--kubeconfig", "/dev/null", "--metrics-addr", ""}, tt.args...)
-		err := run(context.Background(), args, slog.New(slog.NewTextHandler(&logs, nil)), io.Discard)
+		err := run(context.Background(), args, slog.New(slog.NewTextHandler(&logs, nil)), io.Discard, io.Discard)
 		if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
 			t.Errorf("%v: %v, want an error containing %q", tt.args, err, tt.wantErr)
 		}

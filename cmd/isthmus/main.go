@@ -15,13 +15,15 @@ import (
 	"os/signal"
 	"strings"
 	"syscall"
+
+	"github.com/isthmus-dev/isthmus/cmd/internal/buildinfo"
 )
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	log := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: logLevel()}))
-	if err := run(ctx, os.Args[1:], log, os.Stderr); err != nil {
+	if err := run(ctx, os.Args[1:], log, os.Stdout, os.Stderr); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return
 		}
@@ -30,13 +32,18 @@ func main() {
 	}
 }
 
-func run(ctx context.Context, args []string, log *slog.Logger, stderr io.Writer) error {
+func run(ctx context.Context, args []string, log *slog.Logger, stdout, stderr io.Writer) error {
 	all := roles()
 	names := make([]string, 0, len(all)+1)
 	for _, r := range all {
 		names = append(names, r.name)
 	}
 	names = append(names, "all")
+	if len(args) > 0 && args[0] == "version" {
+		bi := buildinfo.Read()
+		fmt.Fprintf(stdout, "isthmus %s\nrevision %s (%s, modified: %v)\n%s\n", bi.Version, bi.Revision, bi.Time, bi.Modified, bi.GoVersion)
+		return nil
+	}
 	if len(args) > 0 && args[0] == "all" {
 		return runRoles(ctx, "all", all, args[1:], log, stderr)
 	}
@@ -45,7 +52,7 @@ func run(ctx context.Context, args []string, log *slog.Logger, stderr io.Writer)
 			return runRoles(ctx, r.name, []role{r}, args[1:], log.With("role", r.name), stderr)
 		}
 	}
-	fmt.Fprintf(stderr, "usage: isthmus <role> [flags]\nroles: %s (every role in one process)\n", strings.Join(names, ", "))
+	fmt.Fprintf(stderr, "usage: isthmus <role> [flags] | isthmus version\nroles: %s (every role in one process)\n", strings.Join(names, ", "))
 	if len(args) == 0 {
 		return errors.New("no role given")
 	}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"github.com/isthmus-dev/isthmus/cmd/internal/buildinfo"
 	"io"
 	"log/slog"
 	"os"
@@ -173,6 +174,7 @@ func runRoles(ctx context.Context, name string, rs []role, args []string, log *s
 	fs := flag.NewFlagSet("isthmus "+name, flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	e := &env{reg: serve.NewRegistry(), health: serve.NewHealth()}
+	e.reg.MustRegister(buildinfo.Read().Collector())
 	metricsAddr, prefix := allMetricsAddr, true
 	if len(rs) == 1 {
 		metricsAddr, prefix = rs[0].metricsAddr, false

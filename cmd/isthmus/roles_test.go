@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"flag"
+	"io"
 	"log/slog"
 	"strings"
 	"testing"
@@ -55,7 +56,7 @@ func TestParseWithEnv(t *testing.T) {
 // role's own flags under its prefix, and the environment scheme.
 func TestAllHelp(t *testing.T) {
 	var out bytes.Buffer
-	err := run(context.Background(), []string{"all", "-h"}, slog.New(slog.DiscardHandler), &out)
+	err := run(context.Background(), []string{"all", "-h"}, slog.New(slog.DiscardHandler), io.Discard, &out)
 	if err != flag.ErrHelp {
 		t.Fatalf("isthmus all -h: %v, want flag.ErrHelp", err)
 	}
@@ -84,7 +85,7 @@ func TestAllStopsTogether(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	err := run(ctx, []string{"all", "--metrics-addr", "", "--kubeconfig", "/dev/null", "--tunnel-endpoint", "192.0.2.1:51820", "--dns-listen", "127.0.0.1:0"},
-		slog.New(slog.DiscardHandler), &bytes.Buffer{})
+		slog.New(slog.DiscardHandler), io.Discard, &bytes.Buffer{})
 	if err == nil {
 		t.Fatal("isthmus all with an empty kubeconfig ran")
 	}
@@ -127,4 +128,16 @@ func TestNotReadyUntilTheRoleSaysSo(t *testing.T) {
 	}
 	close(registered)
 	waitUntil(t, "/readyz once the role's own check passes", func() bool { c, _ := get("http://" + addr + "/readyz"); return c == 200 })
+}
+
+// TestVersion: `isthmus version` prints the VCS stamp Go wrote into the
+// binary ("(devel)" for a test binary, which has none).
+func TestVersion(t *testing.T) {
+	var out bytes.Buffer
+	if err := run(context.Background(), []string{"version"}, slog.New(slog.DiscardHandler), &out, io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(out.String(), "isthmus ") || !strings.Contains(out.String(), "revision ") || !strings.Contains(out.String(), "go1.") {
+		t.Errorf("isthmus version printed %q", out.String())
+	}
 }
