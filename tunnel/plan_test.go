@@ -263,7 +263,7 @@ func disjointRecords(b *testing.B, n int) []brokerv1.Cluster {
 func TestPlanRefusesClaims(t *testing.T) {
 	kb, kc, kd := key(t), key(t), key(t)
 	local := Local{Cluster: "a", PublicKey: key(t),
-		PodCIDRs: []netip.Prefix{netip.MustParsePrefix("10.1.0.0/16")},
+		PodCIDRs:  []netip.Prefix{netip.MustParsePrefix("10.1.0.0/16")},
 		Protected: []netip.Prefix{netip.MustParsePrefix("172.30.0.0/24")}, // this node's underlay
 	}
 	tests := []struct {

@@ -509,7 +509,6 @@ type cachedRecord struct {
 	record          brokerv1.Cluster
 }
 
-//
 // Records are decoded one at a time, reading timestamps as the apiserver
 // accepts them (records.Decode); one that still does not decode is left
 // out (no peer, no route) and returned in skipped, never allowed to stop

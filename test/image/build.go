@@ -73,7 +73,7 @@ func Write(s Spec, out string) (v1.Hash, error) {
 		// containerd names an imported image from io.containerd.image.name;
 		// skopeo and crane read the OCI ref name.
 		if err := lp.AppendIndex(idx, layout.WithAnnotations(map[string]string{
-			"io.containerd.image.name":         ref,
+			"io.containerd.image.name":          ref,
 			"org.opencontainers.image.ref.name": ref,
 		})); err != nil {
 			return v1.Hash{}, err
