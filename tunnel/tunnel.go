@@ -31,7 +31,7 @@ import (
 // conditions), so the agent's fields never conflict with them.
 const FieldManager = "isthmus-tunnel"
 
-var clusterGVR = brokerv1.SchemeGroupVersion.WithResource("clusters")
+var clusterGVR = brokerv1.ClustersResource
 
 // Config says how to run one cluster's tunnel.
 type Config struct {

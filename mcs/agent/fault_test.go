@@ -103,7 +103,7 @@ func TestMemberLost(t *testing.T) {
 
 	heartbeat := func(status, reason string) func() error {
 		return func() error {
-			u, err := dynamic.NewForConfigOrDie(clusters.Broker.Config).Resource(brokerv1.SchemeGroupVersion.WithResource("clusters")).
+			u, err := dynamic.NewForConfigOrDie(clusters.Broker.Config).Resource(brokerv1.ClustersResource).
 				Namespace(brokerv1.DefaultBrokerNamespace).Get(ctx, "b", metav1.GetOptions{})
 			if err != nil {
 				return err
@@ -207,7 +207,7 @@ func TestAgentCredentialsAreConfined(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	res := asB.Resource(brokerv1.SchemeGroupVersion.WithResource("exportedservices")).Namespace(brokerv1.DefaultBrokerNamespace)
+	res := asB.Resource(brokerv1.ExportedServicesResource).Namespace(brokerv1.DefaultBrokerNamespace)
 	rec, err := res.Get(ctx, brokerv1.ExportedServiceName("a", ns, "mine"), metav1.GetOptions{})
 	if err != nil {
 		t.Fatalf("b cannot read a's record: %v", err)

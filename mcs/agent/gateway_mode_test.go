@@ -504,7 +504,7 @@ func sorted(s []string) []string {
 // given addresses as its gateways, at the default ingress port.
 func wantRecordGateways(ctx context.Context, cluster string, ips ...string) func() error {
 	return func() error {
-		u, err := dynamic.NewForConfigOrDie(clusters.Broker.Config).Resource(brokerv1.SchemeGroupVersion.WithResource("clusters")).
+		u, err := dynamic.NewForConfigOrDie(clusters.Broker.Config).Resource(brokerv1.ClustersResource).
 			Namespace(brokerv1.DefaultBrokerNamespace).Get(ctx, cluster, metav1.GetOptions{})
 		if err != nil {
 			return err

@@ -15,8 +15,8 @@ import (
 )
 
 var (
-	clusterGVR         = brokerv1.SchemeGroupVersion.WithResource("clusters")
-	exportedServiceGVR = brokerv1.SchemeGroupVersion.WithResource("exportedservices")
+	clusterGVR         = brokerv1.ClustersResource
+	exportedServiceGVR = brokerv1.ExportedServicesResource
 )
 
 func validCluster(id string) *brokerv1.Cluster {

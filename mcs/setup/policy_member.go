@@ -14,7 +14,7 @@ import (
 	brokerv1 "github.com/isthmus-dev/isthmus/mcs/api/broker/v1alpha1"
 )
 
-var memberPolicyGVR = brokerv1.SchemeGroupVersion.WithResource("memberpolicies")
+var memberPolicyGVR = brokerv1.MemberPoliciesResource
 
 // applyMemberPolicy writes the member's MemberPolicy on the hub with the
 // hub admin's credential: the ranges and namespaces approved for it. Given

@@ -17,7 +17,7 @@ import (
 	"github.com/isthmus-dev/isthmus/test/netnstest"
 )
 
-var clustersGVR = brokerv1.SchemeGroupVersion.WithResource("clusters")
+var clustersGVR = brokerv1.ClustersResource
 
 // writeRemote writes a whole record for a cluster that runs no gateway,
 // as a misconfigured or hostile member would.

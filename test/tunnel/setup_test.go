@@ -313,7 +313,7 @@ func (w *world) applyAgentFields(ctx context.Context, id string, pods, svcs []st
 		"metadata":   map[string]any{"name": id, "namespace": brokerNS, "labels": map[string]any{brokerv1.LabelSourceCluster: id}},
 		"spec":       map[string]any{"clusterID": id, "podCIDRs": toAny(pods), "serviceCIDRs": toAny(svcs)},
 	}}
-	_, err := w.broker.Resource(brokerv1.SchemeGroupVersion.WithResource("clusters")).Namespace(brokerNS).Apply(ctx, id, obj,
+	_, err := w.broker.Resource(brokerv1.ClustersResource).Namespace(brokerNS).Apply(ctx, id, obj,
 		metav1.ApplyOptions{FieldManager: agentFields, Force: true})
 	if err != nil {
 		return fmt.Errorf("applying the agent's fields of %s: %w", id, err)
@@ -331,7 +331,7 @@ func toAny(ss []string) []any {
 
 // record reads a cluster record from the broker.
 func (w *world) record(ctx context.Context, id string) (*brokerv1.Cluster, error) {
-	u, err := w.broker.Resource(brokerv1.SchemeGroupVersion.WithResource("clusters")).Namespace(brokerNS).Get(ctx, id, metav1.GetOptions{})
+	u, err := w.broker.Resource(brokerv1.ClustersResource).Namespace(brokerNS).Get(ctx, id, metav1.GetOptions{})
 	if err != nil {
 		return nil, err
 	}

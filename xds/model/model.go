@@ -8,6 +8,8 @@ package model
 import (
 	"net/netip"
 	"sort"
+
+	brokerv1 "github.com/isthmus-dev/isthmus/mcs/api/broker/v1alpha1"
 )
 
 // ServiceType mirrors the MCS ServiceImport type.
@@ -109,15 +111,16 @@ type Cluster struct {
 	Reason  string
 }
 
-// Mode is how traffic crosses clusters (docs/architecture.md).
-type Mode string
+// Mode is how traffic crosses clusters: the broker API's data-plane enum,
+// so the agent and the xDS server cannot spell it differently.
+type Mode = brokerv1.Dataplane
 
 // The two data-plane modes.
 const (
 	// Direct: pod IPs are routed between clusters over the tunnels.
-	Direct Mode = "direct"
+	Direct = brokerv1.DataplaneDirect
 	// Gateway: other clusters are reached through their east-west gateway.
-	Gateway Mode = "gateway"
+	Gateway = brokerv1.DataplaneGateway
 )
 
 // Local describes the cluster this xDS server serves.

@@ -30,12 +30,6 @@ import (
 	brokerv1 "github.com/isthmus-dev/isthmus/mcs/api/broker/v1alpha1"
 )
 
-// The broker's resources, spelled once.
-var (
-	ClustersResource         = brokerv1.SchemeGroupVersion.WithResource("clusters")
-	ExportedServicesResource = brokerv1.SchemeGroupVersion.WithResource("exportedservices")
-)
-
 // Undecodable is called for each object left out, with its name and why;
 // callers count it and say so where a person looks (a condition, an Event).
 type Undecodable func(resource schema.GroupVersionResource, namespace, name string, err error)
@@ -105,7 +99,7 @@ func lenientTime(s string) (time.Time, bool) {
 
 // NewClusterInformer watches the Cluster records of namespace.
 func NewClusterInformer(dyn dynamic.Interface, namespace string, resync time.Duration, indexers cache.Indexers, bad Undecodable) cache.SharedIndexInformer {
-	return newInformer(dyn, ClustersResource, namespace, resync, indexers, bad, &brokerv1.Cluster{},
+	return newInformer(dyn, brokerv1.ClustersResource, namespace, resync, indexers, bad, &brokerv1.Cluster{},
 		func() runtime.Object { return &brokerv1.Cluster{} },
 		func(items []runtime.Object, meta metav1.ListMeta) runtime.Object {
 			l := &brokerv1.ClusterList{ListMeta: meta}
@@ -119,7 +113,7 @@ func NewClusterInformer(dyn dynamic.Interface, namespace string, resync time.Dur
 // NewExportedServiceInformer watches the ExportedService records of
 // namespace.
 func NewExportedServiceInformer(dyn dynamic.Interface, namespace string, resync time.Duration, indexers cache.Indexers, bad Undecodable) cache.SharedIndexInformer {
-	return newInformer(dyn, ExportedServicesResource, namespace, resync, indexers, bad, &brokerv1.ExportedService{},
+	return newInformer(dyn, brokerv1.ExportedServicesResource, namespace, resync, indexers, bad, &brokerv1.ExportedService{},
 		func() runtime.Object { return &brokerv1.ExportedService{} },
 		func(items []runtime.Object, meta metav1.ListMeta) runtime.Object {
 			l := &brokerv1.ExportedServiceList{ListMeta: meta}

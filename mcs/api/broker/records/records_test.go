@@ -89,7 +89,7 @@ func TestOneOddRecordStallsNoOne(t *testing.T) {
 			"spec": map[string]any{"sourceCluster": cluster, "exportCreationTimestamp": ts, "serviceName": "echo", "serviceNamespace": "demo",
 				"type": "ClusterSetIP", "ports": []any{map[string]any{"port": int64(80), "protocol": "TCP"}}},
 		}}
-		if _, err := dyn.Resource(ExportedServicesResource).Namespace(ns).Create(ctx, u, metav1.CreateOptions{}); err != nil {
+		if _, err := dyn.Resource(brokerv1.ExportedServicesResource).Namespace(ns).Create(ctx, u, metav1.CreateOptions{}); err != nil {
 			t.Fatalf("the hub refused %s's export at %q: %v", cluster, ts, err)
 		}
 	}
@@ -151,7 +151,7 @@ func TestUnreadableRecordIsLeftOutAndReported(t *testing.T) {
 	}
 	scheme := runtime.NewScheme()
 	dyn := dynamicfake.NewSimpleDynamicClientWithCustomListKinds(scheme,
-		map[schema.GroupVersionResource]string{ExportedServicesResource: "ExportedServiceList"},
+		map[schema.GroupVersionResource]string{brokerv1.ExportedServicesResource: "ExportedServiceList"},
 		obj("good", "2026-12-01T00:00:00Z"), obj("odd", "yesterday"))
 	var mu sync.Mutex
 	var reported []string

@@ -18,6 +18,13 @@ var (
 	AddToScheme = schemeBuilder.AddToScheme
 )
 
+// The broker's resources, spelled once.
+var (
+	ClustersResource         = SchemeGroupVersion.WithResource("clusters")
+	ExportedServicesResource = SchemeGroupVersion.WithResource("exportedservices")
+	MemberPoliciesResource   = SchemeGroupVersion.WithResource("memberpolicies")
+)
+
 // Resource returns the group-qualified resource for a plural resource name.
 func Resource(resource string) schema.GroupResource {
 	return SchemeGroupVersion.WithResource(resource).GroupResource()
