@@ -311,3 +311,57 @@ func delta(before, after map[string]float64, metric string) map[string]float64 {
 	}
 	return out
 }
+
+// TestHijackedRangesGetNoRoute is the route hijack against the real
+// tunnel: records written past the broker's admission (as on a broker
+// installed by an older version) claiming a default route, half the IPv4
+// space, or this node's own underlay network get state Refused, a
+// conflict metric and neither a peer nor a route; the mesh keeps working.
+func TestHijackedRangesGetNoRoute(t *testing.T) {
+	dumpLogsOnFailure(t)
+	a, b := w.members[0], w.members[1]
+	gPub, hPub, iPub := newPub(t), newPub(t), newPub(t)
+	writeRemote(t, "tnl-g", gPub, "198.51.100.7:51820", []string{"10.207.0.0/16", "0.0.0.0/0"})
+	writeRemote(t, "tnl-h", hPub, "198.51.100.8:51820", []string{"128.0.0.0/1"})
+	writeRemote(t, "tnl-i", iPub, "198.51.100.9:51820", []string{"192.0.2.0/25"}) // the underlay
+	eventually(t, 15*time.Second, "refusals on tnl-a's record", func() error {
+		c, err := conflictOf(a)
+		if err != nil {
+			return err
+		}
+		for _, want := range []string{
+			"tnl-g (Refused): no peer and no route: 0.0.0.0/0 refused (DefaultRoute)",
+			"tnl-h (Refused): no peer and no route: 128.0.0.0/1 refused (PrefixTooWide)",
+			"tnl-i (Refused): no peer and no route: 192.0.2.0/25 refused (CoversProtected)",
+		} {
+			if c.Status != "True" || !strings.Contains(c.Message, want) {
+				return fmt.Errorf("TunnelConflict %s %s: %q lacks %q", c.Status, c.Reason, c.Message, want)
+			}
+		}
+		return nil
+	})
+	_, body, err := scrape(context.Background(), a, "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range []string{"tnl-g", "tnl-h", "tnl-i"} {
+		if want := fmt.Sprintf(`isthmus_tunnel_conflicts{kind="refused",remote_cluster="%s"} 1`, id); !strings.Contains(body, want) {
+			t.Errorf("metrics lack %s:\n%s", want, grep(body, "isthmus_tunnel_conflicts"))
+		}
+	}
+	routes := routesOf(t, a)
+	for _, cidr := range []string{"default", "0.0.0.0/0", "128.0.0.0/1", "192.0.2.0/25", "10.207.0.0/16"} {
+		if strings.Contains(routes, cidr) {
+			t.Errorf("a route for a refused claim %s exists:\n%s", cidr, routes)
+		}
+	}
+	peers := wgDevice(t, a).peers
+	for _, k := range []string{gPub, hPub, iPub} {
+		if _, ok := peers[k]; ok {
+			t.Errorf("refused key %s became a peer", k)
+		}
+	}
+	if err := reach(a, b, []byte("still-there"), time.Second); err != nil {
+		t.Errorf("tnl-a no longer reaches tnl-b: %v", err)
+	}
+}
