@@ -74,7 +74,9 @@ lint: ## gofmt, go vet, staticcheck and generated files up to date
 	cd test/image && $(GO) vet ./...
 	cd dnsserver/coredns && $(GO) vet ./...
 	$(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
-	$(BIN)/staticcheck ./...
+	@# code-generator's output is checked for staleness below, not linted:
+	@# its informers call client-go APIs that client-go itself deprecates.
+	$(BIN)/staticcheck $$($(GO) list ./... | grep -v /mcs/api/broker/generated/)
 	$(MAKE) --no-print-directory generate
 	@git diff --exit-code -- mcs/api || { echo "generated files are stale: run make generate and commit"; exit 1; }
 

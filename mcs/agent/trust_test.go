@@ -86,3 +86,35 @@ func TestTakeEndpoints(t *testing.T) {
 		})
 	}
 }
+
+// FuzzTakeEndpoints: whatever addresses and hostnames another member puts
+// in its slices, what the importer takes lies inside the member's pod
+// CIDRs, matches the slice's family, and carries no node name.
+func FuzzTakeEndpoints(f *testing.F) {
+	for _, s := range []string{"10.2.0.5", "198.51.100.7", "fd00:2::5", "::ffff:10.2.0.5", "010.2.0.5", "10.2.0.5%eth0", ""} {
+		f.Add(s, "web-0", true)
+	}
+	pods := []netip.Prefix{netip.MustParsePrefix("10.2.0.0/16"), netip.MustParsePrefix("fd00:2::/48")}
+	f.Fuzz(func(t *testing.T, addr, host string, v4 bool) {
+		family := discoveryv1.AddressTypeIPv6
+		if v4 {
+			family = discoveryv1.AddressTypeIPv4
+		}
+		node := "node-of-b"
+		src := []*discoveryv1.EndpointSlice{{AddressType: family, Endpoints: []discoveryv1.Endpoint{{Addresses: []string{addr}, Hostname: &host, NodeName: &node}}}}
+		out, _ := takeEndpoints("b", src, pods)
+		for _, s := range out {
+			for _, e := range s.Endpoints {
+				if e.NodeName != nil || e.TargetRef != nil || e.Hints != nil {
+					t.Errorf("foreign fields crossed: %+v", e)
+				}
+				for _, a := range e.Addresses {
+					ip, err := netip.ParseAddr(a)
+					if err != nil || ip.Is4() != v4 || !(pods[0].Contains(ip) || pods[1].Contains(ip)) {
+						t.Errorf("took %q for a %s slice", a, family)
+					}
+				}
+			}
+		}
+	})
+}

@@ -2,6 +2,7 @@ package records
 
 import (
 	"context"
+	"encoding/json"
 	"sync"
 	"testing"
 	"time"
@@ -174,4 +175,34 @@ func TestUnreadableRecordIsLeftOutAndReported(t *testing.T) {
 	if len(reported) != 1 || reported[0] != "odd" {
 		t.Errorf("reported %v; want the unreadable record", reported)
 	}
+}
+
+// FuzzDecode feeds records as another member could write them (any JSON
+// object) to the decoder: it must never panic, and what it accepts must
+// carry the timestamps it read in RFC 3339 form.
+func FuzzDecode(f *testing.F) {
+	for _, seed := range []string{
+		`{"metadata":{"name":"b-demo-echo"},"spec":{"sourceCluster":"b","exportCreationTimestamp":"2020-01-01t00:00:00z"}}`,
+		`{"spec":{"exportCreationTimestamp":"2020-01-01T00:00:00x5Z"}}`,
+		`{"status":{"conditions":[{"type":"Ready","lastTransitionTime":"2026-12-06T01:00:00+01:00"}]}}`,
+		`{"spec":{"exportCreationTimestamp":12}}`,
+		`{"metadata":{"creationTimestamp":"9999-99-99T99:99:99Z"}}`,
+	} {
+		f.Add([]byte(seed))
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		var obj map[string]any
+		if json.Unmarshal(data, &obj) != nil {
+			return
+		}
+		u := &unstructured.Unstructured{Object: obj}
+		var es brokerv1.ExportedService
+		if Decode(u, &es) == nil && !es.Spec.ExportCreationTimestamp.IsZero() {
+			if _, err := time.Parse(time.RFC3339, es.Spec.ExportCreationTimestamp.UTC().Format(time.RFC3339)); err != nil {
+				t.Errorf("accepted a time that does not format back: %v", err)
+			}
+		}
+		var c brokerv1.Cluster
+		_ = Decode(u, &c)
+	})
 }

@@ -93,3 +93,33 @@ func TestEffectiveExportTime(t *testing.T) {
 		t.Errorf("with no record seen the claim became %v; want it kept", got)
 	}
 }
+
+// FuzzCheckClaim: whatever a member claims, an accepted range is never a
+// default route, never wider than the minimum, never over a protected
+// range and always inside an approved one.
+func FuzzCheckClaim(f *testing.F) {
+	for _, s := range []string{"10.1.0.0/16", "0.0.0.0/0", "::/0", "192.168.50.0/24", "fd00:1::/48", "10.1.0.0/15", "2000::/3"} {
+		f.Add(s)
+	}
+	approved := prefixes("10.1.0.0/16", "fd00:1::/48")
+	protected := prefixes("192.168.50.10/32")
+	f.Fuzz(func(t *testing.T, s string) {
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
+			return
+		}
+		for _, ap := range [][]netip.Prefix{nil, approved} {
+			if CheckClaim(p, ap, protected) != nil {
+				continue
+			}
+			m := p.Masked()
+			min := MinIPv4PrefixBits
+			if m.Addr().Is6() {
+				min = MinIPv6PrefixBits
+			}
+			if m.Bits() < min || m.Overlaps(protected[0]) || (ap != nil && !coveredBy(m, ap)) {
+				t.Errorf("CheckClaim accepted %s (approved %v)", s, ap)
+			}
+		}
+	})
+}
