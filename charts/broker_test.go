@@ -103,16 +103,28 @@ func TestBrokerChart(t *testing.T) {
 		if len(docs) != len(objs) {
 			t.Fatalf("namespace %s: %d rendered objects, want %d", ns, len(docs), len(objs))
 		}
-		for i, obj := range objs {
+		// Helm orders what it renders by kind, then by file name: match
+		// each of isthmusctl's objects by kind and name.
+		byName := map[string]*unstructured.Unstructured{}
+		for _, d := range docs {
+			byName[d.GetKind()+"/"+d.GetName()] = d
+		}
+		for _, obj := range objs {
 			u, err := runtime.DefaultUnstructuredConverter.ToUnstructured(obj)
 			if err != nil {
 				t.Fatal(err)
 			}
 			unstructured.RemoveNestedField(u, "metadata", "creationTimestamp")
-			if w, g := normalize(t, u), normalize(t, docs[i].Object); !reflect.DeepEqual(w, g) {
+			want := &unstructured.Unstructured{Object: u}
+			doc, ok := byName[want.GetKind()+"/"+want.GetName()]
+			if !ok {
+				t.Errorf("namespace %s: the chart renders no %s %s", ns, want.GetKind(), want.GetName())
+				continue
+			}
+			if w, g := normalize(t, u), normalize(t, doc.Object); !reflect.DeepEqual(w, g) {
 				wy, _ := yaml.Marshal(w)
 				gy, _ := yaml.Marshal(g)
-				t.Errorf("namespace %s: rendered %s differs from isthmusctl's:\n--- chart\n%s\n--- isthmusctl\n%s", ns, docs[i].GetKind(), gy, wy)
+				t.Errorf("namespace %s: rendered %s differs from isthmusctl's:\n--- chart\n%s\n--- isthmusctl\n%s", ns, doc.GetKind(), gy, wy)
 			}
 		}
 		if ns == "hub-records" {

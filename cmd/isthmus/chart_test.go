@@ -156,8 +156,10 @@ func roleFlagSet(t *testing.T, name string) *flag.FlagSet {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
 	var c common
+	var f facts // registered once per process, as runRoles does
 	if name == "all" {
 		c.register(fs, allMetricsAddr)
+		f.register(fs)
 		for _, r := range roles() {
 			r.flags(fs, r.name+"-")
 		}
@@ -166,6 +168,9 @@ func roleFlagSet(t *testing.T, name string) *flag.FlagSet {
 	for _, r := range roles() {
 		if r.name == name {
 			c.register(fs, r.metricsAddr)
+			if r.facts {
+				f.register(fs)
+			}
 			r.flags(fs, "")
 			return fs
 		}

@@ -97,8 +97,8 @@ func universalValidations() []admissionv1.Validation {
 			Reason: ptr(metav1.StatusReasonForbidden),
 		},
 		{
-			Expression:        fmt.Sprintf("!(%s) || (object.addressType in ['IPv4', 'IPv6'] && object.?endpoints.orValue([]).all(e, e.addresses.all(a, %s)))", isSlice, goodAddress),
-			MessageExpression: fmt.Sprintf(`"rule endpoint-addresses: broker EndpointSlice " + request.name + " must have addressType IPv4 or IPv6 and only global unicast addresses (it has addressType " + object.addressType + ")" + (object.addressType in ['IPv4', 'IPv6'] ? "; refused: " + object.?endpoints.orValue([]).map(e, e.addresses.filter(a, !%s).join(", ")).filter(s, s != "").join(", ") : "") + ": publish only the Service's pod addresses"`, goodAddress),
+			Expression:        fmt.Sprintf("!(%s) || (object.addressType in ['IPv4', 'IPv6'] && (dyn(object.?endpoints.orValue([])) == null ? dyn([]) : dyn(object.endpoints)).all(e, e.addresses.all(a, %s)))", isSlice, goodAddress),
+			MessageExpression: fmt.Sprintf(`"rule endpoint-addresses: broker EndpointSlice " + request.name + " must have addressType IPv4 or IPv6 and only global unicast addresses (it has addressType " + object.addressType + ")" + (object.addressType in ['IPv4', 'IPv6'] ? "; refused: " + (dyn(object.?endpoints.orValue([])) == null ? dyn([]) : dyn(object.endpoints)).map(e, e.addresses.filter(a, !%s).join(", ")).filter(s, s != "").join(", ") : "") + ": publish only the Service's pod addresses"`, goodAddress),
 			Reason:            ptr(metav1.StatusReasonForbidden),
 		},
 	}
@@ -176,8 +176,8 @@ func allowlistPolicy(ns string) *admissionv1.ValidatingAdmissionPolicy {
 				cidrRule("approved-pod-cidrs", "podCIDRs", "podCIDRs", "--pod-cidrs"),
 				cidrRule("approved-service-cidrs", "serviceCIDRs", "serviceCIDRs", "--service-cidrs"),
 				{
-					Expression: fmt.Sprintf("!variables.judged || !variables.isSlice || !has(params.spec.cidrs) || object.?endpoints.orValue([]).all(e, e.addresses.all(a, %s))", addressApproved),
-					MessageExpression: fmt.Sprintf(`"rule endpoints-in-pod-cidrs: member '" + variables.me + "' publishes " + object.?endpoints.orValue([]).map(e, e.addresses.filter(a, !%s).join(", ")).filter(s, s != "").join(", ") + " in EndpointSlice " + request.name + ", outside the pod ranges the hub admin approved for it (" + %s.join(", ") + "): only pod addresses of the exporting cluster may be published"`,
+					Expression: fmt.Sprintf("!variables.judged || !variables.isSlice || !has(params.spec.cidrs) || (dyn(object.?endpoints.orValue([])) == null ? dyn([]) : dyn(object.endpoints)).all(e, e.addresses.all(a, %s))", addressApproved),
+					MessageExpression: fmt.Sprintf(`"rule endpoints-in-pod-cidrs: member '" + variables.me + "' publishes " + (dyn(object.?endpoints.orValue([])) == null ? dyn([]) : dyn(object.endpoints)).map(e, e.addresses.filter(a, !%s).join(", ")).filter(s, s != "").join(", ") + " in EndpointSlice " + request.name + ", outside the pod ranges the hub admin approved for it (" + %s.join(", ") + "): only pod addresses of the exporting cluster may be published"`,
 						addressApproved, approved("podCIDRs")),
 					Reason: ptr(metav1.StatusReasonForbidden),
 				},
@@ -187,8 +187,8 @@ func allowlistPolicy(ns string) *admissionv1.ValidatingAdmissionPolicy {
 					Reason:            ptr(metav1.StatusReasonForbidden),
 				},
 				{
-					Expression:        "!variables.judged || !variables.isSlice || size(object.?endpoints.orValue([])) <= variables.maxEndpoints",
-					MessageExpression: `"rule max-endpoints-per-slice: member '" + variables.me + "' may put at most " + string(variables.maxEndpoints) + " endpoints in a broker EndpointSlice; " + request.name + " has " + string(size(object.?endpoints.orValue([]))) + ": split it, or have the hub admin raise spec.limits.maxEndpointsPerSlice in its MemberPolicy"`,
+					Expression:        "!variables.judged || !variables.isSlice || size((dyn(object.?endpoints.orValue([])) == null ? dyn([]) : dyn(object.endpoints))) <= variables.maxEndpoints",
+					MessageExpression: `"rule max-endpoints-per-slice: member '" + variables.me + "' may put at most " + string(variables.maxEndpoints) + " endpoints in a broker EndpointSlice; " + request.name + " has " + string(size((dyn(object.?endpoints.orValue([])) == null ? dyn([]) : dyn(object.endpoints)))) + ": split it, or have the hub admin raise spec.limits.maxEndpointsPerSlice in its MemberPolicy"`,
 					Reason:            ptr(metav1.StatusReasonForbidden),
 				},
 				{

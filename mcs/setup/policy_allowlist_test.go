@@ -230,6 +230,20 @@ func TestEndpointInjectionIsDenied(t *testing.T) {
 			t.Fatalf("beta publishing its own pod addresses: %v", err)
 		}
 	})
+	t.Run("a slice with no endpoints passes", func(t *testing.T) {
+		// A Service scaled to zero: the agent publishes endpoints: null,
+		// which every rule must read as no endpoints, not as an error.
+		cur, err := res.Get(ctx, own.GetName(), metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var s discoveryv1.EndpointSlice
+		fromUnstructured(t, cur, &s)
+		s.Endpoints = nil
+		if _, err := res.Update(ctx, toUnstructured(t, &s), metav1.UpdateOptions{}); err != nil {
+			t.Fatalf("beta publishing an empty slice: %v", err)
+		}
+	})
 }
 
 // TestExportNamespacesAndSizeLimits checks the rest of beta's MemberPolicy
