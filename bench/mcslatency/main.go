@@ -150,7 +150,10 @@ func joinAndRun(ctx context.Context, cs *cluster.Clusterset, log *slog.Logger) e
 		if err != nil {
 			return err
 		}
+		// Pod and Service ranges as the agent role publishes them: importers
+		// take another cluster's endpoints only inside its pod ranges.
 		ag, err := agent.New(agent.Config{ClusterID: id, BrokerNamespace: brokerNS,
+			PodCIDRs: []string{m.PodCIDR.String()}, ServiceCIDRs: []string{m.ServiceCIDR.String()},
 			Local: member.Kube, LocalMCS: localMCS, Broker: broker, BrokerClient: brokerClient, BrokerDynamic: dynamic.NewForConfigOrDie(brokerCfg),
 			Log: log, Registry: prometheus.NewRegistry()})
 		if err != nil {
