@@ -136,7 +136,7 @@ func (a *Agent) deleteDerived(ctx context.Context, ns, name string) error {
 
 // setImportStatus lists the exporting clusters, the Ready condition and,
 // in gateway mode, the GatewayEgress condition.
-func (a *Agent) setImportStatus(ctx context.Context, si *mcsv1beta1.ServiceImport, r merge.Result, egress *egressAssignment, refused []string) error {
+func (a *Agent) setImportStatus(ctx context.Context, si *mcsv1beta1.ServiceImport, r merge.Result, egress *egressAssignment, refused map[string][]string) error {
 	updated := si.DeepCopy()
 	updated.Status.Clusters = nil
 	for _, c := range r.Clusters {
@@ -154,9 +154,9 @@ func (a *Agent) setImportStatus(ctx context.Context, si *mcsv1beta1.ServiceImpor
 	if equalStatus(si.Status, updated.Status) {
 		return nil
 	}
-	if len(refused) > 0 && !equalStatus(si.Status, updated.Status) {
+	if len(refused) > 0 {
 		a.log.Warn("left out part of other members' records", "import", si.Namespace+"/"+si.Name, "refused", refused)
-		for _, c := range refusedClusters(refused) {
+		for c := range refused {
 			a.metrics.recordsRefused.WithLabelValues(c).Inc()
 		}
 	}

@@ -99,8 +99,9 @@ type importPlan struct {
 	// derived Service's (the locality choice, or the gateway), by name.
 	Slices map[string]*discoveryv1.EndpointSlice
 	// Refused says what of other clusters' records was left out
-	// (trust.go), for the ServiceImport's condition; empty when nothing.
-	Refused []string
+	// (trust.go), by exporting cluster, for the ServiceImport's condition
+	// and the metric; empty when nothing.
+	Refused map[string][]string
 
 	in        importInput
 	byCluster map[string][]*discoveryv1.EndpointSlice
@@ -139,8 +140,12 @@ func planImport(in importInput) *importPlan {
 		eps := in.Endpoints[c]
 		if st := in.Clusters[c]; c != in.Local && (st.Claimed || !in.TrustUnclaimed) {
 			var refused []string
-			eps, refused = takeEndpoints(c, eps, st.PodCIDRs)
-			p.Refused = append(p.Refused, refused...)
+			if eps, refused = takeEndpoints(c, eps, st.PodCIDRs); len(refused) > 0 {
+				if p.Refused == nil {
+					p.Refused = map[string][]string{}
+				}
+				p.Refused[c] = refused
+			}
 		}
 		p.byCluster[c] = byFamily(eps)
 	}

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"fmt"
+	"maps"
 	"net/netip"
 	"slices"
 	"strings"
@@ -11,6 +12,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/validation"
 	mcsv1beta1 "sigs.k8s.io/mcs-api/pkg/apis/v1beta1"
+
+	brokerv1 "github.com/isthmus-dev/isthmus/mcs/api/broker/v1alpha1"
 )
 
 // ConditionRecordsRefused on a ServiceImport is True while part of
@@ -21,33 +24,24 @@ const (
 	ReasonRecordsRefused    = "RecordsRefused"
 )
 
-// setRefusedCondition sets or clears ConditionRecordsRefused.
-func setRefusedCondition(st *mcsv1beta1.ServiceImportStatus, refused []string, generation int64) {
+// setRefusedCondition sets or clears ConditionRecordsRefused from what
+// the plan left out, by exporting cluster.
+func setRefusedCondition(st *mcsv1beta1.ServiceImportStatus, refused map[string][]string, generation int64) {
 	if len(refused) == 0 {
 		meta.RemoveStatusCondition(&st.Conditions, ConditionRecordsRefused)
 		return
 	}
-	msg := "Left out of this import: " + strings.Join(refused, "; ") +
+	var reports []string
+	for _, c := range slices.Sorted(maps.Keys(refused)) {
+		reports = append(reports, refused[c]...)
+	}
+	msg := "Left out of this import: " + strings.Join(reports, "; ") +
 		". The exporting cluster's agent or the broker's admission policy should have stopped this: check that member."
 	if len(msg) > 2048 {
 		msg = msg[:2045] + "..."
 	}
 	meta.SetStatusCondition(&st.Conditions, metav1.Condition{Type: ConditionRecordsRefused, Status: metav1.ConditionTrue,
 		Reason: ReasonRecordsRefused, Message: msg, ObservedGeneration: generation})
-}
-
-// refusedClusters are the clusters named by takeEndpoints' reports.
-func refusedClusters(refused []string) []string {
-	var out []string
-	for _, r := range refused {
-		if c, ok := strings.CutPrefix(r, "cluster "); ok {
-			c, _, _ = strings.Cut(c, ":")
-			if !slices.Contains(out, c) {
-				out = append(out, c)
-			}
-		}
-	}
-	return out
 }
 
 // What an importer takes from another member's EndpointSlices. Another
@@ -140,12 +134,7 @@ func addressTaken(s string, family discoveryv1.AddressType, pods []netip.Prefix)
 	if (family == discoveryv1.AddressTypeIPv4) != a.Is4() {
 		return false
 	}
-	for _, p := range pods {
-		if p.Contains(a) {
-			return true
-		}
-	}
-	return false
+	return brokerv1.EndpointAllowed(a, pods)
 }
 
 // validHostname keeps a hostname DNS can serve as a label (the per-pod

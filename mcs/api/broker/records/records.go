@@ -99,7 +99,7 @@ func lenientTime(s string) (time.Time, bool) {
 
 // NewClusterInformer watches the Cluster records of namespace.
 func NewClusterInformer(dyn dynamic.Interface, namespace string, resync time.Duration, indexers cache.Indexers, bad Undecodable) cache.SharedIndexInformer {
-	return newInformer(dyn, brokerv1.ClustersResource, namespace, resync, indexers, bad, &brokerv1.Cluster{},
+	return newInformer(dyn, brokerv1.ClustersResource, namespace, resync, indexers, bad,
 		func() runtime.Object { return &brokerv1.Cluster{} },
 		func(items []runtime.Object, meta metav1.ListMeta) runtime.Object {
 			l := &brokerv1.ClusterList{ListMeta: meta}
@@ -113,7 +113,7 @@ func NewClusterInformer(dyn dynamic.Interface, namespace string, resync time.Dur
 // NewExportedServiceInformer watches the ExportedService records of
 // namespace.
 func NewExportedServiceInformer(dyn dynamic.Interface, namespace string, resync time.Duration, indexers cache.Indexers, bad Undecodable) cache.SharedIndexInformer {
-	return newInformer(dyn, brokerv1.ExportedServicesResource, namespace, resync, indexers, bad, &brokerv1.ExportedService{},
+	return newInformer(dyn, brokerv1.ExportedServicesResource, namespace, resync, indexers, bad,
 		func() runtime.Object { return &brokerv1.ExportedService{} },
 		func(items []runtime.Object, meta metav1.ListMeta) runtime.Object {
 			l := &brokerv1.ExportedServiceList{ListMeta: meta}
@@ -125,7 +125,7 @@ func NewExportedServiceInformer(dyn dynamic.Interface, namespace string, resync 
 }
 
 func newInformer(dyn dynamic.Interface, gvr schema.GroupVersionResource, ns string, resync time.Duration, indexers cache.Indexers, bad Undecodable,
-	example runtime.Object, newObj func() runtime.Object, newList func([]runtime.Object, metav1.ListMeta) runtime.Object) cache.SharedIndexInformer {
+	newObj func() runtime.Object, newList func([]runtime.Object, metav1.ListMeta) runtime.Object) cache.SharedIndexInformer {
 	if bad == nil {
 		bad = func(schema.GroupVersionResource, string, string, error) {}
 	}
@@ -185,7 +185,7 @@ func newInformer(dyn dynamic.Interface, gvr schema.GroupVersionResource, ns stri
 	}
 	// Declares whether dyn can stream the initial list (WatchList); a
 	// fake client in unit tests cannot.
-	return cache.NewSharedIndexInformer(cache.ToListWatcherWithWatchListSemantics(lw, dyn), example, resync, indexers)
+	return cache.NewSharedIndexInformer(cache.ToListWatcherWithWatchListSemantics(lw, dyn), newObj(), resync, indexers)
 }
 
 // stub is an object of the informer's type carrying only u's identity (and
