@@ -15,11 +15,19 @@ import (
 	"golang.org/x/sys/unix"
 )
 
+// MaxTCPConns bounds the TCP connections served at once. Each holds a
+// goroutine and buffers for up to IdleTimeout, so without a cap anyone
+// who can reach the port could hold memory open; queries past the cap
+// wait in the kernel's accept queue until a connection ends.
+const MaxTCPConns = 1024
+
 // Listener holds the bound UDP sockets and TCP listener of one address.
 type Listener struct {
 	udp  []*net.UDPConn
 	tcp  net.Listener
 	addr netip.AddrPort
+	// maxTCP is MaxTCPConns; tests lower it.
+	maxTCP int
 }
 
 // Listen binds addr over UDP (sockets sockets sharing the port with
@@ -50,7 +58,7 @@ func listen(ctx context.Context, addr string, sockets int) (*Listener, error) {
 		})
 		return errors.Join(err, serr)
 	}}
-	l := &Listener{}
+	l := &Listener{maxTCP: MaxTCPConns}
 	first, err := lc.ListenPacket(ctx, "udp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("listening on udp %s: %w", addr, err)
@@ -92,8 +100,8 @@ func (l *Listener) Close() {
 // server, which handles framing, pipelining and idle timeouts.
 func (l *Listener) Serve(ctx context.Context, h *Handler, log *slog.Logger) error {
 	tcp := &dns.Server{
-		Listener:      l.tcp,
-		Handler:       h,
+		Listener:      newCapped(l.tcp, l.maxTCP),
+		Handler:       &recovering{h: h, log: log},
 		ReadTimeout:   5 * time.Second,
 		WriteTimeout:  5 * time.Second,
 		IdleTimeout:   func() time.Duration { return 10 * time.Second },
@@ -147,4 +155,67 @@ func respondSafely(h *Handler, out, req []byte, from netip.Addr, log *slog.Logge
 		}
 	}()
 	return h.Respond(out, req, from, false)
+}
+
+// recovering keeps the TCP side serving if a query ever finds a bug, as
+// respondSafely does for UDP: miekg/dns runs handlers on the connection's
+// goroutine without a recover, so one panic would end the process. The
+// connection is closed, as its answer is lost.
+type recovering struct {
+	h   dns.Handler
+	log *slog.Logger
+}
+
+func (r *recovering) ServeDNS(w dns.ResponseWriter, m *dns.Msg) {
+	defer func() {
+		if p := recover(); p != nil {
+			r.log.Error("answering a query over tcp panicked; closed the connection", "panic", p, "from", w.RemoteAddr().String())
+			_ = w.Close()
+		}
+	}()
+	r.h.ServeDNS(w, m)
+}
+
+// capped hands out at most n connections at once: Accept waits for a
+// slot (or for Close), and a connection's Close frees its slot.
+type capped struct {
+	net.Listener
+	slots  chan struct{}
+	closed chan struct{}
+	once   sync.Once
+}
+
+func newCapped(l net.Listener, n int) *capped {
+	return &capped{Listener: l, slots: make(chan struct{}, n), closed: make(chan struct{})}
+}
+
+func (c *capped) Accept() (net.Conn, error) {
+	select {
+	case c.slots <- struct{}{}:
+	case <-c.closed:
+		return nil, net.ErrClosed
+	}
+	conn, err := c.Listener.Accept()
+	if err != nil {
+		<-c.slots
+		return nil, err
+	}
+	return &slotConn{Conn: conn, free: func() { <-c.slots }}, nil
+}
+
+func (c *capped) Close() error {
+	c.once.Do(func() { close(c.closed) })
+	return c.Listener.Close()
+}
+
+type slotConn struct {
+	net.Conn
+	once sync.Once
+	free func()
+}
+
+func (c *slotConn) Close() error {
+	err := c.Conn.Close()
+	c.once.Do(c.free)
+	return err
 }

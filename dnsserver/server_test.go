@@ -18,6 +18,13 @@ import (
 // startServer serves h on a free loopback port until the test ends.
 func startServer(t *testing.T, h *Handler) string {
 	t.Helper()
+	return startServerWith(t, h, nil)
+}
+
+// startServerWith is startServer with a chance to adjust the Listener
+// before it serves.
+func startServerWith(t *testing.T, h *Handler, adjust func(*Listener)) string {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	// Outside the ephemeral range: dig could otherwise be given the same
 	// port and hear its own query (see test/freeport).
@@ -30,6 +37,9 @@ func startServer(t *testing.T, h *Handler) string {
 	}
 	if err != nil {
 		t.Fatal(err)
+	}
+	if adjust != nil {
+		adjust(l)
 	}
 	done := make(chan error, 1)
 	go func() { done <- l.Serve(ctx, h, slog.New(slog.NewTextHandler(io.Discard, nil))) }()

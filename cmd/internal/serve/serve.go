@@ -91,6 +91,19 @@ func Handler(reg *prometheus.Registry, h *Health) http.Handler {
 	return mux
 }
 
+// newServer bounds every stage of a request, so a client that connects
+// and trickles its request, never reads the answer, or idles on a
+// keep-alive connection cannot hold a goroutine and its buffers for long.
+func newServer(handler http.Handler) *http.Server {
+	return &http.Server{
+		Handler:           handler,
+		ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout:       10 * time.Second,
+		WriteTimeout:      30 * time.Second,
+		IdleTimeout:       60 * time.Second,
+	}
+}
+
 // Run serves the observability endpoints on addr until ctx ends. An empty
 // addr serves nothing: every listener needs a reason.
 func Run(ctx context.Context, addr string, reg *prometheus.Registry, h *Health, log *slog.Logger) error {
@@ -108,7 +121,7 @@ func HTTP(ctx context.Context, what, addr string, handler http.Handler, log *slo
 	if err != nil {
 		return fmt.Errorf("listening for %s on %s: %w", what, addr, err)
 	}
-	srv := &http.Server{Handler: handler, ReadHeaderTimeout: 5 * time.Second}
+	srv := newServer(handler)
 	go func() {
 		<-ctx.Done()
 		shutdown, cancel := context.WithTimeout(context.Background(), 5*time.Second)

@@ -7,6 +7,7 @@ import (
 	"net/http/httptest"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -52,6 +53,22 @@ func TestHandler(t *testing.T) {
 		code, body := get(tt.path)
 		if code != tt.wantCode || !strings.Contains(body, tt.wantBody) {
 			t.Errorf("GET %s (synced=%v) = %d %q, want %d containing %q", tt.path, tt.synced, code, body, tt.wantCode, tt.wantBody)
+		}
+	}
+}
+
+// TestEveryStageIsBounded pins the server's timeouts: each is what keeps
+// a slow or idle client from holding a connection open (review L9).
+func TestEveryStageIsBounded(t *testing.T) {
+	srv := newServer(http.NotFoundHandler())
+	for name, d := range map[string]time.Duration{
+		"ReadHeaderTimeout": srv.ReadHeaderTimeout,
+		"ReadTimeout":       srv.ReadTimeout,
+		"WriteTimeout":      srv.WriteTimeout,
+		"IdleTimeout":       srv.IdleTimeout,
+	} {
+		if d <= 0 || d > time.Minute {
+			t.Errorf("%s = %v, want a bound of at most a minute", name, d)
 		}
 	}
 }
