@@ -80,12 +80,24 @@ func TestEndToEnd(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitDigWithin(t, ttl, addr, "db.demo.svc.clusterset.local", "A", "IN A 10.241.0.10")
+	// A tenant of the namespace forges "member2's" endpoint with the MCS
+	// labels but without the agent's managed-by: never served.
+	forged := slice("demo", "db-forged", "db", "member2", discoveryv1.AddressTypeIPv4,
+		[]discoveryv1.EndpointPort{eport("tcp-5432", 5432)}, ep{"db-9", ptr(true), []string{"10.241.0.99"}})
+	if _, err := slicesAPI.Create(ctx, forged, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
 	es.Endpoints = append(es.Endpoints, discoveryv1.Endpoint{Addresses: []string{"10.241.0.11"}, Hostname: ptr("db-1"), Conditions: discoveryv1.EndpointConditions{Ready: ptr(true)}})
 	if _, err = slicesAPI.Update(ctx, es, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	waitDigWithin(t, ttl, addr, "db.demo.svc.clusterset.local", "A", "IN A 10.241.0.10", "IN A 10.241.0.11")
 	waitDigWithin(t, ttl, addr, "db-1.member1.db.demo.svc.clusterset.local", "A", "IN A 10.241.0.11")
+	// The forged slice was written before the update just served, so the
+	// index has seen it, and left it out.
+	if out := dig(t, addr, "db.demo.svc.clusterset.local", "A"); strings.Contains(out, "10.241.0.99") {
+		t.Errorf("a slice without the agent's managed-by label was served:\n%s", out)
+	}
 	r := goResolver(addr)
 	ips, err := r.LookupHost(ctx, "db.demo.svc.clusterset.local")
 	slices.Sort(ips)

@@ -17,11 +17,17 @@ import (
 	mcsv1beta1 "sigs.k8s.io/mcs-api/pkg/apis/v1beta1"
 	mcsclient "sigs.k8s.io/mcs-api/pkg/client/clientset/versioned"
 	mcsinformers "sigs.k8s.io/mcs-api/pkg/client/informers/externalversions"
+
+	brokerv1 "github.com/isthmus-dev/isthmus/mcs/api/broker/v1alpha1"
 )
 
 // SliceSelector selects the EndpointSlices the index reads: MCS slices,
-// which name their service and the cluster they came from.
-const SliceSelector = mcsv1beta1.LabelServiceName + "," + mcsv1beta1.LabelSourceCluster
+// which name their service and the cluster they came from, written by the
+// Isthmus agent. Anyone allowed to write EndpointSlices in a namespace can
+// put the MCS labels on one; requiring the agent's managed-by label keeps
+// a tenant from adding "another cluster's" endpoints to a clusterset name.
+const SliceSelector = mcsv1beta1.LabelServiceName + "," + mcsv1beta1.LabelSourceCluster + "," +
+	discoveryv1.LabelManagedBy + "=" + brokerv1.ManagedBy
 
 // probeEvery is how often Source checks that the apiserver still answers
 // while no event arrives, for the sync age.

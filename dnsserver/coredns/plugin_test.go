@@ -68,7 +68,8 @@ func TestPluginInCoreDNS(t *testing.T) {
 	ready := true
 	es := &discoveryv1.EndpointSlice{
 		ObjectMeta: metav1.ObjectMeta{Namespace: "demo", Name: "db-member1", Labels: map[string]string{
-			mcsv1beta1.LabelServiceName: "db", mcsv1beta1.LabelSourceCluster: "member1"}},
+			mcsv1beta1.LabelServiceName: "db", mcsv1beta1.LabelSourceCluster: "member1",
+			"endpointslice.kubernetes.io/managed-by": "isthmus.dev"}},
 		AddressType: discoveryv1.AddressTypeIPv4,
 		Endpoints:   []discoveryv1.Endpoint{{Addresses: []string{"10.241.0.5"}, Hostname: ptr("db-0"), Conditions: discoveryv1.EndpointConditions{Ready: &ready}}},
 	}

@@ -106,7 +106,11 @@ func New(cfg Config, onChange func(Change)) *Source {
 	s.clock.Default = cfg.LeaseDuration
 	s.link = brokerv1.BrokerLink{Up: true, Since: time.Now()}
 	kf := kubeinformers.NewSharedInformerFactoryWithOptions(cfg.Kube, 0, kubeinformers.WithTweakListOptions(func(o *metav1.ListOptions) {
-		o.LabelSelector = mcsv1beta1.LabelServiceName + "," + mcsv1beta1.LabelSourceCluster
+		// Only the agent's slices: a tenant who may write EndpointSlices
+		// could otherwise forge "another cluster's" endpoints with the MCS
+		// labels alone.
+		o.LabelSelector = mcsv1beta1.LabelServiceName + "," + mcsv1beta1.LabelSourceCluster + "," +
+			discoveryv1.LabelManagedBy + "=" + brokerv1.ManagedBy
 	}))
 	s.slices = kf.Discovery().V1().EndpointSlices().Informer()
 	// Must succeed: the informer has not started.

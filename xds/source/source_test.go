@@ -160,6 +160,21 @@ func TestSourceOnRealAPIServers(t *testing.T) {
 		t.Fatalf("cluster b: %+v", c)
 	}
 
+	// A tenant of the namespace forges one of b's endpoints with the MCS
+	// labels but without the agent's managed-by. Written before the change
+	// below, it is seen first; b must still have exactly its one endpoint.
+	forged := &discoveryv1.EndpointSlice{
+		ObjectMeta: metav1.ObjectMeta{Name: "echo-forged", Namespace: "demo", Labels: map[string]string{
+			mcsv1beta1.LabelServiceName: "echo", mcsv1beta1.LabelSourceCluster: "b",
+		}},
+		AddressType: discoveryv1.AddressTypeIPv4,
+		Ports:       []discoveryv1.EndpointPort{{Name: ptr.To("http"), Port: ptr.To[int32](8080), Protocol: ptr.To(corev1.ProtocolTCP)}},
+		Endpoints:   []discoveryv1.Endpoint{{Addresses: []string{"10.241.0.99"}, Conditions: discoveryv1.EndpointConditions{Ready: ptr.To(true)}}},
+	}
+	if _, err := kube.DiscoveryV1().EndpointSlices("demo").Create(ctx, forged, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+
 	// An endpoint change names echo again.
 	mu.Lock()
 	changes = nil
