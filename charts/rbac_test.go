@@ -103,7 +103,8 @@ var roleAccess = map[string][]access{
 	},
 }
 
-// applyChartRBAC really applies the ServiceAccounts and RBAC the chart
+// applyChartRBAC really applies the ServiceAccounts, RBAC and admission
+// policies (the agent's write policy) the chart
 // renders in gateway mode (and with the values set) to the member, and
 // removes them when the test ends.
 func applyChartRBAC(t *testing.T, ctx context.Context, set ...string) {
@@ -115,7 +116,8 @@ func applyChartRBAC(t *testing.T, ctx context.Context, set ...string) {
 	}
 	for _, obj := range renderChart(t, append([]string{"dataplane=gateway"}, set...)...) {
 		switch obj.GetKind() {
-		case "ServiceAccount", "ClusterRole", "Role", "ClusterRoleBinding", "RoleBinding":
+		case "ServiceAccount", "ClusterRole", "Role", "ClusterRoleBinding", "RoleBinding",
+			"ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding":
 		default:
 			continue
 		}
@@ -136,11 +138,16 @@ func applyChartRBAC(t *testing.T, ctx context.Context, set ...string) {
 	}
 }
 
-// rbacGVR is the resource of a ServiceAccount or an RBAC object: each
-// kind's plural is its name in lower case and an s.
+// rbacGVR is the resource of a ServiceAccount, an RBAC object or an
+// admission policy: each kind's plural is its name in lower case and an s
+// (ies for a final y).
 func rbacGVR(obj *unstructured.Unstructured) schema.GroupVersionResource {
 	gvk := obj.GroupVersionKind()
-	return gvk.GroupVersion().WithResource(strings.ToLower(gvk.Kind) + "s")
+	kind := strings.ToLower(gvk.Kind)
+	if strings.HasSuffix(kind, "y") {
+		return gvk.GroupVersion().WithResource(strings.TrimSuffix(kind, "y") + "ies")
+	}
+	return gvk.GroupVersion().WithResource(kind + "s")
 }
 
 // TestChartRBAC applies the chart's RBAC to a real member and asks the

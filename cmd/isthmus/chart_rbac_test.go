@@ -35,7 +35,8 @@ import (
 	xdsidentity "github.com/isthmus-dev/isthmus/xds/identity"
 )
 
-// applyChartRBAC really applies the ServiceAccounts and RBAC the chart
+// applyChartRBAC really applies the ServiceAccounts, RBAC and admission
+// policies (the agent's write policy) the chart
 // renders in gateway mode (and with the values set) to member c, and
 // removes them when the test ends.
 func applyChartRBAC(t *testing.T, ctx context.Context, set ...string) {
@@ -47,7 +48,8 @@ func applyChartRBAC(t *testing.T, ctx context.Context, set ...string) {
 	}
 	for _, obj := range renderChart(t, append([]string{"dataplane=gateway"}, set...)...) {
 		switch obj.GetKind() {
-		case "ServiceAccount", "ClusterRole", "Role", "ClusterRoleBinding", "RoleBinding":
+		case "ServiceAccount", "ClusterRole", "Role", "ClusterRoleBinding", "RoleBinding",
+			"ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding":
 		default:
 			continue
 		}
@@ -68,11 +70,16 @@ func applyChartRBAC(t *testing.T, ctx context.Context, set ...string) {
 	}
 }
 
-// rbacGVR is the resource of a ServiceAccount or an RBAC object: each
-// kind's plural is its name in lower case and an s.
+// rbacGVR is the resource of a ServiceAccount, an RBAC object or an
+// admission policy: each kind's plural is its name in lower case and an s
+// (ies for a final y).
 func rbacGVR(obj *unstructured.Unstructured) schema.GroupVersionResource {
 	gvk := obj.GroupVersionKind()
-	return gvk.GroupVersion().WithResource(strings.ToLower(gvk.Kind) + "s")
+	kind := strings.ToLower(gvk.Kind)
+	if strings.HasSuffix(kind, "y") {
+		return gvk.GroupVersion().WithResource(strings.TrimSuffix(kind, "y") + "ies")
+	}
+	return gvk.GroupVersion().WithResource(kind + "s")
 }
 
 // roleKubeconfig writes a kubeconfig for member c that authenticates as
