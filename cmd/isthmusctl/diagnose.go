@@ -112,12 +112,12 @@ type diagnosis struct {
 	name, ns, id, brokerNS           string
 	dnsServer, dnsService, xdsServer string
 	local                            *kube.Clients
-	broker                                       *brokerClients
-	findings                                     []finding
-	exporters                                    []string
-	ip                                           string
-	ports                                        []mcsv1beta1.ServicePort
-	egress                                       string // the gateway egress ports annotation, in gateway mode
+	broker                           *brokerClients
+	findings                         []finding
+	exporters                        []string
+	ip                               string
+	ports                            []mcsv1beta1.ServicePort
+	egress                           string // the gateway egress ports annotation, in gateway mode
 }
 
 func (d *diagnosis) add(check string, ok bool, detail, advice string) {

@@ -14,10 +14,10 @@ import (
 // setReport is `isthmusctl status --contexts a,b,c`: every member's view
 // and where they disagree.
 type setReport struct {
-	Brokers  []string         `json:"brokers"`
-	Views    []*statusReport  `json:"views"`
-	Services []serviceAcross  `json:"services"`
-	Problems []string         `json:"problems,omitempty"`
+	Brokers  []string        `json:"brokers"`
+	Views    []*statusReport `json:"views"`
+	Services []serviceAcross `json:"services"`
+	Problems []string        `json:"problems,omitempty"`
 }
 
 // serviceAcross is one exported service and what each member imports.
