@@ -40,7 +40,10 @@ func TestClustersetCommands(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
 	defer cancel()
 	kc := cs.Kubeconfig
-	ctl := func(args ...string) result { t.Helper(); return exe(t, "isthmusctl", append(args, "--kubeconfig", kc)...) }
+	ctl := func(args ...string) result {
+		t.Helper()
+		return exe(t, "isthmusctl", append(args, "--kubeconfig", kc)...)
+	}
 	mustCtl := func(args ...string) result {
 		t.Helper()
 		r := ctl(args...)
@@ -278,8 +281,8 @@ func gatherWithoutSecrets(t *testing.T, ctx context.Context, cs *cluster.Cluster
 		ObjectMeta:     metav1.ObjectMeta{Name: "leaky", Namespace: ns},
 		InvolvedObject: corev1.ObjectReference{Kind: "Pod", Namespace: ns, Name: "isthmus-dns-0"},
 		Reason:         "LeakyMessage", Type: corev1.EventTypeWarning,
-		Message:        "failed with token " + token + " and key " + string(caKey),
-		LastTimestamp:  metav1.Now(),
+		Message:       "failed with token " + token + " and key " + string(caKey),
+		LastTimestamp: metav1.Now(),
 	}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}

@@ -26,7 +26,7 @@ var redactions = []struct {
 	// Bearer credentials in headers or messages.
 	{regexp.MustCompile(`(?i)(bearer\s+)[A-Za-z0-9._~+/=-]{8,}`), "${1}[REDACTED]"},
 	// key: value and key=value where the key names a credential.
-	{regexp.MustCompile(`(?i)("?(?:token|password|passwd|client-key-data|client-key|private-?key|private_key|bearer-?token|api-?key)"?\s*[:=]\s*)("[^"\n]*"|[^\s,}]+)`), `${1}"[REDACTED]"`},
+	{regexp.MustCompile(`(?i)("?(?:token|password|passwd|client-key-data|client-key|private-?key|private_key|bearer-?token|api-?key)"?\s*[:=]\s*)("[^"\n]*"|\[REDACTED[^\]]*\]|[^\s,}]+)`), `${1}"[REDACTED]"`},
 }
 
 // redact removes credentials from data.
