@@ -134,8 +134,11 @@ func (d *diagnosis) forwardToResolver(ctx context.Context) (addr string, stop fu
 	if pod == "" {
 		return "", nil, "", fmt.Errorf("the Service %s has no ready pod with a TCP port", d.dnsService)
 	}
-	addr, stop, err = portForward(ctx, d.local.Config, ns, pod, port)
-	return addr, stop, fmt.Sprintf("pod %s/%s:%d", ns, pod, port), err
+	where = fmt.Sprintf("pod %s/%s:%d", ns, pod, port)
+	if addr, stop, err = portForward(ctx, d.local.Config, ns, pod, port); err != nil {
+		return "", nil, where, fmt.Errorf("%s: %w", where, err)
+	}
+	return addr, stop, where, nil
 }
 
 // readyPodPort picks a ready pod endpoint and the slice's TCP port,

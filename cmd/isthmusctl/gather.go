@@ -92,7 +92,7 @@ credentials. --to ending in .tar.gz writes a tarball, else a directory.`,
 	f.StringVar(&to, "to", "", "where to write: a directory, or a file ending in .tar.gz (default: isthmus-gather-<time>.tar.gz)")
 	f.StringArrayVar(&endpoints, "endpoint", nil, "base URL of a role's metrics address reachable from here (e.g. http://127.0.0.1:9470); repeatable")
 	f.Int64Var(&tail, "tail", 2000, "log lines per container")
-	_ = cmd.RegisterFlagCompletionFunc("contexts", k.completeContexts)
+	_ = cmd.RegisterFlagCompletionFunc("contexts", k.completeContextList)
 	_ = cmd.RegisterFlagCompletionFunc("broker-context", k.completeContexts)
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
 		ctx := cmd.Context()

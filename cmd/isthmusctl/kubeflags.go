@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"strings"
 
 	"github.com/spf13/cobra"
 	"k8s.io/cli-runtime/pkg/genericclioptions"
@@ -173,4 +174,15 @@ func (k *kubeFlags) broker(ctx context.Context, brokerContext, brokerKubeconfig 
 		return nil, "", err
 	}
 	return &brokerClients{Clients: c, API: c.BrokerAPI}, brokerv1.DefaultBrokerNamespace, nil
+}
+
+// completeContextList completes the last item of a comma-separated list
+// of contexts (--contexts a,b,…).
+func (k *kubeFlags) completeContextList(cmd *cobra.Command, args []string, toComplete string) ([]string, cobra.ShellCompDirective) {
+	names, directive := k.completeContexts(cmd, args, toComplete)
+	typed := toComplete[:strings.LastIndex(toComplete, ",")+1]
+	for i := range names {
+		names[i] = typed + names[i]
+	}
+	return names, directive | cobra.ShellCompDirectiveNoSpace
 }

@@ -88,8 +88,11 @@ func runAs(ctx context.Context, name string, args []string, stdout, stderr io.Wr
 func newRoot(name string, stdout, stderr io.Writer) *cobra.Command {
 	k := newKubeFlags()
 	root := &cobra.Command{
-		Use:   name,
-		Short: "operate an Isthmus clusterset",
+		// Help and completion name the program as it was called: the
+		// display name carries both words of "kubectl isthmus".
+		Use:         name[strings.LastIndex(name, " ")+1:],
+		Annotations: map[string]string{cobra.CommandDisplayNameAnnotation: name},
+		Short:       "operate an Isthmus clusterset",
 		Long: name + ` operates an Isthmus clusterset: install the broker, join members,
 export services, and see the clusterset as every member sees it.
 

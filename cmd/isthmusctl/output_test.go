@@ -1,12 +1,16 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"net"
+	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/miekg/dns"
+	"k8s.io/client-go/tools/clientcmd"
+	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 )
 
 // TestDNSQueryFallsBackToTCP runs a miekg/dns server that truncates
@@ -89,6 +93,38 @@ func TestSkew(t *testing.T) {
 	} {
 		if got := skew(c.client, c.agents); strings.Join(got, "|") != strings.Join(c.want, "|") {
 			t.Errorf("skew(%s, %v) = %q, want %q", c.client, c.agents, got, c.want)
+		}
+	}
+}
+
+// TestCompletion asks cobra's completion entry point, as the shell
+// scripts do: contexts come from the kubeconfig, each item of --contexts
+// completes on its own, -o offers the formats.
+func TestCompletion(t *testing.T) {
+	kc := filepath.Join(t.TempDir(), "kubeconfig")
+	cfg := clientcmdapi.NewConfig()
+	for _, name := range []string{"hub", "member1", "member2"} {
+		cfg.Clusters[name] = &clientcmdapi.Cluster{Server: "https://127.0.0.1:1"}
+		cfg.Contexts[name] = &clientcmdapi.Context{Cluster: name}
+	}
+	if err := clientcmd.WriteToFile(*cfg, kc); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"status", "--kubeconfig", kc, "--context", ""}, "hub\nmember1\nmember2\n:4\n"},
+		{[]string{"status", "--kubeconfig", kc, "--contexts", "member1,m"}, "member1,hub\nmember1,member1\nmember1,member2\n:6\n"},
+		{[]string{"diagnose", "-o", ""}, "table\nwide\nyaml\njson\n:4\n"},
+		{[]string{"sta"}, "status\t"},
+	} {
+		var stdout, stderr bytes.Buffer
+		if err := run(context.Background(), append([]string{"__complete"}, c.args...), &stdout, &stderr); err != nil {
+			t.Fatalf("__complete %v: %v", c.args, err)
+		}
+		if !strings.HasPrefix(stdout.String(), c.want) {
+			t.Errorf("__complete %v:\n%s\nwant it to start with\n%s", c.args, stdout.String(), c.want)
 		}
 	}
 }

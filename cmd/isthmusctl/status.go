@@ -118,7 +118,7 @@ or exits 1 once --timeout has passed.`,
 	f.StringVar(&contexts, "contexts", "", "comma-separated kubeconfig contexts of members: one table of every member's view")
 	f.BoolVar(&wait, "wait", false, "look again until every member is healthy and every export imported everywhere")
 	f.DurationVar(&timeout, "timeout", 5*time.Minute, "how long --wait waits")
-	_ = cmd.RegisterFlagCompletionFunc("contexts", k.completeContexts)
+	_ = cmd.RegisterFlagCompletionFunc("contexts", k.completeContextList)
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
 		if err := checkOutput(*output); err != nil {
 			return err
