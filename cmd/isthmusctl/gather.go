@@ -19,7 +19,9 @@ import (
 
 	"github.com/spf13/cobra"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
 	mcsv1beta1 "sigs.k8s.io/mcs-api/pkg/apis/v1beta1"
 	"sigs.k8s.io/yaml"
 
@@ -27,6 +29,9 @@ import (
 	"github.com/isthmus-dev/isthmus/cmd/internal/kube"
 	brokerv1 "github.com/isthmus-dev/isthmus/mcs/api/broker/v1alpha1"
 )
+
+// all lists everything of a kind.
+var all = metav1.ListOptions{}
 
 // gatherTimeout bounds each HTTP fetch of a role's /readyz or /metrics.
 const gatherTimeout = 5 * time.Second
@@ -46,6 +51,26 @@ func (b *bundle) addYAML(path string, v any) {
 		return
 	}
 	b.add(path, data)
+}
+
+// list takes a List call's results: b.list(path)(client.List(ctx, opts))
+// adds the list without managed fields and last-applied annotations, or
+// notes the error.
+func (b *bundle) list(path string) func(runtime.Object, error) {
+	return func(list runtime.Object, err error) {
+		if err != nil {
+			b.fail(path, err)
+			return
+		}
+		_ = meta.EachListItem(list, func(o runtime.Object) error {
+			if m, err := meta.Accessor(o); err == nil {
+				m.SetManagedFields(nil)
+				delete(m.GetAnnotations(), corev1.LastAppliedConfigAnnotation)
+			}
+			return nil
+		})
+		b.addYAML(path, list)
+	}
 }
 
 func (b *bundle) fail(what string, err error) {
@@ -158,7 +183,7 @@ func (g *gatherer) broker(ctx context.Context, brokerContext, brokerKubeconfig, 
 		return
 	}
 	api := broker.API.BrokerV1alpha1()
-	if list, err := api.Clusters(ns).List(ctx, metav1.ListOptions{}); err != nil {
+	if list, err := api.Clusters(ns).List(ctx, all); err != nil {
 		g.b.fail("broker/clusters.yaml", err)
 	} else {
 		for i := range list.Items {
@@ -167,33 +192,12 @@ func (g *gatherer) broker(ctx context.Context, brokerContext, brokerKubeconfig, 
 		g.b.addYAML("broker/clusters.yaml", list)
 		g.b.add("broker/tunnel-peers.txt", peerTable(list.Items))
 	}
-	if list, err := api.ExportedServices(ns).List(ctx, metav1.ListOptions{}); err != nil {
-		g.b.fail("broker/exportedservices.yaml", err)
-	} else {
-		for i := range list.Items {
-			scrubMeta(&list.Items[i].ObjectMeta)
-		}
-		g.b.addYAML("broker/exportedservices.yaml", list)
-	}
-	if list, err := broker.Kube.CoordinationV1().Leases(ns).List(ctx, metav1.ListOptions{}); err != nil {
-		g.b.fail("broker/leases.yaml", err)
-	} else {
-		for i := range list.Items {
-			scrubMeta(&list.Items[i].ObjectMeta)
-		}
-		g.b.addYAML("broker/leases.yaml", list)
-	}
+	g.b.list("broker/exportedservices.yaml")(api.ExportedServices(ns).List(ctx, all))
+	g.b.list("broker/leases.yaml")(broker.Kube.CoordinationV1().Leases(ns).List(ctx, all))
 	if brokerContext == "" {
 		return
 	}
-	if list, err := api.MemberPolicies(ns).List(ctx, metav1.ListOptions{}); err != nil {
-		g.b.fail("broker/memberpolicies.yaml", err)
-	} else {
-		for i := range list.Items {
-			scrubMeta(&list.Items[i].ObjectMeta)
-		}
-		g.b.addYAML("broker/memberpolicies.yaml", list)
-	}
+	g.b.list("broker/memberpolicies.yaml")(api.MemberPolicies(ns).List(ctx, all))
 	g.events(ctx, broker.Clients, "broker/events.txt", ns, "")
 	g.secretNames(ctx, broker.Clients, "broker/secrets.txt", ns)
 }
@@ -237,51 +241,23 @@ func (g *gatherer) member(ctx context.Context, name, brokerKubeconfig string) {
 		g.b.add(dir+"/status.txt", buf.Bytes())
 	}
 	mcs := c.MCS.MulticlusterV1beta1()
-	if list, err := mcs.ServiceExports("").List(ctx, metav1.ListOptions{}); err != nil {
-		g.b.fail(dir+"/serviceexports.yaml", err)
-	} else {
-		for i := range list.Items {
-			scrubMeta(&list.Items[i].ObjectMeta)
-		}
-		g.b.addYAML(dir+"/serviceexports.yaml", list)
-	}
-	if list, err := mcs.ServiceImports("").List(ctx, metav1.ListOptions{}); err != nil {
-		g.b.fail(dir+"/serviceimports.yaml", err)
-	} else {
-		for i := range list.Items {
-			scrubMeta(&list.Items[i].ObjectMeta)
-		}
-		g.b.addYAML(dir+"/serviceimports.yaml", list)
-	}
-	if list, err := c.Kube.DiscoveryV1().EndpointSlices("").List(ctx, metav1.ListOptions{LabelSelector: mcsv1beta1.LabelServiceName}); err != nil {
-		g.b.fail(dir+"/endpointslices.yaml", err)
-	} else {
-		for i := range list.Items {
-			scrubMeta(&list.Items[i].ObjectMeta)
-		}
-		g.b.addYAML(dir+"/endpointslices.yaml", list)
-	}
+	g.b.list(dir + "/serviceexports.yaml")(mcs.ServiceExports("").List(ctx, all))
+	g.b.list(dir + "/serviceimports.yaml")(mcs.ServiceImports("").List(ctx, all))
+	g.b.list(dir + "/endpointslices.yaml")(c.Kube.DiscoveryV1().EndpointSlices("").List(ctx, metav1.ListOptions{LabelSelector: mcsv1beta1.LabelServiceName}))
 	ns := brokerv1.MemberNamespace
 	g.events(ctx, c, dir+"/events-"+ns+".txt", ns, "")
 	g.events(ctx, c, dir+"/events-serviceexports.txt", "", "ServiceExport")
 	g.events(ctx, c, dir+"/events-serviceimports.txt", "", "ServiceImport")
 	g.secretNames(ctx, c, dir+"/secrets-"+ns+".txt", ns)
-	if list, err := c.Kube.CoreV1().Services(ns).List(ctx, metav1.ListOptions{}); err != nil {
-		g.b.fail(dir+"/services.yaml", err)
-	} else {
-		for i := range list.Items {
-			scrubMeta(&list.Items[i].ObjectMeta)
-		}
-		g.b.addYAML(dir+"/services.yaml", list)
-	}
-	if list, err := c.Kube.AppsV1().Deployments(ns).List(ctx, metav1.ListOptions{}); err == nil {
+	g.b.list(dir + "/services.yaml")(c.Kube.CoreV1().Services(ns).List(ctx, all))
+	if list, err := c.Kube.AppsV1().Deployments(ns).List(ctx, all); err == nil {
 		for i := range list.Items {
 			scrubMeta(&list.Items[i].ObjectMeta)
 			list.Items[i].Spec.Template = corev1.PodTemplateSpec{} // the pods below show it, scrubbed
 		}
 		g.b.addYAML(dir+"/deployments.yaml", list)
 	}
-	pods, err := c.Kube.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{})
+	pods, err := c.Kube.CoreV1().Pods(ns).List(ctx, all)
 	if err != nil {
 		g.b.fail(dir+"/pods.yaml", err)
 		return
@@ -321,7 +297,7 @@ func (g *gatherer) events(ctx context.Context, c *kube.Clients, path, ns, kind s
 // secretNames lists Secrets by name, type and keys with their sizes; the
 // values are dropped as soon as they arrive.
 func (g *gatherer) secretNames(ctx context.Context, c *kube.Clients, path, ns string) {
-	list, err := c.Kube.CoreV1().Secrets(ns).List(ctx, metav1.ListOptions{})
+	list, err := c.Kube.CoreV1().Secrets(ns).List(ctx, all)
 	if err != nil {
 		g.b.fail(path, err)
 		return
