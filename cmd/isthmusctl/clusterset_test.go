@@ -352,7 +352,8 @@ func gatherWithoutSecrets(t *testing.T, ctx context.Context, cs *cluster.Cluster
 			t.Errorf("%s holds a PEM private key", name)
 		}
 	}
-	t.Logf("transcript: isthmusctl gather\n%s%s\nbundle: %v", r.stdout, r.stderr, slices.Sorted(maps.Keys(files)))
+	t.Logf("transcript: isthmusctl gather\n%s%s\nbundle: %v\n--- errors.txt\n%s--- member1/events-isthmus-system.txt\n%s--- broker/tunnel-peers.txt\n%s",
+		r.stdout, r.stderr, slices.Sorted(maps.Keys(files)), files["bundle/errors.txt"], files["bundle/member1/events-isthmus-system.txt"], files["bundle/broker/tunnel-peers.txt"])
 }
 
 func tokenOf(t *testing.T, kubeconfig []byte) string {
