@@ -6,6 +6,7 @@ import (
 	"net"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 
 	"github.com/miekg/dns"
@@ -26,12 +27,12 @@ func TestDNSQueryFallsBackToTCP(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	udpQueries := 0
+	var udpQueries atomic.Int32 // the handler runs on the servers' goroutines
 	handler := dns.HandlerFunc(func(w dns.ResponseWriter, q *dns.Msg) {
 		r := new(dns.Msg)
 		r.SetReply(q)
 		if w.LocalAddr().Network() == "udp" {
-			udpQueries++
+			udpQueries.Add(1)
 			r.Truncated = true
 		} else {
 			rr, _ := dns.NewRR(q.Question[0].Name + " 5 IN A 10.97.0.10")
@@ -48,10 +49,10 @@ func TestDNSQueryFallsBackToTCP(t *testing.T) {
 	if err != nil || len(answers) != 1 || answers[0] != "10.97.0.10" || !strings.HasPrefix(transport, "TCP after UDP: truncated") {
 		t.Errorf("truncated over UDP: %v %q %v, want 10.97.0.10 over TCP after UDP", answers, transport, err)
 	}
-	before := udpQueries
+	before := udpQueries.Load()
 	answers, transport, err = dnsQuery(context.Background(), pc.LocalAddr().String(), "web.shop.svc.clusterset.local", dns.TypeA, true)
-	if err != nil || len(answers) != 1 || transport != "TCP" || udpQueries != before {
-		t.Errorf("TCP only: %v %q %v, %d UDP queries", answers, transport, err, udpQueries-before)
+	if err != nil || len(answers) != 1 || transport != "TCP" || udpQueries.Load() != before {
+		t.Errorf("TCP only: %v %q %v, %d UDP queries", answers, transport, err, udpQueries.Load()-before)
 	}
 	// Nothing listening: both transports fail, and the error says both.
 	if _, _, err := dnsQuery(context.Background(), "127.0.0.1:1", "x.y.svc.clusterset.local", dns.TypeA, false); err == nil || !strings.Contains(err.Error(), "over UDP") || !strings.Contains(err.Error(), "over TCP") {
