@@ -139,6 +139,10 @@ func TestClustersetCommands(t *testing.T) {
 	}
 	mustCtl("status", "--contexts", both)
 	mustCtl("status", "--contexts", both, "-o", "wide")
+	// The kubectl plugin name is the same program.
+	if r := exe(t, "kubectl-isthmus", "status", "--contexts", both, "--kubeconfig", kc); r.code != 0 || !strings.Contains(r.stdout, "no problems found") {
+		t.Errorf("kubectl-isthmus status: %s", r)
+	}
 	// One member's view, and -n limiting it.
 	r = mustCtl("status", "--context", "member2", "-n", "shop", "-o", "yaml")
 	if !strings.Contains(r.stdout, "cluster: b") || !strings.Contains(r.stdout, "name: web") {
