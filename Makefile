@@ -24,8 +24,11 @@ help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 20
 
 .PHONY: build
-build: ## build isthmus, isthmusctl and isthmus-demo into bin/
+build: ## build isthmus, isthmusctl (also as the kubectl plugin kubectl-isthmus) and isthmus-demo into bin/
 	$(GO) build -o $(BIN)/ ./cmd/... ./test/demo/cmd/isthmus-demo
+	ln -sf isthmusctl $(BIN)/kubectl-isthmus
+	printf '#!/bin/sh\n# kubectl completes `kubectl isthmus` through this (kubectl plugin completion)\nexec kubectl-isthmus __complete "$$@"\n' >$(BIN)/kubectl_complete-isthmus
+	chmod +x $(BIN)/kubectl_complete-isthmus
 
 .PHONY: demo
 demo: deps tools build ## a local clusterset that resolves, routes over WireGuard and fails over (root; KEEP=1 keeps it up)

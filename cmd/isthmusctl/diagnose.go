@@ -2,16 +2,14 @@ package main
 
 import (
 	"context"
-	"flag"
 	"fmt"
 	"io"
-	"net"
-	"os/exec"
 	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
 
+	"github.com/spf13/cobra"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
@@ -31,50 +29,95 @@ type finding struct {
 	Advice string `json:"advice,omitempty"`
 }
 
-// diagnose is `isthmusctl diagnose <svc>.<ns>`: it walks one service from
-// the current cluster, from its export to the tunnels that carry it, and
-// says in plain words what is wrong and what to do.
-func diagnose(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("isthmusctl diagnose", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	kubeconfig := fs.String("kubeconfig", "", "kubeconfig of the member cluster to look from (default: $KUBECONFIG or ~/.kube/config)")
-	kubeContext := fs.String("context", "", "kubeconfig context of that cluster")
-	brokerKubeconfig := fs.String("broker-kubeconfig", "", "kubeconfig of the broker (default: the credential isthmusctl join stored)")
-	dnsServer := fs.String("dns-server", "", "host:port of this cluster's clusterset.local resolver, asked with dig (empty: the DNS check is skipped)")
-	xdsServer := fs.String("xds-server", "", "host:port of this cluster's xDS server (isthmus xds), asked as a proxyless gRPC client would (empty: the xDS check is skipped)")
-	output := outputFlag(fs)
-	if len(args) == 0 || strings.HasPrefix(args[0], "-") || strings.Count(args[0], ".") != 1 {
-		_ = fs.Parse(args)
-		return fmt.Errorf("usage: isthmusctl diagnose <service>.<namespace> [flags]")
+// diagnoseCommand is `isthmusctl diagnose <svc>.<ns>` (or `<svc> -n
+// ns`): it walks one service from the current cluster, from its export to
+// the tunnels that carry it, says in plain words what is wrong and what to
+// do, and exits 1 when a check fails.
+func diagnoseCommand(k *kubeFlags) *cobra.Command {
+	var brokerKubeconfig, dnsServer, dnsService, xdsServer string
+	cmd := &cobra.Command{
+		Use:   "diagnose SERVICE.NAMESPACE",
+		Short: "walk one service end to end and say what is wrong; exits 1 when a check fails",
+		Long: `diagnose walks one service from the current cluster: its export here, the
+broker's records, the import, its endpoints, an answer from this cluster's
+clusterset.local resolver, the tunnels to every exporting cluster, and what
+this cluster's xDS server gives a proxyless gRPC client.
+
+The resolver is asked with a DNS client (UDP, then TCP when the answer is
+truncated or UDP fails): at --dns-server when given, else through a
+port-forward (TCP) to a ready pod of the Service --dns-service, as kubectl
+port-forward would.`,
+		Example: `  isthmusctl diagnose echo.demo --context east
+  isthmusctl diagnose echo -n demo --dns-server 10.96.0.53:53 -o json`,
+		Args: exactName("isthmusctl diagnose <service>.<namespace> (or <service> -n <namespace>) [flags]"),
 	}
-	name, ns, _ := strings.Cut(args[0], ".")
-	if err := parse(fs, args[1:]); err != nil {
-		return err
+	output := outputFlag(cmd)
+	f := cmd.Flags()
+	f.StringVar(&brokerKubeconfig, "broker-kubeconfig", "", "kubeconfig of the broker (default: the credential isthmusctl join stored)")
+	f.StringVar(&dnsServer, "dns-server", "", "host:port of this cluster's clusterset.local resolver (default: a port-forward to --dns-service)")
+	f.StringVar(&dnsService, "dns-service", brokerv1.MemberNamespace+"/isthmus-dns", "NAMESPACE/NAME of the resolver's Service, reached by port-forward when --dns-server is empty (empty: skip the DNS check)")
+	f.StringVar(&xdsServer, "xds-server", "", "host:port of this cluster's xDS server (isthmus xds), asked as a proxyless gRPC client would (empty: the xDS check is skipped)")
+	cmd.RunE = func(cmd *cobra.Command, args []string) error {
+		name, ns, err := serviceAndNamespace(k, args[0])
+		if err != nil {
+			return err
+		}
+		if err := checkOutput(*output); err != nil {
+			return err
+		}
+		ctx := cmd.Context()
+		local, broker, brokerNS, err := k.memberAndBroker(ctx, "", brokerKubeconfig)
+		if err != nil {
+			return err
+		}
+		d := &diagnosis{name: name, ns: ns, local: local, broker: broker, brokerNS: brokerNS, dnsServer: dnsServer, dnsService: dnsService, xdsServer: xdsServer}
+		if d.id, err = agent.ClusterID(ctx, local.Dynamic, ""); err != nil {
+			return fmt.Errorf("this cluster has no cluster id (is it joined?): %w", err)
+		}
+		d.run(ctx)
+		if err := render(cmd.OutOrStdout(), *output, d.findings, d.table); err != nil {
+			return err
+		}
+		var failed []string
+		for _, f := range d.findings {
+			if !f.OK {
+				failed = append(failed, f.Check)
+			}
+		}
+		if len(failed) > 0 {
+			return &checksFailed{fmt.Sprintf("diagnose %s.%s: %d check(s) failed: %s", name, ns, len(failed), strings.Join(failed, ", "))}
+		}
+		return nil
 	}
-	if err := checkOutput(*output); err != nil {
-		return err
+	return cmd
+}
+
+// serviceAndNamespace reads <svc>.<ns>, or <svc> with -n (else the
+// context's namespace).
+func serviceAndNamespace(k *kubeFlags, arg string) (name, ns string, err error) {
+	name, ns, dotted := strings.Cut(arg, ".")
+	switch {
+	case name == "" || strings.Contains(ns, "."):
+		return "", "", fmt.Errorf("usage: isthmusctl diagnose <service>.<namespace> (or <service> -n <namespace>)")
+	case dotted && *k.Namespace != "" && *k.Namespace != ns:
+		return "", "", fmt.Errorf("%s names namespace %s, -n says %s", arg, ns, *k.Namespace)
+	case dotted:
+		return name, ns, nil
 	}
-	local, broker, brokerNS, err := memberAndBroker(ctx, *kubeconfig, *kubeContext, *brokerKubeconfig)
-	if err != nil {
-		return err
-	}
-	d := &diagnosis{name: name, ns: ns, local: local, broker: broker, brokerNS: brokerNS, dnsServer: *dnsServer, xdsServer: *xdsServer}
-	if d.id, err = agent.ClusterID(ctx, local.Dynamic, ""); err != nil {
-		return fmt.Errorf("this cluster has no cluster id (is it joined?): %w", err)
-	}
-	d.run(ctx)
-	return render(stdout, *output, d.findings, func(w io.Writer) { d.table(w) })
+	ns, err = k.namespace("")
+	return name, ns, err
 }
 
 type diagnosis struct {
-	name, ns, id, brokerNS, dnsServer, xdsServer string
-	local                                        *kube.Clients
-	broker                                       *brokerClients
-	findings                                     []finding
-	exporters                                    []string
-	ip                                           string
-	ports                                        []mcsv1beta1.ServicePort
-	egress                                       string // the gateway egress ports annotation, in gateway mode
+	name, ns, id, brokerNS           string
+	dnsServer, dnsService, xdsServer string
+	local                            *kube.Clients
+	broker                           *brokerClients
+	findings                         []finding
+	exporters                        []string
+	ip                               string
+	ports                            []mcsv1beta1.ServicePort
+	egress                           string // the gateway egress ports annotation, in gateway mode
 }
 
 func (d *diagnosis) add(check string, ok bool, detail, advice string) {
@@ -191,31 +234,6 @@ func (d *diagnosis) slices(ctx context.Context) {
 	d.add("endpoints", total > 0, strings.Join(parts, ", "), "no ready endpoint in any cluster: check the Deployments behind the exported Services")
 }
 
-func (d *diagnosis) dns(ctx context.Context) {
-	fqdn := d.name + "." + d.ns + ".svc.clusterset.local"
-	if d.dnsServer == "" {
-		d.add("dns", true, "skipped: pass --dns-server host:port to ask this cluster's resolver for "+fqdn, "")
-		return
-	}
-	host, port, err := net.SplitHostPort(d.dnsServer)
-	if err != nil {
-		d.add("dns", false, "--dns-server "+d.dnsServer+": "+err.Error(), "give host:port")
-		return
-	}
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	out, err := exec.CommandContext(ctx, "dig", "+short", "+time=2", "+tries=2", "-p", port, "@"+host, fqdn, "A").CombinedOutput()
-	answer := strings.TrimSpace(string(out))
-	switch {
-	case err != nil:
-		d.add("dns", false, "dig failed: "+err.Error()+": "+answer, "is `isthmus dns` running and is "+d.dnsServer+" its address?")
-	case d.ip != "" && !slices.Contains(strings.Fields(answer), d.ip):
-		d.add("dns", false, fmt.Sprintf("%s answered %q, want the ClusterSetIP %s", d.dnsServer, answer, d.ip), "the resolver lags or serves another cluster: check its /readyz and isthmus_dns_sync_age_seconds")
-	default:
-		d.add("dns", answer != "", fqdn+" -> "+answer, "the resolver has no answer: check its /readyz")
-	}
-}
-
 func (d *diagnosis) tunnels(ctx context.Context) {
 	c, err := d.broker.API.BrokerV1alpha1().Clusters(d.brokerNS).Get(ctx, d.id, metav1.GetOptions{})
 	if err != nil {
@@ -269,17 +287,25 @@ func (d *diagnosis) peerSilent(ctx context.Context, peer string) string {
 	return ""
 }
 
-func (d *diagnosis) table(w io.Writer) {
+func (d *diagnosis) table(w io.Writer, wide bool) {
 	tw := tabwriter.NewWriter(w, 2, 8, 2, ' ', 0)
 	fmt.Fprintf(tw, "%s.%s seen from cluster %s\n\n", d.name, d.ns, d.id)
-	fmt.Fprintln(tw, "CHECK\tOK\tDETAIL")
+	if wide {
+		fmt.Fprintln(tw, "CHECK\tOK\tDETAIL\tADVICE")
+	} else {
+		fmt.Fprintln(tw, "CHECK\tOK\tDETAIL")
+	}
 	bad := 0
 	for _, f := range d.findings {
 		mark := "yes"
 		if !f.OK {
 			mark, bad = "NO", bad+1
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\n", f.Check, mark, f.Detail)
+		if wide {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", f.Check, mark, f.Detail, orDash(f.Advice))
+		} else {
+			fmt.Fprintf(tw, "%s\t%s\t%s\n", f.Check, mark, f.Detail)
+		}
 	}
 	tw.Flush()
 	if bad == 0 {

@@ -60,7 +60,7 @@ func TestCommands(t *testing.T) {
 		{[]string{"frobnicate"}, "unknown command"},
 		{[]string{"join", "--kubeconfig", cs.Kubeconfig, "--context", "member1"}, "--broker-context is required"},
 		{[]string{"join", "--kubeconfig", cs.Kubeconfig, "--context", "member1", "--broker-context", "nowhere"}, `context "nowhere"`},
-		{[]string{"broker", "install", "--kubeconfig", cs.Kubeconfig, "--context", "broker", "extra"}, `unexpected argument "extra"`},
+		{[]string{"broker", "install", "--kubeconfig", cs.Kubeconfig, "--context", "broker", "extra"}, `unknown command "extra"`},
 		{slices.Concat(commands[1], []string{"--pod-cidrs", "10.240.0.0/16"}), "--pod-cidrs and --service-cidrs go together"},
 		{slices.Concat(commands[1], []string{"--pod-cidrs", "0.0.0.0/0", "--service-cidrs", "10.96.0.0/16"}), "wider than /8"},
 	} {

@@ -2,35 +2,43 @@ package main
 
 import (
 	"context"
-	"encoding/json"
-	"flag"
 	"fmt"
 	"io"
+	"slices"
 	"sort"
 	"strings"
 	"text/tabwriter"
 	"time"
 
+	"github.com/spf13/cobra"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	mcsv1beta1 "sigs.k8s.io/mcs-api/pkg/apis/v1beta1"
-	"sigs.k8s.io/yaml"
 
 	"github.com/isthmus-dev/isthmus/cmd/internal/kube"
 	"github.com/isthmus-dev/isthmus/mcs/agent"
-	brokerclient "github.com/isthmus-dev/isthmus/mcs/api/broker/generated/clientset/versioned"
 	brokerv1 "github.com/isthmus-dev/isthmus/mcs/api/broker/v1alpha1"
-	"github.com/isthmus-dev/isthmus/mcs/setup"
 )
 
-// statusReport is `isthmusctl status`: the clusterset as the current
-// cluster and the broker see it.
+// statusReport is `isthmusctl status`: the clusterset as one member and
+// the broker see it, and what is wrong with it.
 type statusReport struct {
+	Context  string          `json:"context,omitempty"`
 	Cluster  string          `json:"cluster"`
 	Broker   string          `json:"broker"`
 	Clusters []clusterStatus `json:"clusters"`
 	Exports  []exportStatus  `json:"exports"`
 	Imports  []importStatus  `json:"imports"`
+	// Exported is every service the broker holds records of, with the
+	// clusters exporting it.
+	Exported []exportedService `json:"exported"`
+	// Problems say what keeps the clusterset from being healthy as this
+	// member sees it; status exits 1 when there is any.
+	Problems []string `json:"problems,omitempty"`
+
+	// absent are the exported services' namespaces that do not exist
+	// here: nothing is imported into them, by design.
+	absent map[string]bool
 }
 
 type clusterStatus struct {
@@ -40,13 +48,17 @@ type clusterStatus struct {
 	Health        string       `json:"health"` // Healthy, Unhealthy, Withdrawn, Unknown
 	Reason        string       `json:"reason,omitempty"`
 	LastHeartbeat *time.Time   `json:"lastHeartbeat,omitempty"`
+	Version       string       `json:"version,omitempty"` // the agent's, from its record
+	PodCIDRs      []string     `json:"podCIDRs,omitempty"`
 	Tunnels       []tunnelPeer `json:"tunnels,omitempty"`
 }
 
 type tunnelPeer struct {
-	Peer  string        `json:"peer"`
-	State string        `json:"state"`
-	RTT   time.Duration `json:"rttNanoseconds,omitempty"`
+	Peer     string        `json:"peer"`
+	State    string        `json:"state"`
+	RTT      time.Duration `json:"rttNanoseconds,omitempty"`
+	Endpoint string        `json:"endpoint,omitempty"`
+	Message  string        `json:"message,omitempty"`
 }
 
 type exportStatus struct {
@@ -66,96 +78,117 @@ type importStatus struct {
 	Clusters  []string `json:"clusters"`
 }
 
-// outputFlag registers -o table|yaml|json.
-func outputFlag(fs *flag.FlagSet) *string {
-	return fs.String("o", "table", "output format: table, yaml or json")
+type exportedService struct {
+	Namespace string   `json:"namespace"`
+	Name      string   `json:"name"`
+	Clusters  []string `json:"clusters"`
 }
 
-func status(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("isthmusctl status", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	kubeconfig := fs.String("kubeconfig", "", "kubeconfig of a member cluster (default: $KUBECONFIG or ~/.kube/config)")
-	kubeContext := fs.String("context", "", "kubeconfig context of the member cluster")
-	brokerKubeconfig := fs.String("broker-kubeconfig", "", "kubeconfig of the broker (default: the credential isthmusctl join stored in the member)")
-	output := outputFlag(fs)
-	if err := parse(fs, args); err != nil {
-		return err
-	}
-	if err := checkOutput(*output); err != nil {
-		return err
-	}
-	local, broker, ns, err := memberAndBroker(ctx, *kubeconfig, *kubeContext, *brokerKubeconfig)
-	if err != nil {
-		return err
-	}
-	rep, err := collectStatus(ctx, local, broker, ns)
-	if err != nil {
-		return err
-	}
-	rep.Broker = broker.Config.Host + " (namespace " + ns + ")"
-	return render(stdout, *output, rep, func(w io.Writer) { rep.table(w, time.Now()) })
-}
+func (e exportedService) key() string { return e.Namespace + "/" + e.Name }
 
-// memberAndBroker builds the clients of a member cluster and of its
-// broker, through the credential join stored unless brokerKubeconfig is
-// given, and returns the broker namespace.
-// brokerClients are the broker's clients: Kubernetes' own and the typed
-// broker API's.
-type brokerClients struct {
-	*kube.Clients
-	API brokerclient.Interface
-}
+// statusCommand is `isthmusctl status`: one member's view (the current
+// context), or with --contexts every member's side by side; --wait
+// repeats until the clusterset is healthy.
+func statusCommand(k *kubeFlags) *cobra.Command {
+	var brokerKubeconfig, contexts string
+	var wait bool
+	var timeout time.Duration
+	cmd := &cobra.Command{
+		Use:   "status",
+		Short: "clusters, health, heartbeats, versions, tunnels, exports and imports; exits 1 when something is wrong",
+		Long: `status shows the clusterset as a member sees it: every cluster's health,
+heartbeat, agent version and tunnels from the broker, this member's exports
+and their conditions, and its imports against what the broker says is
+exported. With --contexts it asks every member named and puts their views
+in one table, marking with "!" where they disagree. -n limits the exports
+and imports to one namespace.
 
-func memberAndBroker(ctx context.Context, kubeconfig, kubeContext, brokerKubeconfig string) (local *kube.Clients, broker *brokerClients, ns string, err error) {
-	cfg, err := kube.Config(kubeconfig, kubeContext)
-	if err != nil {
-		return nil, nil, "", err
+It exits 1 when anything is wrong (a cluster not Healthy, a tunnel not
+Connected, an export not Ready, a service not imported from every
+exporting cluster); with --wait it looks again every 2 s until nothing is,
+or exits 1 once --timeout has passed.`,
+		Example: `  isthmusctl status --context east
+  isthmusctl status --contexts east,west,north -o wide
+  isthmusctl status --contexts east,west --wait --timeout 5m`,
+		Args: cobra.NoArgs,
 	}
-	if local, err = kube.NewClients(cfg, 0, 0); err != nil {
-		return nil, nil, "", err
-	}
-	brokerCfg, ns, err := setup.BrokerConfig(ctx, local.Kube, brokerKubeconfig)
-	if err != nil {
-		return nil, nil, "", err
-	}
-	broker = &brokerClients{}
-	if broker.Clients, err = kube.NewClients(brokerCfg, 0, 0); err != nil {
-		return nil, nil, "", err
-	}
-	if broker.API, err = brokerclient.NewForConfig(broker.Config); err != nil {
-		return nil, nil, "", err
-	}
-	return local, broker, ns, nil
-}
-
-func checkOutput(o string) error {
-	switch o {
-	case "table", "yaml", "json":
-		return nil
-	}
-	return fmt.Errorf("-o %q: want table, yaml or json", o)
-}
-
-func render(w io.Writer, format string, v any, table func(io.Writer)) error {
-	switch format {
-	case "json":
-		enc := json.NewEncoder(w)
-		enc.SetIndent("", "  ")
-		return enc.Encode(v)
-	case "yaml":
-		b, err := yaml.Marshal(v)
+	output := outputFlag(cmd)
+	f := cmd.Flags()
+	f.StringVar(&brokerKubeconfig, "broker-kubeconfig", "", "kubeconfig of the broker (default: the credential isthmusctl join stored in each member)")
+	f.StringVar(&contexts, "contexts", "", "comma-separated kubeconfig contexts of members: one table of every member's view")
+	f.BoolVar(&wait, "wait", false, "look again until every member is healthy and every export imported everywhere")
+	f.DurationVar(&timeout, "timeout", 5*time.Minute, "how long --wait waits")
+	_ = cmd.RegisterFlagCompletionFunc("contexts", k.completeContextList)
+	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
+		if err := checkOutput(*output); err != nil {
+			return err
+		}
+		names := splitList(contexts)
+		if len(names) == 0 {
+			names = []string{""}
+		}
+		look := func(ctx context.Context) (*setReport, error) {
+			return collectSet(ctx, k, names, brokerKubeconfig)
+		}
+		ctx := cmd.Context()
+		var set *setReport
+		var err error
+		if wait {
+			set, err = waitHealthy(ctx, look, timeout, cmd.ErrOrStderr())
+		} else {
+			set, err = look(ctx)
+		}
+		if set == nil {
+			return err
+		}
+		stdout := cmd.OutOrStdout()
+		if len(set.Views) == 1 && contexts == "" {
+			rep := set.Views[0]
+			if rerr := render(stdout, *output, rep, func(w io.Writer, wide bool) { rep.table(w, time.Now(), wide) }); rerr != nil {
+				return rerr
+			}
+		} else if rerr := render(stdout, *output, set, func(w io.Writer, wide bool) { set.table(w, time.Now(), wide) }); rerr != nil {
+			return rerr
+		}
 		if err != nil {
 			return err
 		}
-		_, err = w.Write(b)
-		return err
+		if n := len(set.Problems); n > 0 {
+			return &checksFailed{fmt.Sprintf("status: %d problem(s): %s", n, strings.Join(set.Problems, "; "))}
+		}
+		return nil
 	}
-	table(w)
-	return nil
+	return cmd
 }
 
-func collectStatus(ctx context.Context, local *kube.Clients, broker *brokerClients, ns string) (*statusReport, error) {
-	rep := &statusReport{}
+// collectView is one member's view: the member of context ("" for the
+// current one), its broker through the stored credential.
+func collectView(ctx context.Context, k *kubeFlags, context, brokerKubeconfig string) (*statusReport, error) {
+	local, broker, ns, err := k.memberAndBroker(ctx, context, brokerKubeconfig)
+	if err != nil {
+		if context != "" {
+			err = fmt.Errorf("context %s: %w", context, err)
+		}
+		return nil, err
+	}
+	only := *k.Namespace
+	rep, err := collectStatus(ctx, local, broker, ns, only)
+	if err != nil {
+		if context != "" {
+			err = fmt.Errorf("context %s: %w", context, err)
+		}
+		return nil, err
+	}
+	rep.Context = context
+	rep.Broker = broker.Config.Host + " (namespace " + ns + ")"
+	rep.Problems = rep.check()
+	return rep, nil
+}
+
+// collectStatus reads the records and this member's exports and imports;
+// only, when set, limits exports and imports to one namespace.
+func collectStatus(ctx context.Context, local *kube.Clients, broker *brokerClients, ns, only string) (*statusReport, error) {
+	rep := &statusReport{absent: map[string]bool{}}
 	if id, err := agent.ClusterID(ctx, local.Dynamic, ""); err == nil {
 		rep.Cluster = id
 	}
@@ -164,7 +197,8 @@ func collectStatus(ctx context.Context, local *kube.Clients, broker *brokerClien
 		return nil, fmt.Errorf("listing the clusters on the broker: %w", err)
 	}
 	for _, c := range list.Items {
-		row := clusterStatus{ID: c.Spec.ClusterID, Region: c.Spec.Region, Zone: c.Spec.Zone, Health: "Unknown"}
+		row := clusterStatus{ID: c.Spec.ClusterID, Region: c.Spec.Region, Zone: c.Spec.Zone, Health: "Unknown",
+			Version: c.Spec.Versions["agent"], PodCIDRs: c.Spec.PodCIDRs}
 		for _, cond := range c.Status.Conditions {
 			if cond.Type != brokerv1.ClusterConditionHeartbeat {
 				continue
@@ -188,14 +222,39 @@ func collectStatus(ctx context.Context, local *kube.Clients, broker *brokerClien
 		}
 		if c.Status.Tunnel != nil {
 			for _, p := range c.Status.Tunnel.Peers {
-				row.Tunnels = append(row.Tunnels, tunnelPeer{Peer: p.Cluster, State: string(p.State), RTT: time.Duration(p.RTTMicros) * time.Microsecond})
+				row.Tunnels = append(row.Tunnels, tunnelPeer{Peer: p.Cluster, State: string(p.State),
+					RTT: time.Duration(p.RTTMicros) * time.Microsecond, Endpoint: p.Endpoint, Message: p.Message})
 			}
 		}
 		rep.Clusters = append(rep.Clusters, row)
 	}
 	sort.Slice(rep.Clusters, func(i, j int) bool { return rep.Clusters[i].ID < rep.Clusters[j].ID })
 
-	exports, err := local.MCS.MulticlusterV1beta1().ServiceExports(metav1.NamespaceAll).List(ctx, metav1.ListOptions{})
+	records, err := broker.API.BrokerV1alpha1().ExportedServices(ns).List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return nil, fmt.Errorf("listing the exported services on the broker: %w", err)
+	}
+	byKey := map[string]*exportedService{}
+	for _, es := range records.Items {
+		if only != "" && es.Spec.ServiceNamespace != only {
+			continue
+		}
+		e := exportedService{Namespace: es.Spec.ServiceNamespace, Name: es.Spec.ServiceName}
+		if byKey[e.key()] == nil {
+			byKey[e.key()] = &e
+		}
+		byKey[e.key()].Clusters = append(byKey[e.key()].Clusters, es.Spec.SourceCluster)
+	}
+	for _, e := range byKey {
+		slices.Sort(e.Clusters)
+		rep.Exported = append(rep.Exported, *e)
+		if _, err := local.Kube.CoreV1().Namespaces().Get(ctx, e.Namespace, metav1.GetOptions{}); apierrors.IsNotFound(err) {
+			rep.absent[e.Namespace] = true
+		}
+	}
+	sort.Slice(rep.Exported, func(i, j int) bool { return rep.Exported[i].key() < rep.Exported[j].key() })
+
+	exports, err := local.MCS.MulticlusterV1beta1().ServiceExports(only).List(ctx, metav1.ListOptions{})
 	if err != nil {
 		return nil, fmt.Errorf("listing ServiceExports: %w", err)
 	}
@@ -221,7 +280,7 @@ func collectStatus(ctx context.Context, local *kube.Clients, broker *brokerClien
 		row.Message = strings.Join(msgs, "; ")
 		rep.Exports = append(rep.Exports, row)
 	}
-	imports, err := local.MCS.MulticlusterV1beta1().ServiceImports(metav1.NamespaceAll).List(ctx, metav1.ListOptions{})
+	imports, err := local.MCS.MulticlusterV1beta1().ServiceImports(only).List(ctx, metav1.ListOptions{})
 	if err != nil {
 		return nil, fmt.Errorf("listing ServiceImports: %w", err)
 	}
@@ -230,39 +289,129 @@ func collectStatus(ctx context.Context, local *kube.Clients, broker *brokerClien
 		for _, c := range si.Status.Clusters {
 			row.Clusters = append(row.Clusters, c.Cluster)
 		}
+		slices.Sort(row.Clusters)
 		rep.Imports = append(rep.Imports, row)
 	}
 	return rep, nil
 }
 
-func (r *statusReport) table(w io.Writer, now time.Time) {
+// check lists what keeps the clusterset unhealthy in this view.
+func (r *statusReport) check() []string {
+	var problems []string
+	withdrawn := map[string]bool{}
+	for _, c := range r.Clusters {
+		if c.Health != "Healthy" {
+			problems = append(problems, fmt.Sprintf("cluster %s is %s%s", c.ID, c.Health, parenthesised(c.Reason)))
+		}
+		if c.Health == "Withdrawn" {
+			withdrawn[c.ID] = true
+		}
+		for _, t := range c.Tunnels {
+			if t.State != string(brokerv1.TunnelPeerConnected) {
+				problems = append(problems, fmt.Sprintf("tunnel %s→%s is %s%s", c.ID, t.Peer, t.State, parenthesised(t.Message)))
+			}
+		}
+	}
+	for _, e := range r.Exports {
+		if e.Valid != "True" || e.Ready != "True" || e.Conflict == "True" {
+			problems = append(problems, fmt.Sprintf("export %s/%s in %s: Valid=%s Ready=%s Conflict=%s%s", e.Namespace, e.Name, orDash(r.Cluster), e.Valid, e.Ready, e.Conflict, parenthesised(e.Message)))
+		}
+	}
+	for _, e := range r.Exported {
+		if got, want, ok := r.importedFrom(e, withdrawn); !ok {
+			if got == nil {
+				problems = append(problems, fmt.Sprintf("%s, exported by %s, is not imported in %s", e.key(), strings.Join(want, ","), orDash(r.Cluster)))
+			} else {
+				problems = append(problems, fmt.Sprintf("%s is imported in %s from %s, exported by %s", e.key(), orDash(r.Cluster), orDash(strings.Join(got, ",")), strings.Join(want, ",")))
+			}
+		}
+	}
+	return problems
+}
+
+// importedFrom says which clusters this member imports e from, which it
+// should (the exporters not withdrawn), and whether they agree. A service
+// whose namespace does not exist here needs no import.
+func (r *statusReport) importedFrom(e exportedService, withdrawn map[string]bool) (got, want []string, ok bool) {
+	for _, c := range e.Clusters {
+		if !withdrawn[c] {
+			want = append(want, c)
+		}
+	}
+	i := slices.IndexFunc(r.Imports, func(i importStatus) bool { return i.Namespace == e.Namespace && i.Name == e.Name })
+	if i < 0 {
+		return nil, want, r.absent[e.Namespace] || len(want) == 0
+	}
+	got = r.Imports[i].Clusters
+	if got == nil {
+		got = []string{}
+	}
+	return got, want, slices.Equal(got, want)
+}
+
+func (r *statusReport) table(w io.Writer, now time.Time, wide bool) {
 	tw := tabwriter.NewWriter(w, 2, 8, 2, ' ', 0)
 	fmt.Fprintf(tw, "cluster %s, broker %s\n\n", orDash(r.Cluster), r.Broker)
-	fmt.Fprintln(tw, "CLUSTER\tREGION\tZONE\tHEALTH\tLAST HEARTBEAT\tTUNNELS")
+	header := "CLUSTER\tREGION\tHEALTH\tLAST HEARTBEAT\tVERSION\tTUNNELS"
+	if wide {
+		header = "CLUSTER\tREGION\tZONE\tHEALTH\tREASON\tLAST HEARTBEAT\tVERSION\tPOD CIDRS\tTUNNELS"
+	}
+	fmt.Fprintln(tw, header)
 	for _, c := range r.Clusters {
-		hb := "never"
-		if c.LastHeartbeat != nil {
-			hb = now.Sub(*c.LastHeartbeat).Round(time.Second).String() + " ago"
-		}
 		var tunnels []string
 		for _, t := range c.Tunnels {
 			s := t.Peer + ":" + t.State
-			if t.RTT > 0 {
+			if wide && t.RTT > 0 {
 				s += "/" + t.RTT.String()
 			}
 			tunnels = append(tunnels, s)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", c.ID, orDash(c.Region), orDash(c.Zone), c.Health, hb, orDash(strings.Join(tunnels, " ")))
+		if wide {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", c.ID, orDash(c.Region), orDash(c.Zone), c.Health, orDash(c.Reason), heartbeatAge(c.LastHeartbeat, now),
+				orDash(c.Version), orDash(strings.Join(c.PodCIDRs, ",")), orDash(strings.Join(tunnels, " ")))
+		} else {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", c.ID, orDash(c.Region), c.Health, heartbeatAge(c.LastHeartbeat, now), orDash(c.Version), orDash(strings.Join(tunnels, " ")))
+		}
 	}
 	fmt.Fprintln(tw, "\nEXPORT\tVALID\tREADY\tCONFLICT\tMESSAGE")
 	for _, e := range r.Exports {
 		fmt.Fprintf(tw, "%s/%s\t%s\t%s\t%s\t%s\n", e.Namespace, e.Name, e.Valid, e.Ready, e.Conflict, orDash(e.Message))
 	}
-	fmt.Fprintln(tw, "\nIMPORT\tTYPE\tIPS\tCLUSTERS")
+	fmt.Fprintln(tw, "\nIMPORT\tTYPE\tIPS\tCLUSTERS\tEXPORTED BY")
 	for _, i := range r.Imports {
-		fmt.Fprintf(tw, "%s/%s\t%s\t%s\t%s\n", i.Namespace, i.Name, i.Type, orDash(strings.Join(i.IPs, ",")), orDash(strings.Join(i.Clusters, ",")))
+		by := "-"
+		if j := slices.IndexFunc(r.Exported, func(e exportedService) bool { return e.Namespace == i.Namespace && e.Name == i.Name }); j >= 0 {
+			by = strings.Join(r.Exported[j].Clusters, ",")
+		}
+		fmt.Fprintf(tw, "%s/%s\t%s\t%s\t%s\t%s\n", i.Namespace, i.Name, i.Type, orDash(strings.Join(i.IPs, ",")), orDash(strings.Join(i.Clusters, ",")), by)
 	}
 	tw.Flush()
+	printProblems(w, r.Problems)
+}
+
+func printProblems(w io.Writer, problems []string) {
+	if len(problems) == 0 {
+		fmt.Fprintln(w, "\nno problems found")
+		return
+	}
+	fmt.Fprintln(w, "\nproblems:")
+	for _, p := range problems {
+		fmt.Fprintln(w, "- "+p)
+	}
+}
+
+func heartbeatAge(t *time.Time, now time.Time) string {
+	if t == nil {
+		return "never"
+	}
+	return now.Sub(*t).Round(time.Second).String() + " ago"
+}
+
+func parenthesised(s string) string {
+	if s == "" {
+		return ""
+	}
+	return " (" + s + ")"
 }
 
 func orDash(s string) string {

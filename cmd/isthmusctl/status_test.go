@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"strings"
 	"testing"
 	"time"
@@ -59,9 +60,11 @@ func TestExportAndStatus(t *testing.T) {
 		t.Fatalf("ServiceExport default/web: %v %v", se, err)
 	}
 
+	// No agent runs: the exports have no conditions, so status reports
+	// and fails.
 	out, stderr, err = ctl("status", "--kubeconfig", kc, "--context", "member1", "-o", "json")
-	if err != nil {
-		t.Fatalf("status: %v\n%s", err, stderr)
+	if !isChecksFailed(err) {
+		t.Fatalf("status: %v, want a failed check\n%s", err, stderr)
 	}
 	var rep statusReport
 	if err := json.Unmarshal([]byte(out), &rep); err != nil {
@@ -77,9 +80,12 @@ func TestExportAndStatus(t *testing.T) {
 	if strings.Join(names, ",") != "default/ghost,default/web" {
 		t.Errorf("exports %v, want default/ghost and default/web", names)
 	}
-	for _, format := range []string{"table", "yaml"} {
+	if len(rep.Problems) != 2 || !strings.Contains(rep.Problems[1], "export default/web in east: Valid=Unknown") {
+		t.Errorf("problems %q, want one per export", rep.Problems)
+	}
+	for _, format := range []string{"table", "wide", "yaml"} {
 		out, stderr, err := ctl("status", "--kubeconfig", kc, "--context", "member1", "-o", format)
-		if err != nil || !strings.Contains(out, "web") {
+		if !isChecksFailed(err) || !strings.Contains(out, "web") {
 			t.Errorf("status -o %s: %v\n%s%s", format, err, out, stderr)
 		}
 	}
@@ -87,7 +93,7 @@ func TestExportAndStatus(t *testing.T) {
 	// No agent runs here: diagnose says the export has no conditions and
 	// that no cluster exports it, and what to do about each.
 	out, stderr, err = ctl("diagnose", "web.default", "--kubeconfig", kc, "--context", "member1", "-o", "json")
-	if err != nil {
+	if !isChecksFailed(err) {
 		t.Fatalf("diagnose: %v\n%s", err, stderr)
 	}
 	var findings []finding
@@ -122,7 +128,9 @@ func TestExportAndStatus(t *testing.T) {
 		{[]string{"export", "web", "--locality", "nearby", "--kubeconfig", kc, "--context", "member1"}, `--locality "nearby"`},
 		{[]string{"status", "-o", "xml", "--kubeconfig", kc, "--context", "member1"}, `-o "xml"`},
 		{[]string{"status", "--kubeconfig", kc, "--context", "broker"}, "isthmusctl join"},
-		{[]string{"diagnose", "web"}, "usage: isthmusctl diagnose <service>.<namespace>"},
+		{[]string{"diagnose"}, "usage: isthmusctl diagnose <service>.<namespace>"},
+		{[]string{"diagnose", "web.default", "-n", "other", "--kubeconfig", kc, "--context", "member1"}, "web.default names namespace default, -n says other"},
+		{[]string{"status", "--kubeconfig", kc, "--context", "member1", "--contexts", "member1,nowhere"}, `context "nowhere"`},
 		{[]string{"demo", "sideways"}, "usage: isthmusctl demo up|down"},
 	} {
 		_, _, err := ctl(bad.args...)
@@ -139,4 +147,9 @@ func mcsClient(t *testing.T, c *cluster.Cluster) mcsclientset.Interface {
 		t.Fatal(err)
 	}
 	return m
+}
+
+func isChecksFailed(err error) bool {
+	var failed *checksFailed
+	return errors.As(err, &failed)
 }
