@@ -31,6 +31,7 @@ const usage = `isthmusctl operates an Isthmus clusterset.
 Usage:
   isthmusctl broker install [flags]   install the broker on the hub cluster
   isthmusctl join [flags]             join a member cluster to the broker
+  isthmusctl join --dry-run [-o yaml|json] [--output-dir DIR]  print the member's manifests for a GitOps tool instead
   isthmusctl tunnel rotate-key [flags] give a member cluster a new WireGuard key
   isthmusctl export <svc> [-n ns]     export a Service to the clusterset (writes its ServiceExport)
   isthmusctl unexport <svc> [-n ns]   withdraw it (deletes the ServiceExport)
@@ -86,7 +87,7 @@ func brokerInstall(ctx context.Context, args []string, stdout, stderr io.Writer)
 	domain := fs.String("clusterset-domain", brokerv1.DefaultClustersetDomain, "parent of every cluster's SPIFFE trust domain <cluster-id>.<clusterset-domain>")
 	rootCert := fs.String("root-ca-cert", "", "PEM file of your own root CA (its chain up to a self-signed certificate) to use instead of a new one; with --root-ca-key")
 	rootKey := fs.String("root-ca-key", "", "PEM file of the private key of --root-ca-cert")
-	rootTTL := fs.Duration("root-ttl", 10*365*24*time.Hour, "lifetime of a new clusterset root")
+	rootTTL := fs.Duration("root-ttl", defaultRootTTL, "lifetime of a new clusterset root")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -129,6 +130,9 @@ func join(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	podCIDRs := fs.String("pod-cidrs", "", "comma-separated pod ranges approved for the member: the broker refuses it any other pod range, and endpoints outside them (with --service-cidrs; default: keep what the broker holds)")
 	serviceCIDRs := fs.String("service-cidrs", "", "comma-separated Service ranges approved for the member (with --pod-cidrs)")
 	exportNamespaces := fs.String("export-namespaces", "", "comma-separated namespaces the member may export from (default: keep what the broker holds; any when never set)")
+	domain := fs.String("clusterset-domain", brokerv1.DefaultClustersetDomain, "clusterset domain of the root join makes when the broker has none yet (a broker installed by its Helm chart)")
+	var dry dryRun
+	dry.register(fs)
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -146,16 +150,21 @@ func join(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	id, err := setup.Join(ctx, hub, member, setup.JoinOptions{
+	opts := setup.JoinOptions{
 		ClusterID:        *clusterID,
 		BrokerNamespace:  *brokerNamespace,
 		BrokerServer:     *brokerServer,
 		TokenTTL:         *tokenTTL,
-		Certificates:     newPKI(0, *intermediateTTL),
+		Certificates:     newPKI(defaultRootTTL, *intermediateTTL),
+		ClustersetDomain: *domain,
 		PodCIDRs:         splitList(*podCIDRs),
 		ServiceCIDRs:     splitList(*serviceCIDRs),
 		ExportNamespaces: splitList(*exportNamespaces),
-	}, stdout)
+	}
+	if dry.enabled {
+		return dry.join(ctx, hub, member, opts, stdout, stderr)
+	}
+	id, err := setup.Join(ctx, hub, member, opts, stdout)
 	if err != nil {
 		return fmt.Errorf("joining %s to the broker at %s: %w", member.Config.Host, hub.Config.Host, err)
 	}
