@@ -43,7 +43,8 @@ func isthmusctl(t *testing.T) string {
 			return
 		}
 		ctlPath = filepath.Join(dir, "isthmusctl")
-		out, err := exec.Command("go", "build", "-o", ctlPath, "../cmd/isthmusctl").CombinedOutput()
+		// -buildvcs=true: a machine may say false in GOFLAGS.
+		out, err := exec.Command("go", "build", "-buildvcs=true", "-o", ctlPath, "../cmd/isthmusctl").CombinedOutput()
 		if err != nil {
 			ctlErr = err
 			t.Logf("go build: %s", out)
@@ -59,6 +60,12 @@ func isthmusctl(t *testing.T) string {
 // carries the main module's version and revision from git (what
 // cmd/internal/buildinfo reports), not "(devel)".
 func TestBuiltBinaryCarriesTheVCSVersion(t *testing.T) {
+	if fi, err := os.Stat("../.git"); err == nil && !fi.IsDir() {
+		// go build finds a repository only where .git is a directory
+		// (cmd/go/internal/vcs), so a linked worktree's builds carry no
+		// stamp; CI and releases build from a clone.
+		t.Skip("a git worktree: go build stamps no VCS information here; run this in a clone")
+	}
 	bi, err := buildinfo.ReadFile(isthmusctl(t))
 	if err != nil {
 		t.Fatal(err)
