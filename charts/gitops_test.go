@@ -44,7 +44,7 @@ func isthmusctl(t *testing.T) string {
 		}
 		ctlPath = filepath.Join(dir, "isthmusctl")
 		// -buildvcs=true: a machine may say false in GOFLAGS.
-		out, err := exec.Command("go", "build", "-buildvcs=true", "-o", ctlPath, "../cmd/isthmusctl").CombinedOutput()
+		out, err := exec.Command("go", "build", "-buildvcs=true", "-trimpath", "-o", ctlPath, "../cmd/isthmusctl").CombinedOutput()
 		if err != nil {
 			ctlErr = err
 			t.Logf("go build: %s", out)
