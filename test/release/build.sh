@@ -16,6 +16,8 @@
 #
 #   test/release/build.sh [OUT_DIR]
 #   ISTHMUS_RELEASE_PLATFORMS="linux/amd64"  only those platforms
+#   ISTHMUS_RELEASE_COMMANDS="isthmusctl"    only those binaries (the test;
+#                                            test/image builds isthmus twice)
 #   ISTHMUS_RELEASE_IMAGE=0                  no image (the test; test/image checks it)
 #   ISTHMUS_HELM=/path/to/helm               helm (default bin/helm, then PATH)
 set -euo pipefail
@@ -23,6 +25,7 @@ root=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$root"
 out=${1:-$root/bin/release}
 platforms=${ISTHMUS_RELEASE_PLATFORMS:-linux/amd64 linux/arm64}
+commands=${ISTHMUS_RELEASE_COMMANDS:-isthmus isthmusctl}
 helm=${ISTHMUS_HELM:-}
 [ -n "$helm" ] || { [ -x "$root/bin/helm" ] && helm=$root/bin/helm; } || helm=$(command -v helm) || { echo "release: no helm (make helm)" >&2; exit 1; }
 epoch=$(git log -1 --format=%ct)
@@ -33,12 +36,12 @@ work=$(mktemp -d "${TMPDIR:-/tmp}/isthmus-release-XXXXXX")
 trap 'rm -rf "$work"' EXIT
 
 for p in $platforms; do
-	for cmd in isthmus isthmusctl; do
+	for cmd in $commands; do
 		echo "release: $cmd for $p" >&2
 		GOOS=${p%/*} GOARCH=${p#*/} CGO_ENABLED=0 go build -trimpath -buildvcs=true -ldflags "-s -w" \
 			-o "$out/$cmd-${p%/*}-${p#*/}" "./cmd/$cmd"
 	done
-	version=$(go version -m "$out/isthmus-${p%/*}-${p#*/}" | awk '$1=="mod"{print $3; exit}')
+	version=$(go version -m "$out/$cmd-${p%/*}-${p#*/}" | awk '$1=="mod"{print $3; exit}')
 	case "$version" in ""|"(devel)") echo "release: the binaries carry no VCS version (build from a git checkout)" >&2; exit 1;; esac
 done
 
