@@ -43,8 +43,12 @@ func isthmusctl(t *testing.T) string {
 			return
 		}
 		ctlPath = filepath.Join(dir, "isthmusctl")
-		// -buildvcs=true: a machine may say false in GOFLAGS.
-		out, err := exec.Command("go", "build", "-buildvcs=true", "-trimpath", "-o", ctlPath, "../cmd/isthmusctl").CombinedOutput()
+		// As make release builds it (test/release/build.sh), sharing its
+		// and make image's build cache; -buildvcs=true, as a machine may
+		// say false in GOFLAGS.
+		cmd := exec.Command("go", "build", "-trimpath", "-buildvcs=true", "-ldflags", "-s -w", "-o", ctlPath, "../cmd/isthmusctl")
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		out, err := cmd.CombinedOutput()
 		if err != nil {
 			ctlErr = err
 			t.Logf("go build: %s", out)
