@@ -25,7 +25,8 @@ help: ## list the targets
 
 .PHONY: build
 build: ## build isthmus, isthmusctl (also as the kubectl plugin kubectl-isthmus) and isthmus-demo into bin/
-	$(GO) build -o $(BIN)/ ./cmd/... ./test/demo/cmd/isthmus-demo
+	@# -buildvcs=true: stamp the commit's version even where GOFLAGS says false.
+	$(GO) build -buildvcs=true -o $(BIN)/ ./cmd/... ./test/demo/cmd/isthmus-demo
 	ln -sf isthmusctl $(BIN)/kubectl-isthmus
 	printf '#!/bin/sh\n# kubectl completes `kubectl isthmus` through this (kubectl plugin completion)\nexec kubectl-isthmus __complete "$$@"\n' >$(BIN)/kubectl_complete-isthmus
 	chmod +x $(BIN)/kubectl_complete-isthmus
@@ -37,6 +38,10 @@ demo: deps tools build ## a local clusterset that resolves, routes over WireGuar
 .PHONY: image
 image: ## the isthmus image from the tree: one OCI index (linux/amd64, linux/arm64) as bin/isthmus-image.tar, for ctr, skopeo and crane
 	@bash test/image/build.sh $(BIN)/isthmus-image.tar
+
+.PHONY: release
+release: helm ## bin/release/: isthmus and isthmusctl for linux/amd64 and linux/arm64, the image index, the two charts (helm package) and SHA256SUMS, reproducible from a commit
+	@bash test/release/build.sh $(BIN)/release
 
 .PHONY: deps
 deps: ## install the Debian packages the tests need, when missing

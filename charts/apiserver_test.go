@@ -24,8 +24,8 @@ import (
 )
 
 // TestChartDryRun applies every object of every combination with a
-// server-side dry-run to the member's real kube-apiserver, with a minimal
-// ServiceMonitor CRD of this test's own: the Prometheus operator's CRD is
+// server-side dry-run to the member's real kube-apiserver, with minimal
+// ServiceMonitor and PrometheusRule CRDs of this test's own: the Prometheus operator's CRD is
 // not vendored here, and the apiserver's checks of the object's metadata
 // and of the CRD's group, version and kind are what matter.
 func TestChartDryRun(t *testing.T) {
@@ -73,15 +73,28 @@ func dryRunApplier(t *testing.T, cfg *rest.Config) func(ctx context.Context, obj
 	}
 }
 
-// installServiceMonitorCRD installs a ServiceMonitor CRD that accepts any
-// spec and waits until it is served.
+// installServiceMonitorCRD installs ServiceMonitor and PrometheusRule CRDs
+// that accept any spec and waits until they are served.
 func installServiceMonitorCRD(t *testing.T, ctx context.Context, m *cluster.Cluster) {
 	t.Helper()
-	crd := &apiextensionsv1.CustomResourceDefinition{
-		ObjectMeta: metav1.ObjectMeta{Name: "servicemonitors.monitoring.coreos.com"},
+	var list []*apiextensionsv1.CustomResourceDefinition
+	for _, kind := range []string{"ServiceMonitor", "PrometheusRule"} {
+		list = append(list, monitoringCRD(kind))
+	}
+	if err := m.InstallCRDs(ctx, list); err != nil {
+		t.Fatalf("installing the ServiceMonitor and PrometheusRule CRDs: %v", err)
+	}
+}
+
+// monitoringCRD is a CRD of the Prometheus operator's kind that accepts
+// any spec.
+func monitoringCRD(kind string) *apiextensionsv1.CustomResourceDefinition {
+	singular := strings.ToLower(kind)
+	return &apiextensionsv1.CustomResourceDefinition{
+		ObjectMeta: metav1.ObjectMeta{Name: singular + "s.monitoring.coreos.com"},
 		Spec: apiextensionsv1.CustomResourceDefinitionSpec{
 			Group: "monitoring.coreos.com",
-			Names: apiextensionsv1.CustomResourceDefinitionNames{Plural: "servicemonitors", Singular: "servicemonitor", Kind: "ServiceMonitor", ListKind: "ServiceMonitorList"},
+			Names: apiextensionsv1.CustomResourceDefinitionNames{Plural: singular + "s", Singular: singular, Kind: kind, ListKind: kind + "List"},
 			Scope: apiextensionsv1.NamespaceScoped,
 			Versions: []apiextensionsv1.CustomResourceDefinitionVersion{{Name: "v1", Served: true, Storage: true,
 				Schema: &apiextensionsv1.CustomResourceValidation{OpenAPIV3Schema: &apiextensionsv1.JSONSchemaProps{
@@ -91,9 +104,6 @@ func installServiceMonitorCRD(t *testing.T, ctx context.Context, m *cluster.Clus
 					},
 				}}}},
 		},
-	}
-	if err := m.InstallCRDs(ctx, []*apiextensionsv1.CustomResourceDefinition{crd}); err != nil {
-		t.Fatalf("installing the ServiceMonitor CRD: %v", err)
 	}
 }
 

@@ -29,7 +29,7 @@ var chartCases = []chartCase{
 			"Service/isthmus-xds-metrics", "Service/isthmus-tunnel-metrics", "ConfigMap/isthmus-coredns-stub", "ConfigMap/isthmus-dashboard",
 			"PodDisruptionBudget/isthmus-agent", "PodDisruptionBudget/isthmus-dns", "PodDisruptionBudget/isthmus-xds",
 			"NetworkPolicy/isthmus-xds"},
-		none: []string{"Deployment/isthmus", "Deployment/isthmus-gateway", "ServiceMonitor/isthmus", "ServiceAccount/isthmus-gateway", "RoleBinding/isthmus-dns"}},
+		none: []string{"Deployment/isthmus", "Deployment/isthmus-gateway", "ServiceMonitor/isthmus", "PrometheusRule/isthmus", "ServiceAccount/isthmus-gateway", "RoleBinding/isthmus-dns"}},
 	{name: "gateway", set: []string{"dataplane=gateway", "region=eu", "zone=eu-2", "podCIDRs={10.243.0.0/16}", "serviceCIDRs={10.99.0.0/16}",
 		"xds.networkPolicy.grpcClients[0].namespaceSelector.matchLabels.team=shop"},
 		want: []string{"Deployment/isthmus-gateway", "Service/isthmus-gateway", "ServiceAccount/isthmus-gateway",
@@ -39,8 +39,9 @@ var chartCases = []chartCase{
 		none: []string{"Deployment/isthmus-agent", "DaemonSet/isthmus-tunnel", "ServiceAccount/isthmus-agent", "Service/isthmus-agent-metrics", "NetworkPolicy/isthmus-xds",
 			"PodDisruptionBudget/isthmus-agent", "PodDisruptionBudget/isthmus-all"}},
 	{name: "all gateway monitored", set: []string{"mode=all", "all.replicas=2", "dataplane=gateway", "metrics.serviceMonitor.enabled=true",
-		"metrics.serviceMonitor.labels.release=prometheus", "dns.clusterZone=clusters.local", "tunnel.endpoint=203.0.113.7:51820"},
-		want: []string{"Deployment/isthmus", "Deployment/isthmus-gateway", "ServiceMonitor/isthmus", "PodDisruptionBudget/isthmus-all"}},
+		"metrics.serviceMonitor.labels.release=prometheus", "metrics.prometheusRule.enabled=true", "metrics.prometheusRule.labels.release=prometheus", "logFormat=text", "broker.existingSecret=gitops-broker",
+		"dns.clusterZone=clusters.local", "tunnel.endpoint=203.0.113.7:51820"},
+		want: []string{"Deployment/isthmus", "Deployment/isthmus-gateway", "ServiceMonitor/isthmus", "PrometheusRule/isthmus", "PodDisruptionBudget/isthmus-all"}},
 	{name: "single replicas, no dashboard", set: []string{"agent.replicas=1", "dns.replicas=1", "xds.replicas=1", "gateway.replicas=1",
 		"dataplane=gateway", "metrics.dashboard.enabled=false", "xds.caSecret="},
 		want: []string{"Deployment/isthmus-agent"},
@@ -332,6 +333,12 @@ func checkSelectors(t *testing.T, docs []*unstructured.Unstructured) {
 		}
 		if sm.GetLabels()["release"] != "prometheus" {
 			t.Errorf("ServiceMonitor labels %v lack metrics.serviceMonitor.labels", sm.GetLabels())
+		}
+	}
+	if pr := find(docs, "PrometheusRule", "isthmus"); pr != nil {
+		groups, _, _ := unstructured.NestedSlice(pr.Object, "spec", "groups")
+		if len(groups) == 0 || pr.GetLabels()["release"] != "prometheus" {
+			t.Errorf("the PrometheusRule has %d groups and labels %v; want the rule file's and metrics.prometheusRule.labels", len(groups), pr.GetLabels())
 		}
 	}
 }

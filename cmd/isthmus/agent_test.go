@@ -39,6 +39,10 @@ import (
 var clusters *cluster.Clusterset
 
 func TestMain(m *testing.M) {
+	if os.Getenv(logChildEnv) != "" {
+		// A logging test re-run alone in a process of its own (logging_test.go).
+		os.Exit(m.Run())
+	}
 	cluster.Main(m, cluster.Options{Broker: true, Members: 3,
 		Localities: []cluster.Locality{{Region: "eu", Zone: "eu-1"}, {Region: "us", Zone: "us-1"}, {Region: "eu", Zone: "eu-2"}},
 		BeforeStop: stopAllAgents}, &clusters)

@@ -36,7 +36,8 @@ var chartValues = map[string][]string{
 		"xds.networkPolicy.grpcClients[0].namespaceSelector.matchLabels.team=shop"},
 	"all": {"mode=all", "dns.clusterIP=" + chartDNSIP},
 	"all gateway monitored": {"mode=all", "all.replicas=2", "dataplane=gateway", "metrics.serviceMonitor.enabled=true",
-		"metrics.serviceMonitor.labels.release=prometheus", "dns.clusterZone=clusters.local", "tunnel.endpoint=203.0.113.7:51820"},
+		"metrics.serviceMonitor.labels.release=prometheus", "metrics.prometheusRule.enabled=true", "metrics.prometheusRule.labels.release=prometheus", "logFormat=text", "broker.existingSecret=gitops-broker",
+		"dns.clusterZone=clusters.local", "tunnel.endpoint=203.0.113.7:51820"},
 	"single replicas, no dashboard": {"agent.replicas=1", "dns.replicas=1", "xds.replicas=1", "gateway.replicas=1",
 		"dataplane=gateway", "metrics.dashboard.enabled=false", "xds.caSecret="},
 }

@@ -22,16 +22,19 @@ import (
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	log := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: logLevel()}))
-	if err := run(ctx, os.Args[1:], log, os.Stdout, os.Stderr); err != nil {
+	// The roles log as --log-level and --log-format say; this logger
+	// reports only why the process ends.
+	if err := run(ctx, os.Args[1:], nil, os.Stdout, os.Stderr); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return
 		}
-		log.Error("exiting", "err", err)
+		slog.New(slog.NewJSONHandler(os.Stderr, nil)).Error("exiting", "err", err)
 		os.Exit(1)
 	}
 }
 
+// run runs the role args name. With log nil the roles log to stderr as
+// --log-level and --log-format say; tests pass a logger of their own.
 func run(ctx context.Context, args []string, log *slog.Logger, stdout, stderr io.Writer) error {
 	all := roles()
 	names := make([]string, 0, len(all)+1)
@@ -49,7 +52,7 @@ func run(ctx context.Context, args []string, log *slog.Logger, stdout, stderr io
 	}
 	for _, r := range all {
 		if len(args) > 0 && args[0] == r.name {
-			return runRoles(ctx, r.name, []role{r}, args[1:], log.With("role", r.name), stderr)
+			return runRoles(ctx, r.name, []role{r}, args[1:], log, stderr)
 		}
 	}
 	fmt.Fprintf(stderr, "usage: isthmus <role> [flags] | isthmus version\nroles: %s (every role in one process)\n", strings.Join(names, ", "))
@@ -60,13 +63,4 @@ func run(ctx context.Context, args []string, log *slog.Logger, stdout, stderr io
 		return flag.ErrHelp
 	}
 	return fmt.Errorf("unknown role %q", args[0])
-}
-
-// logLevel reads ISTHMUS_LOG_LEVEL (debug, info, warn, error; default info).
-func logLevel() slog.Level {
-	var l slog.Level
-	if err := l.UnmarshalText([]byte(os.Getenv("ISTHMUS_LOG_LEVEL"))); err != nil {
-		return slog.LevelInfo
-	}
-	return l
 }

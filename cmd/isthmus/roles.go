@@ -5,7 +5,6 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"github.com/isthmus-dev/isthmus/cmd/internal/buildinfo"
 	"io"
 	"log/slog"
 	"os"
@@ -14,6 +13,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/isthmus-dev/isthmus/cmd/internal/buildinfo"
 	"github.com/isthmus-dev/isthmus/cmd/internal/kube"
 	"github.com/isthmus-dev/isthmus/cmd/internal/serve"
 	"github.com/isthmus-dev/isthmus/mcs/agent"
@@ -61,10 +61,12 @@ const envPrefix = "ISTHMUS_"
 type common struct {
 	kubeconfig, context                              string
 	brokerKubeconfig, brokerContext, brokerNamespace string
+	brokerSecret                                     string
 	clusterID                                        string
 	metricsAddr                                      string
 	qps                                              float64
 	burst                                            int
+	log                                              logFlags
 }
 
 func (c *common) register(fs *flag.FlagSet, metricsAddr string) {
@@ -72,11 +74,13 @@ func (c *common) register(fs *flag.FlagSet, metricsAddr string) {
 	fs.StringVar(&c.context, "context", "", "context in --kubeconfig (default: its current context)")
 	fs.StringVar(&c.brokerKubeconfig, "broker-kubeconfig", "", "kubeconfig of the broker (default: the isthmus-system/isthmus-broker Secret that isthmusctl join wrote in this cluster)")
 	fs.StringVar(&c.brokerContext, "broker-context", "", "context in --broker-kubeconfig")
+	fs.StringVar(&c.brokerSecret, "broker-secret", setup.BrokerSecret, "Secret in "+setup.MemberNamespace+" holding the broker kubeconfig (key "+setup.BrokerSecretKey+") when --broker-kubeconfig is not given")
 	fs.StringVar(&c.brokerNamespace, "broker-namespace", "", "namespace of the broker's records (default: the broker kubeconfig's, else isthmus-broker)")
 	fs.StringVar(&c.clusterID, "cluster-id", "", "this cluster's id, a DNS label (default: its cluster.clusterset.k8s.io ClusterProperty)")
 	fs.StringVar(&c.metricsAddr, "metrics-addr", metricsAddr, "address of /metrics, /healthz and /readyz (empty: none)")
 	fs.Float64Var(&c.qps, "kube-api-qps", 50, "requests per second to each apiserver (client-go's default of 5 throttles a clusterset)")
 	fs.IntVar(&c.burst, "kube-api-burst", 100, "request burst to each apiserver")
+	c.log.register(fs)
 }
 
 // env is what the roles of one process share: the clients of this
@@ -129,7 +133,7 @@ func (e *env) Broker(ctx context.Context) (*kube.Clients, string, error) {
 	if err != nil {
 		return nil, "", err
 	}
-	cfg, ns, err := setup.BrokerConfig(ctx, local.Kube, e.flags.brokerKubeconfig)
+	cfg, ns, err := setup.BrokerConfigFrom(ctx, local.Kube, e.flags.brokerKubeconfig, e.flags.brokerSecret)
 	if err == nil && e.flags.brokerContext != "" {
 		cfg, err = kube.Config(e.flags.brokerKubeconfig, e.flags.brokerContext)
 	}
@@ -169,7 +173,8 @@ func (e *env) ClusterID(ctx context.Context) (string, error) {
 
 // runRoles parses args for the named roles and runs them in this process
 // until ctx ends or one of them fails, which stops the others. Every role
-// reports through one /metrics, /healthz and /readyz server.
+// reports through one /metrics, /healthz and /readyz server. With log nil
+// it logs to stderr as the flags say.
 func runRoles(ctx context.Context, name string, rs []role, args []string, log *slog.Logger, stderr io.Writer) error {
 	fs := flag.NewFlagSet("isthmus "+name, flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -210,6 +215,15 @@ func runRoles(ctx context.Context, name string, rs []role, args []string, log *s
 	}
 	if err := parseWithEnv(fs, args, os.LookupEnv); err != nil {
 		return err
+	}
+	if log == nil {
+		var err error
+		if log, err = newLogger(stderr, e.flags.log); err != nil {
+			return err
+		}
+	}
+	if !prefix {
+		log = log.With("role", rs[0].name)
 	}
 
 	parts := make([]serve.Part, 0, len(rs)+1)

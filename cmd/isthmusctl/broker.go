@@ -58,7 +58,7 @@ func brokerCommand(k *kubeFlags) *cobra.Command {
 	f.StringVar(&domain, "clusterset-domain", brokerv1.DefaultClustersetDomain, "parent of every cluster's SPIFFE trust domain <cluster-id>.<clusterset-domain>")
 	f.StringVar(&rootCert, "root-ca-cert", "", "PEM file of your own root CA (its chain up to a self-signed certificate) to use instead of a new one; with --root-ca-key")
 	f.StringVar(&rootKey, "root-ca-key", "", "PEM file of the private key of --root-ca-cert")
-	f.DurationVar(&rootTTL, "root-ttl", 10*365*24*time.Hour, "lifetime of a new clusterset root")
+	f.DurationVar(&rootTTL, "root-ttl", defaultRootTTL, "lifetime of a new clusterset root")
 	broker.AddCommand(install)
 	return broker
 }

@@ -18,6 +18,8 @@ func joinCommand(k *kubeFlags) *cobra.Command {
 	var brokerKubeconfig, brokerContext, brokerServer, brokerNamespace, clusterID string
 	var podCIDRs, serviceCIDRs, exportNamespaces string
 	var tokenTTL, intermediateTTL time.Duration
+	var domain string
+	var dry dryRun
 	cmd := &cobra.Command{
 		Use:     "join",
 		Short:   "join a member cluster (the current context) to the broker (idempotent)",
@@ -49,16 +51,21 @@ func joinCommand(k *kubeFlags) *cobra.Command {
 				return err
 			}
 			stdout := cmd.OutOrStdout()
-			id, err := setup.Join(cmd.Context(), hub, member, setup.JoinOptions{
+			opts := setup.JoinOptions{
 				ClusterID:        clusterID,
 				BrokerNamespace:  brokerNamespace,
 				BrokerServer:     brokerServer,
 				TokenTTL:         tokenTTL,
-				Certificates:     newPKI(0, intermediateTTL),
+				Certificates:     newPKI(defaultRootTTL, intermediateTTL),
+				ClustersetDomain: domain,
 				PodCIDRs:         splitList(podCIDRs),
 				ServiceCIDRs:     splitList(serviceCIDRs),
 				ExportNamespaces: splitList(exportNamespaces),
-			}, stdout)
+			}
+			if dry.enabled {
+				return dry.join(cmd.Context(), hub, member, opts, stdout, cmd.ErrOrStderr())
+			}
+			id, err := setup.Join(cmd.Context(), hub, member, opts, stdout)
 			if err != nil {
 				return fmt.Errorf("joining %s to the broker at %s: %w", member.Config.Host, hub.Config.Host, err)
 			}
@@ -77,6 +84,8 @@ func joinCommand(k *kubeFlags) *cobra.Command {
 	f.StringVar(&podCIDRs, "pod-cidrs", "", "comma-separated pod ranges approved for the member: the broker refuses it any other pod range, and endpoints outside them (with --service-cidrs; default: keep what the broker holds)")
 	f.StringVar(&serviceCIDRs, "service-cidrs", "", "comma-separated Service ranges approved for the member (with --pod-cidrs)")
 	f.StringVar(&exportNamespaces, "export-namespaces", "", "comma-separated namespaces the member may export from (default: keep what the broker holds; any when never set)")
+	f.StringVar(&domain, "clusterset-domain", brokerv1.DefaultClustersetDomain, "clusterset domain of the root join makes when the broker has none yet (a broker installed by its Helm chart)")
+	dry.register(f)
 	_ = cmd.RegisterFlagCompletionFunc("broker-context", k.completeContexts)
 	return cmd
 }

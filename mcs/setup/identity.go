@@ -119,10 +119,17 @@ func installRoot(ctx context.Context, a *applier, ns string, opts BrokerOptions)
 // broker (join runs with the hub admin's credentials; members cannot read
 // it). An intermediate that is still good is kept; one past half its life,
 // for another cluster, or not under the published bundle is issued again.
-func joinIdentity(ctx context.Context, hub *Clients, onMember *applier, ns, id string, certs Certificates) error {
+// A broker with no trust bundle (installed by its Helm chart, which makes
+// no keys) first gets its root, as `broker install` makes it.
+func joinIdentity(ctx context.Context, onHub, onMember *applier, ns, id string, opts JoinOptions) error {
+	certs := opts.Certificates
+	hub := onHub.c
 	cm, err := hub.Kube.CoreV1().ConfigMaps(ns).Get(ctx, brokerv1.TrustBundleConfigMap, metav1.GetOptions{})
 	if apierrors.IsNotFound(err) {
-		return fmt.Errorf("the broker has no trust bundle (ConfigMap %s/%s): run this version's `isthmusctl broker install` against the hub first", ns, brokerv1.TrustBundleConfigMap)
+		if err := installRoot(ctx, onHub, ns, BrokerOptions{Namespace: ns, Certificates: certs, ClustersetDomain: opts.ClustersetDomain}); err != nil {
+			return fmt.Errorf("the broker had no clusterset root, and making it failed: %w", err)
+		}
+		cm, err = hub.Kube.CoreV1().ConfigMaps(ns).Get(ctx, brokerv1.TrustBundleConfigMap, metav1.GetOptions{})
 	}
 	if err != nil {
 		return fmt.Errorf("reading ConfigMap %s/%s on the broker: %w", ns, brokerv1.TrustBundleConfigMap, err)

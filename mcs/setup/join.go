@@ -43,8 +43,13 @@ type JoinOptions struct {
 	TokenTTL time.Duration
 	// Certificates, when set, issues the member's intermediate CA into
 	// isthmus-system/isthmus-ca (and again once half its life has passed).
-	// Without it no identity is set up.
+	// Without it no identity is set up. When the broker has no clusterset
+	// root yet (its Helm chart makes none), join makes it, as `broker
+	// install` would, for ClustersetDomain.
 	Certificates Certificates
+	// ClustersetDomain is the clusterset domain of a root join makes;
+	// empty means clusterset.isthmus. A root that exists keeps its own.
+	ClustersetDomain string
 	// PodCIDRs and ServiceCIDRs, given together, are the member's address
 	// ranges as the hub admin approves them: recorded in its MemberPolicy,
 	// they are the only ranges the broker lets it claim, and its
@@ -87,6 +92,27 @@ var (
 // isthmus-system/isthmus-broker Secret and, given Certificates, its
 // intermediate CA in isthmus-system/isthmus-ca. It returns the cluster id.
 func Join(ctx context.Context, hub, member *Clients, opts JoinOptions, out io.Writer) (string, error) {
+	return join(ctx, hub, member, opts, out, nil)
+}
+
+// JoinManifests is Join for a GitOps tool: it sets up the member's
+// identity on the broker as Join does (the token it issues must exist
+// there) but writes nothing to the member, which it only reads. It returns
+// what Join would apply there, in order: the CRDs, the ClusterProperty,
+// the namespace and the two Secrets (the broker kubeconfig, the
+// intermediate CA). A broker token or intermediate the member already
+// holds is kept while still good, so once the manifests are applied a
+// second run gives the same ones.
+func JoinManifests(ctx context.Context, hub, member *Clients, opts JoinOptions, out io.Writer) (string, []*unstructured.Unstructured, error) {
+	var manifests []*unstructured.Unstructured
+	id, err := join(ctx, hub, member, opts, out, &manifests)
+	if err != nil {
+		return "", nil, err
+	}
+	return id, manifests, nil
+}
+
+func join(ctx context.Context, hub, member *Clients, opts JoinOptions, out io.Writer, manifests *[]*unstructured.Unstructured) (string, error) {
 	ns := opts.BrokerNamespace
 	if ns == "" {
 		ns = brokerv1.DefaultBrokerNamespace
@@ -99,7 +125,7 @@ func Join(ctx context.Context, hub, member *Clients, opts JoinOptions, out io.Wr
 		return "", fmt.Errorf("token TTL %v is shorter than the 10 minutes the apiserver allows", ttl)
 	}
 	onHub := &applier{c: hub, out: out, where: " (broker)"}
-	onMember := &applier{c: member, out: out, where: " (member)"}
+	onMember := &applier{c: member, out: out, where: " (member)", manifests: manifests}
 
 	// The broker must be installed first; say so plainly if it is not.
 	if _, err := hub.Kube.CoreV1().Namespaces().Get(ctx, ns, metav1.GetOptions{}); err != nil {
@@ -180,7 +206,7 @@ func Join(ctx context.Context, hub, member *Clients, opts JoinOptions, out io.Wr
 		return "", err
 	}
 	if opts.Certificates != nil {
-		if err := joinIdentity(ctx, hub, onMember, ns, id, opts.Certificates); err != nil {
+		if err := joinIdentity(ctx, onHub, onMember, ns, id, opts); err != nil {
 			return "", err
 		}
 	}
@@ -192,6 +218,13 @@ func Join(ctx context.Context, hub, member *Clients, opts JoinOptions, out io.Wr
 // is then recorded as the ClusterProperty.
 func settleClusterID(ctx context.Context, onMember *applier, want string) (string, error) {
 	prop, err := onMember.c.Dynamic.Resource(clusterPropertyGVR).Get(ctx, ClusterIDProperty, metav1.GetOptions{})
+	if err == nil && onMember.manifests != nil {
+		// A dry run's manifests hold every member-side object.
+		have, _, _ := unstructured.NestedString(prop.Object, "spec", "value")
+		if want == "" || want == have {
+			want, err = have, apierrors.NewNotFound(clusterPropertyGVR.GroupResource(), ClusterIDProperty)
+		}
+	}
 	switch {
 	case err == nil:
 		have, _, _ := unstructured.NestedString(prop.Object, "spec", "value")
@@ -261,6 +294,10 @@ func writeBrokerSecret(ctx context.Context, hub *Clients, onMember *applier, s b
 	switch {
 	case err == nil:
 		if tokenStillGood(ctx, current.Data[BrokerSecretKey], s) {
+			if onMember.manifests != nil {
+				_, err := onMember.apply(ctx, secretGVR, brokerSecret(current.Data[BrokerSecretKey], current.Annotations[tokenExpiresAnnotation]))
+				return err
+			}
 			onMember.report(secretGVR, BrokerSecret, "unchanged")
 			return nil
 		}
@@ -278,14 +315,22 @@ func writeBrokerSecret(ctx context.Context, hub *Clients, onMember *applier, s b
 	if err != nil {
 		return fmt.Errorf("encoding the broker kubeconfig: %w", err)
 	}
-	_, err = onMember.apply(ctx, secretGVR, &corev1.Secret{
+	_, err = onMember.apply(ctx, secretGVR, brokerSecret(kubeconfig, tr.Status.ExpirationTimestamp.UTC().Format(time.RFC3339)))
+	return err
+}
+
+// tokenExpiresAnnotation records on the broker Secret when its token
+// expires, for people; join reads the token itself.
+const tokenExpiresAnnotation = "broker.isthmus.dev/token-expires"
+
+func brokerSecret(kubeconfig []byte, expires string) *corev1.Secret {
+	return &corev1.Secret{
 		TypeMeta: metav1.TypeMeta{APIVersion: "v1", Kind: "Secret"},
 		ObjectMeta: metav1.ObjectMeta{Name: BrokerSecret, Namespace: MemberNamespace, Labels: partOf,
-			Annotations: map[string]string{"broker.isthmus.dev/token-expires": tr.Status.ExpirationTimestamp.UTC().Format(time.RFC3339)}},
+			Annotations: map[string]string{tokenExpiresAnnotation: expires}},
 		Type: corev1.SecretTypeOpaque,
 		Data: map[string][]byte{BrokerSecretKey: kubeconfig},
-	})
-	return err
+	}
 }
 
 func brokerKubeconfig(s brokerSecretSpec, token string) clientcmdapi.Config {
@@ -353,19 +398,26 @@ func jwtExpiry(token string) (time.Time, bool) {
 // else the Secret join stored in this cluster. It returns the namespace the
 // credential names, or the default.
 func BrokerConfig(ctx context.Context, local kubernetes.Interface, path string) (*rest.Config, string, error) {
+	return BrokerConfigFrom(ctx, local, path, BrokerSecret)
+}
+
+// BrokerConfigFrom is BrokerConfig reading the Secret secret of
+// MemberNamespace (key BrokerSecretKey) instead of the one join writes: a
+// GitOps install may bring the credential in a Secret of its own.
+func BrokerConfigFrom(ctx context.Context, local kubernetes.Interface, path, secret string) (*rest.Config, string, error) {
 	var raw clientcmd.ClientConfig
 	if path != "" {
 		rules := &clientcmd.ClientConfigLoadingRules{ExplicitPath: path}
 		raw = clientcmd.NewNonInteractiveDeferredLoadingClientConfig(rules, &clientcmd.ConfigOverrides{})
 	} else {
-		s, err := local.CoreV1().Secrets(MemberNamespace).Get(ctx, BrokerSecret, metav1.GetOptions{})
+		s, err := local.CoreV1().Secrets(MemberNamespace).Get(ctx, secret, metav1.GetOptions{})
 		if err != nil {
 			return nil, "", fmt.Errorf("reading the broker credential from Secret %s/%s (run isthmusctl join, or pass --broker-kubeconfig): %w",
-				MemberNamespace, BrokerSecret, err)
+				MemberNamespace, secret, err)
 		}
 		data := s.Data[BrokerSecretKey]
 		if len(data) == 0 {
-			return nil, "", errors.New("the broker Secret holds no kubeconfig: run isthmusctl join again")
+			return nil, "", fmt.Errorf("the broker Secret %s/%s holds no %q: run isthmusctl join again", MemberNamespace, secret, BrokerSecretKey)
 		}
 		if raw, err = clientcmd.NewClientConfigFromBytes(data); err != nil {
 			return nil, "", fmt.Errorf("parsing the broker kubeconfig: %w", err)

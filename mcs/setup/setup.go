@@ -52,6 +52,9 @@ type applier struct {
 	c     *Clients
 	out   io.Writer
 	where string // suffix for report lines, e.g. " (broker)"
+	// manifests, when set, receives each object instead of the cluster:
+	// a dry run reads the cluster but writes nothing to it.
+	manifests *[]*unstructured.Unstructured
 }
 
 // apply server-side-applies obj (a typed object with TypeMeta set) as
@@ -64,6 +67,11 @@ func (a *applier) apply(ctx context.Context, gvr schema.GroupVersionResource, ob
 	u := &unstructured.Unstructured{Object: m}
 	unstructured.RemoveNestedField(u.Object, "metadata", "creationTimestamp")
 	unstructured.RemoveNestedField(u.Object, "status")
+	if a.manifests != nil {
+		*a.manifests = append(*a.manifests, u)
+		a.report(gvr, u.GetName(), "written to the manifests")
+		return u, nil
+	}
 	var ri dynamic.ResourceInterface = a.c.Dynamic.Resource(gvr)
 	if ns := u.GetNamespace(); ns != "" {
 		ri = a.c.Dynamic.Resource(gvr).Namespace(ns)
@@ -108,6 +116,9 @@ func (a *applier) applyCRDs(ctx context.Context, crds []*apiextensionsv1.CustomR
 		if _, err := a.apply(ctx, crdGVR, crd); err != nil {
 			return err
 		}
+	}
+	if a.manifests != nil {
+		return nil
 	}
 	for _, crd := range crds {
 		err := wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {

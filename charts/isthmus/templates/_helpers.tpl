@@ -62,6 +62,13 @@ isthmus-tunnel-{{ .Values.clusterID }}
 {{ include "isthmus.env" (list "KUBE_API_BURST" $.Values.kubeAPI.burst) }}
 {{ include "isthmus.env" (list "METRICS_ADDR" (index . 1)) }}
 {{ include "isthmus.env" (list "LOG_LEVEL" $.Values.logLevel) }}
+{{ include "isthmus.env" (list "LOG_FORMAT" $.Values.logFormat) }}
+{{ include "isthmus.env" (list "BROKER_SECRET" (include "isthmus.brokerSecret" $)) }}
+{{- end -}}
+
+{{/* brokerSecret is the Secret holding the broker kubeconfig. */}}
+{{- define "isthmus.brokerSecret" -}}
+{{ .Values.broker.existingSecret | default "isthmus-broker" }}
 {{- end -}}
 
 {{/*

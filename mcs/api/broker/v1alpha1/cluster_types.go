@@ -14,7 +14,9 @@ import (
 // +kubebuilder:resource:scope=Namespaced,shortName=icl
 // +kubebuilder:printcolumn:name="Region",type=string,JSONPath=`.spec.region`
 // +kubebuilder:printcolumn:name="Zone",type=string,JSONPath=`.spec.zone`
-// +kubebuilder:printcolumn:name="Ready",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].status`
+// +kubebuilder:printcolumn:name="Heartbeat",type=string,JSONPath=`.status.conditions[?(@.type=="Heartbeat")].status`,description="whether the other members see this cluster's Lease renewed"
+// +kubebuilder:printcolumn:name="Reason",type=string,JSONPath=`.status.conditions[?(@.type=="Heartbeat")].reason`,description="LeaseRenewed, LeaseExpired (still imported) or Withdrawn"
+// +kubebuilder:printcolumn:name="Tunnel",type=string,JSONPath=`.status.tunnel.implementation`,priority=1,description="the WireGuard device of its active gateway: kernel or userspace"
 // +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
 // +kubebuilder:validation:XValidation:rule="self.metadata.name == self.spec.clusterID",message="metadata.name must equal spec.clusterID"
 type Cluster struct {
@@ -111,8 +113,9 @@ type WireGuardPeer struct {
 
 // ClusterStatus is what the clusterset observes about a member.
 type ClusterStatus struct {
-	// Conditions: Ready (the member heartbeats and is in use) and others
-	// that say what an operator should act on.
+	// Conditions: Heartbeat (whether the other members see the member's
+	// Lease renewed, written by them; `kubectl get clusters` shows it) and
+	// others that say what an operator should act on.
 	// +optional
 	// +listType=map
 	// +listMapKey=type
