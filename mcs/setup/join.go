@@ -2,8 +2,6 @@ package setup
 
 import (
 	"context"
-	"encoding/base64"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -281,7 +279,7 @@ func writeBrokerSecret(ctx context.Context, hub *Clients, onMember *applier, s b
 	_, err = onMember.apply(ctx, secretGVR, &corev1.Secret{
 		TypeMeta: metav1.TypeMeta{APIVersion: "v1", Kind: "Secret"},
 		ObjectMeta: metav1.ObjectMeta{Name: BrokerSecret, Namespace: MemberNamespace, Labels: partOf,
-			Annotations: map[string]string{"broker.isthmus.dev/token-expires": tr.Status.ExpirationTimestamp.UTC().Format(time.RFC3339)}},
+			Annotations: map[string]string{tokenExpiresAnnotation: tr.Status.ExpirationTimestamp.UTC().Format(time.RFC3339)}},
 		Type: corev1.SecretTypeOpaque,
 		Data: map[string][]byte{BrokerSecretKey: kubeconfig},
 	})
@@ -332,21 +330,8 @@ func tokenStillGood(ctx context.Context, data []byte, s brokerSecretSpec) bool {
 // jwtExpiry reads a JWT's exp claim without verifying it; the broker
 // verifies the token when it is used.
 func jwtExpiry(token string) (time.Time, bool) {
-	parts := strings.Split(token, ".")
-	if len(parts) != 3 {
-		return time.Time{}, false
-	}
-	payload, err := base64.RawURLEncoding.DecodeString(parts[1])
-	if err != nil {
-		return time.Time{}, false
-	}
-	var claims struct {
-		Exp int64 `json:"exp"`
-	}
-	if err := json.Unmarshal(payload, &claims); err != nil || claims.Exp == 0 {
-		return time.Time{}, false
-	}
-	return time.Unix(claims.Exp, 0), true
+	c, ok := parseToken(token)
+	return c.expires(), ok
 }
 
 // BrokerConfig loads the broker credential: a kubeconfig file if given,
