@@ -8,4 +8,6 @@
 //
 // Peers and routes are reconciled by difference, one peer at a time,
 // because replacing all of a live device's peers drops every session.
+// The routes live in a table of their own, consulted by a rule (rule.go),
+// so a route someone else made is never replaced.
 package tunnel

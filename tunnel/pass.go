@@ -116,6 +116,10 @@ func (t *Tunnel) fullPass(ctx context.Context, rec *reconciler, inf cache.Shared
 	if err != nil {
 		return err
 	}
+	// Every full pass, so that a rule removed by hand comes back.
+	if err := rec.ensureRules(t.cfg.RulePriority, link); err != nil {
+		return err
+	}
 	t.plan.reset(local, records)
 	peers := make([]Peer, 0, len(t.plan.peers))
 	for _, p := range t.plan.peers {

@@ -291,7 +291,18 @@ func (r *reconciler) ensureRoute(pfx netip.Prefix, ch *changes) error {
 		return nil
 	}
 	r.op(opReplaceRoute)
-	if err := netlink.RouteReplace(r.route(r.link, pfx, r.src)); err != nil {
+	// Only a route of ours is replaced. A new one is added exclusively:
+	// the kernel refuses it when a route to the same range, of whatever
+	// origin, is there, and that route is left as it is (only the main
+	// table can hold one; our own holds nothing of anyone else's).
+	add := netlink.RouteReplace
+	if _, ours := r.routes[pfx]; !ours {
+		add = netlink.RouteAdd
+	}
+	if err := add(r.route(r.link, pfx, r.src)); err != nil {
+		if errors.Is(err, unix.EEXIST) {
+			return fmt.Errorf("adding route %s dev %s: table %d already has a route to %s that Isthmus did not create; it is left as it is", pfx, r.dev, r.table, pfx)
+		}
 		return fmt.Errorf("adding route %s dev %s: %w", pfx, r.dev, err)
 	}
 	r.routes[pfx] = src

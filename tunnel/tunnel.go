@@ -62,9 +62,12 @@ type Config struct {
 	// status.
 	StatusInterval time.Duration
 	RouteProtocol  int
-	RouteTable     int
-	KeyNamespace   string
-	KeySecret      string
+	// RouteTable holds the routes to other clusters; a table other than
+	// MainTable is consulted by a rule of RulePriority (rule.go).
+	RouteTable   int
+	RulePriority int
+	KeyNamespace string
+	KeySecret    string
 	// Election, when set, runs the device only while this replica holds
 	// the gateway Lease (LeaseName, in KeyNamespace): the replicas share
 	// one key, and two active devices with it would make every peer roam
@@ -109,8 +112,8 @@ func (c Config) Validate() error {
 		return errors.New("resync, probe and status intervals must be positive")
 	case c.RouteProtocol < 5 || c.RouteProtocol > 255:
 		return fmt.Errorf("route protocol %d must be 5-255 (0-4 are the kernel's own)", c.RouteProtocol)
-	case c.RouteTable < 1:
-		return fmt.Errorf("route table %d must be positive", c.RouteTable)
+	case checkTable(c.RouteTable, c.RulePriority) != nil:
+		return checkTable(c.RouteTable, c.RulePriority)
 	case c.KeyNamespace == "" || c.KeySecret == "":
 		return errors.New("the key Secret's namespace and name are required")
 	case c.Election != nil && c.Election.Identity == "":
@@ -216,9 +219,13 @@ func (t *Tunnel) run(ctx context.Context) (err error) {
 	rec.count = func(op string) { t.metrics.deviceOps.WithLabelValues(op).Inc() }
 	defer func() {
 		// The clean shutdown: peers and routes first, so nothing is left
-		// pointing at a device that is going away, then the device.
+		// pointing at a device that is going away, then our rules, then the
+		// device.
 		if cerr := rec.clear(); cerr != nil {
 			err = errors.Join(err, fmt.Errorf("removing peers and routes: %w", cerr))
+		}
+		if cerr := rec.removeRules(t.cfg.RulePriority); cerr != nil {
+			err = errors.Join(err, cerr)
 		}
 		if cerr := dev.Close(); cerr != nil {
 			err = errors.Join(err, cerr)

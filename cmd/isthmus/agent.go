@@ -68,6 +68,10 @@ func agentRole() role {
 					return err
 				}
 				e.health.Add("agent", a.Ready)
+				if cred := e.BrokerCredential(); cred != nil {
+					// The agent renews the token every role uses.
+					go cred.Renew(ctx, broker.Kube)
+				}
 				log.Info("starting the MCS agent", "cluster", id, "broker", broker.Config.Host, "brokerNamespace", ns, "dataplane", dataplane)
 				return a.Run(ctx)
 			}

@@ -93,7 +93,8 @@ func clusterset(t *testing.T) {
 				setupErr = err
 				return
 			}
-			if _, setupErr = setup.Join(ctx, hub, member, setup.JoinOptions{ClusterID: ids[i]}, &out); setupErr != nil {
+			if _, setupErr = setup.Join(ctx, hub, member, setup.JoinOptions{ClusterID: ids[i],
+				PodCIDRs: []string{m.PodCIDR.String()}, ServiceCIDRs: []string{m.ServiceCIDR.String()}}, &out); setupErr != nil {
 				return
 			}
 		}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"k8s.io/client-go/dynamic"
@@ -38,6 +39,7 @@ import (
 	"github.com/isthmus-dev/isthmus/dnsserver"
 	"github.com/isthmus-dev/isthmus/mcs/agent"
 	brokerclient "github.com/isthmus-dev/isthmus/mcs/api/broker/generated/clientset/versioned"
+	"github.com/isthmus-dev/isthmus/mcs/setup"
 	"github.com/isthmus-dev/isthmus/tunnel"
 	"github.com/isthmus-dev/isthmus/xds"
 	xdsidentity "github.com/isthmus-dev/isthmus/xds/identity"
@@ -256,6 +258,15 @@ func registeredMetrics(t *testing.T) map[string]bool {
 		t.Fatal(err)
 	}
 	xdsidentity.NewMetrics(rec)
+	// The broker credential, from a kubeconfig file holding a token.
+	kc := filepath.Join(t.TempDir(), "broker.kubeconfig")
+	token := "e30." + base64.RawURLEncoding.EncodeToString([]byte(`{"exp":2000000000,"iat":1999999400,"sub":"system:serviceaccount:isthmus-broker:isthmus-member-c"}`)) + ".sig"
+	if err := os.WriteFile(kc, []byte("apiVersion: v1\nkind: Config\nclusters: [{name: b, cluster: {server: 'https://192.0.2.1'}}]\nusers: [{name: c, user: {token: '"+token+"'}}]\ncontexts: [{name: b, context: {cluster: b, user: c}}]\ncurrent-context: b\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, cred, err := setup.NewBrokerCredential(ctx, setup.CredentialConfig{Path: kc, Log: log, Registry: rec}); err != nil || cred == nil {
+		t.Fatalf("the broker credential: %v", err)
+	}
 	// 46 today: a recorder that saw next to nothing would pass any query.
 	if len(rec.names) < 40 {
 		t.Fatalf("only %d metrics registered: %v", len(rec.names), rec.names)

@@ -12,6 +12,7 @@ import (
 	"sync"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"k8s.io/client-go/rest"
 
 	"github.com/isthmus-dev/isthmus/cmd/internal/buildinfo"
 	"github.com/isthmus-dev/isthmus/cmd/internal/kube"
@@ -92,11 +93,16 @@ type env struct {
 	reg    *prometheus.Registry
 	health *serve.Health
 
+	log *slog.Logger
+
 	mu       sync.Mutex
 	local    *kube.Clients
 	broker   *kube.Clients
 	brokerNS string
-	id       string
+	// brokerCred is the broker token in use; nil when the broker
+	// kubeconfig holds none (a client certificate, or --broker-context).
+	brokerCred *setup.BrokerCredential
+	id         string
 }
 
 // Local returns this cluster's clients.
@@ -133,13 +139,28 @@ func (e *env) Broker(ctx context.Context) (*kube.Clients, string, error) {
 	if err != nil {
 		return nil, "", err
 	}
-	cfg, ns, err := setup.BrokerConfigFrom(ctx, local.Kube, e.flags.brokerKubeconfig, e.flags.brokerSecret)
-	if err == nil && e.flags.brokerContext != "" {
-		cfg, err = kube.Config(e.flags.brokerKubeconfig, e.flags.brokerContext)
+	// The credential re-reads the stored token, so a renewed one is used
+	// without a restart, and fails readiness on a 401. A context of a
+	// kubeconfig file is taken as it is.
+	var cfg *rest.Config
+	var ns string
+	var cred *setup.BrokerCredential
+	if e.flags.brokerContext != "" {
+		if _, ns, err = setup.BrokerConfigFrom(ctx, local.Kube, e.flags.brokerKubeconfig, e.flags.brokerSecret); err == nil {
+			cfg, err = kube.Config(e.flags.brokerKubeconfig, e.flags.brokerContext)
+		}
+	} else {
+		cfg, ns, cred, err = setup.NewBrokerCredential(ctx, setup.CredentialConfig{Local: local.Kube, Path: e.flags.brokerKubeconfig,
+			Secret: e.flags.brokerSecret, Log: e.log.With("part", "broker-credential"), Registry: e.reg})
 	}
 	if err != nil {
 		return nil, "", err
 	}
+	if cred != nil {
+		e.health.Add("broker-credential", cred.Ready)
+		go cred.Run(ctx)
+	}
+	e.brokerCred = cred
 	if e.flags.brokerNamespace != "" {
 		ns = e.flags.brokerNamespace
 	}
@@ -149,6 +170,14 @@ func (e *env) Broker(ctx context.Context) (*kube.Clients, string, error) {
 	}
 	e.broker, e.brokerNS = c, ns
 	return c, ns, nil
+}
+
+// BrokerCredential is the broker token Broker's clients carry, nil when
+// they carry none or Broker was not called.
+func (e *env) BrokerCredential() *setup.BrokerCredential {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.brokerCred
 }
 
 // ClusterID returns this cluster's id: --cluster-id, or the ClusterProperty,
@@ -178,7 +207,7 @@ func (e *env) ClusterID(ctx context.Context) (string, error) {
 func runRoles(ctx context.Context, name string, rs []role, args []string, log *slog.Logger, stderr io.Writer) error {
 	fs := flag.NewFlagSet("isthmus "+name, flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	e := &env{reg: serve.NewRegistry(), health: serve.NewHealth()}
+	e := &env{reg: serve.NewRegistry(), health: serve.NewHealth(), log: log}
 	e.reg.MustRegister(buildinfo.Read().Collector())
 	metricsAddr, prefix := allMetricsAddr, true
 	if len(rs) == 1 {

@@ -29,7 +29,8 @@ func tunnelRole() role {
 			probeInterval := fs.Duration(p+"probe-interval", time.Second, "how often each peer is probed through the tunnel")
 			statusInterval := fs.Duration(p+"status-interval", 10*time.Second, "least time between two writes of the record's tunnel conditions")
 			routeProtocol := fs.Int(p+"route-protocol", 158, "route protocol id marking this role's routes (5-255)")
-			routeTable := fs.Int(p+"route-table", 254, "routing table of the routes to remote clusters (254 is main)")
+			routeTable := fs.Int(p+"route-table", tunnel.DefaultRouteTable, "routing table of the routes to remote clusters, consulted by a rule of --rule-priority (254, main: no rule, and a route already there for a range is left in place and reported)")
+			rulePriority := fs.Int(p+"rule-priority", tunnel.DefaultRulePriority, "priority of the rule consulting --route-table (1-32765: before the main table's)")
 			keyNS := fs.String(p+"key-namespace", brokerv1.MemberNamespace, "namespace of the key Secret in this cluster")
 			keySecret := fs.String(p+"key-secret", tunnel.DefaultKeySecret, "name of the Secret holding the cluster's WireGuard private key, shared by its gateway replicas")
 			leaderElect := fs.Bool(p+"leader-elect", true, "run the device only while holding the gateway Lease in --key-namespace, so one replica at a time is active")
@@ -50,7 +51,7 @@ func tunnelRole() role {
 					Device: *device, Implementation: implementation,
 					MTU: *mtu, ListenPort: *listenPort, Endpoint: ep, ProbePort: *probePort, Keepalive: *keepalive,
 					Resync: *resync, ProbeInterval: *probeInterval, StatusInterval: *statusInterval,
-					RouteProtocol: *routeProtocol, RouteTable: *routeTable, KeyNamespace: *keyNS, KeySecret: *keySecret,
+					RouteProtocol: *routeProtocol, RouteTable: *routeTable, RulePriority: *rulePriority, KeyNamespace: *keyNS, KeySecret: *keySecret,
 					Log: log, Registry: e.reg,
 				}
 				if *leaderElect {

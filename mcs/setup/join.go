@@ -2,8 +2,6 @@ package setup
 
 import (
 	"context"
-	"encoding/base64"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -319,10 +317,6 @@ func writeBrokerSecret(ctx context.Context, hub *Clients, onMember *applier, s b
 	return err
 }
 
-// tokenExpiresAnnotation records on the broker Secret when its token
-// expires, for people; join reads the token itself.
-const tokenExpiresAnnotation = "broker.isthmus.dev/token-expires"
-
 func brokerSecret(kubeconfig []byte, expires string) *corev1.Secret {
 	return &corev1.Secret{
 		TypeMeta: metav1.TypeMeta{APIVersion: "v1", Kind: "Secret"},
@@ -377,21 +371,8 @@ func tokenStillGood(ctx context.Context, data []byte, s brokerSecretSpec) bool {
 // jwtExpiry reads a JWT's exp claim without verifying it; the broker
 // verifies the token when it is used.
 func jwtExpiry(token string) (time.Time, bool) {
-	parts := strings.Split(token, ".")
-	if len(parts) != 3 {
-		return time.Time{}, false
-	}
-	payload, err := base64.RawURLEncoding.DecodeString(parts[1])
-	if err != nil {
-		return time.Time{}, false
-	}
-	var claims struct {
-		Exp int64 `json:"exp"`
-	}
-	if err := json.Unmarshal(payload, &claims); err != nil || claims.Exp == 0 {
-		return time.Time{}, false
-	}
-	return time.Unix(claims.Exp, 0), true
+	c, ok := parseToken(token)
+	return c.expires(), ok
 }
 
 // BrokerConfig loads the broker credential: a kubeconfig file if given,

@@ -214,7 +214,10 @@ func (w *World) join(ctx context.Context) error {
 	kc := w.Clusters.Kubeconfig
 	cmds := [][]string{{"broker", "install", "--kubeconfig", kc, "--context", w.Clusters.Broker.Name}}
 	for _, m := range w.Members {
-		cmds = append(cmds, []string{"join", "--kubeconfig", kc, "--context", m.Cluster.Name, "--broker-context", w.Clusters.Broker.Name, "--cluster-id", m.ID})
+		// The hub approves each member's own ranges, as a user should:
+		// the broker then refuses it any other range or endpoint address.
+		cmds = append(cmds, []string{"join", "--kubeconfig", kc, "--context", m.Cluster.Name, "--broker-context", w.Clusters.Broker.Name, "--cluster-id", m.ID,
+			"--pod-cidrs", m.Cluster.PodCIDR.String(), "--service-cidrs", m.Cluster.ServiceCIDR.String()})
 	}
 	for _, c := range cmds {
 		if out, err := exec.CommandContext(ctx, w.ctl, c...).CombinedOutput(); err != nil {

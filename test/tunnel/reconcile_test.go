@@ -62,7 +62,7 @@ func conflictOf(mb *member) (*metav1.Condition, error) {
 
 func routesOf(t *testing.T, mb *member) string {
 	t.Helper()
-	out, err := netnstest.Sh("ip", "-n", mb.ns, "route", "show", "proto", fmt.Sprint(routeProto))
+	out, err := netnstest.Sh("ip", "-n", mb.ns, "route", "show", "table", "all", "proto", fmt.Sprint(routeProto))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -160,7 +160,7 @@ func TestHandEditsRepairedWithinOneResync(t *testing.T) {
 	dumpLogsOnFailure(t)
 	a, b := w.members[0], w.members[1]
 	bPub := wgDevice(t, b).pub
-	if _, err := netnstest.Sh("ip", "-n", a.ns, "route", "del", "10.202.0.0/16", "dev", a.dev); err != nil {
+	if _, err := netnstest.Sh("ip", "-n", a.ns, "route", "del", "10.202.0.0/16", "dev", a.dev, "table", routeTable); err != nil {
 		t.Fatal(err)
 	}
 	took := eventually(t, resync+time.Second, "the deleted route back", func() error {

@@ -40,6 +40,8 @@ const (
 	bridge      = "tnlbr"
 	brokerNS    = "isthmus-broker"
 	routeProto  = 158
+	routeTable  = "51820" // the daemon's default
+	rulePref    = "32000" // likewise
 	resync      = 2 * time.Second
 	podPort     = 7007
 	metricsAddr = "127.0.0.1:9093"

@@ -128,7 +128,7 @@ func TestPodsReachEachOtherOnlyThroughTunnel(t *testing.T) {
 	if !strings.Contains(out, "dev "+a.dev) {
 		t.Errorf("route to %s goes %q, not through %s", b.pod, out, a.dev)
 	}
-	routes, _ := netnstest.Sh("ip", "-n", a.ns, "route", "show", "proto", fmt.Sprint(routeProto))
+	routes := routesOf(t, a)
 	for _, cidr := range []string{"10.202.0.0/16", "10.212.0.0/16", "10.203.0.0/16", "10.213.0.0/16"} {
 		if !strings.Contains(routes, cidr+" dev "+a.dev) {
 			t.Errorf("no route of ours to %s through %s:\n%s", cidr, a.dev, routes)
