@@ -53,7 +53,10 @@ func (a *Agent) setupInformers() error {
 	}
 	brokerExportInf := records.NewExportedServiceInformer(a.cfg.BrokerDynamic, ns, 0,
 		cache.Indexers{byService: serviceIndex, byCluster: clusterIndex}, undecodable)
-	clusterInf := records.NewClusterInformer(a.cfg.BrokerDynamic, ns, 0, cache.Indexers{}, undecodable)
+	// The lister reads by namespace: without its index every List scans
+	// and warns.
+	clusterInf := records.NewClusterInformer(a.cfg.BrokerDynamic, ns, 0,
+		cache.Indexers{cache.NamespaceIndex: cache.MetaNamespaceIndexFunc}, undecodable)
 
 	a.services = corelisters.NewServiceLister(svcInf.GetIndexer())
 	a.namespaces = corelisters.NewNamespaceLister(nsInf.GetIndexer())
