@@ -123,11 +123,18 @@ func run(ctx context.Context, log *slog.Logger, c config) error {
 	if err != nil {
 		return err
 	}
+	if _, err := broker.sample(); err != nil {
+		return err
+	}
 	fmt.Printf("### N = %d simulated members × K = %d exports, 3 full members (%s)\n\n", c.members, c.exports, time.Now().UTC().Format("2006-01-02 15:04 UTC"))
 	fmt.Printf("Lease %v (renewed every %v), full agents' withdraw-after %v; %d CPUs, load at start %s; clusterset up in %v.\n\n",
 		c.lease, c.lease/3, c.withdraw, runtime.NumCPU(), loadavg(), time.Since(began).Round(time.Second))
 
 	// The simulated members.
+	setup0, err := broker.sample()
+	if err != nil {
+		return err
+	}
 	simStart := time.Now()
 	sim := exec.CommandContext(ctx, os.Args[0], "-role", "sim", "-kubeconfig", cs.Broker.Kubeconfig,
 		"-members", fmt.Sprint(c.members), "-exports", fmt.Sprint(c.exports), "-lease", c.lease.String())
@@ -154,8 +161,15 @@ func run(ctx context.Context, log *slog.Logger, c config) error {
 		return err
 	}
 	imported := time.Since(simStart)
+	setup1, err := broker.sample()
+	if err != nil {
+		return err
+	}
 	fmt.Printf("| setup | time |\n|---|---|\n| %d members joined, records and %d exports written (8 writers) | %v |\n| … and every export imported in a, b and c (%d clusters behind each of %d imports) | %v |\n\n",
 		c.members, c.members*c.exports, joined.Round(100*time.Millisecond), c.members, c.exports, imported.Round(100*time.Millisecond))
+	fmt.Printf("Broker during setup: %.0f writes (%s); admission: %s; apiserver CPU %v, etcd CPU %v.\n\n",
+		setup1.writes-setup0.writes, setup1.diff(setup0), setup1.admissionCost(setup0),
+		(setup1.apiCPU-setup0.apiCPU).Round(time.Second), (setup1.dbCPU-setup0.dbCPU).Round(time.Second))
 	settle(ctx, full)
 
 	// Idle.
@@ -172,7 +186,7 @@ func run(ctx context.Context, log *slog.Logger, c config) error {
 	if err != nil {
 		return err
 	}
-	fmt.Printf("| window | length | broker writes/s (by resource) | apiserver CPU | etcd CPU | apiserver RSS | etcd RSS | agents' CPU (3 agents) | Go heap in use (3 agents) | import reconciles per agent per minute |\n|---|---|---|---|---|---|---|---|---|---|\n")
+	fmt.Printf("| window | length | broker writes/s (by resource) | apiserver CPU | etcd CPU | apiserver RSS | etcd RSS | agents' CPU (3 agents) | Go heap in use (3 agents) | import reconciles per agent per minute | admission policies |\n|---|---|---|---|---|---|---|---|---|---|---|\n")
 	idle.row("idle", c)
 	churn.row(fmt.Sprintf("churn (%d new exports from a)", c.samples), c)
 	fmt.Printf("\nExpected idle broker write rate with one Lease renewal per member per period: %.1f/s (%d members + 3 full, every %v).\n\n",

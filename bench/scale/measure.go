@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/cache"
 	mcsv1beta1 "sigs.k8s.io/mcs-api/pkg/apis/v1beta1"
@@ -65,17 +66,36 @@ type snapshot struct {
 	dbCPU      time.Duration
 	apiRSS     int64
 	dbRSS      int64
+	// admission is seconds spent in each admission policy, checks the
+	// number of evaluations.
+	admission, checks map[string]float64
+}
+
+// admissionCost says, per policy, the evaluations and the time they took
+// between two snapshots.
+func (s snapshot) admissionCost(before snapshot) string {
+	var parts []string
+	for policy, sec := range s.admission {
+		n := s.checks[policy] - before.checks[policy]
+		if n == 0 {
+			continue
+		}
+		d := sec - before.admission[policy]
+		parts = append(parts, fmt.Sprintf("%s: %.0f checks, %.1f ms each", policy, n, 1000*d/n))
+	}
+	sort.Strings(parts)
+	return strings.Join(parts, "; ")
 }
 
 var writeVerbs = map[string]bool{"POST": true, "PUT": true, "PATCH": true, "DELETE": true, "APPLY": true, "DELETECOLLECTION": true}
 
 func (p *brokerProbe) sample() (snapshot, error) {
-	s := snapshot{at: time.Now(), byResource: map[string]float64{}}
+	s := snapshot{at: time.Now(), byResource: map[string]float64{}, admission: map[string]float64{}, checks: map[string]float64{}}
 	raw, err := p.rest.Get().AbsPath("/metrics").DoRaw(context.Background())
 	if err != nil {
 		return s, fmt.Errorf("reading the broker's metrics: %w", err)
 	}
-	var parser expfmt.TextParser
+	parser := expfmt.NewTextParser(model.UTF8Validation)
 	fams, err := parser.TextToMetricFamilies(strings.NewReader(string(raw)))
 	if err != nil {
 		return s, err
@@ -101,6 +121,18 @@ func (p *brokerProbe) sample() (snapshot, error) {
 			}
 			s.writes += m.GetCounter().GetValue()
 			s.byResource[res] += m.GetCounter().GetValue()
+		}
+	}
+	// The admission policies' evaluation time, by policy: a policy bound
+	// with a parameter per member is evaluated once per member per write.
+	if f := fams["apiserver_validating_admission_policy_check_duration_seconds"]; f != nil {
+		for _, m := range f.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "policy" {
+					s.admission[l.GetValue()] += m.GetHistogram().GetSampleSum()
+					s.checks[l.GetValue()] += float64(m.GetHistogram().GetSampleCount())
+				}
+			}
 		}
 	}
 	s.apiCPU, s.apiRSS = procStat(p.apiserver)
@@ -200,10 +232,10 @@ func measureWindow(ctx context.Context, p *brokerProbe, full []*fleet.Member, d 
 func (w window) row(name string, c config) {
 	secs := w.length.Seconds()
 	pctOf := func(d time.Duration) string { return fmt.Sprintf("%.1f %%", 100*d.Seconds()/secs) }
-	fmt.Printf("| %s | %v (load %s) | %.2f (%s) | %s | %s | %d MiB | %d MiB | %s | %d MiB | %.1f |\n",
+	fmt.Printf("| %s | %v (load %s) | %.2f (%s) | %s | %s | %d MiB | %d MiB | %s | %d MiB | %.1f | %s |\n",
 		name, w.length.Round(100*time.Millisecond), w.loadAtEnd, (w.after.writes-w.before.writes)/secs, w.after.diff(w.before),
 		pctOf(w.after.apiCPU-w.before.apiCPU), pctOf(w.after.dbCPU-w.before.dbCPU), w.after.apiRSS>>20, w.after.dbRSS>>20,
-		pctOf(w.agentCPU), w.heap>>20, w.reconciles/3/(secs/60))
+		pctOf(w.agentCPU), w.heap>>20, w.reconciles/3/(secs/60), w.after.admissionCost(w.before))
 }
 
 // importWatch records when each ServiceImport of a namespace first
