@@ -14,6 +14,7 @@ import (
 	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
@@ -103,7 +104,7 @@ func runSims(ctx context.Context, log *slog.Logger, kubeconfig string, n, k int,
 				if err != nil && ctx.Err() == nil {
 					log.Warn("renewing", "member", s.id, "err", err)
 				}
-				s.lease = l
+				s.lease = l // nil after a failure: read afresh next time
 				select {
 				case <-ctx.Done():
 					return
@@ -184,23 +185,28 @@ func startSim(ctx context.Context, hub *setup.Clients, i, k int, lease time.Dura
 	return kube, l, nil
 }
 
-// renew writes member id's Lease as the agent does: create it once, then
-// update its renewTime from the copy the last write returned.
+// renew writes member id's Lease as the agent does: one update from the
+// copy the last write returned; after a failure (which may have landed:
+// a timeout) the next renewal reads the Lease first, and creates it if
+// there is none.
 func renew(ctx context.Context, kube kubernetes.Interface, id string, lease time.Duration, prev *coordinationv1.Lease) (*coordinationv1.Lease, error) {
 	api := kube.CoordinationV1().Leases(brokerv1.DefaultBrokerNamespace)
 	now, secs := metav1.NowMicro(), int32(lease/time.Second)
 	if prev == nil {
-		holder := id
-		return api.Create(ctx, &coordinationv1.Lease{
-			ObjectMeta: metav1.ObjectMeta{Name: brokerv1.LeaseName(id), Labels: map[string]string{brokerv1.LabelSourceCluster: id}},
-			Spec:       coordinationv1.LeaseSpec{HolderIdentity: &holder, LeaseDurationSeconds: &secs, AcquireTime: &now, RenewTime: &now},
-		}, metav1.CreateOptions{})
+		cur, err := api.Get(ctx, brokerv1.LeaseName(id), metav1.GetOptions{})
+		if apierrors.IsNotFound(err) {
+			holder := id
+			return api.Create(ctx, &coordinationv1.Lease{
+				ObjectMeta: metav1.ObjectMeta{Name: brokerv1.LeaseName(id), Labels: map[string]string{brokerv1.LabelSourceCluster: id}},
+				Spec:       coordinationv1.LeaseSpec{HolderIdentity: &holder, LeaseDurationSeconds: &secs, AcquireTime: &now, RenewTime: &now},
+			}, metav1.CreateOptions{})
+		}
+		if err != nil {
+			return nil, err
+		}
+		prev = cur
 	}
 	l := prev.DeepCopy()
 	l.Spec.RenewTime = &now
-	out, err := api.Update(ctx, l, metav1.UpdateOptions{})
-	if err != nil {
-		return prev, err
-	}
-	return out, nil
+	return api.Update(ctx, l, metav1.UpdateOptions{})
 }
