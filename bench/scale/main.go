@@ -167,9 +167,10 @@ func run(ctx context.Context, log *slog.Logger, c config) error {
 	}
 	fmt.Printf("| setup | time |\n|---|---|\n| %d members joined, records and %d exports written (8 writers) | %v |\n| … and every export imported in a, b and c (%d clusters behind each of %d imports) | %v |\n\n",
 		c.members, c.members*c.exports, joined.Round(100*time.Millisecond), c.members, c.exports, imported.Round(100*time.Millisecond))
-	fmt.Printf("Broker during setup: %.0f writes (%s); admission: %s; apiserver CPU %v, etcd CPU %v.\n\n",
-		setup1.writes-setup0.writes, setup1.diff(setup0), setup1.admissionCost(setup0),
-		(setup1.apiCPU-setup0.apiCPU).Round(time.Second), (setup1.dbCPU-setup0.dbCPU).Round(time.Second))
+	setupWrites, setupCPU := setup1.writes-setup0.writes, setup1.apiCPU-setup0.apiCPU
+	fmt.Printf("Broker during setup: %.0f writes (%s); apiserver CPU %v (%.1f ms per write), etcd CPU %v. %s\n\n",
+		setupWrites, setup1.diff(setup0), setupCPU.Round(time.Second), 1000*setupCPU.Seconds()/max(setupWrites, 1),
+		(setup1.dbCPU - setup0.dbCPU).Round(time.Second), setup1.admissionCost(setup0))
 	settle(ctx, full)
 
 	// Idle.
@@ -186,7 +187,7 @@ func run(ctx context.Context, log *slog.Logger, c config) error {
 	if err != nil {
 		return err
 	}
-	fmt.Printf("| window | length | broker writes/s (by resource) | apiserver CPU | etcd CPU | apiserver RSS | etcd RSS | agents' CPU (3 agents) | Go heap in use (3 agents) | import reconciles per agent per minute | admission policies |\n|---|---|---|---|---|---|---|---|---|---|---|\n")
+	fmt.Printf("| window | length | broker writes/s (by resource) | apiserver CPU | etcd CPU | apiserver RSS | etcd RSS | agents' CPU (3 agents) | Go heap in use (3 agents) | import reconciles per agent per minute |\n|---|---|---|---|---|---|---|---|---|---|\n")
 	idle.row("idle", c)
 	churn.row(fmt.Sprintf("churn (%d new exports from a)", c.samples), c)
 	fmt.Printf("\nExpected idle broker write rate with one Lease renewal per member per period: %.1f/s (%d members + 3 full, every %v).\n\n",
@@ -312,7 +313,8 @@ func waitWithdrawn(ctx context.Context, full []*fleet.Member, cluster string, k 
 	return nil
 }
 
-// settle waits until no agent has reconciled an import for 3 s.
+// settle waits until no agent has reconciled an import for 3 s, or a
+// minute at most.
 func settle(ctx context.Context, full []*fleet.Member) {
 	count := func() float64 {
 		n := 0.0
@@ -321,7 +323,7 @@ func settle(ctx context.Context, full []*fleet.Member) {
 		}
 		return n
 	}
-	for last := count(); ctx.Err() == nil; {
+	for last, deadline := count(), time.Now().Add(time.Minute); ctx.Err() == nil && time.Now().Before(deadline); {
 		time.Sleep(3 * time.Second)
 		n := count()
 		if n == last {
