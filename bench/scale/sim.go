@@ -196,10 +196,14 @@ func renew(ctx context.Context, kube kubernetes.Interface, id string, lease time
 		cur, err := api.Get(ctx, brokerv1.LeaseName(id), metav1.GetOptions{})
 		if apierrors.IsNotFound(err) {
 			holder := id
-			return api.Create(ctx, &coordinationv1.Lease{
+			created, err := api.Create(ctx, &coordinationv1.Lease{
 				ObjectMeta: metav1.ObjectMeta{Name: brokerv1.LeaseName(id), Labels: map[string]string{brokerv1.LabelSourceCluster: id}},
 				Spec:       coordinationv1.LeaseSpec{HolderIdentity: &holder, LeaseDurationSeconds: &secs, AcquireTime: &now, RenewTime: &now},
 			}, metav1.CreateOptions{})
+			if err != nil {
+				return nil, err
+			}
+			return created, nil
 		}
 		if err != nil {
 			return nil, err
@@ -208,5 +212,9 @@ func renew(ctx context.Context, kube kubernetes.Interface, id string, lease time
 	}
 	l := prev.DeepCopy()
 	l.Spec.RenewTime = &now
-	return api.Update(ctx, l, metav1.UpdateOptions{})
+	out, err := api.Update(ctx, l, metav1.UpdateOptions{})
+	if err != nil {
+		return nil, err // client-go returns an empty object beside the error
+	}
+	return out, nil
 }
