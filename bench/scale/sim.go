@@ -151,7 +151,7 @@ func startSim(ctx context.Context, hub *setup.Clients, i, k int, lease time.Dura
 		Spec: brokerv1.ClusterSpec{ClusterID: id, Region: []string{"eu", "us", "ap"}[i%3],
 			PodCIDRs: []string{simPodCIDR(i)}, Versions: map[string]string{"agent": "sim"}},
 	}, metav1.CreateOptions{}); err != nil {
-		return nil, nil, fmt.Errorf("Cluster record: %w", err)
+		return nil, nil, fmt.Errorf("the Cluster record: %w", err)
 	}
 	l, err := renew(ctx, kube, id, lease, nil)
 	if err != nil {
