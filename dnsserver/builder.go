@@ -166,8 +166,8 @@ func (b *Builder) Build() *Index {
 func (ix *Index) add(id svcID, s *service) {
 	ix.services[wireKey(id.name+"."+id.ns+".")] = s
 	ix.namespaces[wireKey(id.ns+".")]++
-	for c := range s.clusters {
-		ix.clusterIDs[c]++
+	for _, c := range s.clusters {
+		ix.clusterIDs[c.key]++
 	}
 	ix.names += s.names
 }
@@ -181,9 +181,9 @@ func (ix *Index) remove(id svcID, s *service) {
 	if ix.namespaces[ns]--; ix.namespaces[ns] <= 0 {
 		delete(ix.namespaces, ns)
 	}
-	for c := range s.clusters {
-		if ix.clusterIDs[c]--; ix.clusterIDs[c] <= 0 {
-			delete(ix.clusterIDs, c)
+	for _, c := range s.clusters {
+		if ix.clusterIDs[c.key]--; ix.clusterIDs[c.key] <= 0 {
+			delete(ix.clusterIDs, c.key)
 		}
 	}
 	ix.names -= s.names

@@ -22,10 +22,12 @@ type service struct {
 	// form of the labels before <svc>.<ns>: _port._proto, _proto,
 	// hostname.clusterid and clusterid (the last two only as empty
 	// non-terminals or per-host names, never with data of their own).
-	sub map[string]*node
+	sub names
 	// clusters holds the opt-in per-cluster form, keyed by the lowercase
 	// wire form of the cluster id; nil when that form is off.
-	clusters map[string]*node
+	clusters names
+	// perCluster is true when the per-cluster form is on.
+	perCluster bool
 	// names counts the owner names this service contributes.
 	names int
 }
@@ -85,20 +87,37 @@ func compileService(cfg *Config, imp *mcsv1beta1.ServiceImport, slices []*discov
 	ns, name := strings.ToLower(imp.Namespace), strings.ToLower(imp.Name)
 	owner := name + "." + ns + ".svc." + cfg.Zone
 	units := readyUnits(slices, owner)
-	s := &service{sub: map[string]*node{}}
+	s := &service{}
+	b := &serviceBuild{sub: map[string]*node{}}
 	p := packer{cfg: cfg}
 	if imp.Spec.Type == mcsv1beta1.Headless {
-		compileHeadless(&p, s, owner, units)
+		compileHeadless(&p, s, b, owner, units)
 	} else {
-		compileClusterSetIP(&p, s, owner, imp)
+		compileClusterSetIP(&p, s, b, owner, imp)
 	}
 	if cfg.ClusterZone != "" {
-		compilePerCluster(&p, s, name+"."+ns+".svc.", units)
+		s.perCluster = true
+		compilePerCluster(&p, s, b, name+"."+ns+".svc.", units)
 	}
+	s.sub, s.clusters = namesOf(b.sub), namesOf(b.clusters)
+	nodes := []*node{s.apex}
+	for _, n := range s.sub {
+		nodes = append(nodes, n.node)
+	}
+	for _, n := range s.clusters {
+		nodes = append(nodes, n.node)
+	}
+	compact(nodes...)
 	return s
 }
 
-func compileClusterSetIP(p *packer, s *service, owner string, imp *mcsv1beta1.ServiceImport) {
+// serviceBuild holds a service's names while it is compiled, before they
+// are frozen into sorted slices.
+type serviceBuild struct {
+	sub, clusters map[string]*node
+}
+
+func compileClusterSetIP(p *packer, s *service, b *serviceBuild, owner string, imp *mcsv1beta1.ServiceImport) {
 	var v4, v6 []netip.Addr
 	for _, ip := range imp.Spec.IPs {
 		a, err := netip.ParseAddr(ip)
@@ -146,14 +165,14 @@ func compileClusterSetIP(p *packer, s *service, owner string, imp *mcsv1beta1.Se
 	}
 	apex.srv = p.answer(owner, dns.TypeSRV, 1, one(bare, glue))
 	for label, rrs := range named {
-		s.sub[wireKey(label)] = &node{srv: p.answer(label+owner, dns.TypeSRV, 1, one(rrs, glue))}
-		s.addENT(protoLabel(label))
+		b.sub[wireKey(label)] = &node{srv: p.answer(label+owner, dns.TypeSRV, 1, one(rrs, glue))}
+		b.addENT(protoLabel(label))
 	}
 	s.apex = apex
-	s.names = 1 + len(s.sub)
+	s.names = 1 + len(b.sub)
 }
 
-func compileHeadless(p *packer, s *service, owner string, units []unit) {
+func compileHeadless(p *packer, s *service, b *serviceBuild, owner string, units []unit) {
 	if len(units) == 0 {
 		return // no ready endpoint: the spec's NXDOMAIN
 	}
@@ -222,8 +241,8 @@ func compileHeadless(p *packer, s *service, owner string, units []unit) {
 		}
 	}
 	for l := range labels {
-		s.sub[wireKey(l)] = &node{srv: p.answer(l+owner, dns.TypeSRV, len(units), genSRV(l))}
-		s.addENT(protoLabel(l))
+		b.sub[wireKey(l)] = &node{srv: p.answer(l+owner, dns.TypeSRV, len(units), genSRV(l))}
+		b.addENT(protoLabel(l))
 	}
 	for _, u := range units {
 		one := func(v6 bool) genFunc {
@@ -240,19 +259,19 @@ func compileHeadless(p *packer, s *service, owner string, units []unit) {
 		host := &node{}
 		host.a = p.answer(u.target, dns.TypeA, 1, one(false))
 		host.aaaa = p.answer(u.target, dns.TypeAAAA, 1, one(true))
-		s.sub[wireKey(u.host+"."+u.cluster+".")] = host
+		b.sub[wireKey(u.host+"."+u.cluster+".")] = host
 		// <clusterid>.<svc>.<ns>: reserved by the spec. It exists only as
 		// the empty non-terminal above the per-host names, so it answers
 		// NODATA and never carries a record.
-		s.addENT(u.cluster + ".")
+		b.addENT(u.cluster + ".")
 	}
-	s.names = 1 + len(s.sub)
+	s.names = 1 + len(b.sub)
 }
 
 // compilePerCluster builds the opt-in <svc>.<ns>.svc.<clusterid>.<cluster
 // zone> names: the ready addresses one cluster's slices list.
-func compilePerCluster(p *packer, s *service, prefix string, units []unit) {
-	s.clusters = map[string]*node{}
+func compilePerCluster(p *packer, s *service, b *serviceBuild, prefix string, units []unit) {
+	b.clusters = map[string]*node{}
 	byCluster := map[string][]unit{}
 	for _, u := range units {
 		byCluster[u.cluster] = append(byCluster[u.cluster], u)
@@ -274,15 +293,15 @@ func compilePerCluster(p *packer, s *service, prefix string, units []unit) {
 		}
 		n := &node{}
 		n.a, n.aaaa = p.answerPair(owner, len(us), gen(false), gen(true))
-		s.clusters[wireKey(c+".")] = n
+		b.clusters[wireKey(c+".")] = n
 	}
-	s.names += len(s.clusters)
+	s.names += len(b.clusters)
 }
 
-func (s *service) addENT(prefix string) {
+func (b *serviceBuild) addENT(prefix string) {
 	k := wireKey(prefix)
-	if _, ok := s.sub[k]; !ok {
-		s.sub[k] = &node{}
+	if _, ok := b.sub[k]; !ok {
+		b.sub[k] = ent
 	}
 }
 

@@ -8,7 +8,11 @@
 // without allocating, finds the name with map lookups keyed by the wire
 // form of its labels, copies the packed response and patches the ID, the
 // flags, the question (so the client's case is echoed) and an OPT record.
-// Only services whose objects changed are repacked per Build.
+// Only services whose objects changed are repacked per Build. A service's
+// packed responses share one byte slab (identical variants stored once)
+// and the informers keep only the fields the index reads, so memory grows
+// with the bytes answered rather than with allocations per name
+// (slab.go).
 //
 // Decisions the specification leaves open, and why:
 //

@@ -156,7 +156,7 @@ func (ix *Index) lookup(lw []byte, offs []uint8) (result, *zone, *node) {
 		if nl == 3 {
 			return resNode, z, s.apex
 		}
-		if n := s.sub[string(lw[:bound(nl-3)])]; n != nil {
+		if n := s.sub.get(lw[:bound(nl-3)]); n != nil {
 			return resNode, z, n
 		}
 	}
@@ -177,8 +177,8 @@ func (ix *Index) lookupCluster(lw []byte, nl int, label func(int) []byte, bound 
 		return resNode, z, z.ent
 	case nl >= 4 && string(label(2)) == "svc" && known(3):
 		s := ix.services[string(lw[:bound(2)])]
-		if s != nil && s.clusters != nil {
-			if n := s.clusters[string(lw[bound(3):end])]; n != nil {
+		if s != nil && s.perCluster {
+			if n := s.clusters.get(lw[bound(3):end]); n != nil {
 				return resNode, z, n
 			}
 		}

@@ -122,6 +122,9 @@ func (s *Source) Run(ctx context.Context) error {
 		}); err != nil {
 			return fmt.Errorf("setting watch error handler: %w", err)
 		}
+		if err := inf.SetTransform(trim); err != nil {
+			return fmt.Errorf("setting transform: %w", err)
+		}
 	}
 	if _, err := imports.AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc:    func(o any) { s.setImport(o) },
@@ -214,4 +217,23 @@ func deletedKey(o any) (string, string, bool) {
 		return "", "", false
 	}
 	return m.GetNamespace(), m.GetName(), true
+}
+
+// trim drops, before an object enters the informer's cache, what the index
+// never reads: managed fields and annotations (often larger than the
+// object itself) and, in EndpointSlices, each endpoint's node, zone,
+// hints and target reference. At 100,000 services the cache would
+// otherwise hold more than the index.
+func trim(obj any) (any, error) {
+	switch o := obj.(type) {
+	case *mcsv1beta1.ServiceImport:
+		o.ManagedFields, o.Annotations = nil, nil
+	case *discoveryv1.EndpointSlice:
+		o.ManagedFields, o.Annotations, o.OwnerReferences = nil, nil, nil
+		for i := range o.Endpoints {
+			e := &o.Endpoints[i]
+			e.NodeName, e.Zone, e.Hints, e.TargetRef, e.DeprecatedTopology = nil, nil, nil, nil, nil
+		}
+	}
+	return obj, nil
 }

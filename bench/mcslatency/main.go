@@ -15,17 +15,15 @@ import (
 	"context"
 	"flag"
 	"fmt"
-	"io"
-	"k8s.io/client-go/dynamic"
 	"log/slog"
 	"os"
 	"runtime"
 	"slices"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -36,10 +34,8 @@ import (
 	mcsclient "sigs.k8s.io/mcs-api/pkg/client/clientset/versioned"
 	mcsinformers "sigs.k8s.io/mcs-api/pkg/client/informers/externalversions"
 
-	"github.com/isthmus-dev/isthmus/mcs/agent"
-	brokerclient "github.com/isthmus-dev/isthmus/mcs/api/broker/generated/clientset/versioned"
+	"github.com/isthmus-dev/isthmus/bench/internal/fleet"
 	brokerv1 "github.com/isthmus-dev/isthmus/mcs/api/broker/v1alpha1"
-	"github.com/isthmus-dev/isthmus/mcs/setup"
 	"github.com/isthmus-dev/isthmus/test/cluster"
 )
 
@@ -69,7 +65,7 @@ func run(samples, services int) error {
 	agentCtx, stopAgents := context.WithCancel(ctx)
 	defer stopAgents()
 	a, b := cs.Members[0], cs.Members[1]
-	if err := joinAndRun(agentCtx, cs, log); err != nil {
+	if _, err := fleet.JoinAndRun(agentCtx, cs, log, nil); err != nil {
 		return err
 	}
 	for _, m := range cs.Members {
@@ -78,16 +74,21 @@ func run(samples, services int) error {
 		}
 	}
 
-	floor, err := measureFloor(ctx, cs, samples)
+	load0 := loadavg()
+	bs, err := watchBroker(ctx, cs.Broker)
+	if err != nil {
+		return err
+	}
+	floorH, err := measureFloor(ctx, cs, bs, samples)
 	if err != nil {
 		return fmt.Errorf("floor: %w", err)
 	}
 	cpu0 := cpuTime()
-	exports, err := measureExports(ctx, a, b, samples)
+	exportsH, err := measureExports(ctx, a, b, bs, samples)
 	if err != nil {
 		return fmt.Errorf("export-to-imported: %w", err)
 	}
-	endpoints, err := measureEndpoints(ctx, a, b, samples)
+	endpointsH, err := measureEndpoints(ctx, a, b, bs, samples)
 	if err != nil {
 		return fmt.Errorf("endpoint-change-to-imported: %w", err)
 	}
@@ -95,81 +96,25 @@ func run(samples, services int) error {
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
 
+	fmt.Printf("load average at the start of the measurements: %s\n", load0)
 	fmt.Printf("conditions: %d samples each, sequential, from member a to member b; broker + 3 members on loopback (real kube-apiserver %s, etcd, KWOK), 3 agents in this process; %d CPUs\n",
 		samples, "v1.37.2", runtime.NumCPU())
 	fmt.Printf("| measurement | p50 | p99 | p50 / floor p50 | p99 / floor p99 |\n|---|---|---|---|---|\n")
+	floor := floorH.total
 	row := func(name string, d []time.Duration) {
 		fmt.Printf("| %s | %v | %v | %.2f | %.2f |\n", name, pct(d, 50), pct(d, 99),
 			float64(pct(d, 50))/float64(pct(floor, 50)), float64(pct(d, 99))/float64(pct(floor, 99)))
 	}
+	const exportRow, endpointRow = "export-to-imported (ServiceExport in A -> ServiceImport in B)", "endpoint-change-to-imported (EndpointSlice in A -> MCS slice in B)"
 	row("floor: bare write, two watch hops (A -> broker -> B)", floor)
-	row("export-to-imported (ServiceExport in A -> ServiceImport in B)", exports)
-	row("endpoint-change-to-imported (EndpointSlice in A -> MCS slice in B)", endpoints)
+	row(exportRow, exportsH.total)
+	row(endpointRow, endpointsH.total)
+	printBreakdown(floorH, map[string]hops{"floor": floorH, exportRow: exportsH, endpointRow: endpointsH}, []string{"floor", exportRow, endpointRow})
+	fmt.Printf("load average at the end: %s\n", loadavg())
 	fmt.Printf("process CPU during the agent measurements: %v (both agents, the clients and the watches); Go heap in use at the end: %d MiB\n",
 		cpu.Round(time.Millisecond), ms.HeapInuse>>20)
 	if services > 0 {
 		return measureScale(ctx, cs, services)
-	}
-	return nil
-}
-
-// joinAndRun installs the broker, joins the members as "a" and "b" and
-// runs their agents, each with its own broker credential.
-func joinAndRun(ctx context.Context, cs *cluster.Clusterset, log *slog.Logger) error {
-	hub, err := setup.NewClients(cs.Broker.Config)
-	if err != nil {
-		return err
-	}
-	if err := setup.InstallBroker(ctx, hub, setup.BrokerOptions{}, io.Discard); err != nil {
-		return err
-	}
-	for i, m := range cs.Members {
-		id := string(rune('a' + i))
-		member, err := setup.NewClients(m.Config)
-		if err != nil {
-			return err
-		}
-		if _, err := setup.Join(ctx, hub, member, setup.JoinOptions{ClusterID: id}, io.Discard); err != nil {
-			return err
-		}
-		brokerCfg, brokerNS, err := setup.BrokerConfig(ctx, member.Kube, "")
-		if err != nil {
-			return err
-		}
-		// As `isthmus agent` does by default (--kube-api-qps, --kube-api-burst).
-		brokerCfg.QPS, brokerCfg.Burst = 50, 100
-		broker, err := kubernetes.NewForConfig(brokerCfg)
-		if err != nil {
-			return err
-		}
-		brokerClient, err := brokerclient.NewForConfig(brokerCfg)
-		if err != nil {
-			return err
-		}
-		localMCS, err := mcsclient.NewForConfig(m.Config)
-		if err != nil {
-			return err
-		}
-		// Pod and Service ranges as the agent role publishes them: importers
-		// take another cluster's endpoints only inside its pod ranges.
-		ag, err := agent.New(agent.Config{ClusterID: id, BrokerNamespace: brokerNS,
-			PodCIDRs: []string{m.PodCIDR.String()}, ServiceCIDRs: []string{m.ServiceCIDR.String()},
-			Local: member.Kube, LocalMCS: localMCS, Broker: broker, BrokerClient: brokerClient, BrokerDynamic: dynamic.NewForConfigOrDie(brokerCfg),
-			Log: log, Registry: prometheus.NewRegistry()})
-		if err != nil {
-			return err
-		}
-		go func() {
-			if err := ag.Run(ctx); err != nil {
-				log.Error("agent stopped", "cluster", id, "err", err)
-			}
-		}()
-		for ag.Ready() != nil {
-			if ctx.Err() != nil {
-				return ctx.Err()
-			}
-			time.Sleep(50 * time.Millisecond)
-		}
 	}
 	return nil
 }
@@ -218,7 +163,7 @@ func (s *seen) wait(ctx context.Context, key string) (time.Time, error) {
 
 // measureFloor relays ConfigMaps A -> broker -> B with one watch and one
 // write per hop, the least any controller could do.
-func measureFloor(ctx context.Context, cs *cluster.Clusterset, samples int) ([]time.Duration, error) {
+func measureFloor(ctx context.Context, cs *cluster.Clusterset, bs *brokerSeen, samples int) (hops, error) {
 	a, hub, b := cs.Members[0].Client, cs.Broker.Client, cs.Members[1].Client
 	relay := func(from kubernetes.Interface, fromNS string, to kubernetes.Interface, toNS string) {
 		f := informers.NewSharedInformerFactoryWithOptions(from, 0, informers.WithNamespace(fromNS))
@@ -244,58 +189,66 @@ func measureFloor(ctx context.Context, cs *cluster.Clusterset, samples int) ([]t
 	f.Start(ctx.Done())
 	f.WaitForCacheSync(ctx.Done())
 
-	var out []time.Duration
+	var out hops
 	for i := range samples {
 		name := fmt.Sprintf("floor-%d", i)
 		start := time.Now()
 		if _, err := a.CoreV1().ConfigMaps(ns).Create(ctx, &corev1.ConfigMap{
 			ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{"floor": "yes"}}}, metav1.CreateOptions{}); err != nil {
-			return nil, err
+			return hops{}, err
 		}
 		t, err := s.wait(ctx, name)
 		if err != nil {
-			return nil, err
+			return hops{}, err
 		}
-		out = append(out, t.Sub(start))
+		mid, err := bs.floor.wait(ctx, name)
+		if err != nil {
+			return hops{}, err
+		}
+		out.add(start, mid, t)
 	}
 	return out, nil
 }
 
 // measureExports times ServiceExport creation in A until the ServiceImport
 // appears in B, for Services that already exist.
-func measureExports(ctx context.Context, a, b *cluster.Cluster, samples int) ([]time.Duration, error) {
+func measureExports(ctx context.Context, a, b *cluster.Cluster, bs *brokerSeen, samples int) (hops, error) {
 	mcsA, err := mcsclient.NewForConfig(a.Config)
 	if err != nil {
-		return nil, err
+		return hops{}, err
 	}
 	mcsB, err := mcsclient.NewForConfig(b.Config)
 	if err != nil {
-		return nil, err
+		return hops{}, err
 	}
 	s := newSeen(func(o any) (string, bool) { return o.(*mcsv1beta1.ServiceImport).Name, true })
 	f := mcsinformers.NewSharedInformerFactoryWithOptions(mcsB, 0, mcsinformers.WithNamespace(ns))
 	f.Multicluster().V1beta1().ServiceImports().Informer().AddEventHandler(s.handlers())
 	f.Start(ctx.Done())
 	f.WaitForCacheSync(ctx.Done())
-	var out []time.Duration
+	var out hops
 	for i := range samples {
 		name := fmt.Sprintf("svc-%d", i)
 		if _, err := a.Client.CoreV1().Services(ns).Create(ctx, &corev1.Service{
 			ObjectMeta: metav1.ObjectMeta{Name: name},
 			Spec:       corev1.ServiceSpec{Ports: []corev1.ServicePort{{Name: "http", Port: 80}}},
 		}, metav1.CreateOptions{}); err != nil {
-			return nil, err
+			return hops{}, err
 		}
 		start := time.Now()
 		if _, err := mcsA.MulticlusterV1beta1().ServiceExports(ns).Create(ctx, &mcsv1beta1.ServiceExport{
 			ObjectMeta: metav1.ObjectMeta{Name: name}}, metav1.CreateOptions{}); err != nil {
-			return nil, err
+			return hops{}, err
 		}
 		t, err := s.wait(ctx, name)
 		if err != nil {
-			return nil, err
+			return hops{}, err
 		}
-		out = append(out, t.Sub(start))
+		mid, err := bs.exports.wait(ctx, name)
+		if err != nil {
+			return hops{}, err
+		}
+		out.add(start, mid, t)
 	}
 	return out, nil
 }
@@ -303,17 +256,17 @@ func measureExports(ctx context.Context, a, b *cluster.Cluster, samples int) ([]
 // measureEndpoints changes the address in a hand-written EndpointSlice of
 // an exported selector-less Service in A and times until B's MCS slice
 // lists the new address.
-func measureEndpoints(ctx context.Context, a, b *cluster.Cluster, samples int) ([]time.Duration, error) {
+func measureEndpoints(ctx context.Context, a, b *cluster.Cluster, bs *brokerSeen, samples int) (hops, error) {
 	mcsA, err := mcsclient.NewForConfig(a.Config)
 	if err != nil {
-		return nil, err
+		return hops{}, err
 	}
 	const svc = "endpoints"
 	if _, err := a.Client.CoreV1().Services(ns).Create(ctx, &corev1.Service{
 		ObjectMeta: metav1.ObjectMeta{Name: svc},
 		Spec:       corev1.ServiceSpec{Ports: []corev1.ServicePort{{Name: "http", Port: 80}}},
 	}, metav1.CreateOptions{}); err != nil {
-		return nil, err
+		return hops{}, err
 	}
 	port, pname, ready := int32(8080), "http", true
 	slice := &discoveryv1.EndpointSlice{
@@ -325,11 +278,11 @@ func measureEndpoints(ctx context.Context, a, b *cluster.Cluster, samples int) (
 	}
 	created, err := a.Client.DiscoveryV1().EndpointSlices(ns).Create(ctx, slice, metav1.CreateOptions{})
 	if err != nil {
-		return nil, err
+		return hops{}, err
 	}
 	if _, err := mcsA.MulticlusterV1beta1().ServiceExports(ns).Create(ctx, &mcsv1beta1.ServiceExport{
 		ObjectMeta: metav1.ObjectMeta{Name: svc}}, metav1.CreateOptions{}); err != nil {
-		return nil, err
+		return hops{}, err
 	}
 	s := newSeen(func(o any) (string, bool) {
 		es := o.(*discoveryv1.EndpointSlice)
@@ -343,23 +296,27 @@ func measureEndpoints(ctx context.Context, a, b *cluster.Cluster, samples int) (
 	f.Start(ctx.Done())
 	f.WaitForCacheSync(ctx.Done())
 	if _, err := s.wait(ctx, "10.241.100.0"); err != nil {
-		return nil, err
+		return hops{}, err
 	}
-	var out []time.Duration
+	var out hops
 	for i := range samples {
 		addr := fmt.Sprintf("10.241.%d.%d", 101+i/250, 1+i%250)
 		created.Endpoints[0].Addresses = []string{addr}
 		start := time.Now()
 		updated, err := a.Client.DiscoveryV1().EndpointSlices(ns).Update(ctx, created, metav1.UpdateOptions{})
 		if err != nil {
-			return nil, err
+			return hops{}, err
 		}
 		created = updated
 		t, err := s.wait(ctx, addr)
 		if err != nil {
-			return nil, err
+			return hops{}, err
 		}
-		out = append(out, t.Sub(start))
+		mid, err := bs.slices.wait(ctx, addr)
+		if err != nil {
+			return hops{}, err
+		}
+		out.add(start, mid, t)
 	}
 	return out, nil
 }
@@ -375,4 +332,12 @@ func cpuTime() time.Duration {
 	var ru syscall.Rusage
 	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+func loadavg() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "?"
+	}
+	return strings.Join(strings.Fields(string(b))[:3], " ")
 }

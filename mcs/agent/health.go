@@ -67,10 +67,10 @@ func (a *Agent) unreachable(cluster string) bool {
 	return !reachable
 }
 
-// recheckHealth recomputes every known cluster's health and, when any
-// changed, queues every import.
+// recheckHealth recomputes every known cluster's health and queues the
+// imports of the clusters whose health changed.
 func (a *Agent) recheckHealth() {
-	changed := false
+	var changed []string
 	a.healthMu.Lock()
 	for _, o := range a.leases.List() {
 		l := o.(*coordinationv1.Lease)
@@ -84,13 +84,11 @@ func (a *Agent) recheckHealth() {
 				a.log.Info("cluster health changed", "peer", cluster, "from", old, "to", h)
 			}
 			a.health[cluster] = h
-			changed = true
+			changed = append(changed, cluster)
 		}
 	}
 	a.healthMu.Unlock()
-	if changed {
-		a.importsAll()
-	}
+	a.importsOf(changed...)
 }
 
 // watchHealth rechecks health as time passes, since a Lease that stops
@@ -110,14 +108,24 @@ func (a *Agent) watchHealth(ctx context.Context) {
 }
 
 // reportHealth writes, into each Cluster record whose Heartbeat condition
-// no longer says what this agent observes, the condition it observes. Every
-// member computes the same thing from the same Leases, so writes only
-// happen on changes. Nothing is written while the broker is unreachable.
+// no longer says what this agent observes, the condition it observes, when
+// this agent is the clusterset's health writer (healthWriter). Every member
+// computes the same health from the same Leases; were each to write it,
+// a lapse among N members would cost N writes to each lapsed record, and
+// the first sight of N records N² writes. Nothing is written while the
+// broker is unreachable.
 func (a *Agent) reportHealth(ctx context.Context) {
 	if link := a.link.Load(); link == nil || !link.Up {
 		return
 	}
 	recs, _ := a.clusters.Clusters(a.cfg.BrokerNamespace).List(everything)
+	ids := make([]string, 0, len(recs))
+	for _, rec := range recs {
+		ids = append(ids, rec.Spec.ClusterID)
+	}
+	if healthWriter(ids, a.cfg.ClusterID, func(c string) bool { return a.healthOf(c) == brokerv1.Healthy }) != a.cfg.ClusterID {
+		return
+	}
 	for _, rec := range recs {
 		want := a.heartbeatCondition(a.healthOf(rec.Spec.ClusterID))
 		cur := meta.FindStatusCondition(rec.Status.Conditions, want.Type)
@@ -132,6 +140,23 @@ func (a *Agent) reportHealth(ctx context.Context) {
 			a.log.Warn("reporting a cluster's heartbeat", "peer", rec.Spec.ClusterID, "err", err)
 		}
 	}
+}
+
+// healthWriter names the one member that writes Heartbeat conditions: the
+// first, in cluster-id order, of the members with a record that the
+// observer judges healthy (the observer always is, to itself). Members
+// that see the same Leases name the same writer; when it lapses, the next
+// one takes over within a health check. Two may briefly both write while
+// their views differ (one has not yet seen a renewal); that ends as their
+// views converge, within a Lease period.
+func healthWriter(ids []string, self string, healthy func(string) bool) string {
+	writer := self
+	for _, id := range ids {
+		if id < writer && id != self && healthy(id) {
+			writer = id
+		}
+	}
+	return writer
 }
 
 // heartbeatCondition is the Heartbeat condition for a health. It names no
@@ -195,11 +220,26 @@ func (a *Agent) heartbeat(ctx context.Context) {
 	}
 }
 
+// renewLease renews this cluster's Lease: one update, from the informer's
+// copy when it has one (no read first), else read and update as before.
 func (a *Agent) renewLease(ctx context.Context) error {
 	api := a.cfg.Broker.CoordinationV1().Leases(a.cfg.BrokerNamespace)
 	name := brokerv1.LeaseName(a.cfg.ClusterID)
 	now := metav1.NowMicro()
 	secs := int32(a.cfg.LeaseDuration / time.Second)
+	if o, ok, _ := a.leases.GetByKey(a.cfg.BrokerNamespace + "/" + name); ok {
+		l := o.(*coordinationv1.Lease).DeepCopy()
+		l.Spec.RenewTime, l.Spec.LeaseDurationSeconds = &now, &secs
+		_, err := api.Update(ctx, l, metav1.UpdateOptions{FieldManager: fieldManager})
+		a.countWrite("broker-lease", "update", err)
+		if err == nil {
+			return nil
+		}
+		if !apierrors.IsConflict(err) && !apierrors.IsNotFound(err) {
+			return fmt.Errorf("renewing the heartbeat Lease: %w", err)
+		}
+		// The cache lagged behind the broker: read it afresh.
+	}
 	l, err := api.Get(ctx, name, metav1.GetOptions{})
 	if apierrors.IsNotFound(err) {
 		holder := a.cfg.ClusterID

@@ -51,8 +51,12 @@ func (a *Agent) setupInformers() error {
 		a.metrics.undecodable.WithLabelValues(gvr.Resource).Inc()
 		a.log.Warn("leaving out a broker record that does not decode", "resource", gvr.Resource, "name", name, "err", err)
 	}
-	brokerExportInf := records.NewExportedServiceInformer(a.cfg.BrokerDynamic, ns, 0, indexByService, undecodable)
-	clusterInf := records.NewClusterInformer(a.cfg.BrokerDynamic, ns, 0, cache.Indexers{}, undecodable)
+	brokerExportInf := records.NewExportedServiceInformer(a.cfg.BrokerDynamic, ns, 0,
+		cache.Indexers{byService: serviceIndex, byCluster: clusterIndex}, undecodable)
+	// The lister reads by namespace: without its index every List scans
+	// and warns.
+	clusterInf := records.NewClusterInformer(a.cfg.BrokerDynamic, ns, 0,
+		cache.Indexers{cache.NamespaceIndex: cache.MetaNamespaceIndexFunc}, undecodable)
 
 	a.services = corelisters.NewServiceLister(svcInf.GetIndexer())
 	a.namespaces = corelisters.NewNamespaceLister(nsInf.GetIndexer())
@@ -91,7 +95,6 @@ func (a *Agent) setupInformers() error {
 		{importInf, func(o any) { a.imports.enqueue(objectKey(o)) }},
 		{ownSliceInf, func(o any) { a.imports.enqueue(ownKey(o)) }},
 		{derivedInf, func(o any) { a.imports.enqueue(ownKey(o)) }},
-		{clusterInf, func(any) { a.importsAll() }},
 	}
 	for _, h := range handlers {
 		fn := h.fn
@@ -105,6 +108,17 @@ func (a *Agent) setupInformers() error {
 		a.informers = append(a.informers, h.inf)
 		a.synced = append(a.synced, h.inf.HasSynced)
 	}
+	// A Cluster record's change queues only the imports it can move
+	// (clusterchange.go), which needs the version it replaced.
+	if _, err := clusterInf.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(o any) { a.clusterChanged(nil, o) },
+		UpdateFunc: a.clusterChanged,
+		DeleteFunc: func(o any) { a.clusterChanged(o, nil) },
+	}); err != nil {
+		return fmt.Errorf("adding event handler: %w", err)
+	}
+	a.informers = append(a.informers, clusterInf)
+	a.synced = append(a.synced, clusterInf.HasSynced)
 	// The heartbeat clock learns of a renewal only here, when the Lease is
 	// delivered, and must tell a deleted Lease from a renewed one.
 	if _, err := leaseInf.AddEventHandler(cache.ResourceEventHandlerFuncs{
@@ -194,7 +208,7 @@ func (a *Agent) exportsAll() {
 }
 
 // importsAll queues every service the broker knows, for changes that can
-// move any import (a cluster record's region, a cluster's health).
+// move any import (the local gateway's readiness).
 func (a *Agent) importsAll() {
 	for _, key := range a.brokerExports.ListIndexFuncValues(byService) {
 		a.imports.enqueue(key)

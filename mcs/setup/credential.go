@@ -50,6 +50,10 @@ type CredentialConfig struct {
 	// Reload is how often the stored credential is read again; zero
 	// means 30 s. A 401 reads it at once.
 	Reload time.Duration
+	// RenewAfter is the part of a token's life after which Renew asks for
+	// a new one; zero means one half. Tests renew sooner, as the broker
+	// grants no token shorter than ten minutes.
+	RenewAfter float64
 	Log    *slog.Logger
 	// Registry receives isthmus_broker_token_expiry_timestamp_seconds.
 	Registry prometheus.Registerer
@@ -78,8 +82,11 @@ type tokenClaims struct {
 
 func (c tokenClaims) expires() time.Time { return time.Unix(c.Exp, 0) }
 
-// halfLife is when the token should be renewed: half its life gone.
-func (c tokenClaims) halfLife() time.Time { return time.Unix(c.Iat+(c.Exp-c.Iat)/2, 0) }
+// renewAt is when the token should be renewed: the part after of its
+// life gone.
+func (c tokenClaims) renewAt(after float64) time.Time {
+	return time.Unix(c.Iat+int64(float64(c.Exp-c.Iat)*after), 0)
+}
 
 func parseToken(token string) (tokenClaims, bool) {
 	parts := strings.Split(token, ".")
@@ -112,6 +119,9 @@ func NewBrokerCredential(ctx context.Context, cfg CredentialConfig) (*rest.Confi
 	}
 	if cfg.Reload <= 0 {
 		cfg.Reload = 30 * time.Second
+	}
+	if cfg.RenewAfter <= 0 || cfg.RenewAfter >= 1 {
+		cfg.RenewAfter = 0.5
 	}
 	c := &BrokerCredential{cfg: cfg, reload: make(chan struct{}, 1),
 		expiry: prometheus.NewGauge(prometheus.GaugeOpts{Name: "isthmus_broker_token_expiry_timestamp_seconds",
@@ -246,7 +256,7 @@ func (c *BrokerCredential) Renew(ctx context.Context, broker kubernetes.Interfac
 	check := c.cfg.Reload
 	for {
 		_, claims := c.current()
-		if claims.Exp != 0 && time.Now().After(claims.halfLife()) {
+		if claims.Exp != 0 && time.Now().After(claims.renewAt(c.cfg.RenewAfter)) {
 			if err := c.renew(ctx, broker); err != nil {
 				c.cfg.Log.Error("renewing the broker token; will retry", "err", err, "expires", claims.expires().UTC())
 			}
@@ -278,7 +288,7 @@ func (c *BrokerCredential) renew(ctx context.Context, broker kubernetes.Interfac
 	if !ok {
 		return errors.New("the stored broker token is not a JWT with an expiry")
 	}
-	if time.Now().Before(claims.halfLife()) {
+	if time.Now().Before(claims.renewAt(c.cfg.RenewAfter)) {
 		// Another replica renewed it already; Run will load it.
 		return nil
 	}

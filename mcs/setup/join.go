@@ -150,37 +150,7 @@ func join(ctx context.Context, hub, member *Clients, opts JoinOptions, out io.Wr
 	}
 
 	saName := brokerv1.MemberServiceAccount(id)
-	existing, err := hub.Kube.CoreV1().ServiceAccounts(ns).Get(ctx, saName, metav1.GetOptions{})
-	switch {
-	case err == nil:
-		if owner := existing.Annotations[memberUIDAnnotation]; owner != "" && owner != uid {
-			return "", fmt.Errorf("cluster id %q is already taken on the broker by another cluster (kube-system UID %s, this one is %s): choose another --cluster-id, or remove the other member first", id, owner, uid)
-		}
-	case !apierrors.IsNotFound(err):
-		return "", fmt.Errorf("reading ServiceAccount %s/%s on the broker: %w", ns, saName, err)
-	}
-	// The allowlist is in place before the member's identity can write,
-	// and only once the id is known to be this cluster's.
-	if err := applyMemberPolicy(ctx, onHub, ns, id, opts); err != nil {
-		return "", err
-	}
-	labels := map[string]string{"app.kubernetes.io/part-of": "isthmus", brokerv1.LabelSourceCluster: id}
-	if _, err := onHub.apply(ctx, serviceAccountGVR, &corev1.ServiceAccount{
-		TypeMeta: metav1.TypeMeta{APIVersion: "v1", Kind: "ServiceAccount"},
-		ObjectMeta: metav1.ObjectMeta{Name: saName, Namespace: ns, Labels: labels,
-			Annotations: map[string]string{memberUIDAnnotation: uid}},
-		// The member gets no long-lived token Secret; it holds a bound,
-		// expiring token from the TokenRequest API.
-		AutomountServiceAccountToken: ptr(false),
-	}); err != nil {
-		return "", err
-	}
-	if _, err := onHub.apply(ctx, roleBindingGVR, &rbacv1.RoleBinding{
-		TypeMeta:   metav1.TypeMeta{APIVersion: rbacv1.SchemeGroupVersion.String(), Kind: "RoleBinding"},
-		ObjectMeta: metav1.ObjectMeta{Name: saName, Namespace: ns, Labels: labels},
-		RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: MemberRole},
-		Subjects:   []rbacv1.Subject{{Kind: rbacv1.ServiceAccountKind, Name: saName, Namespace: ns}},
-	}); err != nil {
+	if err := admitMember(ctx, hub, onHub, ns, id, uid, opts); err != nil {
 		return "", err
 	}
 
@@ -209,6 +179,80 @@ func join(ctx context.Context, hub, member *Clients, opts JoinOptions, out io.Wr
 		}
 	}
 	return id, nil
+}
+
+// admitMember is the broker's side of a join: the member's MemberPolicy,
+// its ServiceAccount (refused when another cluster already holds the id)
+// and the RoleBinding to the member Role.
+func admitMember(ctx context.Context, hub *Clients, onHub *applier, ns, id, uid string, opts JoinOptions) error {
+	saName := brokerv1.MemberServiceAccount(id)
+	existing, err := hub.Kube.CoreV1().ServiceAccounts(ns).Get(ctx, saName, metav1.GetOptions{})
+	switch {
+	case err == nil:
+		if owner := existing.Annotations[memberUIDAnnotation]; owner != "" && owner != uid {
+			return fmt.Errorf("cluster id %q is already taken on the broker by another cluster (kube-system UID %s, this one is %s): choose another --cluster-id, or remove the other member first", id, owner, uid)
+		}
+	case !apierrors.IsNotFound(err):
+		return fmt.Errorf("reading ServiceAccount %s/%s on the broker: %w", ns, saName, err)
+	}
+	// The allowlist is in place before the member's identity can write,
+	// and only once the id is known to be this cluster's.
+	if err := applyMemberPolicy(ctx, onHub, ns, id, opts); err != nil {
+		return err
+	}
+	labels := map[string]string{"app.kubernetes.io/part-of": "isthmus", brokerv1.LabelSourceCluster: id}
+	if _, err := onHub.apply(ctx, serviceAccountGVR, &corev1.ServiceAccount{
+		TypeMeta: metav1.TypeMeta{APIVersion: "v1", Kind: "ServiceAccount"},
+		ObjectMeta: metav1.ObjectMeta{Name: saName, Namespace: ns, Labels: labels,
+			Annotations: map[string]string{memberUIDAnnotation: uid}},
+		// The member gets no long-lived token Secret; it holds a bound,
+		// expiring token from the TokenRequest API.
+		AutomountServiceAccountToken: ptr(false),
+	}); err != nil {
+		return err
+	}
+	if _, err := onHub.apply(ctx, roleBindingGVR, &rbacv1.RoleBinding{
+		TypeMeta:   metav1.TypeMeta{APIVersion: rbacv1.SchemeGroupVersion.String(), Kind: "RoleBinding"},
+		ObjectMeta: metav1.ObjectMeta{Name: saName, Namespace: ns, Labels: labels},
+		RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: MemberRole},
+		Subjects:   []rbacv1.Subject{{Kind: rbacv1.ServiceAccountKind, Name: saName, Namespace: ns}},
+	}); err != nil {
+		return err
+	}
+	return nil
+}
+
+// MemberCredentials does the broker's side of a join for a member that has
+// no cluster to keep its credentials in, such as a benchmark's simulated
+// member: it admits opts.ClusterID as Join does (uid stands in for the
+// kube-system namespace UID) and returns a client configuration that acts
+// with the member's own, expiring identity. Join is the way for a real
+// cluster.
+func MemberCredentials(ctx context.Context, hub *Clients, opts JoinOptions, uid string) (*rest.Config, error) {
+	ns := opts.BrokerNamespace
+	if ns == "" {
+		ns = brokerv1.DefaultBrokerNamespace
+	}
+	ttl := opts.TokenTTL
+	if ttl == 0 {
+		ttl = 90 * 24 * time.Hour
+	}
+	if errs := validation.IsDNS1123Label(opts.ClusterID); len(errs) > 0 {
+		return nil, fmt.Errorf("cluster id %q is not a DNS label: %v", opts.ClusterID, errs)
+	}
+	if err := admitMember(ctx, hub, &applier{c: hub, out: io.Discard, where: " (broker)"}, ns, opts.ClusterID, uid, opts); err != nil {
+		return nil, err
+	}
+	seconds := int64(ttl / time.Second)
+	sa := brokerv1.MemberServiceAccount(opts.ClusterID)
+	tr, err := hub.Kube.CoreV1().ServiceAccounts(ns).CreateToken(ctx, sa, &authenticationv1.TokenRequest{
+		Spec: authenticationv1.TokenRequestSpec{ExpirationSeconds: &seconds}}, metav1.CreateOptions{})
+	if err != nil {
+		return nil, fmt.Errorf("requesting a broker token for %s/%s: %w", ns, sa, err)
+	}
+	cfg := rest.AnonymousClientConfig(hub.Config)
+	cfg.BearerToken = tr.Status.Token
+	return cfg, nil
 }
 
 // settleClusterID returns the member's cluster id: the ClusterProperty's

@@ -1,0 +1,397 @@
+// Command scale measures one broker serving a large clusterset: N
+// simulated members that behave towards the broker like agents (each joined
+// with its own identity, a Cluster record, K exports with EndpointSlices,
+// its Lease renewed every third of the Lease duration), and three full
+// members a, b and c with real agents importing everything. The broker and
+// the full members are real kube-apiservers and etcd with admission on
+// (test/cluster); the agents run in this process, the simulated members in
+// a child process, so this process's CPU and heap are the three agents'.
+//
+//	go run ./bench/scale -members 100
+//
+// It prints, as markdown: the setup, the broker's write rate and the
+// apiserver's and etcd's CPU and memory at idle, the agents' CPU, heap and
+// import reconciles at idle and during churn, a new export in a → imported
+// in b and c (p50/p99) under the members' heartbeats, agent restart →
+// synced, and a member dying → withdrawn in every full member, with the
+// broker writes that caused.
+package main
+
+import (
+	"bufio"
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"runtime"
+	"slices"
+	"strings"
+	"syscall"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	mcsv1beta1 "sigs.k8s.io/mcs-api/pkg/apis/v1beta1"
+	mcsclient "sigs.k8s.io/mcs-api/pkg/client/clientset/versioned"
+
+	"github.com/isthmus-dev/isthmus/bench/internal/fleet"
+	"github.com/isthmus-dev/isthmus/mcs/agent"
+	"github.com/isthmus-dev/isthmus/test/cluster"
+)
+
+// simNamespace holds the simulated members' exports: every member exports
+// services s0..s<K-1> there, so each full member imports K services with N
+// clusters behind each, and N×K EndpointSlices.
+const simNamespace = "scale"
+
+// benchNamespace holds the full members' own exports of the propagation
+// samples.
+const benchNamespace = "bench"
+
+type config struct {
+	members, exports, samples int
+	idle, lease, withdraw     time.Duration
+}
+
+func main() {
+	var c config
+	role := flag.String("role", "", "internal: \"sim\" runs the simulated members (the benchmark starts it)")
+	kubeconfig := flag.String("kubeconfig", "", "internal: the broker's admin kubeconfig, for -role sim")
+	flag.IntVar(&c.members, "members", 100, "simulated members N")
+	flag.IntVar(&c.exports, "exports", 10, "exports per simulated member K")
+	flag.IntVar(&c.samples, "samples", 20, "new-export samples")
+	flag.DurationVar(&c.idle, "idle", time.Minute, "idle measurement window")
+	flag.DurationVar(&c.lease, "lease", 30*time.Second, "Lease duration of every member (the default; renewed every third)")
+	flag.DurationVar(&c.withdraw, "withdraw-after", time.Minute, "the full agents' --withdraw-after (the default is 5 min; shorter keeps the run short)")
+	flag.Parse()
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	ctx, stop := signalContext()
+	defer stop()
+	var err error
+	if *role == "sim" {
+		err = runSims(ctx, log, *kubeconfig, c.members, c.exports, c.lease)
+	} else {
+		err = run(ctx, log, c)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "scale:", err)
+		stop()
+		os.Exit(1)
+	}
+}
+
+func signalContext() (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Hour)
+	sigs := make(chan os.Signal, 1)
+	go func() {
+		select {
+		case <-sigs:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	signalNotify(sigs)
+	return ctx, cancel
+}
+
+func run(ctx context.Context, log *slog.Logger, c config) error {
+	began := time.Now()
+	cs, err := cluster.New(ctx, cluster.Options{Broker: true, Members: 3, Log: log})
+	if err != nil {
+		return err
+	}
+	defer cs.Stop()
+	agentCtx, stopAgents := context.WithCancel(ctx)
+	defer stopAgents()
+	full, err := fleet.JoinAndRun(agentCtx, cs, log, func(cfg *agent.Config) {
+		cfg.LeaseDuration, cfg.WithdrawAfter = c.lease, c.withdraw
+	})
+	if err != nil {
+		return err
+	}
+	for _, m := range cs.Members {
+		for _, ns := range []string{simNamespace, benchNamespace} {
+			if _, err := m.Client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {
+				return err
+			}
+		}
+	}
+	broker, err := newBrokerProbe(cs)
+	if err != nil {
+		return err
+	}
+	if _, err := broker.sample(); err != nil {
+		return err
+	}
+	fmt.Printf("### N = %d simulated members × K = %d exports, 3 full members (%s)\n\n", c.members, c.exports, time.Now().UTC().Format("2006-01-02 15:04 UTC"))
+	fmt.Printf("Lease %v (renewed every %v), full agents' withdraw-after %v; %d CPUs, load at start %s; clusterset up in %v.\n\n",
+		c.lease, c.lease/3, c.withdraw, runtime.NumCPU(), loadavg(), time.Since(began).Round(time.Second))
+
+	// The simulated members.
+	setup0, err := broker.sample()
+	if err != nil {
+		return err
+	}
+	simStart := time.Now()
+	sim := exec.CommandContext(ctx, os.Args[0], "-role", "sim", "-kubeconfig", cs.Broker.Kubeconfig,
+		"-members", fmt.Sprint(c.members), "-exports", fmt.Sprint(c.exports), "-lease", c.lease.String())
+	sim.Stderr = os.Stderr
+	sim.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	simIn, err := sim.StdinPipe()
+	if err != nil {
+		return err
+	}
+	simOut, err := sim.StdoutPipe()
+	if err != nil {
+		return err
+	}
+	if err := sim.Start(); err != nil {
+		return err
+	}
+	defer func() { _ = sim.Process.Kill(); _ = sim.Wait() }()
+	if err := waitLine(ctx, simOut, "ready"); err != nil {
+		return fmt.Errorf("simulated members: %w", err)
+	}
+	joined := time.Since(simStart)
+	// Every full member imports every simulated export.
+	if err := waitImported(ctx, full, simNamespace, c.exports, c.members); err != nil {
+		return err
+	}
+	imported := time.Since(simStart)
+	setup1, err := broker.sample()
+	if err != nil {
+		return err
+	}
+	fmt.Printf("| setup | time |\n|---|---|\n| %d members joined, records and %d exports written (8 writers) | %v |\n| … and every export imported in a, b and c (%d clusters behind each of %d imports) | %v |\n\n",
+		c.members, c.members*c.exports, joined.Round(100*time.Millisecond), c.members, c.exports, imported.Round(100*time.Millisecond))
+	setupWrites, setupCPU := setup1.writes-setup0.writes, setup1.apiCPU-setup0.apiCPU
+	fmt.Printf("Broker during setup: %.0f writes (%s); apiserver CPU %v (%.1f ms per write), etcd CPU %v. %s\n\n",
+		setupWrites, setup1.diff(setup0), setupCPU.Round(time.Second), 1000*setupCPU.Seconds()/max(setupWrites, 1),
+		(setup1.dbCPU - setup0.dbCPU).Round(time.Second), setup1.admissionCost(setup0))
+	settle(ctx, full)
+
+	// Idle.
+	idle, err := measureWindow(ctx, broker, full, c.idle, nil)
+	if err != nil {
+		return err
+	}
+	// Churn: new exports from a, timed until imported in b and c.
+	var lat []time.Duration
+	churn, err := measureWindow(ctx, broker, full, 0, func() error {
+		lat, err = measureExports(ctx, full, c.samples)
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	fmt.Printf("| window | length | broker writes/s (by resource) | apiserver CPU | etcd CPU | apiserver RSS | etcd RSS | agents' CPU (3 agents) | Go heap in use (3 agents) | import reconciles per agent per minute |\n|---|---|---|---|---|---|---|---|---|---|\n")
+	idle.row("idle", c)
+	churn.row(fmt.Sprintf("churn (%d new exports from a)", c.samples), c)
+	fmt.Printf("\nExpected idle broker write rate with one Lease renewal per member per period: %.1f/s (%d members + 3 full, every %v).\n\n",
+		float64(c.members+3)/(c.lease/3).Seconds(), c.members, c.lease/3)
+	fmt.Printf("| new export in a → ServiceImport in b and c | p50 | p99 | max |\n|---|---|---|---|\n| %d samples, sequential | %v | %v | %v |\n\n",
+		len(lat), pct(lat, 50), pct(lat, 99), pct(lat, 100))
+
+	// Agent restart.
+	a := full[0]
+	restartAt := time.Now()
+	if err := a.Start(agentCtx, log); err != nil {
+		return err
+	}
+	ready := time.Since(restartAt)
+	want := float64(c.exports + c.samples)
+	for a.Metric("isthmus_agent_reconcile_seconds", "controller", "import") < want || a.Metric("isthmus_agent_queue_depth", "controller", "import") > 0 {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	synced := time.Since(restartAt)
+	writes := a.Metric("isthmus_agent_writes_total") - a.Metric("isthmus_agent_writes_total", "target", "broker-lease")
+	fmt.Printf("| a's agent restarted | time |\n|---|---|\n| → ready (informers synced with %d broker records, heartbeat renewed) | %v |\n| → every import reconciled once, queue empty | %v (writes other than the heartbeat: %.0f) |\n\n",
+		c.members*(2*c.exports+2), ready.Round(time.Millisecond), synced.Round(time.Millisecond), writes)
+
+	// A member dies.
+	before, err := broker.sample()
+	if err != nil {
+		return err
+	}
+	diedAt := time.Now()
+	if _, err := fmt.Fprintln(simIn, "stop", simName(0)); err != nil {
+		return err
+	}
+	if err := waitWithdrawn(ctx, full, simName(0), c.exports); err != nil {
+		return err
+	}
+	took := time.Since(diedAt)
+	after, err := broker.sample()
+	if err != nil {
+		return err
+	}
+	total := after.writes - before.writes
+	renewals := float64(c.members+2) / (c.lease / 3).Seconds() * took.Seconds()
+	fmt.Printf("| %s stops renewing its Lease | measured |\n|---|---|\n| → withdrawn from every import in a, b and c | %v (withdraw-after %v, plus up to one renewal period) |\n| broker writes meanwhile | %.0f, of which about %.0f the other members' renewals: **%.0f caused** (%s) |\n\n",
+		simName(0), took.Round(100*time.Millisecond), c.withdraw, total, renewals, total-renewals, after.diff(before))
+	fmt.Printf("Load at the end: %s.\n", loadavg())
+	return nil
+}
+
+// waitLine reads r until a line equal to want.
+func waitLine(ctx context.Context, r io.Reader, want string) error {
+	sc := bufio.NewScanner(r)
+	for sc.Scan() {
+		if sc.Text() == want {
+			go func() { _, _ = io.Copy(io.Discard, r) }()
+			return nil
+		}
+	}
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	return fmt.Errorf("ended before %q", want)
+}
+
+// waitImported waits until every full member imports K services in ns,
+// each listing n+ clusters.
+func waitImported(ctx context.Context, full []*fleet.Member, ns string, k, n int) error {
+	for _, m := range full {
+		mc, err := mcsclient.NewForConfig(m.Cluster.Config)
+		if err != nil {
+			return err
+		}
+		for {
+			l, err := mc.MulticlusterV1beta1().ServiceImports(ns).List(ctx, metav1.ListOptions{})
+			if err != nil {
+				return err
+			}
+			done := len(l.Items) == k
+			for _, si := range l.Items {
+				done = done && len(si.Status.Clusters) >= n
+			}
+			if done {
+				break
+			}
+			select {
+			case <-ctx.Done():
+				return fmt.Errorf("waiting for %s to import %d services from %d clusters: %w", m.ID, k, n, ctx.Err())
+			case <-time.After(500 * time.Millisecond):
+			}
+		}
+	}
+	return nil
+}
+
+// waitWithdrawn waits until no import in the full members lists cluster.
+func waitWithdrawn(ctx context.Context, full []*fleet.Member, cluster string, k int) error {
+	for _, m := range full {
+		mc, err := mcsclient.NewForConfig(m.Cluster.Config)
+		if err != nil {
+			return err
+		}
+		for {
+			l, err := mc.MulticlusterV1beta1().ServiceImports(simNamespace).List(ctx, metav1.ListOptions{})
+			if err != nil {
+				return err
+			}
+			listed := false
+			for _, si := range l.Items {
+				listed = listed || slices.ContainsFunc(si.Status.Clusters, func(c mcsv1beta1.ClusterStatus) bool { return c.Cluster == cluster })
+			}
+			if !listed && len(l.Items) == k {
+				break
+			}
+			select {
+			case <-ctx.Done():
+				return fmt.Errorf("waiting for %s to be withdrawn in %s: %w", cluster, m.ID, ctx.Err())
+			case <-time.After(100 * time.Millisecond):
+			}
+		}
+	}
+	return nil
+}
+
+// settle waits until no agent has reconciled an import for 3 s, or a
+// minute at most.
+func settle(ctx context.Context, full []*fleet.Member) {
+	count := func() float64 {
+		n := 0.0
+		for _, m := range full {
+			n += m.Metric("isthmus_agent_reconcile_seconds", "controller", "import")
+		}
+		return n
+	}
+	for last, deadline := count(), time.Now().Add(time.Minute); ctx.Err() == nil && time.Now().Before(deadline); {
+		time.Sleep(3 * time.Second)
+		n := count()
+		if n == last {
+			return
+		}
+		last = n
+	}
+}
+
+// measureExports creates a Service and its ServiceExport in a, one at a
+// time, and times each until b and c both hold its ServiceImport.
+func measureExports(ctx context.Context, full []*fleet.Member, samples int) ([]time.Duration, error) {
+	a := full[0].Cluster
+	mcsA, err := mcsclient.NewForConfig(a.Config)
+	if err != nil {
+		return nil, err
+	}
+	watchers := []*importWatch{}
+	for _, m := range full[1:] {
+		w, err := watchImports(ctx, m.Cluster.Config, benchNamespace)
+		if err != nil {
+			return nil, err
+		}
+		watchers = append(watchers, w)
+	}
+	var out []time.Duration
+	for i := range samples {
+		name := fmt.Sprintf("p%d", i)
+		if _, err := a.Client.CoreV1().Services(benchNamespace).Create(ctx, &corev1.Service{
+			ObjectMeta: metav1.ObjectMeta{Name: name},
+			Spec:       corev1.ServiceSpec{Ports: []corev1.ServicePort{{Name: "http", Port: 80}}},
+		}, metav1.CreateOptions{}); err != nil {
+			return nil, err
+		}
+		start := time.Now()
+		if _, err := mcsA.MulticlusterV1beta1().ServiceExports(benchNamespace).Create(ctx, &mcsv1beta1.ServiceExport{
+			ObjectMeta: metav1.ObjectMeta{Name: name}}, metav1.CreateOptions{}); err != nil {
+			return nil, err
+		}
+		var last time.Time
+		for _, w := range watchers {
+			t, err := w.wait(ctx, name)
+			if err != nil {
+				return nil, err
+			}
+			if t.After(last) {
+				last = t
+			}
+		}
+		out = append(out, last.Sub(start))
+	}
+	return out, nil
+}
+
+func pct(d []time.Duration, p int) time.Duration {
+	if len(d) == 0 {
+		return 0
+	}
+	s := slices.Clone(d)
+	slices.Sort(s)
+	i := (len(s)*p+99)/100 - 1
+	return s[max(i, 0)].Round(100 * time.Microsecond)
+}
+
+func loadavg() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "?"
+	}
+	return strings.Join(strings.Fields(string(b))[:3], " ")
+}

@@ -1,0 +1,73 @@
+package dnsserver
+
+import (
+	"unsafe"
+
+	"testing"
+
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	mcsv1beta1 "sigs.k8s.io/mcs-api/pkg/apis/v1beta1"
+)
+
+// TestCompactSharesOneSlab: a compiled service's responses live in one
+// slab, the variants of a small answer are one copy, and each response is
+// capped at its length so that nothing can append into a neighbour.
+func TestCompactSharesOneSlab(t *testing.T) {
+	cfg, err := (Config{Zone: "clusterset.local."}).withDefaults()
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := compileService(&cfg, imp("ns", "web", mcsv1beta1.ClusterSetIP, []string{"10.0.0.1"}, port("http", corev1.ProtocolTCP, 80)), nil)
+	a := s.apex.a
+	if &a.tcp[0] != &a.small[0][0] || &a.tcp[0] != &a.large[0][0] {
+		t.Error("the three variants of a small answer are separate copies")
+	}
+	if cap(a.tcp) != len(a.tcp) {
+		t.Errorf("a response's capacity %d exceeds its length %d", cap(a.tcp), len(a.tcp))
+	}
+	srv := s.sub.get([]byte(wireKey("_http._tcp.")))
+	if srv == nil || srv.srv == nil {
+		t.Fatalf("no _http._tcp SRV node in %v", s.sub)
+	}
+	// Both answers point into one allocation: the SRV's bytes lie within
+	// the span from the first response to the last.
+	lo, hi := &a.tcp[0], &srv.srv.tcp[len(srv.srv.tcp)-1]
+	if uintptrOf(hi) < uintptrOf(lo) {
+		lo, hi = &srv.srv.tcp[0], &a.tcp[len(a.tcp)-1]
+	}
+	if hi == nil || uintptrOf(hi)-uintptrOf(lo) > 4096 {
+		t.Error("the service's responses are not in one slab")
+	}
+	if s.sub.get([]byte(wireKey("_tcp."))) != ent {
+		t.Error("the _tcp empty non-terminal is not the shared node")
+	}
+	if s.sub.get([]byte(wireKey("_nope._tcp."))) != nil {
+		t.Error("an absent name was found")
+	}
+}
+
+// TestTrim: what the informers keep is what the index reads.
+func TestTrim(t *testing.T) {
+	es := slice("ns", "web-a", "web", "a", discoveryv1.AddressTypeIPv4, []discoveryv1.EndpointPort{eport("http", 80)},
+		ep{host: "pod-0", ready: ptr(true), addrs: []string{"10.1.0.1"}})
+	es.ManagedFields = []metav1.ManagedFieldsEntry{{Manager: "agent"}}
+	es.Annotations = map[string]string{"big": "annotation"}
+	es.Endpoints[0].NodeName, es.Endpoints[0].TargetRef = ptr("node-1"), &corev1.ObjectReference{Name: "pod-0"}
+	cfg, _ := (Config{Zone: "clusterset.local."}).withDefaults()
+	si := imp("ns", "web", mcsv1beta1.Headless, nil)
+	want := compileService(&cfg, si, []*discoveryv1.EndpointSlice{es.DeepCopy()})
+	if _, err := trim(es); err != nil {
+		t.Fatal(err)
+	}
+	if es.ManagedFields != nil || es.Annotations != nil || es.Endpoints[0].NodeName != nil || es.Endpoints[0].TargetRef != nil {
+		t.Errorf("trim kept %+v", es)
+	}
+	got := compileService(&cfg, si, []*discoveryv1.EndpointSlice{es})
+	if string(got.apex.a.tcp) != string(want.apex.a.tcp) || string(got.apex.srv.tcp) != string(want.apex.srv.tcp) || got.names != want.names {
+		t.Error("the trimmed slice compiles to different answers")
+	}
+}
+
+func uintptrOf(b *byte) uintptr { return uintptr(unsafe.Pointer(b)) }

@@ -1,0 +1,135 @@
+package agent_test
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	brokerclient "github.com/isthmus-dev/isthmus/mcs/api/broker/generated/clientset/versioned"
+	brokerv1 "github.com/isthmus-dev/isthmus/mcs/api/broker/v1alpha1"
+)
+
+// reconciles is how many times agent i's import controller has synced a
+// key.
+func reconciles(t *testing.T, i int) uint64 {
+	t.Helper()
+	agentsMu.Lock()
+	reg := agents[i].reg
+	agentsMu.Unlock()
+	families, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var n uint64
+	for _, f := range families {
+		if f.GetName() != "isthmus_agent_reconcile_seconds" {
+			continue
+		}
+		for _, m := range f.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "controller" && l.GetValue() == "import" {
+					n += m.GetHistogram().GetSampleCount()
+				}
+			}
+		}
+	}
+	return n
+}
+
+// TestStatusWritesDoNotRequeueImports writes c's Cluster record's tunnel
+// status ten times, as c's tunnel role does when its probes report, with
+// nothing an import reads changing: c's agent reconciles no import. The
+// write after them marks one peer's tunnel down, which must requeue the
+// imports that peer exports, and only those: a peer "z" whose one export
+// is the test's service, written on the broker with the hub's own
+// credentials. Before, each of the ten writes requeued every import.
+func TestStatusWritesDoNotRequeueImports(t *testing.T) {
+	clusterset(t)
+	ctx := ctxFor(t, 2*time.Minute)
+	ns := "requeue"
+	namespace(t, ctx, ns, 0, 1, 2)
+	workload(t, ctx, 0, ns, "quiet", 1, false)
+	exportService(t, ctx, 0, ns, "quiet", nil, nil)
+
+	hub := brokerclient.NewForConfigOrDie(clusters.Broker.Config).BrokerV1alpha1()
+	bns := brokerv1.DefaultBrokerNamespace
+	z, err := hub.Clusters(bns).Create(ctx, &brokerv1.Cluster{
+		ObjectMeta: metav1.ObjectMeta{Name: "z", Labels: map[string]string{brokerv1.LabelSourceCluster: "z"}},
+		Spec:       brokerv1.ClusterSpec{ClusterID: "z", Region: "eu"}}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx := context.Background()
+		_ = hub.ExportedServices(bns).Delete(ctx, brokerv1.ExportedServiceName("z", ns, "quiet"), metav1.DeleteOptions{})
+		_ = hub.Clusters(bns).Delete(ctx, "z", metav1.DeleteOptions{})
+	})
+	if _, err := hub.ExportedServices(bns).Create(ctx, &brokerv1.ExportedService{
+		ObjectMeta: metav1.ObjectMeta{Name: brokerv1.ExportedServiceName("z", ns, "quiet"), Labels: map[string]string{
+			brokerv1.LabelSourceCluster: "z", brokerv1.LabelServiceName: "quiet", brokerv1.LabelServiceNamespace: ns}},
+		Spec: brokerv1.ExportedServiceSpec{SourceCluster: "z", ServiceNamespace: ns, ServiceName: "quiet", Type: brokerv1.ClusterSetIP,
+			Ports:                   []brokerv1.ServicePort{{Name: "http", Protocol: corev1.ProtocolTCP, Port: 80}},
+			ExportCreationTimestamp: metav1.NewTime(z.CreationTimestamp.Add(time.Second))},
+	}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, propagation, "a and z imported in c", func() error {
+		v, err := viewImport(ctx, t, 2, ns, "quiet")
+		if err != nil {
+			return err
+		}
+		if got := statusClusters(v.si); !slices.Equal(got, []string{"a", "z"}) {
+			return fmt.Errorf("clusters %v", got)
+		}
+		return nil
+	})
+	// Let the writes that import caused come back through the informers.
+	var before uint64
+	eventually(t, propagation, "c's import controller idle", func() error {
+		n := reconciles(t, 2)
+		time.Sleep(2 * time.Second)
+		if before = reconciles(t, 2); before != n {
+			return fmt.Errorf("%d reconciles in 2 s", before-n)
+		}
+		return nil
+	})
+
+	status := func(zState brokerv1.TunnelPeerState, msg string) {
+		t.Helper()
+		rec, err := hub.Clusters(bns).Get(ctx, "c", metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		rec.Status.Tunnel = &brokerv1.TunnelStatus{Implementation: "userspace", Peers: []brokerv1.TunnelPeerStatus{
+			{Cluster: "a", State: brokerv1.TunnelPeerConnected, Message: msg},
+			{Cluster: "b", State: brokerv1.TunnelPeerConnected, Message: msg},
+			{Cluster: "z", State: zState, Message: msg}}}
+		if _, err := hub.Clusters(bns).UpdateStatus(ctx, rec, metav1.UpdateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := range 10 {
+		status(brokerv1.TunnelPeerConnected, fmt.Sprintf("latest handshake %d s ago", i))
+	}
+	status(brokerv1.TunnelPeerError, "3 probes lost")
+	t.Cleanup(func() { status(brokerv1.TunnelPeerConnected, "") })
+	eventually(t, propagation, "z's tunnel going down reconciles its import in c", func() error {
+		if n := reconciles(t, 2); n == before {
+			return fmt.Errorf("no reconcile yet")
+		}
+		return nil
+	})
+	// The one key z exports, and the writes its reconcile may cause coming
+	// back; the ten status writes would each have added every import.
+	always(t, 3*time.Second, "c reconciled only z's import", func() error {
+		if n := reconciles(t, 2) - before; n > 3 {
+			return fmt.Errorf("%d import reconciles after 10 status writes and one tunnel change", n)
+		}
+		return nil
+	})
+}
