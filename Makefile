@@ -17,7 +17,8 @@ HELM_VERSION := v3.22.0
 # Debian packages the tests use (`make deps` installs the missing ones).
 # nftables (nft) and conntrack are kube-proxy's in the demo's node namespaces.
 # ca-certificates is what the image ships; openssl verifies the chains we issue.
-DEBIAN_PACKAGES := git bind9-dnsutils iproute2 wireguard-tools tcpdump nftables conntrack iptables ca-certificates openssl
+# socat and netcat-openbsd go into the images mcs-api's conformance suite runs.
+DEBIAN_PACKAGES := git bind9-dnsutils iproute2 wireguard-tools tcpdump nftables conntrack iptables ca-certificates openssl socat netcat-openbsd
 
 .PHONY: help
 help: ## list the targets
