@@ -36,6 +36,14 @@ demo: deps tools build ## a local clusterset that resolves, routes over WireGuar
 image: ## the isthmus image from the tree: one OCI index (linux/amd64, linux/arm64) as bin/isthmus-image.tar, for ctr, skopeo and crane
 	@bash test/image/build.sh $(BIN)/isthmus-image.tar
 
+.PHONY: conformance
+conformance: ## run mcs-api's conformance suite (MCS_CONFORMANCE_DIR) against CONFORMANCE_CONTEXTS in CONFORMANCE_KUBECONFIG; reports in bin/conformance/
+	@MCS_CONFORMANCE_DIR="$${MCS_CONFORMANCE_DIR:-../shared/mcs-api-conformance}" bash test/conformance/run.sh
+
+.PHONY: conformance-images
+conformance-images: deps ## the images the conformance suite's pods run, from Debian's binaries, as bin/conformance/suite-images.tar (ctr -n k8s.io images import)
+	cd test/image && $(GO) run . suite-images -out $(BIN)/conformance/suite-images.tar
+
 .PHONY: deps
 deps: ## install the Debian packages the tests need, when missing
 	@missing=(); for p in $(DEBIAN_PACKAGES); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || missing+=($$p); done; \
