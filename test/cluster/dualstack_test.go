@@ -19,7 +19,7 @@ import (
 // family, KWOK gives a pod an address of each, and the EndpointSlice
 // controller writes a slice per family.
 func TestDualStack(t *testing.T) {
-	cs := Start(t, Options{Members: 1, DualStack: true})
+	cs := Start(t, Options{Members: 1, DualStack: []bool{true}})
 	m := cs.Members[0]
 	if len(m.PodCIDRs) != 2 || len(m.ServiceCIDRs) != 2 || !m.PodCIDRs[1].Addr().Is6() || m.PodCIDRs[0] != m.PodCIDR {
 		t.Fatalf("ranges %v %v, want IPv4 then IPv6", m.PodCIDRs, m.ServiceCIDRs)

@@ -28,7 +28,7 @@ type Cluster struct {
 	// ServiceCIDR is the cluster's Service range.
 	ServiceCIDR netip.Prefix
 	// PodCIDRs and ServiceCIDRs are every family's ranges, IPv4 first:
-	// PodCIDR and ServiceCIDR alone unless Options.DualStack.
+	// PodCIDR and ServiceCIDR alone unless Options.DualStack says otherwise.
 	PodCIDRs, ServiceCIDRs []netip.Prefix
 	// Locality is the member node's region and zone.
 	Locality Locality
