@@ -71,6 +71,17 @@ func cidrs(v4, v6 netip.Prefix) []netip.Prefix {
 	return out
 }
 
+// nodeCIDRMask is the controller manager's node mask flag: a /24 of IPv4
+// and, in a dual-stack member, a /64 of IPv6 (the IPv4 /24 is then the
+// default: the per-family flags are refused in a single-stack member and
+// the plain one in a dual-stack member).
+func nodeCIDRMask(families int) string {
+	if families > 1 {
+		return "--node-cidr-mask-size-ipv6=64"
+	}
+	return "--node-cidr-mask-size=24"
+}
+
 // flagList is ranges as a flag takes them, comma-separated.
 func flagList(ps []netip.Prefix) string {
 	var s []string
@@ -227,8 +238,7 @@ func (c *Cluster) prepareControllers(spec clusterSpec, bins binaries, host strin
 				"--root-ca-file=" + filepath.Join(c.Dir, "ca.crt"),
 				"--allocate-node-cidrs=true",
 				"--cluster-cidr=" + flagList(c.PodCIDRs),
-				"--node-cidr-mask-size-ipv4=24",
-				"--node-cidr-mask-size-ipv6=64",
+				nodeCIDRMask(len(c.PodCIDRs)),
 				"--service-cluster-ip-range=" + flagList(c.ServiceCIDRs),
 				"--cluster-name=" + c.Name,
 				// Without it the controller manager creates the kubelet's
