@@ -17,7 +17,8 @@ HELM_VERSION := v3.22.0
 # Debian packages the tests use (`make deps` installs the missing ones).
 # nftables (nft) and conntrack are kube-proxy's in the demo's node namespaces.
 # ca-certificates is what the image ships; openssl verifies the chains we issue.
-DEBIAN_PACKAGES := git bind9-dnsutils iproute2 wireguard-tools tcpdump nftables conntrack iptables ca-certificates openssl
+# socat and netcat-openbsd go into the images mcs-api's conformance suite runs.
+DEBIAN_PACKAGES := git bind9-dnsutils iproute2 wireguard-tools tcpdump nftables conntrack iptables ca-certificates openssl socat netcat-openbsd
 
 .PHONY: help
 help: ## list the targets
@@ -42,6 +43,14 @@ image: ## the isthmus image from the tree: one OCI index (linux/amd64, linux/arm
 .PHONY: release
 release: helm ## bin/release/: isthmus and isthmusctl for linux/amd64 and linux/arm64, the image index, the two charts (helm package) and SHA256SUMS, reproducible from a commit
 	@bash test/release/build.sh $(BIN)/release
+
+.PHONY: conformance
+conformance: ## run mcs-api's conformance suite (MCS_CONFORMANCE_DIR) against CONFORMANCE_CONTEXTS in CONFORMANCE_KUBECONFIG; reports in bin/conformance/
+	@MCS_CONFORMANCE_DIR="$${MCS_CONFORMANCE_DIR:-../shared/mcs-api-conformance}" bash test/conformance/run.sh
+
+.PHONY: conformance-images
+conformance-images: deps ## the images the conformance suite's pods run, from Debian's binaries, as bin/conformance/suite-images.tar (ctr -n k8s.io images import)
+	cd test/image && $(GO) run . suite-images -out $(BIN)/conformance/suite-images.tar
 
 .PHONY: deps
 deps: ## install the Debian packages the tests need, when missing

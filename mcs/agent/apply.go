@@ -134,10 +134,15 @@ func (a *Agent) deleteDerived(ctx context.Context, ns, name string) error {
 	return nil
 }
 
-// setImportStatus lists the exporting clusters, the Ready condition and,
-// in gateway mode, the GatewayEgress condition.
+// setImportStatus lists the exporting clusters, says that MCS
+// EndpointSlices are present, and sets the Ready condition and, in gateway
+// mode, the GatewayEgress condition.
 func (a *Agent) setImportStatus(ctx context.Context, si *mcsv1beta1.ServiceImport, r merge.Result, egress *egressAssignment, refused map[string][]string) error {
 	updated := si.DeepCopy()
+	// Every import gets MCS EndpointSlices (per exporting cluster and
+	// family), in both data-plane modes: consumers such as Gateway API
+	// implementations may read them instead of the ClusterSetIP.
+	updated.Status.EndpointSliceObjects = mcsv1beta1.EndpointSliceObjectsPresent
 	updated.Status.Clusters = nil
 	for _, c := range r.Clusters {
 		updated.Status.Clusters = append(updated.Status.Clusters, mcsv1beta1.ClusterStatus{Cluster: c})
@@ -169,7 +174,7 @@ func (a *Agent) setImportStatus(ctx context.Context, si *mcsv1beta1.ServiceImpor
 }
 
 func equalStatus(x, y mcsv1beta1.ServiceImportStatus) bool {
-	if !slices.Equal(x.Clusters, y.Clusters) || len(x.Conditions) != len(y.Conditions) {
+	if x.EndpointSliceObjects != y.EndpointSliceObjects || !slices.Equal(x.Clusters, y.Clusters) || len(x.Conditions) != len(y.Conditions) {
 		return false
 	}
 	for i := range x.Conditions {

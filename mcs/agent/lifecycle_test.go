@@ -50,6 +50,9 @@ func TestExportImportLifecycle(t *testing.T) {
 			if got := statusClusters(si); !slices.Equal(got, []string{"a"}) {
 				return fmt.Errorf("status.clusters %v", got)
 			}
+			if si.Status.EndpointSliceObjects != mcsv1beta1.EndpointSliceObjectsPresent {
+				return fmt.Errorf("status.endpointSliceObjects %q, want Present", si.Status.EndpointSliceObjects)
+			}
 			if si.Labels["tier"] != "frontend" || si.Labels["not"] != "" || si.Labels["team"] != "" {
 				return fmt.Errorf("only exported labels may travel: %v", si.Labels)
 			}
@@ -144,7 +147,10 @@ func TestInvalidExports(t *testing.T) {
 // TestConflicts: the same service exported from a, then b with another
 // type and an extra SCTP port: both exports say Conflict naming a as the
 // winner, the import keeps a's type, ports are the union, both clusters
-// are listed; when b agrees again, the conflict clears.
+// are listed. Then b agrees on the type but still has a port a lacks:
+// both say PortConflict alone, with the union imported (mcs-api's
+// conformance suite asks for the condition on every constituent). When b
+// agrees again, the conflict clears.
 func TestConflicts(t *testing.T) {
 	clusterset(t)
 	ctx := ctxFor(t, 2*time.Minute)
@@ -159,10 +165,11 @@ func TestConflicts(t *testing.T) {
 
 	for _, i := range []int{0, 1} {
 		eventually(t, propagation, fmt.Sprintf("conflict on %s's export", ids[i]),
-			wantCondition(ctx, t, i, ns, "db", mcsv1beta1.ServiceExportConditionConflict, metav1.ConditionTrue, "TypeConflict",
-				`Using "ClusterSetIP" from oldest service export in "a"`, "1/2 clusters disagree: b"))
+			wantCondition(ctx, t, i, ns, "db", mcsv1beta1.ServiceExportConditionConflict, metav1.ConditionTrue, "PortConflict,TypeConflict",
+				`Conflicting type. Using "ClusterSetIP" from oldest service export in "a". 1/2 clusters disagree: b.`,
+				`Conflicting ports. Using the union of every service export's ports: "http" TCP/80, "sig" SCTP/9000. 1/2 clusters disagree: a.`))
 	}
-	eventually(t, propagation, "merged import in c", func() error {
+	unionImported := func() error {
 		v, err := viewImport(ctx, t, 2, ns, "db")
 		if err != nil {
 			return err
@@ -185,16 +192,31 @@ func TestConflicts(t *testing.T) {
 			return fmt.Errorf("endpoints %v, want one from each", v.endpoints)
 		}
 		return nil
-	})
+	}
+	eventually(t, propagation, "merged import in c", unionImported)
 
-	// b agrees again: a ClusterIP Service with a's ports.
+	// b agrees on the type: a ClusterIP Service, still with the SCTP port.
 	if err := clusters.Members[1].Client.CoreV1().Services(ns).Delete(ctx, "db", metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := clusters.Members[1].Client.CoreV1().Services(ns).Create(ctx, &corev1.Service{
+	b, err := clusters.Members[1].Client.CoreV1().Services(ns).Create(ctx, &corev1.Service{
 		ObjectMeta: metav1.ObjectMeta{Name: "db", Namespace: ns},
-		Spec:       corev1.ServiceSpec{Selector: map[string]string{"app": "db"}, Ports: []corev1.ServicePort{{Name: "http", Port: 80}}},
-	}, metav1.CreateOptions{}); err != nil {
+		Spec: corev1.ServiceSpec{Selector: map[string]string{"app": "db"}, Ports: []corev1.ServicePort{
+			{Name: "http", Port: 80}, {Name: "sig", Port: 9000, Protocol: corev1.ProtocolSCTP}}},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, i := range []int{0, 1} {
+		eventually(t, propagation, fmt.Sprintf("port conflict alone on %s's export", ids[i]),
+			wantCondition(ctx, t, i, ns, "db", mcsv1beta1.ServiceExportConditionConflict, metav1.ConditionTrue, "PortConflict",
+				`"sig" SCTP/9000. 1/2 clusters disagree: a.`))
+	}
+	eventually(t, propagation, "the union still imported in c", unionImported)
+
+	// b agrees again: a's ports.
+	b.Spec.Ports = b.Spec.Ports[:1]
+	if _, err := clusters.Members[1].Client.CoreV1().Services(ns).Update(ctx, b, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	for _, i := range []int{0, 1} {

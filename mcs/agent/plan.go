@@ -246,12 +246,19 @@ func derivedService(ns, name string, r merge.Result) *corev1.Service {
 			TrafficDistribution:   r.TrafficDistribution,
 		},
 	}
-	if len(r.IPFamilies) > 0 {
+	switch {
+	case len(r.IPFamilies) > 1:
+		// A dual-stack export takes whichever families this cluster has,
+		// in its order: naming them would make a single-stack cluster's
+		// apiserver refuse the Service ("family IPv6 is not configured"),
+		// and a clusterset may mix single- and dual-stack members.
+		policy := corev1.IPFamilyPolicyPreferDualStack
+		svc.Spec.IPFamilyPolicy = &policy
+	case len(r.IPFamilies) == 1:
+		// One family is what the endpoints have: a ClusterSetIP of
+		// another family could not reach them, so it is asked for as is.
 		svc.Spec.IPFamilies = r.IPFamilies
 		policy := corev1.IPFamilyPolicySingleStack
-		if len(r.IPFamilies) > 1 {
-			policy = corev1.IPFamilyPolicyPreferDualStack
-		}
 		svc.Spec.IPFamilyPolicy = &policy
 	}
 	for _, p := range r.Ports {

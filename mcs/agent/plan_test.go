@@ -252,3 +252,30 @@ func TestPlanSetDerived(t *testing.T) {
 		t.Errorf("after the derived Service is written: %+v", v)
 	}
 }
+
+// TestDerivedServiceFamilies: a dual-stack export asks for no families, so
+// that a single-stack importer's apiserver gives its one and a dual-stack
+// importer both; a single-family export asks for exactly that family.
+func TestDerivedServiceFamilies(t *testing.T) {
+	v4, v6 := corev1.IPv4Protocol, corev1.IPv6Protocol
+	for _, tc := range []struct {
+		families     []corev1.IPFamily
+		wantFamilies []corev1.IPFamily
+		wantPolicy   corev1.IPFamilyPolicy
+	}{
+		{[]corev1.IPFamily{v4, v6}, nil, corev1.IPFamilyPolicyPreferDualStack},
+		{[]corev1.IPFamily{v6, v4}, nil, corev1.IPFamilyPolicyPreferDualStack},
+		{[]corev1.IPFamily{v4}, []corev1.IPFamily{v4}, corev1.IPFamilyPolicySingleStack},
+		{[]corev1.IPFamily{v6}, []corev1.IPFamily{v6}, corev1.IPFamilyPolicySingleStack},
+		{nil, nil, ""},
+	} {
+		svc := derivedService("ns", "web", merge.Result{IPFamilies: tc.families})
+		policy := corev1.IPFamilyPolicy("")
+		if svc.Spec.IPFamilyPolicy != nil {
+			policy = *svc.Spec.IPFamilyPolicy
+		}
+		if !slices.Equal(svc.Spec.IPFamilies, tc.wantFamilies) || policy != tc.wantPolicy {
+			t.Errorf("export families %v: derived Service asks %v %q, want %v %q", tc.families, svc.Spec.IPFamilies, policy, tc.wantFamilies, tc.wantPolicy)
+		}
+	}
+}

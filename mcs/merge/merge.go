@@ -2,7 +2,10 @@
 // one service into what importers build from it: the service's type, ports
 // and policies, and the conflicts between the exports. The oldest export
 // wins every conflict (ties by cluster id), ports are the union, and every
-// constituent export learns of every conflict, as KEP-1645 asks.
+// constituent export learns of every conflict, as KEP-1645 asks. Exports
+// whose port sets differ conflict too (PortConflict), though the import
+// carries them all: mcs-api's conformance suite expects the condition, and
+// an operator learns which clusters serve only some of the ports.
 //
 // Merge is a pure function of the records, so every agent in the clusterset
 // reaches the same answer from the same broker state without talking to the
@@ -53,8 +56,12 @@ type Conflict struct {
 	Field string
 	// Value is the winner's value, quoted for the message.
 	Value string
-	// Disagree are the clusters whose export differs from the winner's.
+	// Disagree are the clusters whose export differs from the winner's or,
+	// for a Union conflict, lacks some of the union's values.
 	Disagree []string
+	// Union: the import carries every export's values (the ports), not
+	// the winner's alone; Value lists them.
+	Union bool
 }
 
 // Merge merges the exports of one service. It returns the zero Result for
@@ -89,6 +96,7 @@ func Merge(exports []*brokerv1.ExportedService) Result {
 
 	var c conflicts
 	r.Ports = unionPorts(sorted, &c)
+	lacking(sorted, r.Ports, &c)
 	for _, e := range sorted[1:] {
 		s, id := e.Spec, e.Spec.SourceCluster
 		if s.Type != oldest.Type {
@@ -133,9 +141,7 @@ func unionPorts(sorted []*brokerv1.ExportedService, c *conflicts) []brokerv1.Ser
 	for i, e := range sorted {
 		for _, p := range e.Spec.Ports {
 			p.Protocol = protocol(p.Protocol)
-			dup := slices.IndexFunc(out, func(q brokerv1.ServicePort) bool {
-				return q.Name == p.Name || q.Port == p.Port && q.Protocol == p.Protocol
-			})
+			dup := slices.IndexFunc(out, func(q brokerv1.ServicePort) bool { return samePort(p, q) })
 			if dup < 0 {
 				out = append(out, p)
 				continue
@@ -150,6 +156,41 @@ func unionPorts(sorted []*brokerv1.ExportedService, c *conflicts) []brokerv1.Ser
 		}
 	}
 	return out
+}
+
+// samePort says whether two ports are one port of the service (by name, or
+// by protocol and number), though they may disagree on the rest.
+func samePort(p, q brokerv1.ServicePort) bool {
+	return p.Name == q.Name || p.Port == q.Port && protocol(p.Protocol) == protocol(q.Protocol)
+}
+
+// lacking records, as one PortConflict over the union, every export that
+// lacks some port of the union. An export that has a port in another form
+// is not lacking it: unionPorts has reported that port's conflict.
+func lacking(sorted []*brokerv1.ExportedService, union []brokerv1.ServicePort, c *conflicts) {
+	var missing []string
+	for _, e := range sorted {
+		for _, q := range union {
+			if !slices.ContainsFunc(e.Spec.Ports, func(p brokerv1.ServicePort) bool { return samePort(p, q) }) {
+				missing = append(missing, e.Spec.SourceCluster)
+				break
+			}
+		}
+	}
+	if len(missing) == 0 {
+		return
+	}
+	var all []string
+	for _, p := range union {
+		v := fmt.Sprintf("%s/%d", p.Protocol, p.Port)
+		if p.Name != "" {
+			v = fmt.Sprintf("%q %s", p.Name, v)
+		}
+		all = append(all, v)
+	}
+	slices.Sort(missing)
+	c.list = append(c.list, Conflict{Reason: mcsv1beta1.ServiceExportReasonPortConflict, Field: "ports",
+		Value: strings.Join(all, ", "), Disagree: missing, Union: true})
 }
 
 func portField(p brokerv1.ServicePort) string {
@@ -175,8 +216,12 @@ func (r Result) Condition(generation int64) metav1.Condition {
 		if !slices.Contains(reasons, string(c.Reason)) {
 			reasons = append(reasons, string(c.Reason))
 		}
-		msgs = append(msgs, fmt.Sprintf("Conflicting %s. Using %q from oldest service export in %q. %d/%d clusters disagree: %s.",
-			c.Field, c.Value, r.Winner, len(c.Disagree), len(r.Clusters), strings.Join(c.Disagree, ", ")))
+		using := fmt.Sprintf("Using %q from oldest service export in %q.", c.Value, r.Winner)
+		if c.Union {
+			using = fmt.Sprintf("Using the union of every service export's %s: %s.", c.Field, c.Value)
+		}
+		msgs = append(msgs, fmt.Sprintf("Conflicting %s. %s %d/%d clusters disagree: %s.",
+			c.Field, using, len(c.Disagree), len(r.Clusters), strings.Join(c.Disagree, ", ")))
 	}
 	cond := mcsv1beta1.NewServiceExportCondition(mcsv1beta1.ServiceExportConditionConflict, metav1.ConditionTrue,
 		mcsv1beta1.ServiceExportConditionReason(strings.Join(reasons, ",")), strings.Join(msgs, " "))

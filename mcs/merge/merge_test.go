@@ -51,6 +51,9 @@ func distribution(d string) option {
 func tcp(name string, port int32) brokerv1.ServicePort {
 	return brokerv1.ServicePort{Name: name, Protocol: corev1.ProtocolTCP, Port: port}
 }
+func udp(name string, port int32) brokerv1.ServicePort {
+	return brokerv1.ServicePort{Name: name, Protocol: corev1.ProtocolUDP, Port: port}
+}
 func sctp(name string, port int32) brokerv1.ServicePort {
 	return brokerv1.ServicePort{Name: name, Protocol: corev1.ProtocolSCTP, Port: port}
 }
@@ -99,7 +102,7 @@ func TestMerge(t *testing.T) {
 			wantReasons: "TypeConflict",
 		},
 		{
-			name: "ports are the union, SCTP included",
+			name: "ports are the union, SCTP included, and the cluster lacking one disagrees",
 			exports: []*brokerv1.ExportedService{
 				export("a", 0, ports(tcp("http", 80))),
 				export("b", 1, ports(tcp("http", 80), sctp("sig", 9000))),
@@ -107,7 +110,45 @@ func TestMerge(t *testing.T) {
 			wantWinner:  "a",
 			wantType:    brokerv1.ClusterSetIP,
 			wantPorts:   []brokerv1.ServicePort{tcp("http", 80), sctp("sig", 9000)},
+			wantReasons: "PortConflict",
+			wantMessage: []string{`Conflicting ports. Using the union of every service export's ports: "http" TCP/80, "sig" SCTP/9000. 1/2 clusters disagree: a.`},
+		},
+		{
+			// mcs-api's conformance suite: the first port shared, one more
+			// on each side; both constituents lack a port of the union.
+			name: "differing port sets: every constituent conflicts, the import has the union",
+			exports: []*brokerv1.ExportedService{
+				export("a", 0, ports(tcp("tcp", 42), udp("udp", 42))),
+				export("b", 1, ports(tcp("tcp", 42), sctp("stcp", 142))),
+			},
+			wantWinner:  "a",
+			wantType:    brokerv1.ClusterSetIP,
+			wantPorts:   []brokerv1.ServicePort{tcp("tcp", 42), udp("udp", 42), sctp("stcp", 142)},
+			wantReasons: "PortConflict",
+			wantMessage: []string{`Using the union of every service export's ports: "tcp" TCP/42, "udp" UDP/42, "stcp" SCTP/142. 2/2 clusters disagree: a, b.`},
+		},
+		{
+			name: "the same ports in another order agree; an unset protocol is TCP",
+			exports: []*brokerv1.ExportedService{
+				export("a", 0, ports(tcp("http", 80), udp("dns", 53))),
+				export("b", 1, ports(udp("dns", 53), brokerv1.ServicePort{Name: "http", Port: 80})),
+			},
+			wantWinner:  "a",
+			wantType:    brokerv1.ClusterSetIP,
+			wantPorts:   []brokerv1.ServicePort{tcp("http", 80), udp("dns", 53)},
 			wantReasons: "NoConflicts",
+		},
+		{
+			name: "unnamed ports are one port by protocol and number",
+			exports: []*brokerv1.ExportedService{
+				export("a", 0, ports(tcp("", 80))),
+				export("b", 1, ports(tcp("", 81))),
+			},
+			wantWinner:  "a",
+			wantType:    brokerv1.ClusterSetIP,
+			wantPorts:   []brokerv1.ServicePort{tcp("", 80)},
+			wantReasons: "PortConflict",
+			wantMessage: []string{`Conflicting port TCP/80. Using "TCP/80" from oldest service export in "a". 1/2 clusters disagree: b.`},
 		},
 		{
 			name: "a port name with another number conflicts; the oldest's stays",
@@ -120,7 +161,11 @@ func TestMerge(t *testing.T) {
 			wantType:    brokerv1.ClusterSetIP,
 			wantPorts:   []brokerv1.ServicePort{tcp("http", 80), tcp("admin", 9090)},
 			wantReasons: "PortConflict",
-			wantMessage: []string{`Conflicting port "http". Using "TCP/80" from oldest service export in "a". 2/3 clusters disagree: b, c.`},
+			wantMessage: []string{
+				`Conflicting port "http". Using "TCP/80" from oldest service export in "a". 2/3 clusters disagree: b, c.`,
+				// b has "http", in another form: it lacks nothing of the union.
+				`Conflicting ports. Using the union of every service export's ports: "http" TCP/80, "admin" TCP/9090. 2/3 clusters disagree: a, c.`,
+			},
 		},
 		{
 			name: "a port number under another name conflicts",

@@ -27,6 +27,11 @@ type Options struct {
 	// Localities sets the region and zone of member i+1's node; members
 	// beyond the slice get none.
 	Localities []Locality
+	// DualStack[i] gives member i+1 IPv6 ranges besides its IPv4 ones,
+	// IPv4 first: pod CIDR fd00:244:<i>::/56 (a /64 for the node, so pods
+	// get an address of each family) and service CIDR fd00:96:<i>::/112.
+	// Members beyond the slice are IPv4 only, so a clusterset can mix both.
+	DualStack []bool
 	// BinDir holds the binaries built by test/tools. Empty means the
 	// ISTHMUS_TOOLS_DIR environment variable, else the directory
 	// test/tools/build.sh reports for an existing build.
@@ -150,6 +155,10 @@ func New(ctx context.Context, opts Options) (_ *Clusterset, err error) {
 			index:       i,
 			podCIDR:     netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(240 + i), 0, 0}), 16),
 			serviceCIDR: netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(96 + i), 0, 0}), 16),
+		}
+		if i <= len(opts.DualStack) && opts.DualStack[i-1] {
+			spec.podCIDR6 = netip.MustParsePrefix(fmt.Sprintf("fd00:244:%x::/56", i))
+			spec.serviceCIDR6 = netip.MustParsePrefix(fmt.Sprintf("fd00:96:%x::/112", i))
 		}
 		if i <= len(opts.Localities) {
 			spec.locality = opts.Localities[i-1]

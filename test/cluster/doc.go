@@ -5,7 +5,10 @@
 // each with its own CA, serving certificate, service-account keys, RBAC and
 // admin kubeconfig, and distinct pod and service CIDRs. A Deployment and a
 // Service in a member give Running pods with IPs from that member's pod CIDR
-// and EndpointSlices from the real EndpointSlice controller.
+// and EndpointSlices from the real EndpointSlice controller. A dual-stack
+// member (Options.DualStack) has IPv4 and IPv6 ranges: its node a pod CIDR
+// of each family, its pods an address of each, its PreferDualStack
+// Services a ClusterIP of each.
 //
 // The binaries come from test/tools (`make tools`). Everything the harness
 // starts runs as a child process that dies with the test binary; Stop ends

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -26,6 +27,9 @@ type Cluster struct {
 	PodCIDR netip.Prefix
 	// ServiceCIDR is the cluster's Service range.
 	ServiceCIDR netip.Prefix
+	// PodCIDRs and ServiceCIDRs are every family's ranges, IPv4 first:
+	// PodCIDR and ServiceCIDR alone unless Options.DualStack says otherwise.
+	PodCIDRs, ServiceCIDRs []netip.Prefix
 	// Locality is the member node's region and zone.
 	Locality Locality
 	// Dir holds the cluster's certificates, kubeconfigs and logs.
@@ -51,7 +55,40 @@ type clusterSpec struct {
 	index       int
 	podCIDR     netip.Prefix
 	serviceCIDR netip.Prefix
-	locality    Locality
+	// podCIDR6 and serviceCIDR6 are valid in a dual-stack member.
+	podCIDR6, serviceCIDR6 netip.Prefix
+	locality               Locality
+}
+
+// cidrs are a spec's valid ranges, IPv4 first.
+func cidrs(v4, v6 netip.Prefix) []netip.Prefix {
+	var out []netip.Prefix
+	for _, p := range []netip.Prefix{v4, v6} {
+		if p.IsValid() {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// nodeCIDRMask is the controller manager's node mask flag: a /24 of IPv4
+// and, in a dual-stack member, a /64 of IPv6 (the IPv4 /24 is then the
+// default: the per-family flags are refused in a single-stack member and
+// the plain one in a dual-stack member).
+func nodeCIDRMask(families int) string {
+	if families > 1 {
+		return "--node-cidr-mask-size-ipv6=64"
+	}
+	return "--node-cidr-mask-size=24"
+}
+
+// flagList is ranges as a flag takes them, comma-separated.
+func flagList(ps []netip.Prefix) string {
+	var s []string
+	for _, p := range ps {
+		s = append(s, p.String())
+	}
+	return strings.Join(s, ",")
 }
 
 // newCluster writes a cluster's certificates and kubeconfigs and prepares
@@ -95,16 +132,18 @@ func (cs *Clusterset) newCluster(name string, spec clusterSpec, bins binaries, d
 		return nil, fmt.Errorf("%s: admin client: %w", name, err)
 	}
 	c := &Cluster{
-		Name:        name,
-		PodCIDR:     spec.podCIDR,
-		ServiceCIDR: spec.serviceCIDR,
-		Locality:    spec.locality,
-		Dir:         dir,
-		Kubeconfig:  filepath.Join(dir, "admin.kubeconfig"),
-		Config:      admin,
-		Client:      client,
-		ca:          authority,
-		member:      spec.member,
+		Name:         name,
+		PodCIDR:      spec.podCIDR,
+		ServiceCIDR:  spec.serviceCIDR,
+		PodCIDRs:     cidrs(spec.podCIDR, spec.podCIDR6),
+		ServiceCIDRs: cidrs(spec.serviceCIDR, spec.serviceCIDR6),
+		Locality:     spec.locality,
+		Dir:          dir,
+		Kubeconfig:   filepath.Join(dir, "admin.kubeconfig"),
+		Config:       admin,
+		Client:       client,
+		ca:           authority,
+		member:       spec.member,
 	}
 	if err := writeKubeconfig(c.Kubeconfig, []namedConfig{{name, admin}}); err != nil {
 		return nil, fmt.Errorf("%s: %w", name, err)
@@ -134,7 +173,7 @@ func (cs *Clusterset) newCluster(name string, spec clusterSpec, bins binaries, d
 			"--service-account-key-file=" + filepath.Join(dir, "sa.pub"),
 			"--service-account-signing-key-file=" + filepath.Join(dir, "sa.key"),
 			"--authorization-mode=Node,RBAC",
-			"--service-cluster-ip-range=" + spec.serviceCIDR.String(),
+			"--service-cluster-ip-range=" + flagList(c.ServiceCIDRs),
 			"--profiling=false",
 		},
 		logPath: filepath.Join(dir, "kube-apiserver.log"),
@@ -198,9 +237,9 @@ func (c *Cluster) prepareControllers(spec clusterSpec, bins binaries, host strin
 				"--service-account-private-key-file=" + filepath.Join(c.Dir, "sa.key"),
 				"--root-ca-file=" + filepath.Join(c.Dir, "ca.crt"),
 				"--allocate-node-cidrs=true",
-				"--cluster-cidr=" + spec.podCIDR.String(),
-				"--node-cidr-mask-size=24",
-				"--service-cluster-ip-range=" + spec.serviceCIDR.String(),
+				"--cluster-cidr=" + flagList(c.PodCIDRs),
+				nodeCIDRMask(len(c.PodCIDRs)),
+				"--service-cluster-ip-range=" + flagList(c.ServiceCIDRs),
 				"--cluster-name=" + c.Name,
 				// Without it the controller manager creates the kubelet's
 				// default Flexvolume directory on the host.
@@ -274,8 +313,8 @@ func (c *Cluster) start(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		if node.Spec.PodCIDR == "" {
-			return errors.New("node has no pod CIDR yet")
+		if len(node.Spec.PodCIDRs) < len(c.PodCIDRs) {
+			return fmt.Errorf("node has pod CIDRs %v yet, want one in each of %v", node.Spec.PodCIDRs, c.PodCIDRs)
 		}
 		if !nodeReady(node) {
 			return errors.New("node not Ready yet")

@@ -13,6 +13,10 @@
 //	image -bin linux/amd64=bin/linux_amd64/isthmus -bin linux/arm64=bin/linux_arm64/isthmus \
 //	  -name ghcr.io/isthmus-dev/isthmus -tag 0.1.0 -created 2026-12-06T01:00:00Z \
 //	  -label org.opencontainers.image.revision=<sha> -out bin/isthmus-image.tar
+//
+// `image suite-images -out FILE` writes instead the images mcs-api's
+// conformance suite runs (alpine/socat and nicolaka/netshoot) from this
+// machine's Debian binaries, for nodes that can reach no registry.
 package main
 
 import (
@@ -29,6 +33,15 @@ func (m *multi) String() string     { return strings.Join(*m, ",") }
 func (m *multi) Set(s string) error { *m = append(*m, s); return nil }
 
 func main() {
+	// `image suite-images`: the images mcs-api's conformance suite names
+	// (suite.go).
+	if len(os.Args) > 1 && os.Args[1] == "suite-images" {
+		if err := suiteImagesMain(os.Args[2:]); err != nil {
+			fmt.Fprintln(os.Stderr, "image:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	var bins, tags, labels multi
 	flag.Var(&bins, "bin", "os/arch=path of a static isthmus binary (repeat per platform)")
 	flag.Var(&tags, "tag", "a tag for the image (repeat)")
