@@ -8,6 +8,7 @@ package xds
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -53,6 +54,7 @@ type Controller struct {
 	cla      map[string]types.Resource
 	secrets  [2]*tlsv3.Secret // identity, roots
 	ready    atomic.Bool
+	serving  atomic.Pointer[tls.Certificate] // the ADS listener's, see ServingTLS
 }
 
 // Config is what New needs.
