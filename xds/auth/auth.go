@@ -42,7 +42,7 @@ var (
 
 type temporary struct{ error }
 
-func (temporary) Temporary() bool  { return true }
+func (temporary) Temporary() bool { return true }
 func (t temporary) Unwrap() error { return t.error }
 
 // How long a review's answer is reused: a reconnecting client does not

@@ -27,10 +27,10 @@ const reviewTimeout = 10 * time.Second
 // Reasons a stream is refused for its credentials: the label values of
 // isthmus_xds_unauthenticated_streams_total.
 const (
-	authNoToken        = "no_token"
-	authInvalid        = "invalid_token"
-	authWrongAccount   = "wrong_service_account"
-	authReviewFailed   = "review_failed"
+	authNoToken      = "no_token"
+	authInvalid      = "invalid_token"
+	authWrongAccount = "wrong_service_account"
+	authReviewFailed = "review_failed"
 )
 
 // authenticate reads the stream's bearer token, if any, and asks the
