@@ -30,6 +30,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	// The typed configs the bootstrap names, for protojson to resolve.
+	_ "github.com/envoyproxy/go-control-plane/envoy/config/grpc_credential/v3"
 	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
 	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"

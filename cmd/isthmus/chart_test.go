@@ -38,7 +38,7 @@ var chartValues = map[string][]string{
 	"all gateway monitored": {"mode=all", "all.replicas=2", "dataplane=gateway", "metrics.serviceMonitor.enabled=true",
 		"metrics.serviceMonitor.labels.release=prometheus", "dns.clusterZone=clusters.local", "tunnel.endpoint=203.0.113.7:51820"},
 	"single replicas, no dashboard": {"agent.replicas=1", "dns.replicas=1", "xds.replicas=1", "gateway.replicas=1",
-		"dataplane=gateway", "metrics.dashboard.enabled=false", "xds.caSecret="},
+		"dataplane=gateway", "metrics.dashboard.enabled=false", "xds.grpcAuth=anonymous"},
 }
 
 // renderChart runs helm template for member c with the values set.

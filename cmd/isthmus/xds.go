@@ -43,7 +43,7 @@ func xdsRole() role {
 			serverID := fs.String(p+"server-identity", brokerv1.MemberNamespace+"/isthmus-xds", "NAMESPACE/SERVICEACCOUNT of the SPIFFE id in the serving certificate")
 			serverNames := fs.String(p+"server-names", "isthmus-xds."+brokerv1.MemberNamespace+".svc,isthmus-xds."+brokerv1.MemberNamespace+".svc.cluster.local", "comma-separated DNS names in the serving certificate: the names clients dial (gRPC and Envoy check them)")
 			gatewaySA := fs.String(p+"gateway-service-account", brokerv1.MemberNamespace+"/isthmus-gateway", "NAMESPACE/NAME of the only ServiceAccount whose token (audience "+auth.Audience+", checked with TokenReview) admits a client to the gateway view; empty: check no tokens")
-			grpcClients := fs.String(p+"grpc-clients", "token", "who gets the gRPC view over TLS: token (a client sends a token of any ServiceAccount with audience "+auth.Audience+") or anonymous (anyone reaching the listener; topology only, never keys)")
+			grpcAuth := fs.String(p+"grpc-auth", "token", "who gets the gRPC view over TLS: token (a client sends a token of any ServiceAccount with audience "+auth.Audience+") or anonymous (anyone reaching the listener; topology only, never keys)")
 			return func(ctx context.Context, e *env, log *slog.Logger) error {
 				f := &e.facts
 				mode, err := f.check()
@@ -64,8 +64,8 @@ func xdsRole() role {
 				if !plaintext && *caSecret == "" {
 					return fmt.Errorf("ADS on %s is served over TLS, which needs --%sca-secret; only a loopback --%slisten is served in plaintext", *listen, p, p)
 				}
-				if *grpcClients != "token" && *grpcClients != "anonymous" {
-					return fmt.Errorf("--%sgrpc-clients %q: want token or anonymous", p, *grpcClients)
+				if *grpcAuth != "token" && *grpcAuth != "anonymous" {
+					return fmt.Errorf("--%sgrpc-auth %q: want token or anonymous", p, *grpcAuth)
 				}
 				srvNS, srvSA, err := namespacedName(p+"server-identity", *serverID)
 				if err != nil {
@@ -97,7 +97,7 @@ func xdsRole() role {
 				lm := model.Local{ClusterID: id, Region: f.region, Zone: f.zone, ClustersetDomain: *domain, Mode: model.Mode(mode), IngressPort: int32(f.ingressPort)}
 				// gRPC sends call credentials only over TLS, so a plaintext
 				// (loopback) server cannot ask gRPC clients for a token.
-				cfg := server.Config{ClusterID: id, Log: log, Registry: e.reg, AnonymousGRPC: plaintext || *grpcClients == "anonymous"}
+				cfg := server.Config{ClusterID: id, Log: log, Registry: e.reg, AnonymousGRPC: plaintext || *grpcAuth == "anonymous"}
 				if *gatewaySA != "" {
 					cfg.Authenticator, cfg.GatewayServiceAccount = auth.NewReviewer(local.Kube, auth.Audience), *gatewaySA
 				} else {
