@@ -53,7 +53,7 @@ func TestReviewerOnRealAPIServer(t *testing.T) {
 
 	for _, tc := range []struct {
 		name, token, want string
-		err             error
+		err               error
 	}{
 		{"the gateway's token for isthmus-xds", gateway, "isthmus-system/isthmus-gateway", nil},
 		{"another ServiceAccount's token", other, "isthmus-system/other", nil},
