@@ -134,7 +134,7 @@ func xdsRole() role {
 					}
 					if err := ctrl.ServeCertificates(ctx, xds.CertificatesConfig{
 						Kube: local.Kube, CASecretNamespace: caNS, CASecretName: caName, TTL: *certTTL, Workloads: certs, Registry: e.reg,
-						Serving: &xds.ServingCert{Namespace: srvNS, ServiceAccount: srvSA, DNSNames: splitList(*serverNames)},
+						Serving: &xds.ServingCert{Namespace: srvNS, ServiceAccount: srvSA, DNSNames: split(*serverNames)},
 					}); err != nil {
 						return err
 					}
@@ -210,15 +210,4 @@ func plaintextADS(mode, listen string) (bool, error) {
 	}
 	a, err := netip.ParseAddr(host)
 	return err == nil && a.IsLoopback(), nil
-}
-
-// splitList splits a comma-separated flag, dropping empty items.
-func splitList(v string) []string {
-	var out []string
-	for _, s := range strings.Split(v, ",") {
-		if s = strings.TrimSpace(s); s != "" {
-			out = append(out, s)
-		}
-	}
-	return out
 }
