@@ -12,11 +12,13 @@ import (
 	"testing"
 
 	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
-	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	grpccredv3 "github.com/envoyproxy/go-control-plane/envoy/config/grpc_credential/v3"
 	"google.golang.org/protobuf/encoding/protojson"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"sigs.k8s.io/yaml"
+
+	"github.com/isthmus-dev/isthmus/xds/auth"
 
 	// The typed configs the bootstrap names, for protojson to resolve.
 	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
@@ -72,9 +74,10 @@ func gatewayBootstrap(t *testing.T, set ...string) (*bootstrapv3.Bootstrap, []by
 }
 
 // TestChartGatewayBootstrap: the Envoy bootstrap is a valid v3 Bootstrap
-// (and the golden file); it speaks ADS over gRPC to the rendered
-// isthmus-xds Service over HTTP/2, with the v3 resource API; its admin
-// interface listens on 127.0.0.1 only. That the xDS server gives its node
+// (and the golden file); it speaks ADS with the v3 resource API to the
+// rendered isthmus-xds Service over TLS, verified against the trust bundle
+// the gateway mounts, and sends the gateway's projected token for the
+// audience isthmus-xds; its admin interface listens on 127.0.0.1 only. That the xDS server gives its node
 // the gateway view is cmd/isthmus's TestChartGatewayNodeView.
 func TestChartGatewayBootstrap(t *testing.T) {
 	b, text, docs := gatewayBootstrap(t)
@@ -97,25 +100,7 @@ func TestChartGatewayBootstrap(t *testing.T) {
 			t.Errorf("%s config waits %v for the first response, want no timeout", name, src.GetInitialFetchTimeout())
 		}
 	}
-	xdsCluster := ads.GetGrpcServices()[0].GetEnvoyGrpc().GetClusterName()
-	var c *clusterv3.Cluster
-	for _, sc := range b.GetStaticResources().GetClusters() {
-		if sc.GetName() == xdsCluster {
-			c = sc
-		}
-	}
-	if c == nil {
-		t.Fatalf("ADS names cluster %q, which the bootstrap does not define", xdsCluster)
-	}
-	if _, ok := c.GetTypedExtensionProtocolOptions()["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]; !ok {
-		t.Error("the xDS cluster does not speak HTTP/2")
-	}
-	addr := c.GetLoadAssignment().GetEndpoints()[0].GetLbEndpoints()[0].GetEndpoint().GetAddress().GetSocketAddress()
-	svc := find(docs, "Service", "isthmus-xds")
-	ports, _, _ := unstructured.NestedSlice(svc.Object, "spec", "ports")
-	if want := svc.GetName() + "." + svc.GetNamespace() + ".svc"; addr.GetAddress() != want || fmt.Sprint(addr.GetPortValue()) != fmt.Sprint(ports[0].(map[string]any)["port"]) {
-		t.Errorf("the xDS cluster dials %s:%d, want the Service %s port %v", addr.GetAddress(), addr.GetPortValue(), want, ports[0].(map[string]any)["port"])
-	}
+	checkADSCredentials(t, ads.GetGrpcServices()[0], docs)
 	// The ingress port the xDS server opens is the one the gateway's
 	// Service and container expose.
 	gw := find(docs, "Service", "isthmus-gateway")
@@ -199,4 +184,64 @@ func TestChartDashboard(t *testing.T) {
 			t.Errorf("the dashboard shows no %s", prefix)
 		}
 	}
+}
+
+// checkADSCredentials: ADS dials the isthmus-xds Service by the name its
+// serving certificate carries, over TLS with the roots of the ConfigMap
+// `isthmusctl join` writes, and sends, from a file the kubelet keeps
+// fresh, a token of the gateway's ServiceAccount for the audience the
+// xDS server reviews tokens for.
+func checkADSCredentials(t *testing.T, svc *corev3.GrpcService, docs []*unstructured.Unstructured) {
+	t.Helper()
+	g := svc.GetGoogleGrpc()
+	if g == nil {
+		t.Fatalf("ADS goes through %v, want Envoy's Google gRPC client (the one that takes call credentials)", svc)
+	}
+	xds := find(docs, "Service", "isthmus-xds")
+	ports, _, _ := unstructured.NestedSlice(xds.Object, "spec", "ports")
+	if want := fmt.Sprintf("%s.%s.svc:%v", xds.GetName(), xds.GetNamespace(), ports[0].(map[string]any)["port"]); g.GetTargetUri() != want {
+		t.Errorf("ADS dials %q, want the Service %s", g.GetTargetUri(), want)
+	}
+	mounts := gatewayMounts(t, docs)
+	roots := g.GetChannelCredentials().GetSslCredentials().GetRootCerts().GetFilename()
+	if v := mounts[filepath.Dir(roots)]; v == nil || v["configMap"] == nil || v["configMap"].(map[string]any)["name"] != "isthmus-trust-bundle" {
+		t.Errorf("ADS trusts %q, which is not in the trust bundle ConfigMap the gateway mounts (%v)", roots, v)
+	}
+	if g.GetCredentialsFactoryName() != "envoy.grpc_credentials.file_based_metadata" || len(g.GetCallCredentials()) != 1 {
+		t.Fatalf("ADS call credentials %v from %q", g.GetCallCredentials(), g.GetCredentialsFactoryName())
+	}
+	var fb grpccredv3.FileBasedMetadataConfig
+	if err := g.GetCallCredentials()[0].GetFromPlugin().GetTypedConfig().UnmarshalTo(&fb); err != nil {
+		t.Fatal(err)
+	}
+	if fb.GetHeaderKey() != "authorization" || fb.GetHeaderPrefix() != "Bearer " {
+		t.Errorf("the token goes as %q: %q…", fb.GetHeaderKey(), fb.GetHeaderPrefix())
+	}
+	token := fb.GetSecretData().GetFilename()
+	v := mounts[filepath.Dir(token)]
+	sources, _, _ := unstructured.NestedSlice(v, "projected", "sources")
+	if len(sources) != 1 {
+		t.Fatalf("the token %q is not in a projected volume of the gateway: %v", token, v)
+	}
+	sat, _ := sources[0].(map[string]any)["serviceAccountToken"].(map[string]any)
+	if sat["audience"] != auth.Audience || sat["path"] != filepath.Base(token) {
+		t.Errorf("the token %q is %v, want a ServiceAccount token for %q", token, sat, auth.Audience)
+	}
+}
+
+// gatewayMounts maps each mount path of the gateway's Envoy to its volume.
+func gatewayMounts(t *testing.T, docs []*unstructured.Unstructured) map[string]map[string]any {
+	t.Helper()
+	d := find(docs, "Deployment", "isthmus-gateway")
+	spec, _, _ := unstructured.NestedMap(d.Object, "spec", "template", "spec")
+	volumes := map[string]map[string]any{}
+	for _, v := range spec["volumes"].([]any) {
+		volumes[v.(map[string]any)["name"].(string)] = v.(map[string]any)
+	}
+	out := map[string]map[string]any{}
+	for _, m := range spec["containers"].([]any)[0].(map[string]any)["volumeMounts"].([]any) {
+		m := m.(map[string]any)
+		out[m["mountPath"].(string)] = volumes[m["name"].(string)]
+	}
+	return out
 }

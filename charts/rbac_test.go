@@ -60,6 +60,7 @@ var roleAccess = map[string][]access{
 		{verb: "create", group: "coordination.k8s.io", resource: "leases", ns: "shop"},
 		{verb: "create", resource: "pods", ns: "shop"},
 		{verb: "get", resource: "nodes", name: "kwok-node-0"},
+		{verb: "create", group: "authentication.k8s.io", resource: "tokenreviews"},
 	},
 	"dns": {
 		{verb: "list", group: "multicluster.x-k8s.io", resource: "serviceimports", allowed: true},
@@ -85,6 +86,8 @@ var roleAccess = map[string][]access{
 		{verb: "list", resource: "secrets", ns: "isthmus-system"},
 		{verb: "patch", group: "discovery.k8s.io", resource: "endpointslices", ns: "shop"},
 		{verb: "create", group: "coordination.k8s.io", resource: "leases", ns: "isthmus-system"},
+		{verb: "create", group: "authentication.k8s.io", resource: "tokenreviews", allowed: true},
+		{verb: "create", group: "authorization.k8s.io", resource: "subjectaccessreviews"},
 	},
 	"tunnel": {
 		{verb: "get", resource: "secrets", ns: "isthmus-system", name: "isthmus-tunnel-key", allowed: true},
@@ -105,6 +108,7 @@ var roleAccess = map[string][]access{
 		{verb: "get", resource: "secrets", ns: "isthmus-system", name: "isthmus-ca"},
 		{verb: "list", group: "discovery.k8s.io", resource: "endpointslices"},
 		{verb: "get", group: "about.k8s.io", resource: "clusterproperties", name: "cluster.clusterset.k8s.io"},
+		{verb: "create", group: "authentication.k8s.io", resource: "tokenreviews"},
 	},
 }
 

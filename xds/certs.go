@@ -2,6 +2,8 @@ package xds
 
 import (
 	"context"
+	"crypto/tls"
+	"errors"
 	"fmt"
 	"log/slog"
 	"sync"
@@ -33,6 +35,9 @@ type CertificatesConfig struct {
 	// Workloads are the identities whose certificates are kept as files,
 	// for proxyless gRPC clients' file_watcher provider.
 	Workloads []WorkloadCert
+	// Serving, when set, is the xDS server's own identity: a certificate
+	// with its SPIFFE id and these DNS names, for ServingTLS.
+	Serving *ServingCert
 	// Reload is how often the Secret is read again (0: DefaultCAReload).
 	Reload time.Duration
 	// Registry receives the certificate metrics.
@@ -43,6 +48,29 @@ type CertificatesConfig struct {
 // directory (tls.crt, tls.key, ca.crt).
 type WorkloadCert struct {
 	Namespace, ServiceAccount, Dir string
+}
+
+// ServingCert is the xDS server's identity: its ServiceAccount's SPIFFE
+// id, and the DNS names clients dial it by (the Service's names), which
+// gRPC's and Envoy's clients check.
+type ServingCert struct {
+	Namespace, ServiceAccount string
+	DNSNames                  []string
+}
+
+// ServingTLS is the TLS configuration of the ADS listener: the serving
+// certificate ServeCertificates keeps current (each handshake takes the
+// newest), TLS 1.2 at least.
+func (c *Controller) ServingTLS() *tls.Config {
+	return &tls.Config{
+		MinVersion: tls.VersionTLS12,
+		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+			if cert := c.serving.Load(); cert != nil {
+				return cert, nil
+			}
+			return nil, errors.New("the xDS server has no serving certificate yet")
+		},
+	}
 }
 
 // ServeCertificates issues the gateway's certificate (served over SDS
@@ -68,6 +96,16 @@ func (c *Controller) ServeCertificates(ctx context.Context, cfg CertificatesConf
 		c.log.Info("gateway certificate in place", "leaf", l)
 	}); err != nil {
 		return err
+	}
+	if sv := cfg.Serving; sv != nil {
+		id := brokerv1.WorkloadSPIFFEID(cluster, domain, sv.Namespace, sv.ServiceAccount)
+		if err := cas.rotateWith(ctx, servingIssuer{cas, sv.DNSNames}, id, cfg.TTL, metrics, func(l *identity.Leaf) {
+			cert := l.Certificate
+			c.serving.Store(&cert)
+			c.log.Info("xDS serving certificate in place", "leaf", l, "dns_names", sv.DNSNames)
+		}); err != nil {
+			return err
+		}
 	}
 	for _, w := range cfg.Workloads {
 		id, dir := brokerv1.WorkloadSPIFFEID(cluster, domain, w.Namespace, w.ServiceAccount), w.Dir
@@ -154,7 +192,13 @@ func (s *caSource) watch(ctx context.Context, every time.Duration) {
 // rotate runs a Rotator for id, calling use with every leaf (the first at
 // once), renewing all leaves when the CA changes.
 func (s *caSource) rotate(ctx context.Context, id string, ttl time.Duration, metrics *identity.Metrics, use func(*identity.Leaf)) error {
-	r, err := identity.NewRotator(s, id, identity.RotatorOptions{TTL: ttl, Logger: s.log, Metrics: metrics})
+	return s.rotateWith(ctx, s, id, ttl, metrics, use)
+}
+
+// rotateWith is rotate with leaves from issuer (which reads this source's
+// current CA).
+func (s *caSource) rotateWith(ctx context.Context, issuer identity.Issuer, id string, ttl time.Duration, metrics *identity.Metrics, use func(*identity.Leaf)) error {
+	r, err := identity.NewRotator(issuer, id, identity.RotatorOptions{TTL: ttl, Logger: s.log, Metrics: metrics})
 	if err != nil {
 		return fmt.Errorf("issuing the certificate of %s: %w", id, err)
 	}
@@ -169,4 +213,18 @@ func (s *caSource) rotate(ctx context.Context, id string, ttl time.Duration, met
 	s.mu.Unlock()
 	go func() { _ = r.Run(ctx) }()
 	return nil
+}
+
+// servingIssuer issues serving certificates (with DNS names) from the
+// current CA.
+type servingIssuer struct {
+	s        *caSource
+	dnsNames []string
+}
+
+func (i servingIssuer) IssueLeaf(id string, ttl time.Duration) (*identity.Leaf, error) {
+	i.s.mu.Lock()
+	ca := i.s.ca
+	i.s.mu.Unlock()
+	return ca.IssueServing(id, i.dnsNames, ttl)
 }

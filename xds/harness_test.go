@@ -73,12 +73,20 @@ type env struct {
 }
 
 func newEnv(t *testing.T, local model.Local, clusters map[string]*model.Cluster) *env {
+	return newEnvWith(t, local, clusters, server.Config{}, false)
+}
+
+// newEnvWith is newEnv with the server's authentication fields from cfg,
+// serving over TLS (ServingTLS: the certificate ServeCertificates keeps)
+// when tls is set.
+func newEnvWith(t *testing.T, local model.Local, clusters map[string]*model.Cluster, cfg server.Config, tls bool) *env {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	reg := prometheus.NewRegistry()
-	srv, err := server.New(ctx, server.Config{ClusterID: local.ClusterID, Log: log, Registry: reg})
+	cfg.ClusterID, cfg.Log, cfg.Registry = local.ClusterID, log, reg
+	srv, err := server.New(ctx, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -87,7 +95,11 @@ func newEnv(t *testing.T, local model.Local, clusters map[string]*model.Cluster)
 	if err != nil {
 		t.Fatal(err)
 	}
-	g := grpc.NewServer()
+	var opts []grpc.ServerOption
+	if tls {
+		opts = append(opts, grpc.Creds(credentials.NewTLS(ctrl.ServingTLS())))
+	}
+	g := grpc.NewServer(opts...)
 	srv.Register(g)
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

@@ -8,6 +8,7 @@ package xds
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -53,6 +54,7 @@ type Controller struct {
 	cla      map[string]types.Resource
 	secrets  [2]*tlsv3.Secret // identity, roots
 	ready    atomic.Bool
+	serving  atomic.Pointer[tls.Certificate] // the ADS listener's, see ServingTLS
 }
 
 // Config is what New needs.
@@ -120,8 +122,14 @@ func (c *Controller) Apply(ctx context.Context, ch source.Change) {
 	if ch.Clusters {
 		next := c.models.Clusters()
 		changed := changedClusters(c.clusters, next)
+		joinedOrLeft := !sameMembers(c.clusters, next)
 		c.clusters = next
 		for k, s := range c.services {
+			// The ingress of every service exported from here accepts
+			// only the members' identities (translate.GatewayIngressChains).
+			if _, exported := s.Endpoints[c.local.ClusterID]; exported && joinedOrLeft {
+				keys[k] = true
+			}
 			for id := range changed {
 				if _, ok := s.Endpoints[id]; ok {
 					keys[k] = true
@@ -245,6 +253,20 @@ func changedClusters(old, next map[string]*model.Cluster) map[string]bool {
 		}
 	}
 	return out
+}
+
+// sameMembers says whether two views of the clusterset hold the same
+// clusters.
+func sameMembers(a, b map[string]*model.Cluster) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for id := range a {
+		if _, ok := b[id]; !ok {
+			return false
+		}
+	}
+	return true
 }
 
 func sortedKeys(m map[string]bool) []string {

@@ -3,6 +3,8 @@ package main
 import (
 	"context"
 	"encoding/base64"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"fmt"
 	"k8s.io/client-go/dynamic"
@@ -23,14 +25,20 @@ import (
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/structpb"
+	authenticationv1 "k8s.io/api/authentication/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"sigs.k8s.io/yaml"
 
 	// The typed configs the bootstrap names, for protojson to resolve.
+	_ "github.com/envoyproxy/go-control-plane/envoy/config/grpc_credential/v3"
 	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
 	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
@@ -42,6 +50,7 @@ import (
 	"github.com/isthmus-dev/isthmus/mcs/setup"
 	"github.com/isthmus-dev/isthmus/tunnel"
 	"github.com/isthmus-dev/isthmus/xds"
+	xdsauth "github.com/isthmus-dev/isthmus/xds/auth"
 	xdsidentity "github.com/isthmus-dev/isthmus/xds/identity"
 	"github.com/isthmus-dev/isthmus/xds/model"
 	"github.com/isthmus-dev/isthmus/xds/server"
@@ -86,29 +95,18 @@ func TestChartGatewayNodeView(t *testing.T) {
 	}
 }
 
-// checkChartGatewayNode connects to the xDS server at adsAddr as an Envoy
-// with the chart's bootstrap node would, and checks it is served the
-// gateway view, and that the server issued the gateway's certificate from
-// the CA Secret its chart identity may read.
-func checkChartGatewayNode(t *testing.T, ctx context.Context, adsAddr, metrics string) {
+// checkChartGatewayNode connects to the xDS server at adsAddr over TLS,
+// trusting only the clusterset's bundle, as an Envoy with the chart's
+// bootstrap node would, and checks it is taken for a gateway; that the
+// server issued the gateway's certificate from the CA Secret its chart
+// identity may read; and that its chart identity may review tokens: a
+// gRPC client with a token for isthmus-xds is served, one without is
+// refused.
+func checkChartGatewayNode(t *testing.T, ctx context.Context, adsAddr, metrics string, bundle []byte) {
 	t.Helper()
 	b := gatewayBootstrap(t)
 	node := proto.Clone(b.GetNode()).(*corev3.Node)
 	node.Id = "isthmus-gateway-6d9f7-x2x8q" // --service-node $(POD_NAME)
-	conn, err := grpc.NewClient(adsAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	st, err := discoveryv3.NewAggregatedDiscoveryServiceClient(conn).StreamAggregatedResources(sctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := st.Send(&discoveryv3.DiscoveryRequest{Node: node, TypeUrl: resource.ListenerType}); err != nil {
-		t.Fatal(err)
-	}
 	// The server takes the chart's node for a gateway of this cluster, and
 	// so refuses it here: the test connects from loopback, which is no pod
 	// of the gateway Service, and the gateway view carries the gateway's
@@ -116,19 +114,58 @@ func checkChartGatewayNode(t *testing.T, ctx context.Context, adsAddr, metrics s
 	// TestGatewayViewOnlyForGatewayPods.) The role, running on its chart
 	// identity, could list the gateway Service's EndpointSlices, or it
 	// would not have become ready.
-	if _, err := st.Recv(); err == nil || !strings.Contains(err.Error(), "no pod of the gateway Service") {
+	if _, err := firstResponse(ctx, adsAddr, bundle, "", node); err == nil || !strings.Contains(err.Error(), "no pod of the gateway Service") {
 		t.Fatalf("the chart's gateway node from loopback: %v, want refused as no gateway pod", err)
+	}
+	grpcNode := &corev3.Node{Id: "client", Metadata: &structpb.Struct{Fields: map[string]*structpb.Value{
+		server.MetadataRole: structpb.NewStringValue(string(server.GRPCView)), server.MetadataCluster: structpb.NewStringValue(ids[chartMember])}}}
+	if _, err := firstResponse(ctx, adsAddr, bundle, "", grpcNode); status.Code(err) != codes.Unauthenticated {
+		t.Errorf("a gRPC client without a token: %v, want Unauthenticated", err)
+	}
+	tok, err := clusters.Members[chartMember].Client.CoreV1().ServiceAccounts("isthmus-system").CreateToken(ctx, "isthmus-dns",
+		&authenticationv1.TokenRequest{Spec: authenticationv1.TokenRequestSpec{Audiences: []string{xdsauth.Audience}, ExpirationSeconds: ptrTo(int64(600))}}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := firstResponse(ctx, adsAddr, bundle, tok.Status.Token, grpcNode); err != nil {
+		t.Errorf("a gRPC client with a token for %s, reviewed by the chart identity: %v", xdsauth.Audience, err)
 	}
 	eventually(t, 10*time.Second, "the gateway's certificate issued from the CA Secret", func() error {
 		_, body := get("http://" + metrics + "/metrics")
 		if !strings.Contains(body, "isthmus_xds_identity_cert_expiry_timestamp_seconds{") {
 			return fmt.Errorf("no certificate issued from the CA Secret")
 		}
-		if !strings.Contains(body, "isthmus_xds_refused_nodes_total 1") {
-			return fmt.Errorf("the refusal is not counted")
+		if !strings.Contains(body, "isthmus_xds_refused_nodes_total 1") || !strings.Contains(body, `isthmus_xds_unauthenticated_streams_total{reason="no_token"} 1`) {
+			return fmt.Errorf("the refusals are not counted")
 		}
 		return nil
 	})
+}
+
+// firstResponse opens an ADS stream to addr over TLS trusting bundle,
+// sending token if set, asks for listeners as n and returns the first
+// response or the stream's end.
+func firstResponse(ctx context.Context, addr string, bundle []byte, token string, n *corev3.Node) (*discoveryv3.DiscoveryResponse, error) {
+	roots := x509.NewCertPool()
+	roots.AppendCertsFromPEM(bundle)
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{RootCAs: roots})))
+	if err != nil {
+		return nil, err
+	}
+	defer conn.Close()
+	sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	if token != "" {
+		sctx = metadata.AppendToOutgoingContext(sctx, "authorization", "Bearer "+token)
+	}
+	st, err := discoveryv3.NewAggregatedDiscoveryServiceClient(conn).StreamAggregatedResources(sctx)
+	if err != nil {
+		return nil, err
+	}
+	if err := st.Send(&discoveryv3.DiscoveryRequest{Node: n, TypeUrl: resource.ListenerType}); err != nil {
+		return nil, err
+	}
+	return st.Recv()
 }
 
 // checkChartDNS asks the resolver running with its chart identity for

@@ -168,8 +168,9 @@ func runWithChartIdentity(t *testing.T, ctx context.Context, role string, args .
 }
 
 // writeClusterCA stores an intermediate CA for c in isthmus-system/isthmus-ca,
-// as isthmusctl join does with certificates, until the test ends.
-func writeClusterCA(t *testing.T, ctx context.Context, m *cluster.Cluster) {
+// as isthmusctl join does with certificates, until the test ends, and
+// returns the trust bundle.
+func writeClusterCA(t *testing.T, ctx context.Context, m *cluster.Cluster) []byte {
 	t.Helper()
 	root, err := xdsidentity.NewRoot(brokerv1.DefaultClustersetDomain, 24*time.Hour)
 	if err != nil {
@@ -193,6 +194,7 @@ func writeClusterCA(t *testing.T, ctx context.Context, m *cluster.Cluster) {
 	t.Cleanup(func() {
 		_ = secrets.Delete(context.Background(), brokerv1.IntermediateCASecret, metav1.DeleteOptions{})
 	})
+	return bundle
 }
 
 // TestChartRolesRunWithTheirIdentities: the least privilege is enough.
@@ -200,7 +202,8 @@ func writeClusterCA(t *testing.T, ctx context.Context, m *cluster.Cluster) {
 // chart ServiceAccounts (the agent in place of the test's own agent of c)
 // and do their work: the agent exports a Service, imports it and
 // withdraws it; the resolver answers for the import; the xDS server
-// issues the gateway's certificate from the CA Secret, watches the gateway
+// issues the gateway's and its own certificate from the CA Secret, serves
+// ADS over TLS, checks client tokens with TokenReview, watches the gateway
 // Service's pods and takes a node with the chart's gateway bootstrap for
 // a gateway (refusing it, as it connects from no gateway pod).
 func TestChartRolesRunWithTheirIdentities(t *testing.T) {
@@ -208,7 +211,7 @@ func TestChartRolesRunWithTheirIdentities(t *testing.T) {
 	ctx := ctxFor(t, 4*time.Minute)
 	m := clusters.Members[chartMember]
 	applyChartRBAC(t, ctx)
-	writeClusterCA(t, ctx, m)
+	bundle := writeClusterCA(t, ctx, m)
 
 	stopAgent(t, chartMember)
 	t.Cleanup(func() {
@@ -222,7 +225,9 @@ func TestChartRolesRunWithTheirIdentities(t *testing.T) {
 	dnsAddr, adsAddr := freePort(t), freePort(t)
 	_, stopDNS := runWithChartIdentity(t, ctx, "dns", "--listen", dnsAddr, "--udp-sockets", "1")
 	defer stopDNS()
-	xdsMetrics, stopXDS := runWithChartIdentity(t, ctx, "xds", "--listen", adsAddr, "--region", regions[chartMember])
+	// Over TLS as the chart runs it (--tls always), for a name this test
+	// can dial on loopback.
+	xdsMetrics, stopXDS := runWithChartIdentity(t, ctx, "xds", "--listen", adsAddr, "--region", regions[chartMember], "--tls", "always", "--server-names", "localhost")
 	defer stopXDS()
 
 	ns := "chartrbac"
@@ -238,7 +243,7 @@ func TestChartRolesRunWithTheirIdentities(t *testing.T) {
 		return err
 	})
 	checkChartDNS(t, ctx, dnsAddr, ns)
-	checkChartGatewayNode(t, ctx, adsAddr, xdsMetrics)
+	checkChartGatewayNode(t, ctx, "localhost:"+adsAddr[strings.LastIndex(adsAddr, ":")+1:], xdsMetrics, bundle)
 
 	unexport(t, ctx, chartMember, ns, "web")
 	eventually(t, propagation, "import withdrawn by the chart-identity agent", func() error {

@@ -31,6 +31,13 @@ func TestXDSRoleFlagErrors(t *testing.T) {
 		{"--workload-certs", "bad", "--kubeconfig", "/nonexistent"},
 		{"--gateway-service", "no-slash", "--kubeconfig", "/nonexistent"},
 		{"--gateway-service", "a/b/c", "--kubeconfig", "/nonexistent"},
+		{"--tls", "sometimes", "--kubeconfig", "/nonexistent"},
+		{"--grpc-auth", "maybe", "--kubeconfig", "/nonexistent"},
+		{"--server-identity", "no-slash", "--kubeconfig", "/nonexistent"},
+		{"--gateway-service-account", "no-slash", "--kubeconfig", "/nonexistent"},
+		// TLS (any address but loopback, or --tls always) needs the CA.
+		{"--listen", ":15010", "--ca-secret", "", "--kubeconfig", "/nonexistent"},
+		{"--listen", "127.0.0.1:15010", "--tls", "always", "--ca-secret", "", "--kubeconfig", "/nonexistent"},
 		{"extra-arg"},
 		{"--no-such-flag"},
 		{"--kubeconfig", "/nonexistent/kubeconfig"},
@@ -134,6 +141,31 @@ func askAsGateway(ctx context.Context, addr string) error {
 	}
 	_, err = st.Recv()
 	return err
+}
+
+// TestPlaintextADS: ADS is plaintext only on a loopback address with
+// --tls auto.
+func TestPlaintextADS(t *testing.T) {
+	for _, tc := range []struct {
+		mode, listen string
+		plain, err   bool
+	}{
+		{"auto", "127.0.0.1:15010", true, false},
+		{"auto", "[::1]:15010", true, false},
+		{"auto", "localhost:15010", true, false},
+		{"auto", ":15010", false, false},
+		{"auto", "0.0.0.0:15010", false, false},
+		{"auto", "10.0.0.7:15010", false, false},
+		{"auto", "isthmus-xds:15010", false, false},
+		{"always", "127.0.0.1:15010", false, false},
+		{"never", "127.0.0.1:15010", false, true},
+		{"auto", "no-port", false, true},
+	} {
+		plain, err := plaintextADS(tc.mode, tc.listen)
+		if plain != tc.plain || (err != nil) != tc.err {
+			t.Errorf("--tls %s --listen %s: plaintext %v, %v", tc.mode, tc.listen, plain, err)
+		}
+	}
 }
 
 func keyOf(ns, name string) model.Key { return model.Key{Namespace: ns, Name: name} }

@@ -194,6 +194,12 @@ func TestIdentities(t *testing.T) {
 		if !bytes.Contains(after.Data[brokerv1.TrustBundleKey], bytes.TrimSpace(extra)) || !bytes.Contains(after.Data[brokerv1.TrustBundleKey], rootSecret.Data[corev1.TLSCertKey]) {
 			t.Error("the member's ca.crt does not hold both roots")
 		}
+		// The bundle alone, without the key, for pods that verify the
+		// clusterset's certificates (the gateway's Envoy mounts it).
+		cm, err = beta.Kube.CoreV1().ConfigMaps(setup.MemberNamespace).Get(ctx, brokerv1.TrustBundleConfigMap, metav1.GetOptions{})
+		if err != nil || cm.Data[brokerv1.TrustBundleKey] != string(after.Data[brokerv1.TrustBundleKey]) || len(cm.Data) != 1 {
+			t.Errorf("the member's trust bundle ConfigMap %v (%v), want exactly the Secret's ca.crt", cm.Data, err)
+		}
 	})
 
 	t.Run("OperatorRootImported", func(t *testing.T) {

@@ -150,8 +150,7 @@ func joinIdentity(ctx context.Context, onHub, onMember *applier, ns, id string, 
 		if reason == "" {
 			// Good as it is; only the published bundle may have grown.
 			m.Bundle = bundle
-			_, err := onMember.apply(ctx, secretGVR, caSecret(brokerv1.IntermediateCASecret, MemberNamespace, m, current.Annotations[renewReasonAnnotation]))
-			return err
+			return writeMemberCA(ctx, onMember, m, current.Annotations[renewReasonAnnotation])
 		}
 	case !apierrors.IsNotFound(err):
 		return fmt.Errorf("reading Secret %s/%s: %w", MemberNamespace, brokerv1.IntermediateCASecret, err)
@@ -168,7 +167,22 @@ func joinIdentity(ctx context.Context, onHub, onMember *applier, ns, id string, 
 		return fmt.Errorf("issuing the intermediate CA of %s: %w", id, err)
 	}
 	m.Bundle = bundle
-	_, err = onMember.apply(ctx, secretGVR, caSecret(brokerv1.IntermediateCASecret, MemberNamespace, m, reason))
+	return writeMemberCA(ctx, onMember, m, reason)
+}
+
+// writeMemberCA writes the member's intermediate CA Secret, and the trust
+// bundle alone (no key) in the ConfigMap TrustBundleConfigMap beside it,
+// which pods that must verify the clusterset's certificates mount: the
+// gateway's Envoy checks the xDS server's certificate against it.
+func writeMemberCA(ctx context.Context, onMember *applier, m CAMaterial, reason string) error {
+	if _, err := onMember.apply(ctx, secretGVR, caSecret(brokerv1.IntermediateCASecret, MemberNamespace, m, reason)); err != nil {
+		return err
+	}
+	_, err := onMember.apply(ctx, configMapGVR, &corev1.ConfigMap{
+		TypeMeta:   metav1.TypeMeta{APIVersion: "v1", Kind: "ConfigMap"},
+		ObjectMeta: metav1.ObjectMeta{Name: brokerv1.TrustBundleConfigMap, Namespace: MemberNamespace, Labels: partOf},
+		Data:       map[string]string{brokerv1.TrustBundleKey: string(m.Bundle)},
+	})
 	return err
 }
 

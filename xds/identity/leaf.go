@@ -46,6 +46,21 @@ type Leaf struct {
 // digital signature, serverAuth and clientAuth, valid for ttl (capped at
 // the intermediate's expiry).
 func (ca *CA) IssueLeaf(spiffeID string, ttl time.Duration) (*Leaf, error) {
+	return ca.issue(spiffeID, nil, ttl)
+}
+
+// IssueServing is IssueLeaf with DNS names besides the SPIFFE id: a
+// server's certificate for clients that verify a host name (gRPC's and
+// Envoy's xDS clients check the name they dialled). Our roots and
+// intermediates constrain URIs only, so any DNS name verifies.
+func (ca *CA) IssueServing(spiffeID string, dnsNames []string, ttl time.Duration) (*Leaf, error) {
+	if len(dnsNames) == 0 {
+		return nil, fmt.Errorf("a serving certificate for %s needs a DNS name", spiffeID)
+	}
+	return ca.issue(spiffeID, dnsNames, ttl)
+}
+
+func (ca *CA) issue(spiffeID string, dnsNames []string, ttl time.Duration) (*Leaf, error) {
 	id, err := spiffeid.FromString(spiffeID)
 	if err != nil {
 		return nil, fmt.Errorf("SPIFFE id %q: %w", spiffeID, err)
@@ -77,6 +92,7 @@ func (ca *CA) IssueLeaf(spiffeID string, ttl time.Duration) (*Leaf, error) {
 		KeyUsage:              x509.KeyUsageDigitalSignature,
 		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
 		URIs:                  []*url.URL{id.URL()},
+		DNSNames:              dnsNames,
 	}
 	cert, err := sign(tmpl, ca, key)
 	if err != nil {

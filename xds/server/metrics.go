@@ -11,6 +11,7 @@ type metrics struct {
 	pushLatency     *prometheus.HistogramVec
 	resources       *prometheus.GaugeVec
 	limited         *prometheus.CounterVec
+	unauthenticated *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -41,8 +42,11 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		limited: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "isthmus_xds_limited_streams_total", Help: "xDS streams closed for going over a cap, by cap (streams: open streams; names: resource names in one request; types: type URLs on one stream).",
 		}, []string{"limit"}),
+		unauthenticated: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "isthmus_xds_unauthenticated_streams_total", Help: "xDS streams refused for their credentials, by reason (no_token, invalid_token: the TokenReview refused it, e.g. another audience or expired; wrong_service_account: a valid token of another ServiceAccount than the gateway's asked for the gateway view; review_failed: the TokenReview itself failed).",
+		}, []string{"reason"}),
 	}
-	for _, c := range []prometheus.Collector{m.connected, m.refused, m.pushes, m.pushedResources, m.nacks, m.pushLatency, m.resources, m.limited} {
+	for _, c := range []prometheus.Collector{m.connected, m.refused, m.pushes, m.pushedResources, m.nacks, m.pushLatency, m.resources, m.limited, m.unauthenticated} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}

@@ -2,12 +2,14 @@ package server
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/keepalive"
 )
 
@@ -21,10 +23,23 @@ var (
 	keepalivePolicy = keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}
 )
 
-// Serve serves ADS on lis until ctx ends (then it returns nil, having
-// closed lis and every stream) or serving fails.
+// Serve serves ADS in plaintext on lis until ctx ends (then it returns
+// nil, having closed lis and every stream) or serving fails. Outside
+// tests, only on loopback: see ServeTLS.
 func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
-	g := grpc.NewServer(grpc.KeepaliveParams(keepaliveParams), grpc.KeepaliveEnforcementPolicy(keepalivePolicy))
+	return s.ServeTLS(ctx, lis, nil)
+}
+
+// ServeTLS is Serve over TLS with cfg (nil: plaintext). The server asks
+// for no client certificate: clients authenticate with a token (see
+// Authenticator), which TLS keeps from the network, along with the
+// gateway's key sent over SDS.
+func (s *Server) ServeTLS(ctx context.Context, lis net.Listener, cfg *tls.Config) error {
+	opts := []grpc.ServerOption{grpc.KeepaliveParams(keepaliveParams), grpc.KeepaliveEnforcementPolicy(keepalivePolicy)}
+	if cfg != nil {
+		opts = append(opts, grpc.Creds(credentials.NewTLS(cfg)))
+	}
+	g := grpc.NewServer(opts...)
 	s.Register(g)
 	stopped := make(chan struct{})
 	defer close(stopped)
@@ -35,7 +50,7 @@ func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
 		case <-stopped:
 		}
 	}()
-	s.log.Info("serving xDS", "addr", lis.Addr().String(), "cluster", s.local)
+	s.log.Info("serving xDS", "addr", lis.Addr().String(), "cluster", s.local, "tls", cfg != nil)
 	if err := g.Serve(lis); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
 		return fmt.Errorf("serving xDS on %s: %w", lis.Addr(), err)
 	}

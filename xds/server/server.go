@@ -24,6 +24,9 @@ type Server struct {
 	log         *slog.Logger
 	local       string
 	gatewayPeer func(netip.Addr) bool
+	auth        Authenticator
+	gatewaySA   string
+	anonGRPC    bool
 
 	views *viewCache
 	eds   *edsCache
@@ -55,6 +58,20 @@ type Config struct {
 	// addresses of the gateway Service's pods. Nil admits any client (for
 	// tests, or an operator who opts out with --gateway-service "").
 	GatewayPeer func(netip.Addr) bool
+	// Authenticator, when set, checks the ServiceAccount token each
+	// stream sends in its authorization header (see Authenticator). Nil
+	// checks none: every client is anonymous (tests, or a server serving
+	// only loopback).
+	Authenticator Authenticator
+	// GatewayServiceAccount ("namespace/name") is the only ServiceAccount
+	// whose token admits a stream to the gateway view, with GatewayPeer
+	// as the second factor. Needed when Authenticator is set.
+	GatewayServiceAccount string
+	// AnonymousGRPC serves the gRPC view (topology, never keys) to
+	// streams without a token. A token that is sent is checked all the
+	// same. Without it, a gRPC client needs a valid token of any
+	// ServiceAccount.
+	AnonymousGRPC bool
 	// MaxStreams caps the streams open at once, SotW and delta together
 	// (0: DefaultMaxStreams); a stream over it is refused with
 	// ResourceExhausted.
@@ -80,11 +97,17 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		log:         cfg.Log,
 		local:       cfg.ClusterID,
 		gatewayPeer: cfg.GatewayPeer,
+		auth:        cfg.Authenticator,
+		gatewaySA:   cfg.GatewayServiceAccount,
+		anonGRPC:    cfg.AnonymousGRPC,
 		views:       newViewCache(nodeHash{localCluster: cfg.ClusterID}),
 		streams:     newStreamTable(),
 		changed:     map[string]time.Time{},
 		maxStreams:  cfg.MaxStreams,
 		maxNames:    cfg.MaxNamesPerRequest,
+	}
+	if s.auth != nil && s.gatewaySA == "" {
+		return nil, fmt.Errorf("an xDS server that authenticates clients needs the gateway's ServiceAccount")
 	}
 	if s.maxStreams <= 0 {
 		s.maxStreams = DefaultMaxStreams
@@ -223,6 +246,8 @@ func streamKey(id int64, delta bool) int64 {
 
 type streamState struct {
 	peer     netip.Addr // the client's address, from the stream's context
+	caller   string     // the authenticated ServiceAccount, "" if none
+	authErr  error      // why the token sent was refused, nil if none was sent or it was good
 	node     *corev3.Node
 	view     View
 	lastSent map[string]string   // type URL → version

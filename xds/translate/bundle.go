@@ -38,7 +38,7 @@ func ForService(local model.Local, clusters map[string]*model.Cluster, s *model.
 	b := &Bundle{Endpoints: map[string]*endpointv3.ClusterLoadAssignment{}}
 	b.GatewayListeners, b.GatewayClusters = GatewayEgress(local, clusters, s)
 	var inbound []*clusterv3.Cluster
-	b.IngressChains, inbound = GatewayIngressChains(local, s)
+	b.IngressChains, inbound = GatewayIngressChains(local, clusters, s)
 	b.GatewayClusters = append(b.GatewayClusters, inbound...)
 	b.GRPCListeners, b.GRPCRoutes, b.GRPCClusters = GRPC(local, clusters, s)
 	for _, p := range tcpPorts(s) {

@@ -103,9 +103,10 @@ func GatewayEgress(local model.Local, clusters map[string]*model.Cluster, s *mod
 
 // GatewayIngressChains are the ingress listener's filter chains and
 // clusters for one service exported from this cluster: per TCP port, a
-// chain chosen by SNI that terminates mTLS (a client certificate of the
-// clusterset required) and proxies plain TCP to the local pods.
-func GatewayIngressChains(local model.Local, s *model.Service) (chains []*listenerv3.FilterChain, cls []*clusterv3.Cluster) {
+// chain chosen by SNI that terminates mTLS (a client certificate of a
+// cluster currently in the clusterset, this one or one of clusters,
+// required) and proxies plain TCP to the local pods.
+func GatewayIngressChains(local model.Local, clusters map[string]*model.Cluster, s *model.Service) (chains []*listenerv3.FilterChain, cls []*clusterv3.Cluster) {
 	if _, exported := s.Endpoints[local.ClusterID]; !exported {
 		return nil, nil
 	}
@@ -117,7 +118,7 @@ func GatewayIngressChains(local model.Local, s *model.Service) (chains []*listen
 			FilterChainMatch: &listenerv3.FilterChainMatch{ServerNames: []string{SNI(s.Key, p.Port)}},
 			TransportSocket: transportSocket(transportSocketTLS, &tlsv3.DownstreamTlsContext{
 				RequireClientCertificate: wrapperspb.Bool(true),
-				CommonTlsContext:         envoyCommonTLS([]*matcherv3.StringMatcher{clustersetIdentity(local.ClustersetDomain)}),
+				CommonTlsContext:         envoyCommonTLS(memberIdentities(local, clusters)),
 			}),
 			Filters: []*listenerv3.Filter{tcpProxy(name, name)},
 		})

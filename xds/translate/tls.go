@@ -1,7 +1,7 @@
 package translate
 
 import (
-	"regexp"
+	"sort"
 	"time"
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
@@ -12,6 +12,8 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"github.com/isthmus-dev/isthmus/xds/model"
 )
 
 const transportSocketTLS = "envoy.transport_sockets.tls"
@@ -44,12 +46,25 @@ func prefix(s string) *matcherv3.StringMatcher {
 	return &matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Prefix{Prefix: s}}
 }
 
-// clustersetIdentity matches any SPIFFE id of any cluster of the
-// clusterset: spiffe://<cluster-id>.<domain>/...
-func clustersetIdentity(domain string) *matcherv3.StringMatcher {
-	return &matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_SafeRegex{SafeRegex: &matcherv3.RegexMatcher{
-		Regex: `^spiffe://[a-z0-9]([-a-z0-9]*[a-z0-9])?\.` + regexp.QuoteMeta(domain) + `/.*$`,
-	}}}
+// memberIdentities match the SPIFFE ids of the clusters currently in the
+// clusterset, and of no other: spiffe://<cluster-id>.<domain>/... for
+// local and each Cluster record. A member evicted from the clusterset
+// (its record removed) still holds an intermediate that chains to the
+// root, but that intermediate's name constraint lets it sign only its own
+// trust domain, which no longer matches.
+func memberIdentities(local model.Local, clusters map[string]*model.Cluster) []*matcherv3.StringMatcher {
+	ids := []string{local.ClusterID}
+	for id := range clusters {
+		if id != local.ClusterID {
+			ids = append(ids, id)
+		}
+	}
+	sort.Strings(ids)
+	out := make([]*matcherv3.StringMatcher, 0, len(ids))
+	for _, id := range ids {
+		out = append(out, prefix("spiffe://"+id+"."+local.ClustersetDomain+"/"))
+	}
+	return out
 }
 
 // envoyCommonTLS takes the key pair and roots from SDS over ADS.

@@ -1,9 +1,15 @@
 {{/*
 gatewayBootstrap is Envoy's bootstrap: who it is (the xDS server gives a
-node with role gateway of this cluster the gateway view), ADS over gRPC
-(HTTP/2) to the isthmus-xds Service with the v3 resource API, a static
+node with role gateway of this cluster the gateway view), ADS with the v3
+resource API to the isthmus-xds Service over TLS (the server's certificate
+verified against the clusterset's trust bundle for the Service's name),
+authenticated by the gateway's projected ServiceAccount token, a static
 health listener answering /ready once the first configuration is in, and
 the admin interface on 127.0.0.1 only.
+
+ADS goes through Envoy's Google gRPC client, not envoy_grpc: only it takes
+call credentials, and file_based_metadata reads the token file on every
+new stream, so the kubelet's rotation of the token reaches the server.
 */}}
 {{- define "isthmus.gatewayBootstrap" -}}
 node:
@@ -18,8 +24,28 @@ dynamic_resources:
     transport_api_version: V3
     set_node_on_first_message_only: true
     grpc_services:
-      - envoy_grpc:
-          cluster_name: isthmus-xds
+      - google_grpc:
+          target_uri: {{ include "isthmus.xdsHost" . }}:{{ .Values.xds.port }}
+          stat_prefix: isthmus_xds
+          channel_credentials:
+            ssl_credentials:
+              root_certs:
+                filename: /etc/isthmus/trust/ca.crt
+          credentials_factory_name: envoy.grpc_credentials.file_based_metadata
+          call_credentials:
+            - from_plugin:
+                name: envoy.grpc_credentials.file_based_metadata
+                typed_config:
+                  "@type": type.googleapis.com/envoy.config.grpc_credential.v3.FileBasedMetadataConfig
+                  secret_data:
+                    filename: /var/run/secrets/isthmus/xds/token
+                  header_key: authorization
+                  header_prefix: "Bearer "
+          # The server's keepalive policy (xds/server): pings every 30 s.
+          channel_args:
+            args:
+              grpc.keepalive_time_ms: {int_value: 30000}
+              grpc.keepalive_timeout_ms: {int_value: 10000}
   # No initial fetch timeout: Envoy starts its listeners (the health one
   # too) only once the xDS server has given it clusters and listeners, so
   # a gateway that cannot reach it never turns ready.
@@ -32,27 +58,6 @@ dynamic_resources:
     resource_api_version: V3
     initial_fetch_timeout: 0s
 static_resources:
-  clusters:
-    - name: isthmus-xds
-      type: STRICT_DNS
-      connect_timeout: 2s
-      load_assignment:
-        cluster_name: isthmus-xds
-        endpoints:
-          - lb_endpoints:
-              - endpoint:
-                  address:
-                    socket_address:
-                      address: isthmus-xds.{{ .Release.Namespace }}.svc
-                      port_value: {{ .Values.xds.port }}
-      typed_extension_protocol_options:
-        envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-          "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-          explicit_http_config:
-            http2_protocol_options:
-              connection_keepalive:
-                interval: 30s
-                timeout: 10s
   listeners:
     - name: isthmus-health
       address:

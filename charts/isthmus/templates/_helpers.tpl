@@ -134,6 +134,17 @@ role's name.
 {{ include "isthmus.env" (list (print $p "LISTEN") (print ":" $.Values.xds.port)) }}
 {{ include "isthmus.env" (list (print $p "CA_SECRET") (ternary (print $.Release.Namespace "/" $.Values.xds.caSecret) "" (ne $.Values.xds.caSecret ""))) }}
 {{ include "isthmus.env" (list (print $p "CERT_TTL") $.Values.xds.certTTL) }}
+{{ include "isthmus.env" (list (print $p "TLS") "always") }}
+{{ include "isthmus.env" (list (print $p "SERVER_IDENTITY") (print $.Release.Namespace "/" (include "isthmus.serviceAccount" (list $ "xds")))) }}
+{{ include "isthmus.env" (list (print $p "SERVER_NAMES") (include "isthmus.xdsHost" $)) }}
+{{ include "isthmus.env" (list (print $p "GATEWAY_SERVICE_ACCOUNT") (print $.Release.Namespace "/isthmus-gateway")) }}
+{{ include "isthmus.env" (list (print $p "GRPC_AUTH") $.Values.xds.grpcAuth) }}
+{{- end -}}
+
+{{/* xdsHost is the name clients dial the xDS server by, which its
+serving certificate carries. */}}
+{{- define "isthmus.xdsHost" -}}
+isthmus-xds.{{ .Release.Namespace }}.svc
 {{- end -}}
 
 {{- define "isthmus.tunnelEnv" -}}

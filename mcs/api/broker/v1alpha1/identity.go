@@ -15,7 +15,8 @@ const (
 	RootCASecret = "isthmus-root-ca"
 	// TrustBundleConfigMap is the broker-namespace ConfigMap whose
 	// ca.crt holds the clusterset's root certificates (PEM), the bundle
-	// every member trusts.
+	// every member trusts; `isthmusctl join` copies it to a ConfigMap of
+	// the same name in each member's MemberNamespace.
 	TrustBundleConfigMap = "isthmus-trust-bundle"
 	// TrustBundleKey is the key of the bundle in TrustBundleConfigMap and
 	// of the bundle in IntermediateCASecret.
