@@ -42,6 +42,11 @@ type Cluster struct {
 	// NodeIP is the member's node address, 10.200.<i>.10; a real node has
 	// it on the underlay.
 	NodeIP netip.Addr
+	// DNSServiceIP is the tenth address of the service range, the cluster
+	// DNS a real node's kubelet writes into pods' resolv.conf. Nothing
+	// answers there until a test installs a DNS server with a Service at
+	// this ClusterIP (kube-system/kube-dns, by custom).
+	DNSServiceIP netip.Addr
 
 	ca          *ca
 	apiserver   *process
@@ -125,6 +130,10 @@ func (cs *Clusterset) newCluster(name string, spec clusterSpec, bins binaries, d
 	}
 	if spec.member {
 		c.Node, c.NodeIP = NodeName, nodeIP(spec.index)
+		c.DNSServiceIP = spec.serviceCIDR.Addr()
+		for range 10 {
+			c.DNSServiceIP = c.DNSServiceIP.Next()
+		}
 	}
 	if err := writeKubeconfig(c.Kubeconfig, []namedConfig{{name, admin}}); err != nil {
 		return nil, fmt.Errorf("%s: %w", name, err)

@@ -1,7 +1,6 @@
 package cluster
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"net/netip"
@@ -16,8 +15,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
-	"k8s.io/client-go/kubernetes/scheme"
-	"k8s.io/client-go/tools/remotecommand"
 	"k8s.io/utils/ptr"
 )
 
@@ -64,7 +61,7 @@ func TestRealNodes(t *testing.T) {
 	}
 	pod := pods[m1]
 
-	out, err := execIn(ctx, m1, pod, "/testserver", "whoami")
+	out, err := m1.Exec(ctx, pod, "/testserver", "whoami")
 	if err != nil {
 		t.Fatalf("exec whoami: %v", err)
 	}
@@ -75,7 +72,7 @@ func TestRealNodes(t *testing.T) {
 	// The pod reaches the apiserver through the kubernetes Service and is
 	// known by its token: allowed what every ServiceAccount may, denied
 	// the rest.
-	out, err = execIn(ctx, m1, pod, "/testserver", "apicheck")
+	out, err = m1.Exec(ctx, pod, "/testserver", "apicheck")
 	if err != nil {
 		t.Fatalf("exec apicheck: %v", err)
 	}
@@ -90,7 +87,7 @@ func TestRealNodes(t *testing.T) {
 	// kube-proxy programs the Service a moment after its endpoint is ready.
 	var last string
 	if err := poll(ctx, func() bool {
-		last, err = execIn(ctx, m1, pod, "/testserver", "get", "http://"+svc.Spec.ClusterIP+"/")
+		last, err = m1.Exec(ctx, pod, "/testserver", "get", "http://"+svc.Spec.ClusterIP+"/")
 		return err == nil && strings.Contains(last, "200 hello from "+pod.Name)
 	}); err != nil {
 		t.Errorf("ClusterIP %s through kube-proxy: %q, %v", svc.Spec.ClusterIP, last, err)
@@ -110,7 +107,7 @@ func TestRealNodes(t *testing.T) {
 
 	// No route between members' pods: only a tunnel may join them.
 	other := pods[m2].Status.PodIP
-	if out, err := execIn(ctx, m1, pod, "/testserver", "get", "http://"+other+":8080/"); err == nil {
+	if out, err := m1.Exec(ctx, pod, "/testserver", "get", "http://"+other+":8080/"); err == nil {
 		t.Errorf("member1's pod reached member2's pod %s: %q", other, out)
 	}
 
@@ -233,26 +230,6 @@ func runTestServer(ctx context.Context, m *Cluster) (corev1.Pod, error) {
 		return corev1.Pod{}, fmt.Errorf("%s: pod not Ready: %v (%s)", m.Name, err, last)
 	}
 	return ready, nil
-}
-
-// execIn runs a command in the pod's first container through the
-// apiserver (and the node's egress proxy to the kubelet), as kubectl exec
-// does, and returns its stdout; a failing command's stderr is the error.
-func execIn(ctx context.Context, m *Cluster, pod corev1.Pod, command ...string) (string, error) {
-	req := m.Client.CoreV1().RESTClient().Post().Resource("pods").Namespace(pod.Namespace).Name(pod.Name).
-		SubResource("exec").VersionedParams(&corev1.PodExecOptions{
-		Container: pod.Spec.Containers[0].Name, Command: command, Stdout: true, Stderr: true,
-	}, scheme.ParameterCodec)
-	exec, err := remotecommand.NewWebSocketExecutor(m.Config, "GET", req.URL().String())
-	if err != nil {
-		return "", err
-	}
-	var stdout, stderr bytes.Buffer
-	err = exec.StreamWithContext(ctx, remotecommand.StreamOptions{Stdout: &stdout, Stderr: &stderr})
-	if err != nil {
-		return stdout.String(), fmt.Errorf("%v: %s", err, strings.TrimSpace(stderr.String()))
-	}
-	return stdout.String(), nil
 }
 
 // poll calls ok every 200 ms until it returns true or ctx ends.

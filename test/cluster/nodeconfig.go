@@ -163,8 +163,9 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
 `, n.path("lib", "containerd"), n.path("state", "containerd"), n.socket(), n.path("opt"), pauseImage, cniDir, n.path("etc", "cni", "net.d"))
 }
 
-// kubeletConfigFile is the kubelet's configuration: cgroupfs under the
-// node's own cgroupRoot (no systemd here; cgroup v1, which 1.37 refuses
+// kubeletConfigFile is the kubelet's configuration: pods' resolv.conf
+// naming the cluster DNS Service's address (whoever installs a DNS there),
+// cgroupfs under the node's own cgroupRoot (no systemd here; cgroup v1, which 1.37 refuses
 // unless told), no OOM score below 0 (see containerdConfig), webhook
 // authentication and authorization, and thresholds a shared test machine
 // never trips.
@@ -186,6 +187,7 @@ authentication:
   x509: {clientCAFile: %[4]s}
 authorization: {mode: Webhook}
 clusterDomain: cluster.local
+clusterDNS: [%[7]s]
 resolvConf: ""
 podLogsDirectory: %[5]s
 volumePluginDir: %[6]s
@@ -199,7 +201,7 @@ oomScoreAdj: 0
 syncFrequency: 10s
 fileCheckFrequency: 5s
 nodeStatusUpdateFrequency: 5s
-`, n.cgroup, n.socket(), n.ip, clientCA, n.path("log", "pods"), n.path("volume-plugins"))
+`, n.cgroup, n.socket(), n.ip, clientCA, n.path("log", "pods"), n.path("volume-plugins"), n.cluster.DNSServiceIP)
 }
 
 // prepareRealNode sets the member up for a real node: the apiserver

@@ -7,9 +7,11 @@
 //
 // Each is one layer on an empty base (the static binary and the empty
 // directories a runtime mounts over), written as a docker-archive tarball,
-// DIR/<name>.tar, which ctr names from its RepoTag.
+// DIR/<name>.tar, which ctr names from its RepoTag. -add wraps a static
+// binary built elsewhere the same way (the tests' CoreDNS, from the
+// dnsserver/coredns module), as DIR/<binary's name>.tar, run as 65532.
 //
-//	go run ./nodeimages -out DIR
+//	go run ./nodeimages -out DIR [-add REF=BINARY ...]
 package main
 
 import (
@@ -22,6 +24,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strings"
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
@@ -48,20 +51,27 @@ var images = []nodeImage{
 // same sources gives the same image ids.
 var created = time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 
+type adds []string
+
+func (a *adds) String() string     { return strings.Join(*a, ",") }
+func (a *adds) Set(s string) error { *a = append(*a, s); return nil }
+
 func main() {
 	out := flag.String("out", "", "directory to write <image>.tar into")
+	var extra adds
+	flag.Var(&extra, "add", "REF=BINARY: also wrap this static binary as image REF (repeat)")
 	flag.Parse()
 	if *out == "" {
 		fmt.Fprintln(os.Stderr, "nodeimages: need -out DIR")
 		os.Exit(2)
 	}
-	if err := run(*out); err != nil {
+	if err := run(*out, extra); err != nil {
 		fmt.Fprintln(os.Stderr, "nodeimages:", err)
 		os.Exit(1)
 	}
 }
 
-func run(out string) error {
+func run(out string, extra []string) error {
 	if err := os.MkdirAll(out, 0o755); err != nil {
 		return err
 	}
@@ -77,27 +87,41 @@ func run(out string) error {
 		if msg, err := build.CombinedOutput(); err != nil {
 			return fmt.Errorf("building %s: %w\n%s", im.pkg, err, msg)
 		}
-		data, err := os.ReadFile(bin)
-		if err != nil {
+		if err := write(out, im, bin); err != nil {
 			return err
 		}
-		img, err := assemble(im, data)
-		if err != nil {
-			return fmt.Errorf("%s: %w", im.ref, err)
+	}
+	for _, e := range extra {
+		ref, bin, ok := strings.Cut(e, "=")
+		if !ok {
+			return fmt.Errorf("-add %q: want REF=BINARY", e)
 		}
-		tag, err := name.NewTag(im.ref)
-		if err != nil {
-			return err
-		}
-		path := filepath.Join(out, im.file+".tar")
-		if err := tarball.WriteToFile(path+".tmp", tag, img); err != nil {
-			return fmt.Errorf("writing %s: %w", path, err)
-		}
-		if err := os.Rename(path+".tmp", path); err != nil {
+		if err := write(out, nodeImage{file: filepath.Base(bin), ref: ref, uid: 65532}, bin); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// write wraps the binary as im and writes out/<file>.tar.
+func write(out string, im nodeImage, bin string) error {
+	data, err := os.ReadFile(bin)
+	if err != nil {
+		return err
+	}
+	img, err := assemble(im, data)
+	if err != nil {
+		return fmt.Errorf("%s: %w", im.ref, err)
+	}
+	tag, err := name.NewTag(im.ref)
+	if err != nil {
+		return err
+	}
+	path := filepath.Join(out, im.file+".tar")
+	if err := tarball.WriteToFile(path+".tmp", tag, img); err != nil {
+		return fmt.Errorf("writing %s: %w", path, err)
+	}
+	return os.Rename(path+".tmp", path)
 }
 
 // assemble makes the image: the binary at /<file> as its entrypoint.
