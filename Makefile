@@ -17,8 +17,11 @@ HELM_VERSION := v3.22.0
 # Debian packages the tests use (`make deps` installs the missing ones).
 # nftables (nft) and conntrack are kube-proxy's in the demo's node namespaces.
 # ca-certificates is what the image ships; openssl verifies the chains we issue.
-# socat and netcat-openbsd go into the images mcs-api's conformance suite runs.
-DEBIAN_PACKAGES := git bind9-dnsutils iproute2 wireguard-tools tcpdump nftables conntrack iptables ca-certificates openssl socat netcat-openbsd
+# containerd, runc, the CNI plugins and socat run test/cluster's real nodes
+# (installed without Recommends: containerd would pull criu); socat and
+# netcat-openbsd also go into the images mcs-api's conformance suite runs.
+DEBIAN_PACKAGES := git bind9-dnsutils iproute2 wireguard-tools tcpdump nftables conntrack iptables ca-certificates openssl \
+	containerd runc containernetworking-plugins socat netcat-openbsd
 
 .PHONY: help
 help: ## list the targets
@@ -61,7 +64,7 @@ deps: ## install the Debian packages the tests need, when missing
 	fi
 
 .PHONY: tools
-tools: ## build the test Kubernetes binaries once per machine (first time: ~13 min)
+tools: ## build the test Kubernetes binaries (kubelet too) once per machine, printing progress (first time: ~15 min)
 	@bash test/tools/build.sh
 
 .PHONY: helm

@@ -14,6 +14,8 @@ import (
 type binaries struct {
 	apiserver, controllerManager, scheduler, proxy, etcd, kwok string
 	kwokStages                                                 string
+	// kubelet is checked only when real nodes are asked for.
+	kubelet string
 }
 
 // findBinaries locates the tools build: dir if set, else
@@ -36,6 +38,7 @@ func findBinaries(dir string) (binaries, error) {
 		etcd:              filepath.Join(dir, "etcd"),
 		kwok:              filepath.Join(dir, "kwok"),
 		kwokStages:        filepath.Join(dir, "kwok-stages.yaml"),
+		kubelet:           filepath.Join(dir, "kubelet"),
 	}
 	for _, p := range []string{b.apiserver, b.controllerManager, b.scheduler, b.proxy, b.etcd, b.kwok, b.kwokStages} {
 		if _, err := os.Stat(p); err != nil {

@@ -43,6 +43,17 @@ type Options struct {
 	StartTimeout time.Duration
 	// Log receives the harness's progress. Nil means discard.
 	Log *slog.Logger
+	// RealNodes gives each member a real node in place of KWOK's: a
+	// kubelet, containerd, runc and the CNI bridge in a network and mount
+	// namespace of its own, with kube-proxy, on an underlay bridge that
+	// joins the members' nodes (and routes no pod range between them).
+	// Pods run for real, from images imported at start: the harness's
+	// pause and TestServerImage, and Images. It needs root, cgroup v1 and
+	// Debian's containerd, runc and CNI plugins; New says what is missing.
+	RealNodes bool
+	// Images are image archives (docker-archive or OCI layout, such as
+	// bin/isthmus-image.tar) imported into every real node at start.
+	Images []string
 	// BeforeStop, if set, runs when Stop begins, before any process ends:
 	// a test binary stops what it runs against the clusterset there.
 	BeforeStop func()
@@ -71,6 +82,7 @@ type Clusterset struct {
 	bins       binaries
 	beforeStop func()
 	etcds      []*process
+	underlay   *process // holds the namespace of the real nodes' bridge
 	reg        *pidRegistry
 	stopOnce   sync.Once
 	timersMu   sync.Mutex
@@ -131,6 +143,17 @@ func New(ctx context.Context, opts Options) (_ *Clusterset, err error) {
 	ctx, cancel := context.WithTimeout(ctx, opts.StartTimeout)
 	defer cancel()
 
+	var images []string
+	if opts.RealNodes {
+		if err := checkNodeHost(bins.kubelet); err != nil {
+			return nil, err
+		}
+		if images, err = cs.startUnderlay(ctx); err != nil {
+			return nil, err
+		}
+		images = append(images, opts.Images...)
+	}
+
 	var ports portSet
 	defer ports.release()
 	var brokerEtcd, memberEtcd *etcd
@@ -155,6 +178,8 @@ func New(ctx context.Context, opts Options) (_ *Clusterset, err error) {
 			index:       i,
 			podCIDR:     netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(240 + i), 0, 0}), 16),
 			serviceCIDR: netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(96 + i), 0, 0}), 16),
+			realNode:    opts.RealNodes,
+			images:      images,
 		}
 		if i <= len(opts.DualStack) && opts.DualStack[i-1] {
 			spec.podCIDR6 = netip.MustParsePrefix(fmt.Sprintf("fd00:244:%x::/56", i))
@@ -184,7 +209,11 @@ func New(ctx context.Context, opts Options) (_ *Clusterset, err error) {
 		cs.etcds = append(cs.etcds, e.proc)
 	}
 	log.Info("starting clusterset", "dir", dir, "broker", opts.Broker, "members", opts.Members)
-	if err := cs.each(func(c *Cluster) error { return c.start(ctx) }); err != nil {
+	underlayPID := -1
+	if cs.underlay != nil {
+		underlayPID = cs.underlay.cmd.Process.Pid
+	}
+	if err := cs.each(func(c *Cluster) error { return c.start(ctx, underlayPID) }); err != nil {
 		return nil, err
 	}
 	cs.StartDuration = time.Since(began)
@@ -238,6 +267,16 @@ func (cs *Clusterset) Stop() {
 			}
 			wg.Wait()
 		}
+		// Real nodes go first, while their apiservers still answer the
+		// kubelets' last status updates.
+		_ = cs.each(func(c *Cluster) error {
+			if c.node != nil {
+				if err := c.node.stop(); err != nil {
+					cs.log.Warn("stopping node", "node", c.node.name, "err", err)
+				}
+			}
+			return nil
+		})
 		var controllers, apiservers []*process
 		for _, c := range cs.Clusters() {
 			controllers = append(controllers, c.controllers...)
@@ -246,6 +285,9 @@ func (cs *Clusterset) Stop() {
 		stopAll(controllers)
 		stopAll(apiservers)
 		stopAll(cs.etcds)
+		if cs.underlay != nil {
+			cs.underlay.stop(time.Second)
+		}
 		if err := os.RemoveAll(cs.Dir); err != nil {
 			cs.log.Warn("removing harness directory", "dir", cs.Dir, "err", err)
 		}

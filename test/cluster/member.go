@@ -40,11 +40,23 @@ type Cluster struct {
 	Config *rest.Config
 	// Client is an admin clientset.
 	Client kubernetes.Interface
+	// Node is the name of the member's node: NodeName for KWOK's, or
+	// "<name>-node" for a real one (Options.RealNodes).
+	Node string
+	// NodeIP is the member's node address, 10.200.<i>.10; a real node has
+	// it on the underlay.
+	NodeIP netip.Addr
+	// DNSServiceIP is the tenth address of the service range, the cluster
+	// DNS a real node's kubelet writes into pods' resolv.conf. Nothing
+	// answers there until a test installs a DNS server with a Service at
+	// this ClusterIP (kube-system/kube-dns, by custom).
+	DNSServiceIP netip.Addr
 
 	ca          *ca
 	apiserver   *process
-	controllers []*process // kube-controller-manager, kube-scheduler, kwok
+	controllers []*process // kube-controller-manager, kube-scheduler, and kwok unless node is set
 	member      bool
+	node        *realNode // nil unless Options.RealNodes
 }
 
 // NodeName is the name of the KWOK node in every member.
@@ -58,6 +70,8 @@ type clusterSpec struct {
 	// podCIDR6 and serviceCIDR6 are valid in a dual-stack member.
 	podCIDR6, serviceCIDR6 netip.Prefix
 	locality               Locality
+	realNode               bool
+	images                 []string // archives a real node imports
 }
 
 // cidrs are a spec's valid ranges, IPv4 first.
@@ -105,7 +119,15 @@ func (cs *Clusterset) newCluster(name string, spec clusterSpec, bins binaries, d
 	if err := authority.write(dir); err != nil {
 		return nil, fmt.Errorf("%s: writing CA: %w", name, err)
 	}
-	servingCert, servingKey, err := authority.issue("kube-apiserver", nil, []string{"127.0.0.1", "localhost"})
+	hosts := []string{"127.0.0.1", "localhost"}
+	if spec.realNode {
+		// Pods and the node reach the apiserver by the kubernetes
+		// Service's ClusterIP and names, through the relay on the node IP.
+		first := spec.serviceCIDR.Addr().Next()
+		hosts = append(hosts, nodeIP(spec.index).String(), first.String(),
+			"kubernetes", "kubernetes.default", "kubernetes.default.svc", "kubernetes.default.svc.cluster.local")
+	}
+	servingCert, servingKey, err := authority.issue("kube-apiserver", nil, hosts)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", name, err)
 	}
@@ -145,6 +167,13 @@ func (cs *Clusterset) newCluster(name string, spec clusterSpec, bins binaries, d
 		ca:           authority,
 		member:       spec.member,
 	}
+	if spec.member {
+		c.Node, c.NodeIP = NodeName, nodeIP(spec.index)
+		c.DNSServiceIP = spec.serviceCIDR.Addr()
+		for range 10 {
+			c.DNSServiceIP = c.DNSServiceIP.Next()
+		}
+	}
 	if err := writeKubeconfig(c.Kubeconfig, []namedConfig{{name, admin}}); err != nil {
 		return nil, fmt.Errorf("%s: %w", name, err)
 	}
@@ -178,6 +207,11 @@ func (cs *Clusterset) newCluster(name string, spec clusterSpec, bins binaries, d
 		},
 		logPath: filepath.Join(dir, "kube-apiserver.log"),
 		reg:     cs.reg,
+	}
+	if spec.realNode {
+		if err := c.prepareRealNode(cs, spec, apiPort); err != nil {
+			return nil, fmt.Errorf("%s: %w", name, err)
+		}
 	}
 	if spec.member {
 		if err := c.prepareControllers(spec, bins, host, ports); err != nil {
@@ -282,6 +316,9 @@ func (c *Cluster) prepareControllers(spec clusterSpec, bins binaries, host strin
 			logPath: filepath.Join(c.Dir, "kwok.log"),
 		},
 	}
+	if c.node != nil {
+		c.controllers = c.controllers[:2] // the real node replaces KWOK
+	}
 	for _, p := range c.controllers {
 		p.reg = c.apiserver.reg
 	}
@@ -290,7 +327,12 @@ func (c *Cluster) prepareControllers(spec clusterSpec, bins binaries, host strin
 
 // start starts the cluster's apiserver and, once it is ready, a member's
 // controllers and node, and waits until the member can run pods.
-func (c *Cluster) start(ctx context.Context) error {
+func (c *Cluster) start(ctx context.Context, underlayPID int) error {
+	if c.node != nil {
+		if err := c.node.prepare(ctx, underlayPID, c.apiPort()); err != nil {
+			return err
+		}
+	}
 	if err := c.StartAPIServer(ctx); err != nil {
 		return err
 	}
@@ -303,6 +345,9 @@ func (c *Cluster) start(ctx context.Context) error {
 		if err := p.start(); err != nil {
 			return err
 		}
+	}
+	if c.node != nil {
+		return c.node.startDaemons(ctx)
 	}
 	if err := c.createNode(ctx); err != nil {
 		return err

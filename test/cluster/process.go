@@ -24,6 +24,14 @@ type process struct {
 	args    []string
 	logPath string
 	reg     *pidRegistry
+	// exe, if set, is the binary the process runs once started, when bin
+	// only leads to it (nsenter): what the registry records for the sweep.
+	exe string
+	// beforeStart, if set, runs before each start (to fill in arguments
+	// known only then); afterStart with the new PID (to move it into a
+	// cgroup). An afterStart error kills the process.
+	beforeStart func(*process)
+	afterStart  func(pid int) error
 
 	mu   sync.Mutex
 	cmd  *exec.Cmd
@@ -36,6 +44,9 @@ func (p *process) start() error {
 	defer p.mu.Unlock()
 	if p.cmd != nil {
 		return fmt.Errorf("%s: already running", p.name)
+	}
+	if p.beforeStart != nil {
+		p.beforeStart(p)
 	}
 	logf, err := os.OpenFile(p.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
@@ -52,7 +63,11 @@ func (p *process) start() error {
 		logf.Close()
 		return fmt.Errorf("%s: starting %s: %w", p.name, p.bin, err)
 	}
-	p.reg.add(cmd.Process.Pid, p.bin)
+	exe := p.exe
+	if exe == "" {
+		exe = p.bin
+	}
+	p.reg.add(cmd.Process.Pid, exe)
 	done := make(chan struct{})
 	p.cmd, p.done = cmd, done
 	go func() {
@@ -64,6 +79,12 @@ func (p *process) start() error {
 		p.reg.remove(cmd.Process.Pid)
 		close(done)
 	}()
+	if p.afterStart != nil {
+		if err := p.afterStart(cmd.Process.Pid); err != nil {
+			_ = syscall.Kill(cmd.Process.Pid, syscall.SIGKILL)
+			return fmt.Errorf("%s: %w", p.name, err)
+		}
+	}
 	return nil
 }
 
@@ -189,6 +210,7 @@ const (
 	dirPrefix    = "isthmus-cluster-"
 	ownerFile    = "owner.pid"
 	childrenFile = "children.pids"
+	cgroupsFile  = "cgroups"
 )
 
 // sweepStale ends the children of harnesses under parent whose owning test
@@ -214,6 +236,14 @@ func sweepStale(parent string) {
 			}
 			if exe, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid)); err == nil && exe == bin {
 				_ = syscall.Kill(pid, syscall.SIGKILL)
+			}
+		}
+		// A real node's shims and containers are no children of the
+		// harness: they are found by the node's cgroup.
+		cgroups, _ := os.ReadFile(filepath.Join(dir, cgroupsFile))
+		for _, cg := range strings.Fields(string(cgroups)) {
+			if strings.HasPrefix(cg, "/"+dirPrefix) && !strings.Contains(cg, "..") {
+				_ = removeCgroupTree(cg, 10*time.Second)
 			}
 		}
 		_ = os.RemoveAll(dir)

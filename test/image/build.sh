@@ -10,7 +10,7 @@ root=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$root"
 out=${1:-$root/bin/isthmus-image.tar}
 platforms=${ISTHMUS_IMAGE_PLATFORMS:-linux/amd64 linux/arm64}
-mkdir -p "$(dirname "$out")"
+mkdir -p "$(dirname "$out")" "$root/bin"
 work=$(mktemp -d "$root/bin/.image-build-XXXXXX")
 trap 'rm -rf "$work"' EXIT
 

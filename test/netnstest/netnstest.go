@@ -29,6 +29,16 @@ func Sh(args ...string) (string, error) {
 // Run runs fn on a thread switched into the named namespace. Sockets fn
 // creates stay in that namespace after the thread switches back.
 func Run(name string, fn func() error) error {
+	return runIn(name, func() (netns.NsHandle, error) { return netns.GetFromName(name) }, fn)
+}
+
+// RunPID is Run for the network namespace of process pid: the anonymous
+// namespaces that `unshare --net` makes, which have no name.
+func RunPID(pid int, fn func() error) error {
+	return runIn(fmt.Sprintf("of pid %d", pid), func() (netns.NsHandle, error) { return netns.GetFromPid(pid) }, fn)
+}
+
+func runIn(name string, open func() (netns.NsHandle, error), fn func() error) error {
 	runtime.LockOSThread()
 	orig, err := netns.Get()
 	if err != nil {
@@ -36,7 +46,7 @@ func Run(name string, fn func() error) error {
 		return fmt.Errorf("reading this thread's netns: %w", err)
 	}
 	defer orig.Close()
-	h, err := netns.GetFromName(name)
+	h, err := open()
 	if err != nil {
 		runtime.UnlockOSThread()
 		return fmt.Errorf("opening netns %s: %w", name, err)
