@@ -159,7 +159,7 @@ func TestFirstContactAndGitOps(t *testing.T) {
 	}
 	want := "CustomResourceDefinition/serviceexports.multicluster.x-k8s.io CustomResourceDefinition/serviceimports.multicluster.x-k8s.io " +
 		"CustomResourceDefinition/clusterproperties.about.k8s.io ClusterProperty/cluster.clusterset.k8s.io Namespace/isthmus-system " +
-		"Secret/isthmus-broker Secret/isthmus-ca"
+		"Secret/isthmus-broker Secret/isthmus-ca ConfigMap/isthmus-trust-bundle"
 	if got := strings.Join(kinds, " "); got != want {
 		t.Fatalf("join --dry-run printed %s\nwant %s", got, want)
 	}

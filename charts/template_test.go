@@ -99,7 +99,7 @@ func TestChartTemplate(t *testing.T) {
 				}
 			}
 			for _, d := range docs {
-				if d.GetKind() != "ClusterRole" && d.GetKind() != "ClusterRoleBinding" && d.GetNamespace() != "isthmus-system" {
+				if !clusterScoped[d.GetKind()] && d.GetNamespace() != "isthmus-system" {
 					t.Errorf("%s %s is in namespace %q", d.GetKind(), d.GetName(), d.GetNamespace())
 				}
 				checkNoWildcards(t, d)
@@ -341,4 +341,10 @@ func checkSelectors(t *testing.T, docs []*unstructured.Unstructured) {
 			t.Errorf("the PrometheusRule has %d groups and labels %v; want the rule file's and metrics.prometheusRule.labels", len(groups), pr.GetLabels())
 		}
 	}
+}
+
+// clusterScoped are the kinds the chart renders outside its namespace.
+var clusterScoped = map[string]bool{
+	"ClusterRole": true, "ClusterRoleBinding": true,
+	"ValidatingAdmissionPolicy": true, "ValidatingAdmissionPolicyBinding": true,
 }

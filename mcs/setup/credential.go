@@ -54,7 +54,7 @@ type CredentialConfig struct {
 	// a new one; zero means one half. Tests renew sooner, as the broker
 	// grants no token shorter than ten minutes.
 	RenewAfter float64
-	Log    *slog.Logger
+	Log        *slog.Logger
 	// Registry receives isthmus_broker_token_expiry_timestamp_seconds.
 	Registry prometheus.Registerer
 }

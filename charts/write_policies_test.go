@@ -116,6 +116,54 @@ func TestChartAgentWritePolicy(t *testing.T) {
 	}
 }
 
+// TestChartTunnelSecretPolicy: the tunnel may create Secrets (its key,
+// when there is none), and RBAC cannot limit that to one name; the chart's
+// policy does. With a real token of the tunnel's chart ServiceAccount: its
+// key Secret may be created, any other name or a token-type Secret not.
+func TestChartTunnelSecretPolicy(t *testing.T) {
+	ctx := ctxFor(t, 2*time.Minute)
+	m := member(t)
+	applyChartRBAC(t, ctx)
+	tok, err := m.Client.CoreV1().ServiceAccounts("isthmus-system").CreateToken(ctx, "isthmus-tunnel",
+		&authenticationv1.TokenRequest{Spec: authenticationv1.TokenRequestSpec{ExpirationSeconds: ptrTo(int64(600))}}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := rest.AnonymousClientConfig(m.Config)
+	cfg.BearerToken = tok.Status.Token
+	secrets := kubernetes.NewForConfigOrDie(cfg).CoreV1().Secrets("isthmus-system")
+	dry := metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}}
+	secret := func(name string, typ corev1.SecretType) *corev1.Secret {
+		s := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: name}, Type: typ, Data: map[string][]byte{"k": []byte("v")}}
+		if typ == corev1.SecretTypeServiceAccountToken {
+			s.Annotations = map[string]string{corev1.ServiceAccountNameKey: "isthmus-agent"}
+			s.Data = nil
+		}
+		return s
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		_, err := secrets.Create(ctx, secret("other", corev1.SecretTypeOpaque), dry)
+		if apierrors.IsForbidden(err) {
+			if !strings.Contains(err.Error(), "rule tunnel-creates-only-its-key:") {
+				t.Errorf("another Secret's name: %v, want the rule named", err)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the tunnel's secret policy is not enforced after 30 s: creating another Secret gave %v", err)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if _, err := secrets.Create(ctx, secret("isthmus-tunnel-key", corev1.SecretTypeServiceAccountToken), dry); !apierrors.IsForbidden(err) ||
+		!strings.Contains(err.Error(), "rule tunnel-creates-only-its-key:") {
+		t.Errorf("a token Secret under the key's name: %v, want Forbidden by rule tunnel-creates-only-its-key", err)
+	}
+	if _, err := secrets.Create(ctx, secret("isthmus-tunnel-key", corev1.SecretTypeOpaque), dry); err != nil {
+		t.Errorf("the tunnel's own key Secret: %v", err)
+	}
+}
+
 // derived is a Service as the agent derives it, named name, of type typ.
 func derived(name, typ string) *corev1.Service {
 	return &corev1.Service{
