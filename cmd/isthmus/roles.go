@@ -254,6 +254,7 @@ func runRoles(ctx context.Context, name string, rs []role, args []string, log *s
 	if !prefix {
 		log = log.With("role", rs[0].name)
 	}
+	e.log = log
 
 	parts := make([]serve.Part, 0, len(rs)+1)
 	for i, r := range rs {
