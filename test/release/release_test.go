@@ -36,7 +36,12 @@ func TestReleaseIsReproducible(t *testing.T) {
 		// CI and releases build from a clone.
 		t.Skip("a git worktree: go build stamps no VCS information here; run this in a clone")
 	}
-	helm := helmtest.Find(t, "../..")
+	// build.sh runs from the repository's root: the path must not be
+	// relative to this directory.
+	helm, err := filepath.Abs(helmtest.Find(t, "../.."))
+	if err != nil {
+		t.Fatal(err)
+	}
 	first, second := build(t, helm), build(t, helm)
 	sums1, err := os.ReadFile(filepath.Join(first, "SHA256SUMS"))
 	if err != nil {

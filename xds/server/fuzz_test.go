@@ -98,10 +98,11 @@ func FuzzRequestSequences(f *testing.F) {
 
 // TestFuzzHarnessReachesTheKey: the harness of FuzzRequestSequences does
 // deliver the gateway's key to the gateway (first seed), over SotW and
-// delta, so the fuzz target's check is one that can fail.
+// delta, so the fuzz target's check is one that can fail. It gives the
+// server time to answer, which the fuzzer, for speed, does not.
 func TestFuzzHarnessReachesTheKey(t *testing.T) {
 	for _, in := range [][]byte{{0, 0, 1, 2, 1, 0, 0}, {1, 0, 1, 2, 1, 1, 0}} {
-		_, sent, mayHaveKey, describe := runSequence(t, in)
+		_, sent, mayHaveKey, describe := runSequenceWaiting(t, in, 10*time.Second)
 		if !mayHaveKey || !carriesKey(t, sent) {
 			t.Errorf("%s: key allowed %v, sent %v", describe, mayHaveKey, carriesKey(t, sent))
 		}
@@ -112,6 +113,12 @@ func TestFuzzHarnessReachesTheKey(t *testing.T) {
 // runs it against a fresh server, returning what was sent, whether the
 // key may be among it, and a description.
 func runSequence(t *testing.T, in []byte) (*testServer, []*anypb.Any, bool, string) {
+	return runSequenceWaiting(t, in, 5*time.Millisecond)
+}
+
+// runSequenceWaiting is runSequence giving the server up to wait to answer
+// each request before the next (or the stream's end) comes.
+func runSequenceWaiting(t *testing.T, in []byte, wait time.Duration) (*testServer, []*anypb.Any, bool, string) {
 	t.Helper()
 	delta := in[0]%2 == 1
 	addr := fuzzGatewayPod
@@ -136,7 +143,7 @@ func runSequence(t *testing.T, in []byte) (*testServer, []*anypb.Any, bool, stri
 		if len(reqs) > 0 {
 			first = reqs[0].GetNode()
 		}
-		st := newMemStream[*discoveryv3.DeltaDiscoveryRequest, *discoveryv3.DeltaDiscoveryResponse](ctx, reqs)
+		st := newMemStream[*discoveryv3.DeltaDiscoveryRequest, *discoveryv3.DeltaDiscoveryResponse](ctx, reqs, wait)
 		_ = s.ads.DeltaAggregatedResources(st)
 		for _, r := range st.responses() {
 			sent = append(sent, deltaResources(r)...)
@@ -146,7 +153,7 @@ func runSequence(t *testing.T, in []byte) (*testServer, []*anypb.Any, bool, stri
 		if len(reqs) > 0 {
 			first = reqs[0].GetNode()
 		}
-		st := newMemStream[*discoveryv3.DiscoveryRequest, *discoveryv3.DiscoveryResponse](ctx, reqs)
+		st := newMemStream[*discoveryv3.DiscoveryRequest, *discoveryv3.DiscoveryResponse](ctx, reqs, wait)
 		_ = s.ads.StreamAggregatedResources(st)
 		for _, r := range st.responses() {
 			sent = append(sent, r.GetResources()...)
@@ -232,10 +239,11 @@ func checkTypeLabels(t *testing.T, reg *prometheus.Registry) {
 }
 
 // memStream is an ADS stream in memory: Recv hands out reqs one by one,
-// each after the response to the one before (or a short wait), then EOF.
+// each after the response to the one before (or wait), then EOF.
 type memStream[Req, Resp any] struct {
 	grpc.ServerStream
 	ctx   context.Context
+	wait  time.Duration
 	reqs  []Req
 	next  int
 	mu    sync.Mutex
@@ -243,8 +251,8 @@ type memStream[Req, Resp any] struct {
 	reply chan struct{}
 }
 
-func newMemStream[Req, Resp any](ctx context.Context, reqs []Req) *memStream[Req, Resp] {
-	return &memStream[Req, Resp]{ctx: ctx, reqs: reqs, reply: make(chan struct{}, 1)}
+func newMemStream[Req, Resp any](ctx context.Context, reqs []Req, wait time.Duration) *memStream[Req, Resp] {
+	return &memStream[Req, Resp]{ctx: ctx, reqs: reqs, wait: wait, reply: make(chan struct{}, 1)}
 }
 
 func (m *memStream[Req, Resp]) Context() context.Context { return m.ctx }
@@ -253,7 +261,7 @@ func (m *memStream[Req, Resp]) Recv() (Req, error) {
 	if m.next > 0 {
 		select {
 		case <-m.reply:
-		case <-time.After(5 * time.Millisecond):
+		case <-time.After(m.wait):
 		}
 	}
 	if m.next >= len(m.reqs) {
