@@ -2,16 +2,13 @@ package charts_test
 
 import (
 	"context"
-	"strings"
 	"testing"
 	"time"
 
 	authorizationv1 "k8s.io/api/authorization/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
-	"k8s.io/apimachinery/pkg/runtime/schema"
-	"k8s.io/client-go/dynamic"
+
+	"github.com/isthmus-dev/isthmus/test/helmtest"
 )
 
 // access is one question to the authorizer: may the role do this?
@@ -113,50 +110,11 @@ var roleAccess = map[string][]access{
 }
 
 // applyChartRBAC really applies the ServiceAccounts, RBAC and admission
-// policies (the agent's write policy) the chart
-// renders in gateway mode (and with the values set) to the member, and
-// removes them when the test ends.
+// policies the chart renders in gateway mode (and with the values set) to
+// the member, and removes them when the test ends.
 func applyChartRBAC(t *testing.T, ctx context.Context, set ...string) {
 	t.Helper()
-	m := member(t)
-	dyn, err := dynamic.NewForConfig(m.Config)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, obj := range renderChart(t, append([]string{"dataplane=gateway"}, set...)...) {
-		switch obj.GetKind() {
-		case "ServiceAccount", "ClusterRole", "Role", "ClusterRoleBinding", "RoleBinding",
-			"ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding":
-		default:
-			continue
-		}
-		gvr := rbacGVR(obj)
-		var ri dynamic.ResourceInterface = dyn.Resource(gvr)
-		if obj.GetNamespace() != "" {
-			ri = dyn.Resource(gvr).Namespace(obj.GetNamespace())
-		}
-		if _, err := ri.Apply(ctx, obj.GetName(), obj, metav1.ApplyOptions{FieldManager: "chart-test", Force: true}); err != nil {
-			t.Fatalf("applying %s %s: %v", obj.GetKind(), obj.GetName(), err)
-		}
-		name := obj.GetName()
-		t.Cleanup(func() {
-			if err := ri.Delete(context.Background(), name, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
-				t.Errorf("removing %s %s: %v", gvr.Resource, name, err)
-			}
-		})
-	}
-}
-
-// rbacGVR is the resource of a ServiceAccount, an RBAC object or an
-// admission policy: each kind's plural is its name in lower case and an s
-// (ies for a final y).
-func rbacGVR(obj *unstructured.Unstructured) schema.GroupVersionResource {
-	gvk := obj.GroupVersionKind()
-	kind := strings.ToLower(gvk.Kind)
-	if strings.HasSuffix(kind, "y") {
-		return gvk.GroupVersion().WithResource(strings.TrimSuffix(kind, "y") + "ies")
-	}
-	return gvk.GroupVersion().WithResource(kind + "s")
+	helmtest.ApplyIdentities(t, ctx, member(t).Config, renderChart(t, append([]string{"dataplane=gateway"}, set...)...))
 }
 
 // TestChartRBAC applies the chart's RBAC to a real member and asks the

@@ -18,9 +18,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
-	"k8s.io/apimachinery/pkg/runtime/schema"
-	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 	mcsv1beta1 "sigs.k8s.io/mcs-api/pkg/apis/v1beta1"
@@ -33,53 +30,16 @@ import (
 	"github.com/isthmus-dev/isthmus/test/cluster"
 	"github.com/isthmus-dev/isthmus/tunnel"
 	xdsidentity "github.com/isthmus-dev/isthmus/xds/identity"
+
+	"github.com/isthmus-dev/isthmus/test/helmtest"
 )
 
 // applyChartRBAC really applies the ServiceAccounts, RBAC and admission
-// policies (the agent's write policy) the chart
-// renders in gateway mode (and with the values set) to member c, and
-// removes them when the test ends.
+// policies the chart renders in gateway mode (and with the values set) to
+// member c, and removes them when the test ends.
 func applyChartRBAC(t *testing.T, ctx context.Context, set ...string) {
 	t.Helper()
-	m := clusters.Members[chartMember]
-	dyn, err := dynamic.NewForConfig(m.Config)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, obj := range renderChart(t, append([]string{"dataplane=gateway"}, set...)...) {
-		switch obj.GetKind() {
-		case "ServiceAccount", "ClusterRole", "Role", "ClusterRoleBinding", "RoleBinding",
-			"ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding":
-		default:
-			continue
-		}
-		gvr := rbacGVR(obj)
-		var ri dynamic.ResourceInterface = dyn.Resource(gvr)
-		if obj.GetNamespace() != "" {
-			ri = dyn.Resource(gvr).Namespace(obj.GetNamespace())
-		}
-		if _, err := ri.Apply(ctx, obj.GetName(), obj, metav1.ApplyOptions{FieldManager: "chart-test", Force: true}); err != nil {
-			t.Fatalf("applying %s %s: %v", obj.GetKind(), obj.GetName(), err)
-		}
-		name := obj.GetName()
-		t.Cleanup(func() {
-			if err := ri.Delete(context.Background(), name, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
-				t.Errorf("removing %s %s: %v", gvr.Resource, name, err)
-			}
-		})
-	}
-}
-
-// rbacGVR is the resource of a ServiceAccount, an RBAC object or an
-// admission policy: each kind's plural is its name in lower case and an s
-// (ies for a final y).
-func rbacGVR(obj *unstructured.Unstructured) schema.GroupVersionResource {
-	gvk := obj.GroupVersionKind()
-	kind := strings.ToLower(gvk.Kind)
-	if strings.HasSuffix(kind, "y") {
-		return gvk.GroupVersion().WithResource(strings.TrimSuffix(kind, "y") + "ies")
-	}
-	return gvk.GroupVersion().WithResource(kind + "s")
+	helmtest.ApplyIdentities(t, ctx, clusters.Members[chartMember].Config, renderChart(t, append([]string{"dataplane=gateway"}, set...)...))
 }
 
 // roleKubeconfig writes a kubeconfig for member c that authenticates as
