@@ -52,48 +52,35 @@ func TestChartAgentWritePolicy(t *testing.T) {
 	agent := kubernetes.NewForConfigOrDie(cfg)
 	svcs, slices := agent.CoreV1().Services(ns), agent.DiscoveryV1().EndpointSlices(ns)
 
-	denied := func(what, rule string, err error) {
-		t.Helper()
-		if !apierrors.IsForbidden(err) || !strings.Contains(err.Error(), "rule "+rule+":") {
-			t.Errorf("%s: got %v, want Forbidden by rule %s", what, err, rule)
-		}
-	}
 	// The policy takes a moment to be enforced after it is created: wait
 	// for a dry run of a forbidden write to be denied, then ask for real.
-	deadline := time.Now().Add(30 * time.Second)
-	for {
+	untilEnforced(t, "the agent's write policy", func() error {
 		_, err := svcs.Create(ctx, derived("web2", "ClusterIP"), metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}})
-		if apierrors.IsForbidden(err) {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the write policy is not enforced after 30 s: a dry run of a forbidden write gave %v", err)
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
+		return err
+	})
 	takeOver := func() error {
 		_, err := svcs.Patch(ctx, "web", types.MergePatchType,
 			[]byte(`{"metadata":{"labels":{"endpointslice.kubernetes.io/managed-by":"isthmus.dev"}}}`), metav1.PatchOptions{})
 		return err
 	}
-	denied("labelling a user's Service as the agent's", "agent-owns-what-it-writes", takeOver())
-	denied("deleting a user's Service", "agent-owns-what-it-writes", svcs.Delete(ctx, "web", metav1.DeleteOptions{}))
-	denied("deleting a user's EndpointSlice", "agent-owns-what-it-writes", slices.Delete(ctx, "web-user", metav1.DeleteOptions{}))
+	denied(t, "labelling a user's Service as the agent's", "agent-owns-what-it-writes", takeOver())
+	denied(t, "deleting a user's Service", "agent-owns-what-it-writes", svcs.Delete(ctx, "web", metav1.DeleteOptions{}))
+	denied(t, "deleting a user's EndpointSlice", "agent-owns-what-it-writes", slices.Delete(ctx, "web-user", metav1.DeleteOptions{}))
 
 	_, err = svcs.Create(ctx, derived("web2", "ClusterIP"), metav1.CreateOptions{})
-	denied("a Service not named as a derived one", "agent-derived-services", err)
+	denied(t, "a Service not named as a derived one", "agent-derived-services", err)
 	_, err = svcs.Create(ctx, derived("derived-0123456789", "LoadBalancer"), metav1.CreateOptions{})
-	denied("a LoadBalancer", "agent-derived-services", err)
+	denied(t, "a LoadBalancer", "agent-derived-services", err)
 	withIPs := derived("derived-0123456789", "ClusterIP")
 	withIPs.Spec.ExternalIPs = []string{"192.0.2.10"}
 	_, err = svcs.Create(ctx, withIPs, metav1.CreateOptions{})
-	denied("external IPs", "agent-derived-services", err)
+	denied(t, "external IPs", "agent-derived-services", err)
 	withSelector := derived("derived-0123456789", "ClusterIP")
 	withSelector.Spec.Selector = map[string]string{"app": "web"}
 	_, err = svcs.Create(ctx, withSelector, metav1.CreateOptions{})
-	denied("a selector", "agent-derived-services", err)
+	denied(t, "a selector", "agent-derived-services", err)
 	_, err = slices.Create(ctx, slice("web-injected", "web", true), metav1.CreateOptions{})
-	denied("an EndpointSlice feeding a user's Service", "agent-slices-feed-derived-services", err)
+	denied(t, "an EndpointSlice feeding a user's Service", "agent-slices-feed-derived-services", err)
 
 	// What the agent really writes passes: a derived Service, its slice,
 	// an MCS slice (no service-name label), and their deletion.
@@ -141,26 +128,41 @@ func TestChartTunnelSecretPolicy(t *testing.T) {
 		}
 		return s
 	}
-	deadline := time.Now().Add(30 * time.Second)
-	for {
+	err = untilEnforced(t, "the tunnel's secret policy", func() error {
 		_, err := secrets.Create(ctx, secret("other", corev1.SecretTypeOpaque), dry)
-		if apierrors.IsForbidden(err) {
-			if !strings.Contains(err.Error(), "rule tunnel-creates-only-its-key:") {
-				t.Errorf("another Secret's name: %v, want the rule named", err)
-			}
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the tunnel's secret policy is not enforced after 30 s: creating another Secret gave %v", err)
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
-	if _, err := secrets.Create(ctx, secret("isthmus-tunnel-key", corev1.SecretTypeServiceAccountToken), dry); !apierrors.IsForbidden(err) ||
-		!strings.Contains(err.Error(), "rule tunnel-creates-only-its-key:") {
-		t.Errorf("a token Secret under the key's name: %v, want Forbidden by rule tunnel-creates-only-its-key", err)
-	}
+		return err
+	})
+	denied(t, "another Secret's name", "tunnel-creates-only-its-key", err)
+	_, err = secrets.Create(ctx, secret("isthmus-tunnel-key", corev1.SecretTypeServiceAccountToken), dry)
+	denied(t, "a token Secret under the key's name", "tunnel-creates-only-its-key", err)
 	if _, err := secrets.Create(ctx, secret("isthmus-tunnel-key", corev1.SecretTypeOpaque), dry); err != nil {
 		t.Errorf("the tunnel's own key Secret: %v", err)
+	}
+}
+
+// denied fails the test unless err is a Forbidden naming rule.
+func denied(t *testing.T, what, rule string, err error) {
+	t.Helper()
+	if !apierrors.IsForbidden(err) || !strings.Contains(err.Error(), "rule "+rule+":") {
+		t.Errorf("%s: got %v, want Forbidden by rule %s", what, err, rule)
+	}
+}
+
+// untilEnforced retries try, a write the policy forbids, until the
+// apiserver denies it (a new policy takes a moment to be enforced), and
+// returns that denial; after 30 s it fails the test.
+func untilEnforced(t *testing.T, policy string, try func() error) error {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		err := try()
+		if apierrors.IsForbidden(err) {
+			return err
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s is not enforced after 30 s: a write it forbids gave %v", policy, err)
+		}
+		time.Sleep(200 * time.Millisecond)
 	}
 }
 
