@@ -19,11 +19,20 @@ import (
 // large answer: diagnose's client takes the TCP answer and says so; with
 // tcpOnly (a port-forward) it never tries UDP.
 func TestDNSQueryFallsBackToTCP(t *testing.T) {
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	// One port for both: a port free for UDP may be taken for TCP, so a
+	// few tries.
+	var pc net.PacketConn
+	var l net.Listener
+	var err error
+	for range 10 {
+		if pc, err = net.ListenPacket("udp", "127.0.0.1:0"); err != nil {
+			t.Fatal(err)
+		}
+		if l, err = net.Listen("tcp", pc.LocalAddr().String()); err == nil {
+			break
+		}
+		pc.Close()
 	}
-	l, err := net.Listen("tcp", pc.LocalAddr().String())
 	if err != nil {
 		t.Fatal(err)
 	}
