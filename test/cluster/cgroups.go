@@ -156,3 +156,46 @@ func removeCgroupTree(root string, timeout time.Duration) error {
 	}
 	return errors.Join(errs...)
 }
+
+// MemoryMiB is the resident memory of the whole clusterset: every process
+// the harness runs (etcd, apiservers, controllers) plus, for real nodes,
+// the anonymous memory of each node's cgroup tree (containerd, the
+// kubelet, kube-proxy and every pod), page cache left out.
+func (cs *Clusterset) MemoryMiB() int {
+	total := 0
+	for _, pid := range cs.PIDs() {
+		total += statusKB(pid, "VmRSS:")
+	}
+	for _, c := range cs.Members {
+		if c.node == nil {
+			continue
+		}
+		data, err := os.ReadFile(filepath.Join(cgroupMount, "memory", c.node.cgroup, "memory.stat"))
+		if err != nil {
+			continue
+		}
+		for _, line := range strings.Split(string(data), "\n") {
+			if rest, ok := strings.CutPrefix(line, "total_rss "); ok {
+				b, _ := strconv.Atoi(rest)
+				total += b / 1024
+			}
+		}
+	}
+	return total / 1024
+}
+
+// statusKB reads a kB field of /proc/PID/status, 0 when the process is
+// gone.
+func statusKB(pid int, field string) int {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if rest, ok := strings.CutPrefix(line, field); ok {
+			kb, _ := strconv.Atoi(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(rest), "kB")))
+			return kb
+		}
+	}
+	return 0
+}

@@ -51,6 +51,9 @@ type Options struct {
 	// pause and TestServerImage, and Images. It needs root, cgroup v1 and
 	// Debian's containerd, runc and CNI plugins; New says what is missing.
 	RealNodes bool
+	// CoreDNS builds CoreDNSImage (CoreDNS with the isthmus plugin) and
+	// imports it into every real node, for Cluster.InstallCoreDNS.
+	CoreDNS bool
 	// Images are image archives (docker-archive or OCI layout, such as
 	// bin/isthmus-image.tar) imported into every real node at start.
 	Images []string
@@ -77,12 +80,18 @@ type Clusterset struct {
 	Kubeconfig string
 	// StartDuration is how long the start took, up to every member ready.
 	StartDuration time.Duration
+	// BrokerServer is the broker's API address as real nodes and their
+	// pods reach it, https://10.200.0.1:<port> on the underlay (give it
+	// to isthmusctl join --broker-server); empty unless Options.Broker
+	// and Options.RealNodes.
+	BrokerServer string
 
 	log        *slog.Logger
 	bins       binaries
 	beforeStop func()
 	etcds      []*process
 	underlay   *process // holds the namespace of the real nodes' bridge
+	stops      []func() // relays to end once the nodes are gone
 	reg        *pidRegistry
 	stopOnce   sync.Once
 	timersMu   sync.Mutex
@@ -148,7 +157,7 @@ func New(ctx context.Context, opts Options) (_ *Clusterset, err error) {
 		if err := checkNodeHost(bins.kubelet); err != nil {
 			return nil, err
 		}
-		if images, err = cs.startUnderlay(ctx); err != nil {
+		if images, err = cs.startUnderlay(ctx, opts.CoreDNS); err != nil {
 			return nil, err
 		}
 		images = append(images, opts.Images...)
@@ -163,8 +172,14 @@ func New(ctx context.Context, opts Options) (_ *Clusterset, err error) {
 		}
 		if cs.Broker, err = cs.newCluster("broker", clusterSpec{
 			serviceCIDR: netip.MustParsePrefix("10.96.0.0/16"),
+			onUnderlay:  opts.RealNodes,
 		}, bins, brokerEtcd, &ports); err != nil {
 			return nil, err
+		}
+		if opts.RealNodes {
+			if err := cs.serveBrokerOnUnderlay(); err != nil {
+				return nil, err
+			}
 		}
 	}
 	if opts.Members > 0 {
@@ -285,6 +300,9 @@ func (cs *Clusterset) Stop() {
 		stopAll(controllers)
 		stopAll(apiservers)
 		stopAll(cs.etcds)
+		for _, stop := range cs.stops {
+			stop()
+		}
 		if cs.underlay != nil {
 			cs.underlay.stop(time.Second)
 		}

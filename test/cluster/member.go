@@ -72,6 +72,9 @@ type clusterSpec struct {
 	locality               Locality
 	realNode               bool
 	images                 []string // archives a real node imports
+	// onUnderlay: the broker's serving certificate names the underlay
+	// gateway too, where the real nodes reach it.
+	onUnderlay bool
 }
 
 // cidrs are a spec's valid ranges, IPv4 first.
@@ -126,6 +129,9 @@ func (cs *Clusterset) newCluster(name string, spec clusterSpec, bins binaries, d
 		first := spec.serviceCIDR.Addr().Next()
 		hosts = append(hosts, nodeIP(spec.index).String(), first.String(),
 			"kubernetes", "kubernetes.default", "kubernetes.default.svc", "kubernetes.default.svc.cluster.local")
+	}
+	if spec.onUnderlay {
+		hosts = append(hosts, underlayGateway.String())
 	}
 	servingCert, servingKey, err := authority.issue("kube-apiserver", nil, hosts)
 	if err != nil {

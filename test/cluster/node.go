@@ -166,6 +166,14 @@ func (n *realNode) prepare(ctx context.Context, underlayPID, apiPort int) error 
 		// The service range is routed so the node's own connections to a
 		// ClusterIP get a route lookup; kube-proxy rewrites them before.
 		{"ip", "route", "add", n.cluster.ServiceCIDR.String(), "dev", "eth0"},
+		// Pods reach the one outside service the underlay offers, the
+		// broker, as a cluster's pods reach the internet: masqueraded
+		// behind the node's address. Nothing else of theirs leaves
+		// through eth0 with a new source.
+		{"nft", "add", "table", "ip", "isthmus-node"},
+		{"nft", "add", "chain", "ip", "isthmus-node", "postrouting", "{ type nat hook postrouting priority srcnat; }"},
+		{"nft", "add", "rule", "ip", "isthmus-node", "postrouting", "ip", "saddr", n.cluster.PodCIDR.String(),
+			"ip", "daddr", underlayGateway.String(), "oifname", "eth0", "masquerade"},
 	}
 	for _, d := range hostMountPoints {
 		steps = append(steps, []string{"mount", "-t", "tmpfs", "-o", "mode=0755", "tmpfs", d})

@@ -232,18 +232,6 @@ func runTestServer(ctx context.Context, m *Cluster) (corev1.Pod, error) {
 	return ready, nil
 }
 
-// poll calls ok every 200 ms until it returns true or ctx ends.
-func poll(ctx context.Context, ok func() bool) error {
-	for !ok() {
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(200 * time.Millisecond):
-		}
-	}
-	return nil
-}
-
 // nsIDs returns the identities ("net:[4026...]") of a process's network
 // and mount namespaces.
 func nsIDs(t *testing.T, pid int) []string {

@@ -110,6 +110,11 @@ func (c *Cluster) newRealNode(cs *Clusterset, spec clusterSpec, apiHost string, 
 
 // nodeIP is member i's node address on the underlay, 10.200.<i>.10: the
 // address KWOK gives its node too.
+// underlayGateway is the underlay bridge's own address, where the
+// harness serves the broker to every member's node and pods
+// (Clusterset.BrokerServer).
+var underlayGateway = netip.AddrFrom4([4]byte{10, 200, 0, 1})
+
 func nodeIP(index int) netip.Addr {
 	return netip.AddrFrom4([4]byte{10, 200, byte(index), 10})
 }
