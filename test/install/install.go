@@ -11,6 +11,7 @@ package install
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -25,7 +26,6 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/isthmus-dev/isthmus/test/cluster"
-	"github.com/isthmus-dev/isthmus/test/helmtest"
 )
 
 // Namespace is where the member chart goes (it refuses any other).
@@ -61,8 +61,18 @@ type Options struct {
 	DualStack []bool
 	// Values are extra `--set` values for every member's chart.
 	Values []string
-	// Log receives progress; nil means t.Logf.
+	// Images are more image archives every node imports (the chart's
+	// image is always there).
+	Images []string
+	// ClusterIDs are the members' cluster ids, member1's first; members
+	// beyond it are called by their harness names (member1, ...).
+	ClusterIDs []string
+	// Log receives each step's progress; nil means t.Logf in Start and
+	// nothing in New.
 	Log func(format string, args ...any)
+	// ClusterLog receives the harness's own log (test/cluster); nil means
+	// the test's log in Start and nothing in New.
+	ClusterLog *slog.Logger
 }
 
 // Set is an installed clusterset.
@@ -74,6 +84,8 @@ type Set struct {
 	DNS []DNSMode
 	// Timings are how long each step took, in order.
 	Timings []Timing
+
+	clusterIDs []string
 }
 
 // Timing is one install step's duration.
@@ -103,17 +115,14 @@ var (
 
 // Build builds isthmusctl and the image from the tree, once per process:
 // the image with test/image/build.sh (what `make image` runs) for this
-// machine's platform alone. It needs a git checkout, for the VCS stamp.
-func Build(t testing.TB) *Artifacts {
-	t.Helper()
-	buildOnce.Do(func() { built, buildErr = build(t) })
-	if buildErr != nil {
-		t.Fatal(buildErr)
-	}
-	return built
+// machine's platform alone. It needs a git checkout, for the VCS stamp,
+// and helm (make helm).
+func Build() (*Artifacts, error) {
+	buildOnce.Do(func() { built, buildErr = build() })
+	return built, buildErr
 }
 
-func build(t testing.TB) (*Artifacts, error) {
+func build() (*Artifacts, error) {
 	_, file, _, ok := runtime.Caller(0)
 	if !ok {
 		return nil, fmt.Errorf("locating the repository: no caller information")
@@ -125,7 +134,14 @@ func build(t testing.TB) (*Artifacts, error) {
 	}
 	// The directory outlives a single test: every test of the binary
 	// installs from it. The system's temp cleaner takes it.
-	a := &Artifacts{Root: root, Helm: helmtest.Find(t, root), Isthmusctl: filepath.Join(dir, "isthmusctl"), Image: filepath.Join(dir, "isthmus-image.tar")}
+	helm := filepath.Join(root, "bin", "helm")
+	if h := os.Getenv("ISTHMUS_HELM"); h != "" {
+		helm = h
+	}
+	if _, err := os.Stat(helm); err != nil {
+		return nil, fmt.Errorf("no helm at %s: run make helm (or set ISTHMUS_HELM)", helm)
+	}
+	a := &Artifacts{Root: root, Helm: helm, Isthmusctl: filepath.Join(dir, "isthmusctl"), Image: filepath.Join(dir, "isthmus-image.tar")}
 	ctl := exec.Command("go", "build", "-buildvcs=true", "-o", a.Isthmusctl, "./cmd/isthmusctl")
 	ctl.Dir = root
 	if out, err := ctl.CombinedOutput(); err != nil {
@@ -153,48 +169,79 @@ func build(t testing.TB) (*Artifacts, error) {
 	return a, nil
 }
 
-// Start builds the artifacts, starts a broker and members on real nodes
-// and installs Isthmus into them as the README says; the clusterset stops
-// when the test ends.
+// Start is New for a test: it fails the test on error and stops the
+// clusterset when the test ends. Progress goes to the test's log.
 func Start(t testing.TB, opts Options) *Set {
 	t.Helper()
+	if opts.Log == nil {
+		opts.Log = t.Logf
+	}
+	if opts.ClusterLog == nil {
+		opts.ClusterLog = slog.New(slog.NewTextHandler(testWriter{t}, nil))
+	}
+	s, err := New(context.Background(), opts)
+	if s != nil && s.Clusterset != nil {
+		t.Cleanup(s.Stop)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+type testWriter struct{ t testing.TB }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimRight(string(p), "\n"))
+	return len(p), nil
+}
+
+// New builds the artifacts, starts a broker and members on real nodes and
+// installs Isthmus into them as the README says. On error the returned
+// Set, if not nil, holds what was started: Stop it.
+func New(ctx context.Context, opts Options) (*Set, error) {
 	if opts.Members == 0 {
 		opts.Members = 2
 	}
 	logf := opts.Log
 	if logf == nil {
-		logf = t.Logf
+		logf = func(string, ...any) {}
 	}
 	s := &Set{}
-	step := func(name string, fn func() error) {
-		t.Helper()
+	step := func(name string, fn func() error) error {
 		began := time.Now()
 		if err := fn(); err != nil {
-			t.Fatalf("%s: %v", name, err)
+			return fmt.Errorf("%s: %w", name, err)
 		}
 		s.Timings = append(s.Timings, Timing{name, time.Since(began)})
 		logf("%s: %v", name, time.Since(began).Round(time.Millisecond))
+		return nil
 	}
-	step("build isthmusctl and the image", func() error { s.Artifacts = Build(t); return nil })
+	if err := step("build isthmusctl and the image", func() (err error) { s.Artifacts, err = Build(); return err }); err != nil {
+		return nil, err
+	}
 	a := s.Artifacts
 	var localities []cluster.Locality
 	for i := range opts.Members {
 		localities = append(localities, cluster.Locality{Region: fmt.Sprintf("region-%d", i+1), Zone: fmt.Sprintf("zone-%d", i+1)})
 	}
-	step("start the broker and members on real nodes", func() error {
-		s.Clusterset = cluster.Start(t, cluster.Options{
-			Broker: true, Members: opts.Members, RealNodes: true, CoreDNS: true,
-			Images: []string{a.Image}, Localities: localities, DualStack: opts.DualStack,
+	if err := step("start the broker and members on real nodes", func() (err error) {
+		s.Clusterset, err = cluster.New(ctx, cluster.Options{
+			Broker: true, Members: opts.Members, RealNodes: true, CoreDNS: true, Log: opts.ClusterLog,
+			Images: append([]string{a.Image}, opts.Images...), Localities: localities, DualStack: opts.DualStack,
 		})
-		return nil
-	})
-	ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute)
+		return err
+	}); err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, 6*time.Minute)
 	defer cancel()
-
-	step("helm install the broker chart into the hub", func() error {
+	if err := step("helm install the broker chart into the hub", func() error {
 		return s.run(ctx, a.Helm, "--kubeconfig", s.Kubeconfig, "--kube-context", "broker",
 			"install", "isthmus-broker", filepath.Join(a.Root, "charts", "isthmus-broker"), "--wait")
-	})
+	}); err != nil {
+		return s, err
+	}
 	for i, m := range s.Members {
 		mode := PluginDNS
 		switch {
@@ -204,12 +251,15 @@ func Start(t testing.TB, opts Options) *Set {
 			mode = ForwardDNS
 		}
 		s.DNS = append(s.DNS, mode)
-		step(m.Name+": isthmusctl join", func() error {
+		id := s.ClusterID(m)
+		if err := step(m.Name+": isthmusctl join", func() error {
 			return s.run(ctx, a.Isthmusctl, "join", "--kubeconfig", s.Kubeconfig, "--context", m.Name,
-				"--broker-context", "broker", "--broker-server", s.BrokerServer, "--cluster-id", m.Name,
+				"--broker-context", "broker", "--broker-server", s.BrokerServer, "--cluster-id", id,
 				"--pod-cidrs", list(m.PodCIDRs), "--service-cidrs", list(m.ServiceCIDRs))
-		})
-		step(m.Name+": label the gateway node and helm install the member chart", func() error {
+		}); err != nil {
+			return s, err
+		}
+		if err := step(m.Name+": label the gateway node and helm install the member chart", func() error {
 			node, err := m.Client.CoreV1().Nodes().Get(ctx, m.Node, metav1.GetOptions{})
 			if err != nil {
 				return err
@@ -220,28 +270,46 @@ func Start(t testing.TB, opts Options) *Set {
 			}
 			args := []string{"--kubeconfig", s.Kubeconfig, "--kube-context", m.Name,
 				"install", "isthmus", filepath.Join(a.Root, "charts", "isthmus"), "-n", Namespace,
-				"--set", "clusterID=" + m.Name, "--set", "region=" + m.Locality.Region, "--set", "zone=" + m.Locality.Zone,
+				"--set", "clusterID=" + id, "--set", "region=" + m.Locality.Region, "--set", "zone=" + m.Locality.Zone,
 				"--set", "podCIDRs={" + list(m.PodCIDRs) + "}", "--set", "serviceCIDRs={" + list(m.ServiceCIDRs) + "}",
 				"--set", "dns.clusterIP=" + DNSServiceIP(m).String()}
 			for _, v := range opts.Values {
 				args = append(args, "--set", v)
 			}
 			return s.run(ctx, a.Helm, args...)
-		})
+		}); err != nil {
+			return s, err
+		}
 	}
 	for _, m := range s.Members {
-		step(m.Name+": every chart pod Ready", func() error { return WaitReady(ctx, m) })
+		if err := step(m.Name+": every chart pod Ready", func() error { return WaitReady(ctx, m) }); err != nil {
+			return s, err
+		}
 	}
 	for i, m := range s.Members {
-		step(fmt.Sprintf("%s: CoreDNS as the cluster DNS (%s)", m.Name, s.DNS[i]), func() error {
+		if err := step(fmt.Sprintf("%s: CoreDNS as the cluster DNS (%s)", m.Name, s.DNS[i]), func() error {
 			corefile, err := Corefile(ctx, m, s.DNS[i])
 			if err != nil {
 				return err
 			}
 			return m.InstallCoreDNS(ctx, corefile)
-		})
+		}); err != nil {
+			return s, err
+		}
 	}
-	return s
+	s.clusterIDs = opts.ClusterIDs
+	return s, nil
+}
+
+// ClusterID is the member's cluster id: Options.ClusterIDs's, else its
+// harness name (member1, ...).
+func (s *Set) ClusterID(m *cluster.Cluster) string {
+	for i, c := range s.Members {
+		if c == m && i < len(s.clusterIDs) {
+			return s.clusterIDs[i]
+		}
+	}
+	return m.Name
 }
 
 // DNSServiceIP is the address the tests give the chart's isthmus-dns

@@ -1,0 +1,53 @@
+package conformance
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/isthmus-dev/isthmus/test/install"
+)
+
+// TestConformanceIPv4 and TestConformanceDualStack are `make
+// conformance`: mcs-api's conformance suite (its 27 specs, no label
+// filter) from MCS_CONFORMANCE_DIR, run by run.sh against two members of a
+// fresh clusterset on real nodes with Isthmus installed by its chart, the
+// suite's images imported into every node. The reports stay in
+// bin/conformance/<family>/; run.sh fails unless every spec passed.
+func TestConformanceIPv4(t *testing.T) { runSuite(t, "ipv4", nil) }
+
+func TestConformanceDualStack(t *testing.T) { runSuite(t, "dual-stack", []bool{true, true}) }
+
+func runSuite(t *testing.T, name string, dualStack []bool) {
+	root, err := filepath.Abs(filepath.Join("..", ".."))
+	if err != nil {
+		t.Fatal(err)
+	}
+	suite := os.Getenv("MCS_CONFORMANCE_DIR")
+	if suite == "" {
+		suite = filepath.Join(root, "..", "shared", "mcs-api-conformance")
+	}
+	if _, err := os.Stat(filepath.Join(suite, "conformance_suite.go")); err != nil {
+		t.Fatalf("no conformance suite in %s (set MCS_CONFORMANCE_DIR to a checkout of kubernetes-sigs/mcs-api's conformance/): %v", suite, err)
+	}
+	images := filepath.Join(t.TempDir(), "suite-images.tar")
+	build := exec.Command("go", "run", ".", "suite-images", "-out", images)
+	build.Dir = filepath.Join(root, "test", "image")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("building the suite's images: %v\n%s", err, out)
+	}
+	s := install.Start(t, install.Options{Members: 2, DualStack: dualStack, Images: []string{images}})
+
+	began := time.Now()
+	run := exec.Command("bash", filepath.Join(root, "test", "conformance", "run.sh"))
+	run.Dir = root
+	run.Env = append(os.Environ(), "MCS_CONFORMANCE_DIR="+suite, "CONFORMANCE_KUBECONFIG="+s.Kubeconfig,
+		"CONFORMANCE_CONTEXTS=member1,member2", "CONFORMANCE_OUT="+filepath.Join(root, "bin", "conformance", name))
+	out, err := run.CombinedOutput()
+	t.Logf("run.sh (%v):\n%s", time.Since(began).Round(time.Second), out)
+	if err != nil {
+		t.Fatalf("the conformance suite did not pass on %s members: %v (reports and the suite's log in bin/conformance/%s)", name, err, name)
+	}
+}
