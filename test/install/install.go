@@ -17,6 +17,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -64,6 +65,9 @@ type Options struct {
 	// Images are more image archives every node imports (the chart's
 	// image is always there).
 	Images []string
+	// Localities are the members' regions and zones, member1's first;
+	// members beyond it get region-<i> and zone-<i>.
+	Localities []cluster.Locality
 	// ClusterIDs are the members' cluster ids, member1's first; members
 	// beyond it are called by their harness names (member1, ...).
 	ClusterIDs []string
@@ -221,8 +225,8 @@ func New(ctx context.Context, opts Options) (*Set, error) {
 		return nil, err
 	}
 	a := s.Artifacts
-	var localities []cluster.Locality
-	for i := range opts.Members {
+	localities := slices.Clone(opts.Localities)
+	for i := len(localities); i < opts.Members; i++ {
 		localities = append(localities, cluster.Locality{Region: fmt.Sprintf("region-%d", i+1), Zone: fmt.Sprintf("zone-%d", i+1)})
 	}
 	if err := step("start the broker and members on real nodes", func() (err error) {
