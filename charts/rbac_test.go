@@ -100,6 +100,9 @@ var roleAccess = map[string][]access{
 		{verb: "update", group: "coordination.k8s.io", resource: "leases", ns: "isthmus-system", name: "isthmus-agent"},
 		{verb: "get", group: "about.k8s.io", resource: "clusterproperties", name: "cluster.clusterset.k8s.io", allowed: true},
 		{verb: "list", group: "multicluster.x-k8s.io", resource: "serviceimports"},
+		{verb: "get", group: "apps", resource: "daemonsets", ns: "isthmus-system", name: "isthmus-tunnel", allowed: true},
+		{verb: "get", group: "apps", resource: "daemonsets", ns: "isthmus-system", name: "isthmus-agent"},
+		{verb: "list", group: "apps", resource: "daemonsets", ns: "isthmus-system"},
 	},
 	"gateway": {
 		{verb: "get", resource: "secrets", ns: "isthmus-system", name: "isthmus-ca"},

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 	"golang.zx2c4.com/wireguard/conn"
 	"golang.zx2c4.com/wireguard/device"
 	"golang.zx2c4.com/wireguard/ipc"
@@ -55,12 +56,27 @@ type Device struct {
 
 	closeOnce sync.Once
 	closeFn   func() error
+	keepFn    func() error
 }
 
 // Close destroys the interface; its addresses and routes go with it.
 func (d *Device) Close() error {
 	var err error
 	d.closeOnce.Do(func() { err = d.closeFn() })
+	return err
+}
+
+// Keep lets go of the interface without destroying it, for the next
+// tunnel process on this node (a restart or an upgrade of the pod): its
+// addresses, routes and rules stay, so until the next process attaches
+// the kernel drops what is routed into it instead of answering "no route"
+// (TCP retransmits; connections survive). A kernel device keeps its peers
+// and sessions too and goes on carrying traffic. The userspace device's
+// TUN is made persistent and closed; its sessions end with this process,
+// and the next one's first packet to a peer makes new ones.
+func (d *Device) Keep() error {
+	err := errors.New("the device was closed already")
+	d.closeOnce.Do(func() { err = d.keepFn() })
 	return err
 }
 
@@ -77,6 +93,11 @@ func OpenDevice(name string, impl Implementation, mtu int, log *slog.Logger) (*D
 	case Userspace:
 		return openUserspace(name, mtu, log)
 	case Auto:
+		if l, err := netlink.LinkByName(name); err == nil && l.Type() == "tuntap" {
+			// A userspace device the previous tunnel kept: take it over
+			// rather than replace it with a kernel one.
+			return openUserspace(name, mtu, log)
+		}
 		d, err := openKernel(name, mtu)
 		if err == nil {
 			return d, nil
@@ -121,20 +142,24 @@ func openKernel(name string, mtu int) (*Device, error) {
 			return fmt.Errorf("deleting interface %s: %w", name, err)
 		}
 		return nil
-	}}, nil
+	}, keepFn: func() error { return nil }}, nil
 }
 
 func openUserspace(name string, mtu int, log *slog.Logger) (*Device, error) {
-	if l, err := netlink.LinkByName(name); err == nil {
-		// A kernel device or a persisted TUN of an earlier run: the
-		// embedded device needs the name.
-		if err := netlink.LinkDel(l); err != nil {
-			return nil, fmt.Errorf("deleting leftover %s interface %s: %w", l.Type(), name, err)
+	tdev, err := attachKept(name, mtu, log)
+	if err != nil {
+		return nil, err
+	}
+	if tdev == nil {
+		if tdev, err = tun.CreateTUN(name, mtu); err != nil {
+			return nil, fmt.Errorf("creating TUN interface %s: %w", name, err)
 		}
 	}
-	tdev, err := tun.CreateTUN(name, mtu)
-	if err != nil {
-		return nil, fmt.Errorf("creating TUN interface %s: %w", name, err)
+	// Persistent only when Keep says so: a crash or a clean stop removes
+	// the interface, as a plain TUN would.
+	if err := setPersist(tdev, false); err != nil {
+		tdev.Close()
+		return nil, err
 	}
 	offload := tdev.BatchSize() > 1
 	dev := device.NewDevice(tdev, conn.NewDefaultBind(), wgLogger(log.With("device", name)))
@@ -165,7 +190,62 @@ func openUserspace(name string, mtu int, log *slog.Logger) (*Device, error) {
 		ln.Close()
 		dev.Close()
 		return nil
+	}, keepFn: func() error {
+		ln.Close()
+		err := setPersist(tdev, true)
+		dev.Close()
+		return err
 	}}, nil
+}
+
+// attachKept attaches to the TUN interface name that a previous tunnel
+// process kept (Device.Keep), with its addresses and routes; nil when
+// there is none. Any other interface of that name is deleted: the
+// embedded device needs the name.
+func attachKept(name string, mtu int, log *slog.Logger) (tun.Device, error) {
+	l, err := netlink.LinkByName(name)
+	if err != nil {
+		return nil, nil
+	}
+	if l.Type() == "tuntap" {
+		tdev, err := tun.CreateTUN(name, mtu)
+		if err == nil {
+			log.Info("attached to the TUN interface the previous tunnel kept; its routes carried on", "device", name)
+			return tdev, nil
+		}
+		log.Warn("could not attach to the kept TUN interface; making a new one", "device", name, "err", err)
+	}
+	if err := netlink.LinkDel(l); err != nil {
+		return nil, fmt.Errorf("deleting leftover %s interface %s: %w", l.Type(), name, err)
+	}
+	return nil, nil
+}
+
+// setPersist sets the TUN's persist flag: a persistent TUN outlives its
+// last open file, with its addresses and routes.
+func setPersist(tdev tun.Device, on bool) error {
+	nt, ok := tdev.(*tun.NativeTun)
+	if !ok {
+		return fmt.Errorf("the TUN device is a %T, not a Linux TUN", tdev)
+	}
+	// Through SyscallConn: Fd would put the file into blocking mode under
+	// wireguard-go's poller.
+	raw, err := nt.File().SyscallConn()
+	if err != nil {
+		return err
+	}
+	v := 0
+	if on {
+		v = 1
+	}
+	var ioErr error
+	if err := raw.Control(func(fd uintptr) { ioErr = unix.IoctlSetInt(int(fd), unix.TUNSETPERSIST, v) }); err != nil {
+		return err
+	}
+	if ioErr != nil {
+		return fmt.Errorf("setting the TUN persist flag to %d: %w", v, ioErr)
+	}
+	return nil
 }
 
 // wgLogger adapts wireguard-go's printf logger to slog. Errors repeat once

@@ -81,6 +81,11 @@ type Config struct {
 	Log    *slog.Logger
 	// Registry receives the isthmus_tunnel_* metrics.
 	Registry prometheus.Registerer
+	// KeepDatapath is asked when the tunnel stops because its process is
+	// ending (not when it lost its Lease): true leaves the device, its
+	// routes and rules to the next tunnel process on this node (a pod
+	// restart or upgrade; Device.Keep), false removes them. Nil is false.
+	KeepDatapath func(context.Context) bool
 }
 
 // Election is how the gateway replicas elect the active one.
@@ -193,15 +198,28 @@ func (t *Tunnel) setReady(err error) {
 func (t *Tunnel) Run(ctx context.Context) error {
 	e := t.cfg.Election
 	if e == nil {
-		return t.run(ctx)
+		return t.run(ctx, ctx)
 	}
 	return election.Run(ctx, election.Config{
 		Client: t.local, Namespace: t.cfg.KeyNamespace, Name: LeaseName(t.cfg.ClusterID), Identity: e.Identity,
 		LeaseDuration: e.LeaseDuration, RenewDeadline: e.RenewDeadline, RetryPeriod: e.RetryPeriod, Log: t.log,
-	}, t.run)
+	}, func(leading context.Context) error { return t.run(leading, ctx) })
 }
 
-func (t *Tunnel) run(ctx context.Context) (err error) {
+// keepDatapath says whether a stop hands the data path over: only when
+// the process is ending (process is done) and KeepDatapath agrees.
+func (t *Tunnel) keepDatapath(process context.Context) bool {
+	if process.Err() == nil || t.cfg.KeepDatapath == nil {
+		return false
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	return t.cfg.KeepDatapath(ctx)
+}
+
+// run is the tunnel while ctx lasts; process is the whole process's
+// context, done only when the process is ending.
+func (t *Tunnel) run(ctx, process context.Context) (err error) {
 	key, err := LoadOrCreateKey(ctx, t.local, t.cfg.KeyNamespace, t.cfg.KeySecret)
 	if err != nil {
 		return err
@@ -218,6 +236,14 @@ func (t *Tunnel) run(ctx context.Context) (err error) {
 	rec := newReconciler(client, dev.Name, netlink.RouteProtocol(t.cfg.RouteProtocol), t.cfg.RouteTable, t.cfg.Keepalive)
 	rec.count = func(op string) { t.metrics.deviceOps.WithLabelValues(op).Inc() }
 	defer func() {
+		if t.keepDatapath(process) {
+			if kerr := dev.Keep(); kerr != nil {
+				err = errors.Join(err, fmt.Errorf("keeping %s for the next tunnel: %w", dev.Name, kerr))
+			}
+			client.Close()
+			t.log.Info("tunnel stopped; device, routes and rules kept for the next tunnel on this node", "device", dev.Name)
+			return
+		}
 		// The clean shutdown: peers and routes first, so nothing is left
 		// pointing at a device that is going away, then our rules, then the
 		// device.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"log/slog"
 	"net/netip"
 	"os"
@@ -38,6 +39,7 @@ func tunnelRole() role {
 			leaseDuration := fs.Duration(p+"leader-elect-lease-duration", 15*time.Second, "how long a dead leader's Lease blocks a standby")
 			renewDeadline := fs.Duration(p+"leader-elect-renew-deadline", 10*time.Second, "how long the leader retries renewing before it gives up")
 			retryPeriod := fs.Duration(p+"leader-elect-retry-period", 2*time.Second, "how often a standby tries to take the Lease")
+			handover := fs.String(p+"handover-daemonset", "", "when the process ends while this DaemonSet in --key-namespace exists and is not being deleted (a restart or upgrade of its pod, not an uninstall), leave the device, routes and rules to its next pod on this node (empty: always remove them)")
 			return func(ctx context.Context, e *env, log *slog.Logger) error {
 				implementation, err := tunnel.ParseImplementation(*impl)
 				if err != nil {
@@ -78,6 +80,16 @@ func tunnelRole() role {
 					return err
 				}
 				cfg.BrokerNamespace, cfg.Broker, cfg.Local = ns, broker.Dynamic, local.Kube
+				if *handover != "" {
+					cfg.KeepDatapath = func(ctx context.Context) bool {
+						ds, err := local.Kube.AppsV1().DaemonSets(*keyNS).Get(ctx, *handover, metav1.GetOptions{})
+						if err != nil {
+							log.Warn("cannot tell a restart from an uninstall; removing the device", "daemonset", *handover, "err", err)
+							return false
+						}
+						return ds.DeletionTimestamp == nil
+					}
+				}
 				t, err := tunnel.New(cfg)
 				if err != nil {
 					return err

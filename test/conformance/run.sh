@@ -30,7 +30,8 @@ mkdir -p "$out"
 
 echo "conformance: building the suite from $suite" >&2
 (cd "$suite" && go test -c -o "$out/mcs-conformance.test" .)
-go build -o "$out/isthmus" ./cmd/isthmus
+# -buildvcs=true: stamp the commit's version even where GOFLAGS says false.
+go build -buildvcs=true -o "$out/isthmus" ./cmd/isthmus
 version=$(go version -m "$out/isthmus" | awk '$1=="mod"{print $3; exit}')
 case "$version" in ""|"(devel)") echo "conformance: isthmus carries no VCS version (run from a git checkout)" >&2; exit 2;; esac
 

@@ -158,17 +158,8 @@ func build() (*Artifacts, error) {
 	if err != nil {
 		return nil, fmt.Errorf("building the image (test/image/build.sh): %w: %s", err, out)
 	}
-	v, err := exec.Command("go", "version", "-m", a.Isthmusctl).Output()
-	if err != nil {
+	if a.Version, err = binaryVersion(a.Isthmusctl); err != nil {
 		return nil, err
-	}
-	for _, line := range strings.Split(string(v), "\n") {
-		if f := strings.Fields(line); len(f) >= 3 && f[0] == "mod" {
-			a.Version = f[2]
-		}
-	}
-	if a.Version == "" || a.Version == "(devel)" {
-		return nil, fmt.Errorf("isthmusctl carries no VCS version (%q): build from a git clone, not a worktree", a.Version)
 	}
 	return a, nil
 }
@@ -449,4 +440,62 @@ func list(ps []netip.Prefix) string {
 		s = append(s, p.String())
 	}
 	return strings.Join(s, ",")
+}
+
+// BuildUpgrade builds the image of the next version: the tree at HEAD
+// with one more (empty) commit, in a clone, so Go stamps another version.
+// It returns the image archive and its version tag (the version with
+// '+' as '-', as test/image/build.sh tags it).
+func (a *Artifacts) BuildUpgrade() (image, tag string, err error) {
+	dir, err := os.MkdirTemp("", "isthmus-upgrade-")
+	if err != nil {
+		return "", "", err
+	}
+	src := filepath.Join(dir, "src")
+	image = filepath.Join(dir, "isthmus-image.tar")
+	for _, c := range [][]string{
+		{"git", "clone", "-q", a.Root, src},
+		{"git", "-C", src, "-c", "user.name=upgrade test", "-c", "user.email=test@isthmus.invalid", "commit", "-q", "--allow-empty", "-m", "the next version"},
+		{"bash", filepath.Join(src, "test", "image", "build.sh"), image},
+	} {
+		cmd := exec.Command(c[0], c[1:]...)
+		cmd.Dir = src
+		if c[0] == "git" {
+			cmd.Dir = dir
+		}
+		cmd.Env = append(os.Environ(), "ISTHMUS_IMAGE_PLATFORMS=linux/"+runtime.GOARCH)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			return "", "", fmt.Errorf("%s: %w: %s", strings.Join(c, " "), err, out)
+		}
+	}
+	bin := filepath.Join(dir, "isthmusctl")
+	build := exec.Command("go", "build", "-buildvcs=true", "-o", bin, "./cmd/isthmusctl")
+	build.Dir = src
+	if out, err := build.CombinedOutput(); err != nil {
+		return "", "", fmt.Errorf("building the next isthmusctl: %w: %s", err, out)
+	}
+	version, err := binaryVersion(bin)
+	if err != nil {
+		return "", "", err
+	}
+	return image, ImageTag(version), nil
+}
+
+// ImageTag is the image tag test/image/build.sh gives a version.
+func ImageTag(version string) string { return strings.ReplaceAll(version, "+", "-") }
+
+func binaryVersion(bin string) (string, error) {
+	v, err := exec.Command("go", "version", "-m", bin).Output()
+	if err != nil {
+		return "", err
+	}
+	for _, line := range strings.Split(string(v), "\n") {
+		if f := strings.Fields(line); len(f) >= 3 && f[0] == "mod" {
+			if f[2] == "(devel)" {
+				break
+			}
+			return f[2], nil
+		}
+	}
+	return "", fmt.Errorf("%s carries no VCS version: build from a git clone, not a worktree", bin)
 }

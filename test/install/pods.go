@@ -18,8 +18,9 @@ import (
 
 // RunTestServer runs cluster.TestServerImage as a one-pod Deployment
 // with a Service of the same name, under the restricted Pod Security
-// profile, and returns its Ready pod.
-func RunTestServer(ctx context.Context, t testing.TB, m *cluster.Cluster, ns, name string) corev1.Pod {
+// profile, and returns its Ready pod. args replace the image's default
+// (serving HTTP), e.g. "load", URL.
+func RunTestServer(ctx context.Context, t testing.TB, m *cluster.Cluster, ns, name string, args ...string) corev1.Pod {
 	t.Helper()
 	labels := map[string]string{"app": name}
 	dep := &appsv1.Deployment{
@@ -35,7 +36,7 @@ func RunTestServer(ctx context.Context, t testing.TB, m *cluster.Cluster, ns, na
 						SeccompProfile: &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeRuntimeDefault},
 					},
 					Containers: []corev1.Container{{
-						Name: "server", Image: cluster.TestServerImage, ImagePullPolicy: corev1.PullNever,
+						Name: "server", Image: cluster.TestServerImage, ImagePullPolicy: corev1.PullNever, Args: args,
 						Ports: []corev1.ContainerPort{{Name: "http", ContainerPort: 8080}},
 						ReadinessProbe: &corev1.Probe{
 							ProbeHandler:  corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: "/healthz", Port: intstr.FromString("http")}},

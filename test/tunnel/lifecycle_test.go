@@ -20,8 +20,10 @@ import (
 type pinger struct {
 	mu      sync.Mutex
 	replies []time.Time
-	stop    chan struct{}
-	done    chan struct{}
+	// sendErrs counts echoes the kernel refused to send (no route).
+	sendErrs int
+	stop     chan struct{}
+	done     chan struct{}
 }
 
 func startPinger(t *testing.T, from, to *member, interval time.Duration) *pinger {
@@ -56,7 +58,11 @@ func startPinger(t *testing.T, from, to *member, interval time.Duration) *pinger
 			case <-p.stop:
 				return
 			case <-tick.C:
-				_, _ = c.WriteToUDP([]byte(fmt.Sprintf("ping-%d", i)), dst)
+				if _, err := c.WriteToUDP([]byte(fmt.Sprintf("ping-%d", i)), dst); err != nil {
+					p.mu.Lock()
+					p.sendErrs++
+					p.mu.Unlock()
+				}
 			}
 		}
 	}()
@@ -78,6 +84,12 @@ func (p *pinger) firstReplyAfter(t time.Time) (time.Time, bool) {
 		}
 	}
 	return time.Time{}, false
+}
+
+func (p *pinger) sendErrors() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.sendErrs
 }
 
 // longestGap is the longest time between consecutive replies.

@@ -7,6 +7,13 @@
 //	testserver apicheck        the apiserver through the kubernetes Service, with the pod's token
 //	testserver get URL         an HTTP GET, printing status and body
 //	testserver resolve NAME    the addresses NAME resolves to through the pod's resolv.conf
+//
+// `testserver load URL` is a client for upgrade tests, run as a pod's
+// command: it GETs URL every 50 ms on a new connection (so each request
+// resolves the name and opens a TCP connection), and every 50 ms on one
+// long-lived keep-alive connection, and serves its counters as JSON on
+// :8080/stats (requests, failures with the last errors, the longest
+// request, and how many connections the long-lived client had to open).
 package main
 
 import (
@@ -42,8 +49,10 @@ func main() {
 		err = get(args[1])
 	case args[0] == "resolve" && len(args) == 2:
 		err = resolve(args[1])
+	case args[0] == "load" && len(args) == 2:
+		err = load(args[1])
 	default:
-		err = fmt.Errorf("usage: testserver [whoami | apicheck | get URL | resolve NAME]")
+		err = fmt.Errorf("usage: testserver [whoami | apicheck | get URL | resolve NAME | load URL]")
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "testserver:", err)
