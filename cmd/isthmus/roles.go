@@ -10,6 +10,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"k8s.io/client-go/rest"
@@ -67,6 +68,7 @@ type common struct {
 	metricsAddr                                      string
 	qps                                              float64
 	burst                                            int
+	shutdownDelay                                    time.Duration
 	log                                              logFlags
 }
 
@@ -81,6 +83,7 @@ func (c *common) register(fs *flag.FlagSet, metricsAddr string) {
 	fs.StringVar(&c.metricsAddr, "metrics-addr", metricsAddr, "address of /metrics, /healthz and /readyz (empty: none)")
 	fs.Float64Var(&c.qps, "kube-api-qps", 50, "requests per second to each apiserver (client-go's default of 5 throttles a clusterset)")
 	fs.IntVar(&c.burst, "kube-api-burst", 100, "request burst to each apiserver")
+	fs.DurationVar(&c.shutdownDelay, "shutdown-delay", 0, "on SIGTERM, fail /readyz and keep serving this long before stopping, so Services stop sending here first (a rolling update with no dropped query)")
 	c.log.register(fs)
 }
 
@@ -268,7 +271,24 @@ func runRoles(ctx context.Context, name string, rs []role, args []string, log *s
 		return serve.Run(ctx, e.flags.metricsAddr, e.reg, e.health, log)
 	}})
 	// One part ending ends the process: a supervisor restarts it whole.
-	return serve.Group(ctx, parts...)
+	return serve.Group(lameDuck(ctx, e.flags.shutdownDelay, e.health, log), parts...)
+}
+
+// lameDuck is ctx, ended delay after ctx ends; meanwhile /readyz fails,
+// so the endpoint leaves its Services while it still answers.
+func lameDuck(ctx context.Context, delay time.Duration, health *serve.Health, log *slog.Logger) context.Context {
+	if delay <= 0 {
+		return ctx
+	}
+	late, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	go func() {
+		<-ctx.Done()
+		health.Add("shutdown", func() error { return errors.New("shutting down") })
+		log.Info("shutting down: not ready, serving on meanwhile", "delay", delay)
+		time.Sleep(delay)
+		cancel()
+	}()
+	return late
 }
 
 // parseWithEnv parses args, then gives every flag not on the command line
