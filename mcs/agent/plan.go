@@ -187,11 +187,13 @@ func (p *importPlan) setDerived(derived *corev1.Service) {
 		return
 	}
 	derivedName := derivedServiceName(in.Name)
-	for _, c := range chooseClusters(p.byCluster, localityOf(in.Exports, r.Winner), in.Local, in.Region, in.Clusters) {
-		export := exportOf(in.Exports, c)
+	routed := routePorts(p.byCluster, in.Exports, r.Ports, func(serving map[string][]*discoveryv1.EndpointSlice) []string {
+		return chooseClusters(serving, localityOf(in.Exports, r.Winner), in.Local, in.Region, in.Clusters)
+	})
+	for _, c := range sortedKeys(routed) {
 		for _, s := range p.byCluster[c] {
 			s := importSlice(s, in.Namespace, in.Name, c, derivedName)
-			s.Ports = servedPorts(s.Ports, export, r.Ports)
+			s.Ports = keepPorts(s.Ports, routed[c])
 			p.Slices[s.Name] = s
 		}
 	}
@@ -389,14 +391,4 @@ func gatewaySlices(ns, name string, derived *corev1.Service, r merge.Result, as 
 		})
 	}
 	return out
-}
-
-// exportOf is cluster's export among exports, nil when none.
-func exportOf(exports []*brokerv1.ExportedService, cluster string) *brokerv1.ExportedService {
-	for _, e := range exports {
-		if e.Spec.SourceCluster == cluster {
-			return e
-		}
-	}
-	return nil
 }

@@ -1,27 +1,52 @@
 package agent
 
 import (
+	"slices"
+
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 
 	brokerv1 "github.com/isthmus-dev/isthmus/mcs/api/broker/v1alpha1"
 )
 
-// servedPorts are the ports of one exporting cluster's endpoints that
-// serve the import's ports: an endpoint port is named for its Service
-// port, and kube-proxy sends a derived Service port to every endpoint
-// port of that name. A cluster whose Service gives the name another
-// number or protocol than the import (it lost the port conflict to an
-// older export) does not serve that port, so its endpoint port is left
-// out, and the port's traffic goes only to the clusters that expose it.
-func servedPorts(ports []discoveryv1.EndpointPort, export *brokerv1.ExportedService, merged []brokerv1.ServicePort) []discoveryv1.EndpointPort {
-	if export == nil {
-		return ports
+// routePorts chooses, for each port of the import, the clusters its
+// traffic goes to, among the clusters that serve it, and returns the
+// port names routed to each cluster. An endpoint port is named for its
+// Service port, and kube-proxy sends a derived Service port to every
+// endpoint port of that name; a cluster whose Service gives the name
+// another number or protocol than the import (it lost the port conflict
+// to an older export), or lacks the port, does not serve it. Choosing per
+// port keeps the locality policy for each: a port this cluster does not
+// serve goes to the nearest cluster that does, though this cluster's own
+// endpoints serve the others.
+func routePorts(byCluster map[string][]*discoveryv1.EndpointSlice, exports []*brokerv1.ExportedService, merged []brokerv1.ServicePort,
+	choose func(serving map[string][]*discoveryv1.EndpointSlice) []string) map[string]map[string]bool {
+	routed := map[string]map[string]bool{}
+	for _, port := range merged {
+		serving := map[string][]*discoveryv1.EndpointSlice{}
+		for c, s := range byCluster {
+			if e := exportOf(exports, c); e != nil && servesAs(e.Spec.Ports, merged, port.Name) {
+				serving[c] = s
+			}
+		}
+		if len(serving) == 0 {
+			continue
+		}
+		for _, c := range choose(serving) {
+			if routed[c] == nil {
+				routed[c] = map[string]bool{}
+			}
+			routed[c][port.Name] = true
+		}
 	}
+	return routed
+}
+
+// keepPorts are the endpoint ports of the names given.
+func keepPorts(ports []discoveryv1.EndpointPort, names map[string]bool) []discoveryv1.EndpointPort {
 	var out []discoveryv1.EndpointPort
 	for _, p := range ports {
-		name := deref(p.Name)
-		if servesAs(export.Spec.Ports, merged, name) {
+		if names[deref(p.Name)] {
 			out = append(out, p)
 		}
 	}
@@ -50,4 +75,23 @@ func protocol(p corev1.Protocol) corev1.Protocol {
 		return corev1.ProtocolTCP
 	}
 	return p
+}
+
+// exportOf is cluster's export among exports, nil when none.
+func exportOf(exports []*brokerv1.ExportedService, cluster string) *brokerv1.ExportedService {
+	for _, e := range exports {
+		if e.Spec.SourceCluster == cluster {
+			return e
+		}
+	}
+	return nil
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	return keys
 }

@@ -10,15 +10,14 @@ import (
 	"github.com/isthmus-dev/isthmus/test/install"
 )
 
-// TestConformanceIPv4 and TestConformanceDualStack are `make
-// conformance`: mcs-api's conformance suite (its 27 specs, no label
-// filter) from MCS_CONFORMANCE_DIR, run by run.sh against two members of a
-// fresh clusterset on real nodes with Isthmus installed by its chart, the
-// suite's images imported into every node. The reports stay in
-// bin/conformance/<family>/; run.sh fails unless every spec passed.
+// TestConformanceIPv4 is `make conformance`: mcs-api's conformance suite
+// (its 27 specs, no label filter) from MCS_CONFORMANCE_DIR, run by run.sh
+// against two members of a fresh clusterset on real nodes with Isthmus
+// installed by its chart, the suite's images imported into every node. The
+// reports stay in bin/conformance/ipv4/; run.sh fails unless every spec
+// passed. (Real nodes are IPv4 only so far: the dual-stack run waits for
+// test/cluster's nodes to get IPv6 addresses and pod ranges.)
 func TestConformanceIPv4(t *testing.T) { runSuite(t, "ipv4", nil) }
-
-func TestConformanceDualStack(t *testing.T) { runSuite(t, "dual-stack", []bool{true, true}) }
 
 func runSuite(t *testing.T, name string, dualStack []bool) {
 	root, err := filepath.Abs(filepath.Join("..", ".."))
