@@ -48,7 +48,11 @@ release: helm ## bin/release/: isthmus and isthmusctl for linux/amd64 and linux/
 	@bash test/release/build.sh $(BIN)/release
 
 .PHONY: conformance
-conformance: ## run mcs-api's conformance suite (MCS_CONFORMANCE_DIR) against CONFORMANCE_CONTEXTS in CONFORMANCE_KUBECONFIG; reports in bin/conformance/
+conformance: setup ## mcs-api's conformance suite (MCS_CONFORMANCE_DIR) on a fresh clusterset on real nodes with the chart (part of make test); reports in bin/conformance/ipv4/
+	ISTHMUS_TOOLS_DIR="$$(bash test/tools/build.sh)" $(GO) test -count=1 -timeout 50m -run TestConformanceIPv4 -v ./test/conformance
+
+.PHONY: conformance-against
+conformance-against: ## the same suite against the members CONFORMANCE_CONTEXTS of a running clusterset in CONFORMANCE_KUBECONFIG; reports in bin/conformance/
 	@MCS_CONFORMANCE_DIR="$${MCS_CONFORMANCE_DIR:-../shared/mcs-api-conformance}" bash test/conformance/run.sh
 
 .PHONY: conformance-images
@@ -77,13 +81,13 @@ setup: ## what the tests need: Debian packages, the Kubernetes binaries and helm
 
 .PHONY: test
 test: setup ## set up everything, then run every test with the race detector
-	ISTHMUS_TOOLS_DIR="$$(bash test/tools/build.sh)" $(GO) test -race -count=1 -timeout 20m ./...
+	ISTHMUS_TOOLS_DIR="$$(bash test/tools/build.sh)" $(GO) test -race -count=1 -timeout 50m ./...
 	$(MAKE) --no-print-directory test-coredns-plugin
-	cd test/image && $(GO) test -race -count=1 -timeout 20m ./...
+	cd test/image && $(GO) test -race -count=1 -timeout 50m ./...
 
 .PHONY: test-coredns-plugin
 test-coredns-plugin: deps tools ## the CoreDNS plugin's own module (part of make test): builds a minimal CoreDNS, first time ~5 min
-	cd dnsserver/coredns && ISTHMUS_TOOLS_DIR="$$(bash ../../test/tools/build.sh)" $(GO) test -race -count=1 -timeout 20m ./...
+	cd dnsserver/coredns && ISTHMUS_TOOLS_DIR="$$(bash ../../test/tools/build.sh)" $(GO) test -race -count=1 -timeout 50m ./...
 
 .PHONY: lint
 lint: ## gofmt, go vet, staticcheck and generated files up to date

@@ -69,6 +69,7 @@ type common struct {
 	qps                                              float64
 	burst                                            int
 	shutdownDelay                                    time.Duration
+	metricsReusePort                                 bool
 	log                                              logFlags
 }
 
@@ -83,6 +84,7 @@ func (c *common) register(fs *flag.FlagSet, metricsAddr string) {
 	fs.StringVar(&c.metricsAddr, "metrics-addr", metricsAddr, "address of /metrics, /healthz and /readyz (empty: none)")
 	fs.Float64Var(&c.qps, "kube-api-qps", 50, "requests per second to each apiserver (client-go's default of 5 throttles a clusterset)")
 	fs.IntVar(&c.burst, "kube-api-burst", 100, "request burst to each apiserver")
+	fs.BoolVar(&c.metricsReusePort, "metrics-reuse-port", false, "let another process listen on --metrics-addr too (SO_REUSEPORT): the chart's tunnel, whose next pod starts on the host network beside the old one during a rolling update")
 	fs.DurationVar(&c.shutdownDelay, "shutdown-delay", 0, "on SIGTERM, fail /readyz and keep serving this long before stopping, so Services stop sending here first (a rolling update with no dropped query)")
 	c.log.register(fs)
 }
@@ -268,7 +270,7 @@ func runRoles(ctx context.Context, name string, rs []role, args []string, log *s
 		parts = append(parts, serve.Part{Name: r.name, Run: func(ctx context.Context) error { return entries[i](ctx, e, rlog) }})
 	}
 	parts = append(parts, serve.Part{Name: "metrics", Run: func(ctx context.Context) error {
-		return serve.Run(ctx, e.flags.metricsAddr, e.reg, e.health, log)
+		return serve.Run(ctx, e.flags.metricsAddr, e.flags.metricsReusePort, e.reg, e.health, log)
 	}})
 	// One part ending ends the process: a supervisor restarts it whole.
 	return serve.Group(lameDuck(ctx, e.flags.shutdownDelay, e.health, log), parts...)

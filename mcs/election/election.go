@@ -75,7 +75,11 @@ func Run(ctx context.Context, cfg Config, work func(context.Context) error) erro
 		done    = make(chan struct{})
 	)
 	le, err := leaderelection.NewLeaderElector(leaderelection.LeaderElectionConfig{
-		Lock: lock, Name: cfg.Name, ReleaseOnCancel: true,
+		// Released below, once work has returned: the elector's own
+		// release comes as soon as ctx ends, while work may still hold
+		// what the Lease guards (the tunnel's device and UDP port), and a
+		// stand-by on the same node would take it too early.
+		Lock: lock, Name: cfg.Name, ReleaseOnCancel: false,
 		LeaseDuration: orDefault(cfg.LeaseDuration, DefaultLeaseDuration),
 		RenewDeadline: orDefault(cfg.RenewDeadline, DefaultRenewDeadline),
 		RetryPeriod:   orDefault(cfg.RetryPeriod, DefaultRetryPeriod),
@@ -111,6 +115,9 @@ func Run(ctx context.Context, cfg Config, work func(context.Context) error) erro
 	default:
 		return nil
 	}
+	if err := release(lock, cfg.Identity); err != nil {
+		cfg.Log.Warn("releasing the Lease; a stand-by takes it when it expires", "lease", lease, "err", err)
+	}
 	switch {
 	case workErr != nil && !errors.Is(workErr, context.Canceled):
 		return workErr
@@ -125,4 +132,23 @@ func orDefault(d, def time.Duration) time.Duration {
 		return def
 	}
 	return d
+}
+
+// release hands the Lease back if this replica still holds it, as
+// client-go's elector does on cancel: no holder and a one-second
+// duration, so a stand-by takes it at its next try.
+func release(lock *resourcelock.LeaseLock, identity string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	rec, _, err := lock.Get(ctx)
+	if err != nil {
+		return err
+	}
+	if rec.HolderIdentity != identity {
+		return nil
+	}
+	now := metav1.NewTime(time.Now())
+	return lock.Update(ctx, resourcelock.LeaderElectionRecord{
+		LeaderTransitions: rec.LeaderTransitions, LeaseDurationSeconds: 1, RenewTime: now, AcquireTime: now,
+	})
 }

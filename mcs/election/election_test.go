@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -132,5 +133,59 @@ func TestLosingTheLeaseStopsWork(t *testing.T) {
 func TestIdentityRequired(t *testing.T) {
 	if err := Run(context.Background(), fast(fake.NewClientset(), ""), func(context.Context) error { return nil }); err == nil {
 		t.Error("Run without an identity: accepted")
+	}
+}
+
+// TestReleasedOnlyAfterWorkReturned: a stand-by takes over only once the
+// leader's work has finished tearing down, not when its context ended
+// (the tunnel's device and UDP port are still held until then).
+func TestReleasedOnlyAfterWorkReturned(t *testing.T) {
+	c := fake.NewClientset()
+	var mu sync.Mutex
+	var finished, tookOver time.Time
+	leading := make(chan string, 2)
+	ctxA, stopA := context.WithCancel(context.Background())
+	cfgA := fast(c, "a")
+	cfgA.LeaseDuration = time.Minute
+	doneA := make(chan error, 1)
+	go func() {
+		doneA <- Run(ctxA, cfgA, func(ctx context.Context) error {
+			leading <- "a"
+			<-ctx.Done()
+			time.Sleep(500 * time.Millisecond) // tearing down
+			mu.Lock()
+			finished = time.Now()
+			mu.Unlock()
+			return nil
+		})
+	}()
+	if got := <-leading; got != "a" {
+		t.Fatalf("%s leads, want a", got)
+	}
+	ctxB, stopB := context.WithCancel(context.Background())
+	defer stopB()
+	go func() {
+		_ = Run(ctxB, fast(c, "b"), func(ctx context.Context) error {
+			mu.Lock()
+			tookOver = time.Now()
+			mu.Unlock()
+			leading <- "b"
+			<-ctx.Done()
+			return nil
+		})
+	}()
+	stopA()
+	if err := <-doneA; err != nil {
+		t.Fatalf("a: %v", err)
+	}
+	select {
+	case <-leading:
+	case <-time.After(10 * time.Second):
+		t.Fatal("b did not take over the released Lease")
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if tookOver.Before(finished) {
+		t.Errorf("b took over %v before a's work returned", finished.Sub(tookOver))
 	}
 }

@@ -15,11 +15,13 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"golang.org/x/sys/unix"
 )
 
 // Check reports nil when the thing it checks is ready, else why not.
@@ -105,19 +107,35 @@ func newServer(handler http.Handler) *http.Server {
 }
 
 // Run serves the observability endpoints on addr until ctx ends. An empty
-// addr serves nothing: every listener needs a reason.
-func Run(ctx context.Context, addr string, reg *prometheus.Registry, h *Health, log *slog.Logger) error {
-	return HTTP(ctx, "metrics and health", addr, Handler(reg, h), log)
+// addr serves nothing: every listener needs a reason. With reusePort
+// another process may listen on addr too (SO_REUSEPORT): a pod on the
+// host network that surges beside its predecessor during a rolling update.
+func Run(ctx context.Context, addr string, reusePort bool, reg *prometheus.Registry, h *Health, log *slog.Logger) error {
+	return serve(ctx, "metrics and health", addr, reusePort, Handler(reg, h), log)
 }
 
 // HTTP serves handler on addr until ctx ends; what names it in the log
 // and in errors. An empty addr serves nothing.
 func HTTP(ctx context.Context, what, addr string, handler http.Handler, log *slog.Logger) error {
+	return serve(ctx, what, addr, false, handler, log)
+}
+
+func serve(ctx context.Context, what, addr string, reusePort bool, handler http.Handler, log *slog.Logger) error {
 	if addr == "" {
 		<-ctx.Done()
 		return nil
 	}
-	l, err := net.Listen("tcp", addr)
+	var lc net.ListenConfig
+	if reusePort {
+		lc.Control = func(_, _ string, c syscall.RawConn) error {
+			var serr error
+			if err := c.Control(func(fd uintptr) { serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, unix.SO_REUSEPORT, 1) }); err != nil {
+				return err
+			}
+			return serr
+		}
+	}
+	l, err := lc.Listen(ctx, "tcp", addr)
 	if err != nil {
 		return fmt.Errorf("listening for %s on %s: %w", what, addr, err)
 	}
