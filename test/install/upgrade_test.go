@@ -115,6 +115,9 @@ func TestUpgradeKeepsTraffic(t *testing.T) {
 			what, fresh.Requests, fresh.Failures, now.NewConnections.MaxMillis, kept.Requests, kept.Failures, now.LongLived.MaxMillis, kept.Connections)
 		if fresh.Failures > 0 || kept.Failures > 0 {
 			t.Errorf("%s: failed requests: %v %v", what, now.NewConnections.Errors, now.LongLived.Errors)
+			for _, m := range s.Members {
+				t.Logf("%s: tunnel pods now:\n%s", m.Name, tunnelLogs(ctx, m))
+			}
 		}
 		if kept.Connections > 0 {
 			t.Errorf("%s: the long-lived connection broke and was opened again %d times", what, kept.Connections)
@@ -241,4 +244,29 @@ func waitRolled(ctx context.Context, t *testing.T, m *cluster.Cluster, isNew fun
 		case <-time.After(500 * time.Millisecond):
 		}
 	}
+}
+
+// tunnelLogs are the lines of the tunnel pods' logs that tell a handover.
+func tunnelLogs(ctx context.Context, m *cluster.Cluster) string {
+	pods, err := m.Client.CoreV1().Pods(Namespace).List(ctx, metav1.ListOptions{LabelSelector: "app.kubernetes.io/component=tunnel"})
+	if err != nil {
+		return err.Error()
+	}
+	var b strings.Builder
+	for _, p := range pods.Items {
+		logs, err := m.Client.CoreV1().Pods(Namespace).GetLogs(p.Name, &corev1.PodLogOptions{}).DoRaw(ctx)
+		if err != nil {
+			fmt.Fprintf(&b, "%s: %v\n", p.Name, err)
+			continue
+		}
+		for _, line := range strings.Split(string(logs), "\n") {
+			for _, key := range []string{"lease", "leading", "attached", "kept", "device up", "reconciled", "stopped", "error", "WARN"} {
+				if strings.Contains(line, key) {
+					fmt.Fprintf(&b, "%s: %s\n", p.Name, line)
+					break
+				}
+			}
+		}
+	}
+	return b.String()
 }
