@@ -26,7 +26,7 @@ const (
 	nsPlaceholder = "x-broker-namespace-x"
 )
 
-var brokerTemplateFiles = []string{"namespace.yaml", "member-role.yaml", "member-policy.yaml", "member-policy-binding.yaml", "allowlist-policy.yaml", "allowlist-policy-binding.yaml"}
+var brokerTemplateFiles = []string{"namespace.yaml", "member-role.yaml", "member-policy.yaml", "member-policy-binding.yaml", "allowlist-policy.yaml"}
 
 // brokerTemplates makes the chart's templates from setup.BrokerObjects: the
 // namespace becomes a value, and the policy's CEL offset past the member

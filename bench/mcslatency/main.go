@@ -65,7 +65,8 @@ func run(samples, services int) error {
 	agentCtx, stopAgents := context.WithCancel(ctx)
 	defer stopAgents()
 	a, b := cs.Members[0], cs.Members[1]
-	if _, err := fleet.JoinAndRun(agentCtx, cs, log, nil); err != nil {
+	full, err := fleet.JoinAndRun(agentCtx, cs, log, nil)
+	if err != nil {
 		return err
 	}
 	for _, m := range cs.Members {
@@ -84,14 +85,17 @@ func run(samples, services int) error {
 		return fmt.Errorf("floor: %w", err)
 	}
 	cpu0 := cpuTime()
+	r0 := readReconciles(full[0], full[1])
 	exportsH, err := measureExports(ctx, a, b, bs, samples)
 	if err != nil {
 		return fmt.Errorf("export-to-imported: %w", err)
 	}
+	r1 := readReconciles(full[0], full[1])
 	endpointsH, err := measureEndpoints(ctx, a, b, bs, samples)
 	if err != nil {
 		return fmt.Errorf("endpoint-change-to-imported: %w", err)
 	}
+	r2 := readReconciles(full[0], full[1])
 	cpu := cpuTime() - cpu0
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
@@ -110,6 +114,9 @@ func run(samples, services int) error {
 	row(exportRow, exportsH.total)
 	row(endpointRow, endpointsH.total)
 	printBreakdown(floorH, map[string]hops{"floor": floorH, exportRow: exportsH, endpointRow: endpointsH}, []string{"floor", exportRow, endpointRow})
+	fmt.Printf("\n| agents' reconciles during | a's exports: count, mean | b's imports: count, mean |\n|---|---|---|\n")
+	r1.sub(r0).row(exportRow)
+	r2.sub(r1).row(endpointRow)
 	fmt.Printf("load average at the end: %s\n", loadavg())
 	fmt.Printf("process CPU during the agent measurements: %v (both agents, the clients and the watches); Go heap in use at the end: %d MiB\n",
 		cpu.Round(time.Millisecond), ms.HeapInuse>>20)
@@ -319,6 +326,31 @@ func measureEndpoints(ctx context.Context, a, b *cluster.Cluster, bs *brokerSeen
 		out.add(start, mid, t)
 	}
 	return out, nil
+}
+
+// reconciles are a's export and b's import reconciles so far, from the
+// agents' own histograms: how many and the seconds they took, so that a
+// half of the breakdown splits into the reconcile (its writes included)
+// and the watch and queue around it.
+type reconciles struct{ exports, exportSec, imports, importSec float64 }
+
+func readReconciles(a, b *fleet.Member) reconciles {
+	const h = "isthmus_agent_reconcile_seconds"
+	return reconciles{
+		a.Metric(h, "controller", "export"), a.Seconds(h, "controller", "export"),
+		b.Metric(h, "controller", "import"), b.Seconds(h, "controller", "import"),
+	}
+}
+
+func (r reconciles) sub(o reconciles) reconciles {
+	return reconciles{r.exports - o.exports, r.exportSec - o.exportSec, r.imports - o.imports, r.importSec - o.importSec}
+}
+
+func (r reconciles) row(name string) {
+	mean := func(sec, n float64) time.Duration {
+		return time.Duration(sec / max(n, 1) * float64(time.Second)).Round(10 * time.Microsecond)
+	}
+	fmt.Printf("| %s | %.0f, %v | %.0f, %v |\n", name, r.exports, mean(r.exportSec, r.exports), r.imports, mean(r.importSec, r.imports))
 }
 
 func pct(d []time.Duration, p int) time.Duration {

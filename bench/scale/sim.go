@@ -30,8 +30,7 @@ import (
 // side of `isthmusctl join`) and writes, as an agent would, its Cluster
 // record, K exports with one EndpointSlice each (in a namespace the full
 // members have, so they import them), and renews its Lease every third of
-// the Lease duration, the renewals of all members spread evenly over the
-// period. It reads commands on stdin: "stop <id>" ends one member's
+// the Lease duration from then on. It reads commands on stdin: "stop <id>" ends one member's
 // renewals (it dies); it prints "ready" once every member has written its
 // records.
 
@@ -57,6 +56,32 @@ func runSims(ctx context.Context, log *slog.Logger, kubeconfig string, n, k int,
 		stopped atomic.Bool
 	}
 	sims := make([]*sim, n)
+	// Each member renews every third of the Lease duration from the moment
+	// its records are written, as an agent does from its start: waiting
+	// for the whole setup (minutes at N = 1,000) would let every Lease
+	// lapse and have the full members withdraw and import them again.
+	// Members finish their setup at different times, so their renewals
+	// spread over the period as independent agents' would.
+	period := lease / 3
+	renewals := func(s *sim) {
+		t := time.NewTicker(period)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+			}
+			if s.stopped.Load() {
+				return
+			}
+			l, err := renew(ctx, s.kube, s.id, lease, s.lease)
+			if err != nil && ctx.Err() == nil {
+				log.Warn("renewing", "member", s.id, "err", err)
+			}
+			s.lease = l // nil after a failure: read afresh next time
+		}
+	}
 	jobs := make(chan int)
 	errs := make(chan error, n)
 	var wg sync.WaitGroup
@@ -69,6 +94,7 @@ func runSims(ctx context.Context, log *slog.Logger, kubeconfig string, n, k int,
 					continue
 				}
 				sims[i] = &sim{id: simName(i), kube: kube, lease: l}
+				go renewals(sims[i])
 			}
 		})
 	}
@@ -84,35 +110,6 @@ func runSims(ctx context.Context, log *slog.Logger, kubeconfig string, n, k int,
 	}
 	fmt.Println("ready")
 
-	// Each member renews every third of the Lease duration, member i at
-	// offset i/n of the period, as independent agents would spread out.
-	period := lease / 3
-	for i, s := range sims {
-		go func() {
-			select {
-			case <-ctx.Done():
-				return
-			case <-time.After(period * time.Duration(i) / time.Duration(n)):
-			}
-			t := time.NewTicker(period)
-			defer t.Stop()
-			for {
-				if s.stopped.Load() {
-					return
-				}
-				l, err := renew(ctx, s.kube, s.id, lease, s.lease)
-				if err != nil && ctx.Err() == nil {
-					log.Warn("renewing", "member", s.id, "err", err)
-				}
-				s.lease = l // nil after a failure: read afresh next time
-				select {
-				case <-ctx.Done():
-					return
-				case <-t.C:
-				}
-			}
-		}()
-	}
 	in := bufio.NewScanner(os.Stdin)
 	for in.Scan() {
 		if id, ok := strings.CutPrefix(in.Text(), "stop "); ok {

@@ -43,7 +43,13 @@ func (a *Agent) importInput(ns, name string) importInput {
 		// their own gateways.
 		TrustUnclaimed: a.gatewayMode(),
 	}
-	brokerSlices := a.brokerSlicesOf(ns, name)
+	// Grouped by source once: scanning every slice for each cluster made
+	// a reconcile quadratic in the number of exporting clusters.
+	brokerSlices := map[string][]*discoveryv1.EndpointSlice{}
+	for _, s := range a.brokerSlicesOf(ns, name) {
+		c := s.Labels[brokerv1.LabelSourceCluster]
+		brokerSlices[c] = append(brokerSlices[c], s)
+	}
 	for _, e := range in.Exports {
 		c := e.Spec.SourceCluster
 		if _, seen := in.Clusters[c]; seen {
@@ -52,27 +58,22 @@ func (a *Agent) importInput(ns, name string) importInput {
 		// Judged once per sync: each reads the Leases and this cluster's
 		// record.
 		in.Clusters[c] = a.clusterState(c)
-		in.Endpoints[c] = a.endpointsOf(ns, name, c, brokerSlices)
+		in.Endpoints[c] = a.endpointsOf(ns, name, c, brokerSlices[c])
 	}
 	return in
 }
 
 // endpointsOf are one exporting cluster's EndpointSlices of a service.
 // This cluster's own come from its local slices, so they stay current
-// while the broker is away; the others' from the broker.
+// while the broker is away; the others' are its broker slices, given.
 func (a *Agent) endpointsOf(ns, name, cluster string, brokerSlices []*discoveryv1.EndpointSlice) []*discoveryv1.EndpointSlice {
-	var out []*discoveryv1.EndpointSlice
-	if cluster == a.cfg.ClusterID {
-		if a.exportValid(ns, name) {
-			for _, l := range a.localSlicesOf(ns, name) {
-				out = append(out, a.brokerSlice(l))
-			}
-		}
-		return out
+	if cluster != a.cfg.ClusterID {
+		return brokerSlices
 	}
-	for _, s := range brokerSlices {
-		if s.Labels[brokerv1.LabelSourceCluster] == cluster {
-			out = append(out, s)
+	var out []*discoveryv1.EndpointSlice
+	if a.exportValid(ns, name) {
+		for _, l := range a.localSlicesOf(ns, name) {
+			out = append(out, a.brokerSlice(l))
 		}
 	}
 	return out

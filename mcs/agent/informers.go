@@ -2,6 +2,7 @@ package agent
 
 import (
 	"fmt"
+	"maps"
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
@@ -97,10 +98,19 @@ func (a *Agent) setupInformers() error {
 		{derivedInf, func(o any) { a.imports.enqueue(ownKey(o)) }},
 	}
 	for _, h := range handlers {
-		fn := h.fn
+		fn, inf := h.fn, h.inf
 		if _, err := h.inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
-			AddFunc:    fn,
-			UpdateFunc: func(_, o any) { fn(o) },
+			AddFunc: fn,
+			UpdateFunc: func(old, o any) {
+				// The conditions this agent writes on a ServiceExport are
+				// read by neither controller: their own event would only
+				// queue the key again, and a reconcile from the informer's
+				// copy older than the write conflicts and retries.
+				if inf == exportInf && statusOnly(old, o) {
+					return
+				}
+				fn(o)
+			},
 			DeleteFunc: fn,
 		}); err != nil {
 			return fmt.Errorf("adding event handler: %w", err)
@@ -131,6 +141,16 @@ func (a *Agent) setupInformers() error {
 	a.informers = append(a.informers, leaseInf)
 	a.synced = append(a.synced, leaseInf.HasSynced)
 	return nil
+}
+
+// statusOnly reports whether a ServiceExport's update changed nothing but
+// its status: not its spec (the generation), labels, annotations or
+// deletion.
+func statusOnly(old, o any) bool {
+	x, ok1 := old.(*mcsv1beta1.ServiceExport)
+	y, ok2 := o.(*mcsv1beta1.ServiceExport)
+	return ok1 && ok2 && x.Generation == y.Generation && maps.Equal(x.Labels, y.Labels) &&
+		maps.Equal(x.Annotations, y.Annotations) && x.DeletionTimestamp.Equal(y.DeletionTimestamp)
 }
 
 // serviceIndex files an object under the namespace/name of the service it

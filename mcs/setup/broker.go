@@ -61,9 +61,10 @@ var (
 )
 
 // InstallBroker installs the broker on the hub cluster: its namespace, the
-// broker CRDs, the Role every member is bound to, and the admission policy
-// that confines each member to its own records. It reports each object to
-// out.
+// broker CRDs, the Role every member is bound to, the admission policies
+// that confine each member to its own records and to its MemberPolicy, and
+// the allowlist binding of every member that already has a MemberPolicy.
+// It reports each object to out.
 func InstallBroker(ctx context.Context, hub *Clients, opts BrokerOptions, out io.Writer) error {
 	ns := opts.Namespace
 	if ns == "" {
@@ -100,14 +101,15 @@ func InstallBroker(ctx context.Context, hub *Clients, opts BrokerOptions, out io
 			return err
 		}
 	}
-	return nil
+	return bindMemberPolicies(ctx, a, ns)
 }
 
 // BrokerObjects are the broker's objects besides its CRDs, for the broker
 // namespace ns, in the order they are applied: the Namespace, the member
 // Role, the member-writes admission policy and its binding, and the
-// allowlist admission policy (judging each member by its MemberPolicy) and
-// its binding. The isthmus-broker Helm chart is checked against them.
+// allowlist admission policy (judging each member by its MemberPolicy;
+// join binds it once per member). The isthmus-broker Helm chart is checked
+// against them.
 func BrokerObjects(ns string) []runtime.Object {
 	return []runtime.Object{
 		&corev1.Namespace{
@@ -129,7 +131,6 @@ func BrokerObjects(ns string) []runtime.Object {
 			},
 		},
 		allowlistPolicy(ns),
-		allowlistBinding(ns),
 	}
 }
 

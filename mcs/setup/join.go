@@ -181,8 +181,8 @@ func join(ctx context.Context, hub, member *Clients, opts JoinOptions, out io.Wr
 	return id, nil
 }
 
-// admitMember is the broker's side of a join: the member's MemberPolicy,
-// its ServiceAccount (refused when another cluster already holds the id)
+// admitMember is the broker's side of a join: the member's MemberPolicy
+// and the allowlist policy's binding for it, its ServiceAccount (refused when another cluster already holds the id)
 // and the RoleBinding to the member Role.
 func admitMember(ctx context.Context, hub *Clients, onHub *applier, ns, id, uid string, opts JoinOptions) error {
 	saName := brokerv1.MemberServiceAccount(id)
@@ -198,6 +198,9 @@ func admitMember(ctx context.Context, hub *Clients, onHub *applier, ns, id, uid 
 	// The allowlist is in place before the member's identity can write,
 	// and only once the id is known to be this cluster's.
 	if err := applyMemberPolicy(ctx, onHub, ns, id, opts); err != nil {
+		return err
+	}
+	if _, err := onHub.apply(ctx, policyBindingGVR, memberAllowlistBinding(ns, id)); err != nil {
 		return err
 	}
 	labels := map[string]string{"app.kubernetes.io/part-of": "isthmus", brokerv1.LabelSourceCluster: id}

@@ -1,6 +1,7 @@
 package setup
 
 import (
+	"context"
 	"fmt"
 	"net/netip"
 	"strings"
@@ -8,6 +9,7 @@ import (
 
 	admissionv1 "k8s.io/api/admissionregistration/v1"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	brokerv1 "github.com/isthmus-dev/isthmus/mcs/api/broker/v1alpha1"
@@ -104,11 +106,12 @@ func universalValidations() []admissionv1.Validation {
 	}
 }
 
-// allowlistPolicy holds each member's records to its MemberPolicy: the
-// binding hands the policy every MemberPolicy of the broker namespace as a
-// parameter in turn, and each validation judges only the writer's own (the
-// one named after its cluster id), and only its own records. A member with
-// no MemberPolicy is held to the universal rules alone.
+// allowlistPolicy holds each member's records to its MemberPolicy: each
+// member's binding (memberAllowlistBinding, written by join) hands it that
+// member's MemberPolicy for the records labelled with its cluster id, and
+// each validation judges only the writer's own MemberPolicy (the one named
+// after its cluster id), and only its own records. A member with no
+// MemberPolicy is held to the universal rules alone.
 func allowlistPolicy(ns string) *admissionv1.ValidatingAdmissionPolicy {
 	prefix := memberUserPrefix(ns)
 	fail := admissionv1.Fail
@@ -206,25 +209,65 @@ func allowlistPolicy(ns string) *admissionv1.ValidatingAdmissionPolicy {
 	}
 }
 
-// allowlistBinding binds the allowlist policy with every MemberPolicy of
-// the broker namespace as its parameters. With none (a broker whose members
-// all joined before MemberPolicy existed) the policy has nothing to judge
-// by, and the member-writes policy's universal rules still hold.
-func allowlistBinding(ns string) *admissionv1.ValidatingAdmissionPolicyBinding {
+// AllowlistBindingName names the allowlist policy's binding for member id
+// of the broker in namespace ns. Bindings are cluster-scoped, so the name
+// carries both; the dot keeps it unambiguous, both being DNS labels.
+func AllowlistBindingName(ns, id string) string { return AllowlistPolicyName(ns) + "." + id }
+
+// memberAllowlistBinding binds the allowlist policy for one member: its
+// MemberPolicy, by name, is the only parameter, and only records labelled
+// with its cluster id are matched. One binding per member makes a write's
+// admission cost independent of the number of members: a single binding
+// with a paramRef selector matching every MemberPolicy had the apiserver
+// evaluate the policy once per member on every write (bench/README.md).
+// A record of another member's label is still matched by that member's
+// binding, and judged by nothing there (the policy judges only the
+// writer's own records; the member-writes policy refuses the rest). With
+// no MemberPolicy (deleted by the hub admin) the binding lets the write
+// through, and the member-writes policy's universal rules still hold.
+func memberAllowlistBinding(ns, id string) *admissionv1.ValidatingAdmissionPolicyBinding {
 	allow := admissionv1.AllowAction
 	return &admissionv1.ValidatingAdmissionPolicyBinding{
-		TypeMeta:   metav1.TypeMeta{APIVersion: admissionv1.SchemeGroupVersion.String(), Kind: "ValidatingAdmissionPolicyBinding"},
-		ObjectMeta: metav1.ObjectMeta{Name: AllowlistPolicyName(ns), Labels: partOf},
+		TypeMeta: metav1.TypeMeta{APIVersion: admissionv1.SchemeGroupVersion.String(), Kind: "ValidatingAdmissionPolicyBinding"},
+		ObjectMeta: metav1.ObjectMeta{Name: AllowlistBindingName(ns, id),
+			Labels: map[string]string{"app.kubernetes.io/part-of": "isthmus", brokerv1.LabelSourceCluster: id}},
 		Spec: admissionv1.ValidatingAdmissionPolicyBindingSpec{
 			PolicyName: AllowlistPolicyName(ns),
 			ParamRef: &admissionv1.ParamRef{
+				Name:                    id,
 				Namespace:               ns,
-				Selector:                &metav1.LabelSelector{},
 				ParameterNotFoundAction: &allow,
+			},
+			MatchResources: &admissionv1.MatchResources{
+				ObjectSelector: &metav1.LabelSelector{MatchLabels: map[string]string{brokerv1.LabelSourceCluster: id}},
 			},
 			ValidationActions: []admissionv1.ValidationAction{admissionv1.Deny},
 		},
 	}
+}
+
+// bindMemberPolicies gives every MemberPolicy in the broker namespace its
+// binding, for members joined before bindings were per member, and removes
+// the single binding of those versions, which matched every MemberPolicy
+// and so cost every write one evaluation per member.
+func bindMemberPolicies(ctx context.Context, a *applier, ns string) error {
+	list, err := a.c.Dynamic.Resource(memberPolicyGVR).Namespace(ns).List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return fmt.Errorf("listing MemberPolicies in %s on the broker: %w", ns, err)
+	}
+	for _, mp := range list.Items {
+		if _, err := a.apply(ctx, policyBindingGVR, memberAllowlistBinding(ns, mp.GetName())); err != nil {
+			return err
+		}
+	}
+	old := AllowlistPolicyName(ns)
+	switch err := a.c.Dynamic.Resource(policyBindingGVR).Delete(ctx, old, metav1.DeleteOptions{}); {
+	case err == nil:
+		a.report(policyBindingGVR, old, "deleted (replaced by one binding per member)")
+	case !apierrors.IsNotFound(err):
+		return fmt.Errorf("deleting the shared allowlist binding %s: %w", old, err)
+	}
+	return nil
 }
 
 // checkApprovedCIDRs parses the ranges given to join for one flag and

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	admissionv1 "k8s.io/api/admissionregistration/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -355,4 +356,82 @@ func fromUnstructured(t *testing.T, u *unstructured.Unstructured, into any) {
 	if err := runtime.DefaultUnstructuredConverter.FromUnstructured(u.Object, into); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// TestAllowlistBindsEachMemberByName upgrades a broker whose allowlist was
+// bound the old way: beta's own binding is gone and a single binding hands
+// the policy every MemberPolicy (a paramRef selector), which made each
+// write cost one evaluation per member. Without its own binding beta is
+// judged by nothing but that old binding; install again replaces it with
+// one binding per MemberPolicy, naming it, and beta is judged by its own.
+func TestAllowlistBindsEachMemberByName(t *testing.T) {
+	hub, _, b := joined(t)
+	ctx := ctxFor(t)
+	ns := brokerv1.DefaultBrokerNamespace
+	asBeta := asMember(t, b)
+	waitForAllowlist(t, asBeta)
+	bindings := hub.Dynamic.Resource(policyBindingGVR)
+
+	for _, id := range []string{alpha, beta} {
+		u, err := bindings.Get(ctx, AllowlistBindingName(ns, id), metav1.GetOptions{})
+		if err != nil {
+			t.Fatalf("%s's allowlist binding after join: %v", id, err)
+		}
+		var got admissionv1.ValidatingAdmissionPolicyBinding
+		fromUnstructured(t, u, &got)
+		if p := got.Spec.ParamRef; p == nil || p.Name != id || p.Selector != nil || got.Spec.MatchResources == nil ||
+			got.Spec.MatchResources.ObjectSelector == nil || got.Spec.MatchResources.ObjectSelector.MatchLabels[brokerv1.LabelSourceCluster] != id {
+			t.Errorf("%s's binding: paramRef %+v, matchResources %+v; want its MemberPolicy by name for the records labelled with its id", id, p, got.Spec.MatchResources)
+		}
+	}
+
+	// The old shape, as an earlier install left it.
+	if err := bindings.Delete(ctx, AllowlistBindingName(ns, beta), metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	allow := admissionv1.AllowAction
+	shared := &admissionv1.ValidatingAdmissionPolicyBinding{
+		TypeMeta:   metav1.TypeMeta{APIVersion: admissionv1.SchemeGroupVersion.String(), Kind: "ValidatingAdmissionPolicyBinding"},
+		ObjectMeta: metav1.ObjectMeta{Name: AllowlistPolicyName(ns)},
+		Spec: admissionv1.ValidatingAdmissionPolicyBindingSpec{
+			PolicyName:        AllowlistPolicyName(ns),
+			ParamRef:          &admissionv1.ParamRef{Namespace: ns, Selector: &metav1.LabelSelector{}, ParameterNotFoundAction: &allow},
+			ValidationActions: []admissionv1.ValidationAction{admissionv1.Deny},
+		},
+	}
+	if _, err := bindings.Create(ctx, toUnstructured(t, shared), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	// Judged through the shared binding alone.
+	waitForAllowlist(t, asBeta)
+
+	var out bytes.Buffer
+	if err := InstallBroker(ctx, hub, BrokerOptions{}, &out); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := bindings.Get(ctx, AllowlistPolicyName(ns), metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+		t.Errorf("the shared binding after install: %v, want it deleted\n%s", err, out.String())
+	}
+	if _, err := bindings.Get(ctx, AllowlistBindingName(ns, beta), metav1.GetOptions{}); err != nil {
+		t.Errorf("beta's binding after install: %v\n%s", err, out.String())
+	}
+	waitForAllowlist(t, asBeta)
+
+	// And it is beta's own binding that judges it: without it, beta is
+	// held to the universal rules alone.
+	if err := bindings.Delete(ctx, AllowlistBindingName(ns, beta), metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if _, err := bindings.Create(context.Background(), toUnstructured(t, memberAllowlistBinding(ns, beta)), metav1.CreateOptions{}); err != nil {
+			t.Errorf("restoring beta's binding: %v", err)
+		}
+		waitForAllowlist(t, asBeta)
+	})
+	eventually(t, "beta unjudged without its binding", func() error {
+		c := validCluster(beta)
+		c.Spec.PodCIDRs = append(c.Spec.PodCIDRs, "192.0.2.0/24")
+		_, err := asBeta.Dynamic.Resource(clusterGVR).Namespace(ns).Create(ctx, toUnstructured(t, c), dryRunCreate)
+		return err
+	})
 }

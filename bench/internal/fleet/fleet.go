@@ -141,11 +141,22 @@ func JoinAndRun(ctx context.Context, cs *cluster.Clusterset, log *slog.Logger, t
 // whose labels include every name=value pair in match; for a histogram it
 // sums the sample counts.
 func (m *Member) Metric(name string, match ...string) float64 {
+	n, _ := m.metric(name, match)
+	return n
+}
+
+// Seconds is Metric's histogram sample sum: the time the observations of a
+// histogram of seconds add up to.
+func (m *Member) Seconds(name string, match ...string) float64 {
+	_, sum := m.metric(name, match)
+	return sum
+}
+
+func (m *Member) metric(name string, match []string) (n, hsum float64) {
 	families, err := m.Registry.Gather()
 	if err != nil {
-		return 0
+		return 0, 0
 	}
-	sum := 0.0
 	for _, f := range families {
 		if f.GetName() != name {
 			continue
@@ -161,8 +172,9 @@ func (m *Member) Metric(name string, match ...string) float64 {
 					continue next
 				}
 			}
-			sum += s.GetGauge().GetValue() + s.GetCounter().GetValue() + float64(s.GetHistogram().GetSampleCount())
+			n += s.GetGauge().GetValue() + s.GetCounter().GetValue() + float64(s.GetHistogram().GetSampleCount())
+			hsum += s.GetHistogram().GetSampleSum()
 		}
 	}
-	return sum
+	return n, hsum
 }
