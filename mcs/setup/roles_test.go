@@ -221,7 +221,9 @@ func TestRoleIdentities(t *testing.T) {
 		if err := hub.Dynamic.Resource(clusterGVR).Namespace(ns).Delete(ctx, alpha, metav1.DeleteOptions{}); err != nil {
 			t.Fatal(err)
 		}
-		t.Cleanup(func() { _ = hub.Dynamic.Resource(clusterGVR).Namespace(ns).Delete(context.Background(), alpha, metav1.DeleteOptions{}) })
+		t.Cleanup(func() {
+			_ = hub.Dynamic.Resource(clusterGVR).Namespace(ns).Delete(context.Background(), alpha, metav1.DeleteOptions{})
+		})
 		spec = wg("aTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=")
 		spec["region"] = "eu"
 		wantDenied(t, apply(spec, own), "spec.region")
