@@ -5,6 +5,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	authenticationv1 "k8s.io/api/authentication/v1"
 	authorizationv1 "k8s.io/api/authorization/v1"
@@ -13,6 +14,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
 	brokerv1 "github.com/isthmus-dev/isthmus/mcs/api/broker/v1alpha1"
@@ -282,4 +285,55 @@ func TestOwnTokenRuleBehindRBAC(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// TestAgentRenewsEveryRolesToken (M4): the xDS server's and the tunnel's
+// stored tokens live ten minutes; the agent's credential renews them (here
+// after 2 % of their life) with the agent's identity, each for its own
+// ServiceAccount, and the renewed tokens authenticate as the roles.
+func TestAgentRenewsEveryRolesToken(t *testing.T) {
+	hub, a, _ := joined(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	ns := brokerv1.DefaultBrokerNamespace
+	first := map[string]string{}
+	for _, role := range []string{RoleXDS, RoleTunnel} {
+		tr, err := hub.Kube.CoreV1().ServiceAccounts(ns).CreateToken(ctx, RoleServiceAccount(role, alpha), &authenticationv1.TokenRequest{
+			Spec: authenticationv1.TokenRequestSpec{ExpirationSeconds: ptr(int64(600))}}, metav1.CreateOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		first[role] = tr.Status.Token
+		storeTokenIn(t, ctx, a, RoleSecret(BrokerSecret, role), tr.Status.Token)
+	}
+	credential(t, ctx, a, 0.02)
+	for _, role := range []string{RoleXDS, RoleTunnel} {
+		var renewed string
+		for {
+			if renewed = storedTokenIn(t, ctx, a, RoleSecret(BrokerSecret, role)); renewed != first[role] {
+				break
+			}
+			if ctx.Err() != nil {
+				t.Fatalf("the %s token was not renewed", role)
+			}
+			time.Sleep(time.Second)
+		}
+		c, _ := parseToken(renewed)
+		if c.Exp-c.Iat != 600 {
+			t.Errorf("the renewed %s token lives %d s, want 600", role, c.Exp-c.Iat)
+		}
+		cfg := rest.AnonymousClientConfig(hub.Config)
+		cfg.BearerToken = renewed
+		kube, err := kubernetes.NewForConfig(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		review, err := kube.AuthenticationV1().SelfSubjectReviews().Create(ctx, &authenticationv1.SelfSubjectReview{}, metav1.CreateOptions{})
+		if err != nil {
+			t.Fatalf("the renewed %s token: %v", role, err)
+		}
+		if got, want := review.Status.UserInfo.Username, "system:serviceaccount:"+ns+":"+RoleServiceAccount(role, alpha); got != want {
+			t.Errorf("the renewed %s token authenticates as %s, want %s", role, got, want)
+		}
+	}
 }
