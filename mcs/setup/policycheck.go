@@ -71,6 +71,11 @@ func CheckBrokerPolicies(ctx context.Context, hub kubernetes.Interface, ns strin
 	var wrong []string
 	for _, name := range BrokerPolicies(ns) {
 		if _, err := api.ValidatingAdmissionPolicies().Get(ctx, name, metav1.GetOptions{}); err != nil {
+			if apierrors.IsForbidden(err) {
+				// A broker installed before members could read its
+				// policies: installing it again fixes that too.
+				return &UnguardedError{Namespace: ns, Wrong: []string{"this identity may not read the broker's admission policies (ClusterRole " + PolicyReaderName(ns) + " missing)"}}
+			}
 			if !apierrors.IsNotFound(err) {
 				return fmt.Errorf("reading the broker's admission policy %s: %w", name, err)
 			}
