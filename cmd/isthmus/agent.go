@@ -12,8 +12,8 @@ import (
 	"time"
 
 	"github.com/isthmus-dev/isthmus/mcs/agent"
-	"github.com/isthmus-dev/isthmus/mcs/setup"
 	brokerv1 "github.com/isthmus-dev/isthmus/mcs/api/broker/v1alpha1"
+	"github.com/isthmus-dev/isthmus/mcs/setup"
 )
 
 // agentRole is the MCS agent of one member cluster.
