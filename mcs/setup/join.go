@@ -85,10 +85,13 @@ var (
 
 // Join makes member a member of the clusterset whose broker is hub: it
 // installs the MCS and ClusterProperty CRDs in the member, settles its
-// cluster id, creates its identity on the broker (a ServiceAccount bound to
-// the member Role), stores a broker kubeconfig for it in the member's
-// isthmus-system/isthmus-broker Secret and, given Certificates, its
-// intermediate CA in isthmus-system/isthmus-ca. It returns the cluster id.
+// cluster id, creates its identities on the broker (a ServiceAccount per
+// role: the agent's bound to the member Role, the xDS server's read-only,
+// the tunnel's confined to its record), stores a broker kubeconfig for
+// each in the member's isthmus-system Secrets (RoleSecret: isthmus-broker,
+// isthmus-broker-xds, isthmus-broker-tunnel) and, given Certificates, its
+// intermediate CA in isthmus-system/isthmus-ca. It refuses a broker whose
+// admission policies are not in place. It returns the cluster id.
 func Join(ctx context.Context, hub, member *Clients, opts JoinOptions, out io.Writer) (string, error) {
 	return join(ctx, hub, member, opts, out, nil)
 }
@@ -97,7 +100,7 @@ func Join(ctx context.Context, hub, member *Clients, opts JoinOptions, out io.Wr
 // identity on the broker as Join does (the token it issues must exist
 // there) but writes nothing to the member, which it only reads. It returns
 // what Join would apply there, in order: the CRDs, the ClusterProperty,
-// the namespace and the two Secrets (the broker kubeconfig, the
+// the namespace and the Secrets (the three roles' broker kubeconfigs, the
 // intermediate CA). A broker token or intermediate the member already
 // holds is kept while still good, so once the manifests are applied a
 // second run gives the same ones.

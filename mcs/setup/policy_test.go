@@ -30,19 +30,7 @@ var (
 // into the member's Secret, exactly as its agent will.
 func asMember(t *testing.T, member *Clients) *Clients {
 	t.Helper()
-	s, err := member.Kube.CoreV1().Secrets(MemberNamespace).Get(context.Background(), BrokerSecret, metav1.GetOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg, err := clientcmd.RESTConfigFromKubeConfig(s.Data[BrokerSecretKey])
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, err := NewClients(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return c
+	return asRole(t, member, RoleAgent)
 }
 
 func memberSlice(cluster string) *discoveryv1.EndpointSlice {

@@ -139,7 +139,6 @@ func admitRoles(ctx context.Context, onHub *applier, ns, id string) error {
 		}
 	}
 	for _, role := range ownRoles(ns, id) {
-		role := role
 		if _, err := onHub.apply(ctx, roleGVR, role); err != nil {
 			return err
 		}
