@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"os"
@@ -77,6 +78,24 @@ func TestBrokerPoliciesChecked(t *testing.T) {
 		t.Fatal(err)
 	}
 	eventually(t, "the check ready again", check.Ready)
+
+	// A member that may not read the policies (a broker installed before
+	// the check) is told so, not left waiting.
+	reader := PolicyReaderName(ns)
+	if err := hub.Kube.RbacV1().ClusterRoleBindings().Delete(ctx, reader, metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the check failing without the reader", func() error {
+		err := CheckBrokerPolicies(ctx, agent.Kube, ns)
+		if !errors.As(err, &unguarded) || !strings.Contains(err.Error(), "ClusterRole "+reader) {
+			return fmt.Errorf("CheckBrokerPolicies without the reader binding: %v", err)
+		}
+		return nil
+	})
+	if err := InstallBroker(ctx, hub, BrokerOptions{}, &bytes.Buffer{}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the check ready with the reader back", check.Ready)
 	if got := testutil.ToFloat64(check.missing); got != 0 {
 		t.Errorf("isthmus_broker_policies_missing = %v, want 0", got)
 	}
