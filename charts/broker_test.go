@@ -26,14 +26,17 @@ const (
 	nsPlaceholder = "x-broker-namespace-x"
 )
 
-var brokerTemplateFiles = []string{"namespace.yaml", "member-role.yaml", "member-policy.yaml", "member-policy-binding.yaml", "allowlist-policy.yaml"}
+var brokerTemplateFiles = []string{"namespace.yaml", "member-role.yaml", "reader-role.yaml", "member-policy.yaml", "member-policy-binding.yaml",
+	"allowlist-policy.yaml", "tunnel-policy.yaml", "tunnel-policy-binding.yaml",
+	"policy-reader-role.yaml", "policy-reader-binding.yaml", "priority-level.yaml", "flowschema.yaml"}
 
 // brokerTemplates makes the chart's templates from setup.BrokerObjects: the
-// namespace becomes a value, and the policy's CEL offset past the member
-// prefix is computed from it.
+// namespace becomes a value, and a policy's CEL offset past the member (or
+// tunnel) identities' prefix is computed from it.
 func brokerTemplates() (map[string][]byte, error) {
 	objs := setup.BrokerObjects(nsPlaceholder)
 	prefix := "system:serviceaccount:" + nsPlaceholder + ":" + brokerv1.MemberServiceAccountPrefix
+	tunnelPrefix := "system:serviceaccount:" + nsPlaceholder + ":" + brokerv1.TunnelServiceAccountPrefix
 	out := map[string][]byte{}
 	for i, obj := range objs {
 		u, err := runtime.DefaultUnstructuredConverter.ToUnstructured(obj)
@@ -45,7 +48,11 @@ func brokerTemplates() (map[string][]byte, error) {
 		if err != nil {
 			return nil, err
 		}
-		text := strings.ReplaceAll(string(y), fmt.Sprintf("substring(%d)", len(prefix)), `substring({{ len (include "isthmus-broker.memberPrefix" .) }})`)
+		text := string(y)
+		if strings.HasPrefix(brokerTemplateFiles[i], "tunnel-policy") {
+			text = strings.ReplaceAll(text, fmt.Sprintf("substring(%d)", len(tunnelPrefix)), `substring({{ len (include "isthmus-broker.tunnelPrefix" .) }})`)
+		}
+		text = strings.ReplaceAll(text, fmt.Sprintf("substring(%d)", len(prefix)), `substring({{ len (include "isthmus-broker.memberPrefix" .) }})`)
 		text = strings.ReplaceAll(text, nsPlaceholder, "{{ .Values.namespace }}")
 		out[brokerTemplateFiles[i]] = []byte("# Made from mcs/setup.BrokerObjects by `go test ./charts -run TestBrokerChart -update`: edit those, not this.\n" + text)
 	}

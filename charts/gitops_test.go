@@ -159,7 +159,7 @@ func TestFirstContactAndGitOps(t *testing.T) {
 	}
 	want := "CustomResourceDefinition/serviceexports.multicluster.x-k8s.io CustomResourceDefinition/serviceimports.multicluster.x-k8s.io " +
 		"CustomResourceDefinition/clusterproperties.about.k8s.io ClusterProperty/cluster.clusterset.k8s.io Namespace/isthmus-system " +
-		"Secret/isthmus-broker Secret/isthmus-ca ConfigMap/isthmus-trust-bundle"
+		"Secret/isthmus-broker Secret/isthmus-broker-xds Secret/isthmus-broker-tunnel Secret/isthmus-ca ConfigMap/isthmus-trust-bundle"
 	if got := strings.Join(kinds, " "); got != want {
 		t.Fatalf("join --dry-run printed %s\nwant %s", got, want)
 	}
@@ -167,12 +167,13 @@ func TestFirstContactAndGitOps(t *testing.T) {
 	if err != nil || len(files) != len(joinDocs) {
 		t.Fatalf("--output-dir holds %d files (%v), want %d", len(files), err, len(joinDocs))
 	}
-	// The GitOps repository keeps the credential under a name of its own;
-	// a second dry run keeps the token the first issued, once it is applied.
+	// The GitOps repository keeps the credentials under a name of its own
+	// (the xDS server's and the tunnel's with -xds and -tunnel after it);
+	// a second dry run keeps the tokens the first issued, once applied.
 	const credName = "west-broker-credential"
 	for _, d := range joinDocs {
-		if d.GetKind() == "Secret" && d.GetName() == "isthmus-broker" {
-			d.SetName(credName)
+		if name, ok := strings.CutPrefix(d.GetName(), "isthmus-broker"); d.GetKind() == "Secret" && ok {
+			d.SetName(credName + name)
 		}
 	}
 
@@ -214,29 +215,33 @@ func TestFirstContactAndGitOps(t *testing.T) {
 		}
 	}
 
-	// The credential, as the roles read it, is member2's on the broker.
-	s, err := m2.Client.CoreV1().Secrets("isthmus-system").Get(ctx, credName, metav1.GetOptions{})
-	if err != nil {
-		t.Fatal(err)
+	// Each role's credential, as the role reads it, is member2's identity
+	// for that role on the broker.
+	for secret, identity := range map[string]string{credName: brokerv1.MemberServiceAccount("west"),
+		credName + "-xds": brokerv1.XDSServiceAccount("west"), credName + "-tunnel": brokerv1.TunnelServiceAccount("west")} {
+		s, err := m2.Client.CoreV1().Secrets("isthmus-system").Get(ctx, secret, metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg, err := clientcmd.RESTConfigFromKubeConfig(s.Data["kubeconfig"])
+		if err != nil {
+			t.Fatal(err)
+		}
+		asMember, err := kubernetes.NewForConfig(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		review, err := asMember.AuthenticationV1().SelfSubjectReviews().Create(ctx, &authenticationv1.SelfSubjectReview{}, metav1.CreateOptions{})
+		if err != nil {
+			t.Fatalf("the GitOps credential %s does not authenticate to the broker: %v", secret, err)
+		}
+		if got, want := review.Status.UserInfo.Username, "system:serviceaccount:isthmus-broker:"+identity; got != want {
+			t.Errorf("the GitOps credential %s is %s, want %s", secret, got, want)
+		}
 	}
-	cfg, err := clientcmd.RESTConfigFromKubeConfig(s.Data["kubeconfig"])
-	if err != nil {
-		t.Fatal(err)
-	}
-	asMember, err := kubernetes.NewForConfig(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	review, err := asMember.AuthenticationV1().SelfSubjectReviews().Create(ctx, &authenticationv1.SelfSubjectReview{}, metav1.CreateOptions{})
-	if err != nil {
-		t.Fatalf("the GitOps credential does not authenticate to the broker: %v", err)
-	}
-	if got, want := review.Status.UserInfo.Username, "system:serviceaccount:isthmus-broker:"+brokerv1.MemberServiceAccount("west"); got != want {
-		t.Errorf("the GitOps credential is %s, want %s", got, want)
-	}
-	// The roles are told its name and may read it, and the CA.
+	// The roles are told their credential's name and may read it, and the CA.
 	for _, role := range []string{"agent", "xds", "tunnel"} {
-		for _, secret := range map[string][]string{"agent": {credName}, "xds": {credName, "isthmus-ca"}, "tunnel": {credName}}[role] {
+		for _, secret := range map[string][]string{"agent": {credName, credName + "-xds", credName + "-tunnel"}, "xds": {credName + "-xds", "isthmus-ca"}, "tunnel": {credName + "-tunnel"}}[role] {
 			sar, err := m2.Client.AuthorizationV1().SubjectAccessReviews().Create(ctx, &authorizationv1.SubjectAccessReview{Spec: authorizationv1.SubjectAccessReviewSpec{
 				User: "system:serviceaccount:isthmus-system:isthmus-" + role, Groups: []string{"system:serviceaccounts"},
 				ResourceAttributes: &authorizationv1.ResourceAttributes{Namespace: "isthmus-system", Verb: "get", Resource: "secrets", Name: secret}}}, metav1.CreateOptions{})

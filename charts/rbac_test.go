@@ -44,8 +44,10 @@ var roleAccess = map[string][]access{
 		{verb: "get", group: "about.k8s.io", resource: "clusterproperties", name: "other"},
 		{verb: "update", group: "about.k8s.io", resource: "clusterproperties", name: "cluster.clusterset.k8s.io"},
 		{verb: "get", resource: "secrets", ns: "isthmus-system", name: "isthmus-broker", allowed: true},
-		// It renews the broker token every role reads.
+		// It renews every role's broker token.
 		{verb: "update", resource: "secrets", ns: "isthmus-system", name: "isthmus-broker", allowed: true},
+		{verb: "update", resource: "secrets", ns: "isthmus-system", name: "isthmus-broker-xds", allowed: true},
+		{verb: "update", resource: "secrets", ns: "isthmus-system", name: "isthmus-broker-tunnel", allowed: true},
 		{verb: "get", resource: "secrets", ns: "isthmus-system", name: "isthmus-ca"},
 		{verb: "get", resource: "secrets", ns: "isthmus-system", name: "isthmus-tunnel-key"},
 		{verb: "list", resource: "secrets", ns: "isthmus-system"},
@@ -75,7 +77,11 @@ var roleAccess = map[string][]access{
 		{verb: "watch", group: "multicluster.x-k8s.io", resource: "serviceimports", allowed: true},
 		{verb: "list", group: "discovery.k8s.io", resource: "endpointslices", allowed: true},
 		{verb: "get", group: "about.k8s.io", resource: "clusterproperties", name: "cluster.clusterset.k8s.io", allowed: true},
-		{verb: "get", resource: "secrets", ns: "isthmus-system", name: "isthmus-broker", allowed: true},
+		// Its own broker credential, not the agent's or the tunnel's.
+		{verb: "get", resource: "secrets", ns: "isthmus-system", name: "isthmus-broker-xds", allowed: true},
+		{verb: "get", resource: "secrets", ns: "isthmus-system", name: "isthmus-broker"},
+		{verb: "get", resource: "secrets", ns: "isthmus-system", name: "isthmus-broker-tunnel"},
+		{verb: "update", resource: "secrets", ns: "isthmus-system", name: "isthmus-broker-xds"},
 		{verb: "get", resource: "secrets", ns: "isthmus-system", name: "isthmus-ca", allowed: true},
 		{verb: "update", resource: "secrets", ns: "isthmus-system", name: "isthmus-ca"},
 		{verb: "update", resource: "secrets", ns: "isthmus-system", name: "isthmus-broker"},
@@ -88,7 +94,10 @@ var roleAccess = map[string][]access{
 	},
 	"tunnel": {
 		{verb: "get", resource: "secrets", ns: "isthmus-system", name: "isthmus-tunnel-key", allowed: true},
-		{verb: "get", resource: "secrets", ns: "isthmus-system", name: "isthmus-broker", allowed: true},
+		// Its own broker credential, not the agent's or the xDS server's.
+		{verb: "get", resource: "secrets", ns: "isthmus-system", name: "isthmus-broker-tunnel", allowed: true},
+		{verb: "get", resource: "secrets", ns: "isthmus-system", name: "isthmus-broker"},
+		{verb: "get", resource: "secrets", ns: "isthmus-system", name: "isthmus-broker-xds"},
 		{verb: "create", resource: "secrets", ns: "isthmus-system", allowed: true},
 		{verb: "update", resource: "secrets", ns: "isthmus-system", name: "isthmus-tunnel-key"},
 		{verb: "update", resource: "secrets", ns: "isthmus-system", name: "isthmus-broker"},

@@ -13,6 +13,7 @@ import (
 
 	"github.com/isthmus-dev/isthmus/mcs/agent"
 	brokerv1 "github.com/isthmus-dev/isthmus/mcs/api/broker/v1alpha1"
+	"github.com/isthmus-dev/isthmus/mcs/setup"
 )
 
 // agentRole is the MCS agent of one member cluster.
@@ -69,9 +70,16 @@ func agentRole() role {
 				}
 				e.health.Add("agent", a.Ready)
 				if cred := e.BrokerCredential(); cred != nil {
-					// The agent renews the token every role uses.
+					// The agent renews its own token and the other roles'.
 					go cred.Renew(ctx, broker.Kube)
 				}
+				policies, err := setup.NewPolicyCheck(setup.PolicyCheckConfig{Broker: broker.Kube, Namespace: ns,
+					Log: log.With("part", "broker-policies"), Registry: e.reg})
+				if err != nil {
+					return err
+				}
+				e.health.Add("broker-policies", policies.Ready)
+				go policies.Run(ctx)
 				log.Info("starting the MCS agent", "cluster", id, "broker", broker.Config.Host, "brokerNamespace", ns, "dataplane", dataplane)
 				return a.Run(ctx)
 			}

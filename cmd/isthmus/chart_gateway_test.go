@@ -304,6 +304,9 @@ func registeredMetrics(t *testing.T) map[string]bool {
 	if _, _, cred, err := setup.NewBrokerCredential(ctx, setup.CredentialConfig{Path: kc, Log: log, Registry: rec}); err != nil || cred == nil {
 		t.Fatalf("the broker credential: %v", err)
 	}
+	if _, err := setup.NewPolicyCheck(setup.PolicyCheckConfig{Broker: c.Kube, Namespace: "isthmus-broker", Log: log, Registry: rec}); err != nil {
+		t.Fatalf("the broker policy check: %v", err)
+	}
 	// 46 today: a recorder that saw next to nothing would pass any query.
 	if len(rec.names) < 40 {
 		t.Fatalf("only %d metrics registered: %v", len(rec.names), rec.names)

@@ -94,6 +94,10 @@ func runWithChartIdentity(t *testing.T, ctx context.Context, role string, args .
 	t.Helper()
 	metrics = freePort(t)
 	args = append([]string{role, "--kubeconfig", roleKubeconfig(t, ctx, "isthmus-"+role), "--metrics-addr", metrics}, args...)
+	if role == setup.RoleXDS || role == setup.RoleTunnel {
+		// As the chart runs it: with the role's own broker identity.
+		args = append(args, "--broker-secret", setup.RoleSecret(setup.BrokerSecret, role))
+	}
 	logs := &logBuffer{}
 	log := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})).With("role", role)
 	rctx, cancel := context.WithCancel(context.Background())
@@ -236,8 +240,22 @@ func TestChartTunnelIdentity(t *testing.T) {
 	if id, err := agent.ClusterID(ctx, c.Dynamic, ids[chartMember]); err != nil || id != ids[chartMember] {
 		t.Errorf("the cluster id with the tunnel's identity: %q, %v", id, err)
 	}
-	if _, _, err := setup.BrokerConfig(ctx, c.Kube, ""); err != nil {
-		t.Errorf("the broker credential with the tunnel's identity: %v", err)
+	// Its own broker credential, which is the tunnel's identity on the
+	// broker; not the agent's.
+	brokerCfg, brokerNS, err := setup.BrokerConfigFrom(ctx, c.Kube, "", setup.RoleSecret(setup.BrokerSecret, setup.RoleTunnel))
+	if err != nil {
+		t.Fatalf("the broker credential with the tunnel's identity: %v", err)
+	}
+	if _, _, err := setup.BrokerConfig(ctx, c.Kube, ""); !apierrors.IsForbidden(errors.Unwrap(err)) {
+		t.Errorf("the agent's broker credential read with the tunnel's identity: %v, want Forbidden", err)
+	}
+	asTunnel, err := kube.NewClients(brokerCfg, 0, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	review, err := asTunnel.Kube.AuthenticationV1().SelfSubjectReviews().Create(ctx, &authenticationv1.SelfSubjectReview{}, metav1.CreateOptions{})
+	if err != nil || review.Status.UserInfo.Username != "system:serviceaccount:"+brokerNS+":"+brokerv1.TunnelServiceAccount(ids[chartMember]) {
+		t.Errorf("the tunnel's broker credential authenticates as %v (%v), want its cluster's tunnel identity", review, err)
 	}
 	admin := clusters.Members[chartMember].Client
 	t.Cleanup(func() {

@@ -10,9 +10,11 @@ import (
 	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
+	flowcontrolv1 "k8s.io/api/flowcontrol/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 
 	brokerv1 "github.com/isthmus-dev/isthmus/mcs/api/broker/v1alpha1"
 	"github.com/isthmus-dev/isthmus/mcs/api/crds"
@@ -83,34 +85,55 @@ func InstallBroker(ctx context.Context, hub *Clients, opts BrokerOptions, out io
 	if err := a.applyCRDs(ctx, brokerCRDs); err != nil {
 		return err
 	}
-	if _, err := a.apply(ctx, roleGVR, objs[1]); err != nil {
-		return err
-	}
 	if opts.Certificates != nil {
 		if err := installRoot(ctx, a, ns, opts); err != nil {
 			return err
 		}
 	}
-	// The policies and their bindings, each policy before its binding.
-	for _, obj := range objs[2:] {
-		gvr := policyGVR
-		if _, ok := obj.(*admissionv1.ValidatingAdmissionPolicyBinding); ok {
-			gvr = policyBindingGVR
-		}
-		if _, err := a.apply(ctx, gvr, obj); err != nil {
+	// The rest in order: the Roles, each policy before its binding, the
+	// fairness objects.
+	for _, obj := range objs[1:] {
+		if _, err := a.apply(ctx, gvrOf(obj), obj); err != nil {
 			return err
 		}
 	}
 	return bindMemberPolicies(ctx, a, ns)
 }
 
+// gvrOf is the resource of one of BrokerObjects' objects.
+func gvrOf(obj runtime.Object) schema.GroupVersionResource {
+	switch obj.(type) {
+	case *rbacv1.Role:
+		return roleGVR
+	case *rbacv1.ClusterRole:
+		return rbacv1.SchemeGroupVersion.WithResource("clusterroles")
+	case *rbacv1.ClusterRoleBinding:
+		return rbacv1.SchemeGroupVersion.WithResource("clusterrolebindings")
+	case *admissionv1.ValidatingAdmissionPolicy:
+		return policyGVR
+	case *admissionv1.ValidatingAdmissionPolicyBinding:
+		return policyBindingGVR
+	case *flowcontrolv1.PriorityLevelConfiguration:
+		return flowcontrolv1.SchemeGroupVersion.WithResource("prioritylevelconfigurations")
+	case *flowcontrolv1.FlowSchema:
+		return flowcontrolv1.SchemeGroupVersion.WithResource("flowschemas")
+	}
+	return namespaceGVR
+}
+
 // BrokerObjects are the broker's objects besides its CRDs, for the broker
 // namespace ns, in the order they are applied: the Namespace, the member
-// Role, the member-writes admission policy and its binding, and the
-// allowlist admission policy (judging each member by its MemberPolicy;
-// join binds it once per member). The isthmus-broker Helm chart is checked
+// Role and the xDS identities' read-only Role, the member-writes admission
+// policy and its binding, the allowlist admission policy (judging each
+// member by its MemberPolicy; join binds it once per member), the
+// tunnel-writes policy and its binding, the ClusterRole letting members
+// check those policies and its binding, and the API Priority and Fairness
+// level and FlowSchema of the members' requests. The isthmus-broker Helm
+// chart is checked
 // against them.
 func BrokerObjects(ns string) []runtime.Object {
+	reader, readerBinding := policyReaderObjects(ns)
+	plc, fs := fairnessObjects(ns)
 	return []runtime.Object{
 		&corev1.Namespace{
 			TypeMeta: metav1.TypeMeta{APIVersion: "v1", Kind: "Namespace"},
@@ -121,6 +144,7 @@ func BrokerObjects(ns string) []runtime.Object {
 			}},
 		},
 		memberRole(ns),
+		readerRole(ns),
 		memberPolicy(ns),
 		&admissionv1.ValidatingAdmissionPolicyBinding{
 			TypeMeta:   metav1.TypeMeta{APIVersion: admissionv1.SchemeGroupVersion.String(), Kind: "ValidatingAdmissionPolicyBinding"},
@@ -131,17 +155,23 @@ func BrokerObjects(ns string) []runtime.Object {
 			},
 		},
 		allowlistPolicy(ns),
+		tunnelPolicy(ns),
+		tunnelBinding(ns),
+		reader,
+		readerBinding,
+		plc,
+		fs,
 	}
 }
 
 var partOf = map[string]string{"app.kubernetes.io/part-of": "isthmus"}
 
-// memberRole is what every member may do in the broker namespace: manage
-// broker records, EndpointSlices and Leases (the admission policy narrows
-// writes to its own), and request tokens (for its own ServiceAccount only,
-// again by the policy) so that it can rotate its credential, and read the
-// trust bundle ConfigMap. Nothing else: in particular no Secrets, so never
-// the clusterset root.
+// memberRole is what every member's agent may do in the broker namespace:
+// manage broker records, EndpointSlices and Leases (the admission policy
+// narrows writes to its own), and read the trust bundle ConfigMap.
+// Nothing else: in particular no Secrets, so never the clusterset root.
+// Requesting tokens, which renews the member's credentials, is granted by
+// the member's own Role (ownRoles) for its own identities by name.
 func memberRole(ns string) *rbacv1.Role {
 	rw := []string{"get", "list", "watch", "create", "update", "patch", "delete"}
 	return &rbacv1.Role{
@@ -152,7 +182,6 @@ func memberRole(ns string) *rbacv1.Role {
 			{APIGroups: []string{brokerv1.GroupName}, Resources: []string{"clusters/status", "exportedservices/status"}, Verbs: []string{"get", "update", "patch"}},
 			{APIGroups: []string{discoveryv1.GroupName}, Resources: []string{"endpointslices"}, Verbs: rw},
 			{APIGroups: []string{coordinationv1.GroupName}, Resources: []string{"leases"}, Verbs: rw},
-			{APIGroups: []string{""}, Resources: []string{"serviceaccounts/token"}, Verbs: []string{"create"}},
 			{APIGroups: []string{""}, Resources: []string{"configmaps"}, ResourceNames: []string{brokerv1.TrustBundleConfigMap}, Verbs: []string{"get"}},
 		},
 	}
@@ -214,9 +243,10 @@ func memberPolicy(ns string) *admissionv1.ValidatingAdmissionPolicy {
 			},
 			Validations: append([]admissionv1.Validation{
 				{
-					Expression: fmt.Sprintf("!variables.isToken || request.name == '%s' + variables.me", brokerv1.MemberServiceAccountPrefix),
-					MessageExpression: fmt.Sprintf(`"rule own-token-only: member '" + variables.me + "' may request tokens only for its own ServiceAccount %s" + variables.me + ", not " + request.name`,
-						brokerv1.MemberServiceAccountPrefix),
+					Expression: fmt.Sprintf("!variables.isToken || request.name in ['%s' + variables.me, '%s' + variables.me, '%s' + variables.me]",
+						brokerv1.MemberServiceAccountPrefix, brokerv1.XDSServiceAccountPrefix, brokerv1.TunnelServiceAccountPrefix),
+					MessageExpression: fmt.Sprintf(`"rule own-token-only: member '" + variables.me + "' may request tokens only for its own identities %s" + variables.me + ", %s" + variables.me + " and %s" + variables.me + ", not " + request.name`,
+						brokerv1.MemberServiceAccountPrefix, brokerv1.XDSServiceAccountPrefix, brokerv1.TunnelServiceAccountPrefix),
 					Reason: ptr(metav1.StatusReasonForbidden),
 				},
 				{

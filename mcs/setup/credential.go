@@ -243,11 +243,21 @@ func (c *BrokerCredential) stored(ctx context.Context) (string, error) {
 	return rc.BearerToken, nil
 }
 
-// Renew keeps the stored token renewed until ctx ends: once half of its
-// life is gone it asks the broker (through broker, which carries the
-// current token) for a new token of the same lifetime for its own
-// ServiceAccount, and stores it in the Secret, where Run finds it in every
-// role. A kubeconfig file is left to whoever wrote it.
+// Renew keeps the stored tokens renewed until ctx ends: once half of a
+// token's life is gone it asks the broker (through broker, which carries
+// the current token) for a new token of the same lifetime for the same
+// ServiceAccount, and stores it in its Secret, where Run finds it in every
+// role. It renews the agent's own Secret and the other roles' (RoleSecret:
+// the xDS server's and the tunnel's), when they exist.
+//
+// The agent renews every role's token, not each role its own: the xDS
+// identity is read-only and the tunnel's may write only its record, so
+// neither may mint tokens (a stolen one could otherwise extend its own
+// life forever), and neither role may write Secrets in the member; the
+// agent already holds both rights for its own token, is elected (one
+// writer), and the broker lets it mint tokens only for its own cluster's
+// three identities (its Role names them; rule own-token-only).
+// A kubeconfig file is left to whoever wrote it.
 func (c *BrokerCredential) Renew(ctx context.Context, broker kubernetes.Interface) {
 	if c.cfg.Path != "" {
 		c.cfg.Log.Info("the broker token comes from a kubeconfig file; the agent does not renew it", "path", c.cfg.Path)
@@ -257,8 +267,18 @@ func (c *BrokerCredential) Renew(ctx context.Context, broker kubernetes.Interfac
 	for {
 		_, claims := c.current()
 		if claims.Exp != 0 && time.Now().After(claims.renewAt(c.cfg.RenewAfter)) {
-			if err := c.renew(ctx, broker); err != nil {
+			token, err := c.renew(ctx, broker, c.cfg.Secret)
+			switch {
+			case err != nil:
 				c.cfg.Log.Error("renewing the broker token; will retry", "err", err, "expires", claims.expires().UTC())
+			case token != "":
+				c.set(token)
+			}
+		}
+		for _, role := range BrokerRoles[1:] {
+			name := RoleSecret(c.cfg.Secret, role)
+			if _, err := c.renew(ctx, broker, name); err != nil && !apierrors.IsNotFound(err) {
+				c.cfg.Log.Error("renewing a role's broker token; will retry", "role", role, "err", err)
 			}
 		}
 		select {
@@ -269,43 +289,49 @@ func (c *BrokerCredential) Renew(ctx context.Context, broker kubernetes.Interfac
 	}
 }
 
-func (c *BrokerCredential) renew(ctx context.Context, broker kubernetes.Interface) error {
+// renew renews the token stored in Secret name once past its renewal
+// time, returning the new token, or "" when none was due or another
+// replica renewed it first.
+func (c *BrokerCredential) renew(ctx context.Context, broker kubernetes.Interface, name string) (string, error) {
 	secrets := c.cfg.Local.CoreV1().Secrets(MemberNamespace)
-	s, err := secrets.Get(ctx, c.cfg.Secret, metav1.GetOptions{})
+	s, err := secrets.Get(ctx, name, metav1.GetOptions{})
 	if err != nil {
-		return fmt.Errorf("reading Secret %s/%s: %w", MemberNamespace, c.cfg.Secret, err)
+		if apierrors.IsNotFound(err) {
+			return "", err
+		}
+		return "", fmt.Errorf("reading Secret %s/%s: %w", MemberNamespace, name, err)
 	}
 	kc, err := clientcmd.Load(s.Data[BrokerSecretKey])
 	if err != nil {
-		return fmt.Errorf("parsing the broker kubeconfig: %w", err)
+		return "", fmt.Errorf("parsing the broker kubeconfig in Secret %s/%s: %w", MemberNamespace, name, err)
 	}
 	cur := kc.Contexts[kc.CurrentContext]
 	if cur == nil || kc.AuthInfos[cur.AuthInfo] == nil {
-		return errors.New("the broker kubeconfig has no current context with a user")
+		return "", fmt.Errorf("the broker kubeconfig in Secret %s/%s has no current context with a user", MemberNamespace, name)
 	}
 	stored := kc.AuthInfos[cur.AuthInfo].Token
 	claims, ok := parseToken(stored)
 	if !ok {
-		return errors.New("the stored broker token is not a JWT with an expiry")
+		return "", fmt.Errorf("the broker token in Secret %s/%s is not a JWT with an expiry", MemberNamespace, name)
 	}
 	if time.Now().Before(claims.renewAt(c.cfg.RenewAfter)) {
-		// Another replica renewed it already; Run will load it.
-		return nil
+		// Not due, or another replica renewed it already; Run will load it.
+		return "", nil
 	}
 	ns, sa, ok := strings.Cut(strings.TrimPrefix(claims.Sub, "system:serviceaccount:"), ":")
 	if !ok || !strings.HasPrefix(claims.Sub, "system:serviceaccount:") {
-		return fmt.Errorf("the stored broker token is not a ServiceAccount's (subject %q)", claims.Sub)
+		return "", fmt.Errorf("the broker token in Secret %s/%s is not a ServiceAccount's (subject %q)", MemberNamespace, name, claims.Sub)
 	}
 	seconds := claims.Exp - claims.Iat
 	tr, err := broker.CoreV1().ServiceAccounts(ns).CreateToken(ctx, sa, &authenticationv1.TokenRequest{
 		Spec: authenticationv1.TokenRequestSpec{ExpirationSeconds: &seconds}}, metav1.CreateOptions{})
 	if err != nil {
-		return fmt.Errorf("requesting a new token for %s/%s from the broker: %w", ns, sa, err)
+		return "", fmt.Errorf("requesting a new token for %s/%s from the broker: %w", ns, sa, err)
 	}
 	kc.AuthInfos[cur.AuthInfo].Token = tr.Status.Token
 	data, err := clientcmd.Write(*kc)
 	if err != nil {
-		return fmt.Errorf("encoding the broker kubeconfig: %w", err)
+		return "", fmt.Errorf("encoding the broker kubeconfig: %w", err)
 	}
 	s.Data[BrokerSecretKey] = data
 	if s.Annotations == nil {
@@ -316,11 +342,10 @@ func (c *BrokerCredential) renew(ctx context.Context, broker kubernetes.Interfac
 	// wins, and this token is dropped unused.
 	if _, err := secrets.Update(ctx, s, metav1.UpdateOptions{FieldManager: FieldManager}); err != nil {
 		if apierrors.IsConflict(err) {
-			return nil
+			return "", nil
 		}
-		return fmt.Errorf("storing the renewed broker token in Secret %s/%s: %w", MemberNamespace, c.cfg.Secret, err)
+		return "", fmt.Errorf("storing the renewed broker token in Secret %s/%s: %w", MemberNamespace, name, err)
 	}
-	c.set(tr.Status.Token)
-	c.cfg.Log.Info("broker token renewed", "serviceAccount", ns+"/"+sa, "expires", tr.Status.ExpirationTimestamp.UTC())
-	return nil
+	c.cfg.Log.Info("broker token renewed", "secret", name, "serviceAccount", ns+"/"+sa, "expires", tr.Status.ExpirationTimestamp.UTC())
+	return tr.Status.Token, nil
 }

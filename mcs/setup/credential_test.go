@@ -24,7 +24,13 @@ import (
 // storedToken is the token in a member's broker Secret.
 func storedToken(t *testing.T, ctx context.Context, member *Clients) string {
 	t.Helper()
-	s, err := member.Kube.CoreV1().Secrets(MemberNamespace).Get(ctx, BrokerSecret, metav1.GetOptions{})
+	return storedTokenIn(t, ctx, member, BrokerSecret)
+}
+
+// storedTokenIn is the token in the member's broker Secret secret.
+func storedTokenIn(t *testing.T, ctx context.Context, member *Clients, secret string) string {
+	t.Helper()
+	s, err := member.Kube.CoreV1().Secrets(MemberNamespace).Get(ctx, secret, metav1.GetOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -167,8 +173,14 @@ func TestBrokerTokenRenewedPastExpiry(t *testing.T) {
 // would have.
 func storeToken(t *testing.T, ctx context.Context, member *Clients, token string) {
 	t.Helper()
+	storeTokenIn(t, ctx, member, BrokerSecret, token)
+}
+
+// storeTokenIn replaces the token in the member's broker Secret secret.
+func storeTokenIn(t *testing.T, ctx context.Context, member *Clients, secret, token string) {
+	t.Helper()
 	secrets := member.Kube.CoreV1().Secrets(MemberNamespace)
-	s, err := secrets.Get(ctx, BrokerSecret, metav1.GetOptions{})
+	s, err := secrets.Get(ctx, secret, metav1.GetOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}

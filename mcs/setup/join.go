@@ -85,10 +85,13 @@ var (
 
 // Join makes member a member of the clusterset whose broker is hub: it
 // installs the MCS and ClusterProperty CRDs in the member, settles its
-// cluster id, creates its identity on the broker (a ServiceAccount bound to
-// the member Role), stores a broker kubeconfig for it in the member's
-// isthmus-system/isthmus-broker Secret and, given Certificates, its
-// intermediate CA in isthmus-system/isthmus-ca. It returns the cluster id.
+// cluster id, creates its identities on the broker (a ServiceAccount per
+// role: the agent's bound to the member Role, the xDS server's read-only,
+// the tunnel's confined to its record), stores a broker kubeconfig for
+// each in the member's isthmus-system Secrets (RoleSecret: isthmus-broker,
+// isthmus-broker-xds, isthmus-broker-tunnel) and, given Certificates, its
+// intermediate CA in isthmus-system/isthmus-ca. It refuses a broker whose
+// admission policies are not in place. It returns the cluster id.
 func Join(ctx context.Context, hub, member *Clients, opts JoinOptions, out io.Writer) (string, error) {
 	return join(ctx, hub, member, opts, out, nil)
 }
@@ -97,7 +100,7 @@ func Join(ctx context.Context, hub, member *Clients, opts JoinOptions, out io.Wr
 // identity on the broker as Join does (the token it issues must exist
 // there) but writes nothing to the member, which it only reads. It returns
 // what Join would apply there, in order: the CRDs, the ClusterProperty,
-// the namespace and the two Secrets (the broker kubeconfig, the
+// the namespace and the Secrets (the three roles' broker kubeconfigs, the
 // intermediate CA). A broker token or intermediate the member already
 // holds is kept while still good, so once the manifests are applied a
 // second run gives the same ones.
@@ -132,6 +135,11 @@ func join(ctx context.Context, hub, member *Clients, opts JoinOptions, out io.Wr
 		}
 		return "", fmt.Errorf("reading broker namespace %s: %w", ns, err)
 	}
+	// A member's confinement rests on the broker's admission policies:
+	// never join a broker whose policies someone removed.
+	if err := CheckBrokerPolicies(ctx, hub.Kube, ns); err != nil {
+		return "", err
+	}
 
 	memberCRDs, err := crds.Member()
 	if err != nil {
@@ -149,7 +157,6 @@ func join(ctx context.Context, hub, member *Clients, opts JoinOptions, out io.Wr
 		return "", err
 	}
 
-	saName := brokerv1.MemberServiceAccount(id)
 	if err := admitMember(ctx, hub, onHub, ns, id, uid, opts); err != nil {
 		return "", err
 	}
@@ -168,10 +175,14 @@ func join(ctx context.Context, hub, member *Clients, opts JoinOptions, out io.Wr
 	if err != nil {
 		return "", err
 	}
-	if err := writeBrokerSecret(ctx, hub, onMember, brokerSecretSpec{
-		server: server, caData: caData, namespace: ns, serviceAccount: saName, cluster: id, ttl: ttl,
-	}); err != nil {
-		return "", err
+	// One kubeconfig per role, each with its own identity's token.
+	for _, role := range BrokerRoles {
+		if err := writeBrokerSecret(ctx, hub, onMember, brokerSecretSpec{
+			secret: RoleSecret(BrokerSecret, role), server: server, caData: caData, namespace: ns,
+			serviceAccount: RoleServiceAccount(role, id), cluster: id, ttl: ttl,
+		}); err != nil {
+			return "", err
+		}
 	}
 	if opts.Certificates != nil {
 		if err := joinIdentity(ctx, onHub, onMember, ns, id, opts); err != nil {
@@ -222,7 +233,7 @@ func admitMember(ctx context.Context, hub *Clients, onHub *applier, ns, id, uid 
 	}); err != nil {
 		return err
 	}
-	return nil
+	return admitRoles(ctx, onHub, ns, id)
 }
 
 // MemberCredentials does the broker's side of a join for a member that has
@@ -325,6 +336,8 @@ func brokerCA(cfg *rest.Config) ([]byte, error) {
 }
 
 type brokerSecretSpec struct {
+	// secret is the member Secret the kubeconfig is stored in.
+	secret                                     string
 	server, namespace, serviceAccount, cluster string
 	caData                                     []byte
 	ttl                                        time.Duration
@@ -335,19 +348,19 @@ type brokerSecretSpec struct {
 // (so joining twice changes nothing), and issuing a new one otherwise.
 func writeBrokerSecret(ctx context.Context, hub *Clients, onMember *applier, s brokerSecretSpec) error {
 	secrets := onMember.c.Kube.CoreV1().Secrets(MemberNamespace)
-	current, err := secrets.Get(ctx, BrokerSecret, metav1.GetOptions{})
+	current, err := secrets.Get(ctx, s.secret, metav1.GetOptions{})
 	switch {
 	case err == nil:
 		if tokenStillGood(ctx, current.Data[BrokerSecretKey], s) {
 			if onMember.manifests != nil {
-				_, err := onMember.apply(ctx, secretGVR, brokerSecret(current.Data[BrokerSecretKey], current.Annotations[tokenExpiresAnnotation]))
+				_, err := onMember.apply(ctx, secretGVR, brokerSecret(s.secret, current.Data[BrokerSecretKey], current.Annotations[tokenExpiresAnnotation]))
 				return err
 			}
-			onMember.report(secretGVR, BrokerSecret, "unchanged")
+			onMember.report(secretGVR, s.secret, "unchanged")
 			return nil
 		}
 	case !apierrors.IsNotFound(err):
-		return fmt.Errorf("reading Secret %s/%s: %w", MemberNamespace, BrokerSecret, err)
+		return fmt.Errorf("reading Secret %s/%s: %w", MemberNamespace, s.secret, err)
 	}
 	seconds := int64(s.ttl / time.Second)
 	tr, err := hub.Kube.CoreV1().ServiceAccounts(s.namespace).CreateToken(ctx, s.serviceAccount, &authenticationv1.TokenRequest{
@@ -360,14 +373,14 @@ func writeBrokerSecret(ctx context.Context, hub *Clients, onMember *applier, s b
 	if err != nil {
 		return fmt.Errorf("encoding the broker kubeconfig: %w", err)
 	}
-	_, err = onMember.apply(ctx, secretGVR, brokerSecret(kubeconfig, tr.Status.ExpirationTimestamp.UTC().Format(time.RFC3339)))
+	_, err = onMember.apply(ctx, secretGVR, brokerSecret(s.secret, kubeconfig, tr.Status.ExpirationTimestamp.UTC().Format(time.RFC3339)))
 	return err
 }
 
-func brokerSecret(kubeconfig []byte, expires string) *corev1.Secret {
+func brokerSecret(name string, kubeconfig []byte, expires string) *corev1.Secret {
 	return &corev1.Secret{
 		TypeMeta: metav1.TypeMeta{APIVersion: "v1", Kind: "Secret"},
-		ObjectMeta: metav1.ObjectMeta{Name: BrokerSecret, Namespace: MemberNamespace, Labels: partOf,
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: MemberNamespace, Labels: partOf,
 			Annotations: map[string]string{tokenExpiresAnnotation: expires}},
 		Type: corev1.SecretTypeOpaque,
 		Data: map[string][]byte{BrokerSecretKey: kubeconfig},

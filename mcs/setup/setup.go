@@ -1,7 +1,9 @@
 // Package setup is what `isthmusctl broker install` and `isthmusctl join`
-// do: it installs the broker's namespace, CRDs, RBAC and admission policy on
-// the hub cluster, and joins a member cluster to it with an identity of its
-// own. Every step is idempotent: it applies the desired object with
+// do: it installs the broker's namespace, CRDs, RBAC, admission policies
+// and fairness (FlowSchema) on the hub cluster, and joins a member cluster
+// to it with an identity of its own per role, whose tokens the agent
+// renews (credential.go); it also checks that the broker's policies are in
+// place (policycheck.go). Every step is idempotent: it applies the desired object with
 // server-side apply and reports, kubectl-style, whether it was created,
 // configured or unchanged.
 package setup

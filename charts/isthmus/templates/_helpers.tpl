@@ -54,7 +54,9 @@ isthmus-tunnel-{{ .Values.clusterID }}
   value: {{ index . 1 | toString | quote }}
 {{- end -}}
 
-{{/* commonEnv are the flags every role shares; (list $ METRICS_ADDR). */}}
+{{/* commonEnv are the flags every role shares; (list $ METRICS_ADDR ROLE),
+ROLE naming whose broker identity the process uses (the agent's when
+left out, as in mode "all"). */}}
 {{- define "isthmus.commonEnv" -}}
 {{- $ := index . 0 -}}
 {{ include "isthmus.env" (list "CLUSTER_ID" $.Values.clusterID) }}
@@ -63,12 +65,25 @@ isthmus-tunnel-{{ .Values.clusterID }}
 {{ include "isthmus.env" (list "METRICS_ADDR" (index . 1)) }}
 {{ include "isthmus.env" (list "LOG_LEVEL" $.Values.logLevel) }}
 {{ include "isthmus.env" (list "LOG_FORMAT" $.Values.logFormat) }}
-{{ include "isthmus.env" (list "BROKER_SECRET" (include "isthmus.brokerSecret" $)) }}
+{{- $role := "agent" }}{{ if gt (len .) 2 }}{{ $role = index . 2 }}{{ end }}
+{{ include "isthmus.env" (list "BROKER_SECRET" (include "isthmus.roleBrokerSecret" (list $ $role))) }}
 {{- end -}}
 
-{{/* brokerSecret is the Secret holding the broker kubeconfig. */}}
+{{/* brokerSecret is the Secret holding the agent's broker kubeconfig. */}}
 {{- define "isthmus.brokerSecret" -}}
 {{ .Values.broker.existingSecret | default "isthmus-broker" }}
+{{- end -}}
+
+{{/*
+roleBrokerSecret is the Secret holding one role's broker kubeconfig; (list $
+"xds"). Each role has its own identity on the broker (isthmusctl join
+writes all three): the agent's is brokerSecret, the xDS server's and the
+tunnel's are brokerSecret-xds and brokerSecret-tunnel (mcs/setup.RoleSecret).
+The resolver talks to no broker and gets the agent's name, unread.
+*/}}
+{{- define "isthmus.roleBrokerSecret" -}}
+{{- $base := include "isthmus.brokerSecret" (index . 0) -}}
+{{- if has (index . 1) (list "xds" "tunnel") -}}{{ $base }}-{{ index . 1 }}{{- else -}}{{ $base }}{{- end -}}
 {{- end -}}
 
 {{/*

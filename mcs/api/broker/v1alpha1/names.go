@@ -27,6 +27,13 @@ const (
 	// MemberServiceAccountPrefix starts the name of every member's identity
 	// (a ServiceAccount in the broker namespace) on the broker.
 	MemberServiceAccountPrefix = "isthmus-member-"
+	// XDSServiceAccountPrefix starts the name of a member's xDS server
+	// identity on the broker: read-only.
+	XDSServiceAccountPrefix = "isthmus-xds-"
+	// TunnelServiceAccountPrefix starts the name of a member's tunnel
+	// identity on the broker: it may write only its own Cluster record's
+	// wireGuard field and its tunnel status.
+	TunnelServiceAccountPrefix = "isthmus-tunnel-"
 	// LeasePrefix starts the name of every member's heartbeat Lease.
 	LeasePrefix = "cluster-"
 )
@@ -56,3 +63,11 @@ func LeaseName(cluster string) string { return LeasePrefix + cluster }
 
 // MemberServiceAccount is the name of a member's identity on the broker.
 func MemberServiceAccount(cluster string) string { return MemberServiceAccountPrefix + cluster }
+
+// XDSServiceAccount is the name of a member's xDS server identity on the
+// broker.
+func XDSServiceAccount(cluster string) string { return XDSServiceAccountPrefix + cluster }
+
+// TunnelServiceAccount is the name of a member's tunnel identity on the
+// broker.
+func TunnelServiceAccount(cluster string) string { return TunnelServiceAccountPrefix + cluster }
