@@ -158,7 +158,9 @@ func build() (*Artifacts, error) {
 	if err != nil {
 		return nil, fmt.Errorf("building the image (test/image/build.sh): %w: %s", err, out)
 	}
-	if a.Version, err = binaryVersion(a.Isthmusctl); err != nil {
+	// The image's own version, which names its tag: the tree may have
+	// changed since isthmusctl was built.
+	if a.Version, err = imageVersion(out); err != nil {
 		return nil, err
 	}
 	return a, nil
@@ -453,6 +455,7 @@ func (a *Artifacts) BuildUpgrade() (image, tag string, err error) {
 	}
 	src := filepath.Join(dir, "src")
 	image = filepath.Join(dir, "isthmus-image.tar")
+	var out []byte
 	for _, c := range [][]string{
 		{"git", "clone", "-q", a.Root, src},
 		{"git", "-C", src, "-c", "user.name=upgrade test", "-c", "user.email=test@isthmus.invalid", "commit", "-q", "--allow-empty", "-m", "the next version"},
@@ -464,17 +467,11 @@ func (a *Artifacts) BuildUpgrade() (image, tag string, err error) {
 			cmd.Dir = dir
 		}
 		cmd.Env = append(os.Environ(), "ISTHMUS_IMAGE_PLATFORMS=linux/"+runtime.GOARCH)
-		if out, err := cmd.CombinedOutput(); err != nil {
+		if out, err = cmd.CombinedOutput(); err != nil {
 			return "", "", fmt.Errorf("%s: %w: %s", strings.Join(c, " "), err, out)
 		}
 	}
-	bin := filepath.Join(dir, "isthmusctl")
-	build := exec.Command("go", "build", "-buildvcs=true", "-o", bin, "./cmd/isthmusctl")
-	build.Dir = src
-	if out, err := build.CombinedOutput(); err != nil {
-		return "", "", fmt.Errorf("building the next isthmusctl: %w: %s", err, out)
-	}
-	version, err := binaryVersion(bin)
+	version, err := imageVersion(out)
 	if err != nil {
 		return "", "", err
 	}
@@ -484,18 +481,15 @@ func (a *Artifacts) BuildUpgrade() (image, tag string, err error) {
 // ImageTag is the image tag test/image/build.sh gives a version.
 func ImageTag(version string) string { return strings.ReplaceAll(version, "+", "-") }
 
-func binaryVersion(bin string) (string, error) {
-	v, err := exec.Command("go", "version", "-m", bin).Output()
-	if err != nil {
-		return "", err
-	}
-	for _, line := range strings.Split(string(v), "\n") {
-		if f := strings.Fields(line); len(f) >= 3 && f[0] == "mod" {
-			if f[2] == "(devel)" {
-				break
+// imageVersion is the version test/image/build.sh reports it stamped:
+// "image: [n/n] writing the OCI index (VERSION, chart appVersion X)".
+func imageVersion(out []byte) (string, error) {
+	for _, line := range strings.Split(string(out), "\n") {
+		if _, rest, ok := strings.Cut(line, "writing the OCI index ("); ok {
+			if v, _, ok := strings.Cut(rest, ","); ok && v != "" {
+				return v, nil
 			}
-			return f[2], nil
 		}
 	}
-	return "", fmt.Errorf("%s carries no VCS version: build from a git clone, not a worktree", bin)
+	return "", fmt.Errorf("test/image/build.sh reported no version:\n%s", out)
 }
