@@ -35,7 +35,9 @@ func TestMain(m *testing.M) {
 // off (its node's underlay link down) is marked unhealthy and withdrawn
 // and c is then served by b; nothing is left behind.
 func TestDemo(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
+	// Generous: on a loaded 2-core machine the first build of the image
+	// alone took 8 min.
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
 	defer cancel()
 	began := time.Now()
 	w, err := UpOnNodes(ctx, Options{Out: testWriter{t}, Log: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))})
