@@ -42,7 +42,7 @@ func main() {
 
 func run(ctx context.Context, args []string, out io.Writer) error {
 	if len(args) == 0 {
-		return errors.New("usage: isthmus-demo-pod serve|load|grpc|request|resolve ...")
+		return errors.New("usage: isthmus-demo-pod serve|load|grpc|request|resolve [flags]")
 	}
 	fs := flag.NewFlagSet("isthmus-demo-pod "+args[0], flag.ContinueOnError)
 	cluster := fs.String("cluster", "", "serve: the cluster id the echo answers with")
