@@ -500,16 +500,20 @@ func (w *World) tunnelSummary(ctx context.Context) string {
 // diagnose runs `isthmusctl diagnose` as a person would and fails unless
 // every check passes: for host processes in m's node namespace, where its
 // resolver and xDS server listen; on real nodes from the host with the
-// demo's kubeconfig, the resolver reached through a port-forward to the
-// chart's isthmus-dns (the xDS server serves TLS to token holders only,
-// so the xDS check is the gRPC step's).
+// demo's kubeconfig and the hub's, the resolver reached through a
+// port-forward to the chart's isthmus-dns (the xDS server serves TLS to
+// token holders only, so the xDS check is the gRPC step's).
 func (w *World) diagnose(ctx context.Context, m *Member) error {
 	want := []string{"export here", "broker records", "import", "endpoints", "dns", "tunnel to a", "tunnel to b"}
 	cmd := exec.CommandContext(ctx, "ip", "netns", "exec", m.Node, w.ctl, "diagnose", Service+"."+Namespace,
 		"--kubeconfig", m.Cluster.Kubeconfig, "--dns-server", fmt.Sprintf("127.0.0.1:%d", DNSPort), "--xds-server", xdsAddr, "-o", "json")
 	if w.OnNodes() {
+		// The member's stored broker credential names the hub's address on
+		// the underlay, which only the nodes reach: from the host the hub
+		// is on loopback.
 		cmd = exec.CommandContext(ctx, w.ctl, "diagnose", Service+"."+Namespace,
-			"--kubeconfig", w.Clusters.Kubeconfig, "--context", m.Cluster.Name, "-o", "json")
+			"--kubeconfig", w.Clusters.Kubeconfig, "--context", m.Cluster.Name,
+			"--broker-kubeconfig", w.Clusters.Broker.Kubeconfig, "-o", "json")
 	} else {
 		want = append(want, "xds "+FQDN+":80")
 	}
