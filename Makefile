@@ -36,8 +36,13 @@ build: ## build isthmus, isthmusctl (also as the kubectl plugin kubectl-isthmus)
 	chmod +x $(BIN)/kubectl_complete-isthmus
 
 .PHONY: demo
-demo: deps tools build ## a local clusterset that resolves, routes over WireGuard and fails over (root; KEEP=1 keeps it up)
-	ISTHMUS_TOOLS_DIR="$$(bash test/tools/build.sh)" $(BIN)/isthmus-demo up --bin $(BIN)
+demo: demo-root deps tools helm build ## a local clusterset on real nodes, the charts installed from the tree, that resolves, routes over WireGuard and fails over (root; KEEP=1 keeps it up)
+	ISTHMUS_TOOLS_DIR="$$(bash test/tools/build.sh)" $(BIN)/isthmus-demo up
+
+.PHONY: demo-root
+demo-root:
+	@# Before anything slow: the demo runs real nodes (namespaces, mounts, cgroups).
+	@[ "$$(id -u)" = 0 ] || { echo "make demo needs root: real nodes make network and mount namespaces, mounts and cgroups (run it as root)" >&2; exit 1; }
 
 .PHONY: image
 image: ## the isthmus image from the tree: one OCI index (linux/amd64, linux/arm64) as bin/isthmus-image.tar, for ctr, skopeo and crane

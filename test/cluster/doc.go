@@ -31,8 +31,8 @@
 // node's containerd left in the node's cgroups (shims, containers) before
 // removing them; the namespaces and their mounts and interfaces end with
 // their last process. The empty mount points a real node covers with tmpfs
-// (/run/containerd, /run/netns, /var/lib/cni, /var/log/containers) are made
-// on the host when missing and left there: removing one would unmount it in
-// every other node too. A harness left behind by a killed test is swept by
+// (/run/containerd, /run/netns, /var/lib/cni, /var/log/containers,
+// /var/log/pods) are made on the host when missing and left there:
+// removing one would unmount it in every other node too. A harness left behind by a killed test is swept by
 // the next one to start.
 package cluster

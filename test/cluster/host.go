@@ -69,3 +69,15 @@ func checkNodeHost(kubelet string) error {
 	}
 	return fmt.Errorf("this host cannot run real nodes:\n  - %s", strings.Join(problems, "\n  - "))
 }
+
+// RealNodeHostProblems lists what this host lacks to run real nodes with
+// the tools build in binDir (empty: as New finds it), each with how to get
+// it; empty means it can. A program that does slow work before New (the
+// demo builds images first) asks it up front.
+func RealNodeHostProblems(binDir string) []string {
+	bins, err := findBinaries(binDir)
+	if err != nil {
+		return append(nodeHostProblems(""), err.Error())
+	}
+	return nodeHostProblems(bins.kubelet)
+}

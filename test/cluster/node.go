@@ -35,7 +35,11 @@ import (
 // hostMountPoints are the host paths the node covers with tmpfs. A missing
 // one is created on the host and left there: removing a directory detaches
 // the mounts on it in every namespace, another node's included.
-var hostMountPoints = []string{"/run/containerd", "/run/netns", "/var/lib/cni", "/var/log/containers"}
+// /var/log/pods is among them because the kubelet reads container logs
+// where the runtime reports them, under /var/log/pods whatever its
+// podLogsDirectory says; shared, another node's kubelet removed them as
+// orphans, and `kubectl logs` of a running pod failed ("no such file").
+var hostMountPoints = []string{"/run/containerd", "/run/netns", "/var/lib/cni", "/var/log/containers", "/var/log/pods"}
 
 // nodeSysctls are the values the kubelet wants; bound over /proc/sys in
 // the node's mount namespace, the kubelet finds them set and changes

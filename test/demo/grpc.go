@@ -1,18 +1,14 @@
 package demo
 
 import (
-	"context"
 	"crypto/tls"
 	"crypto/x509"
-	"errors"
 	"fmt"
 	"net"
-	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
 	"sync"
-	"time"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -20,10 +16,9 @@ import (
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
-	testgrpc "google.golang.org/grpc/interop/grpc_testing"
-	"google.golang.org/grpc/peer"
 
 	brokerv1 "github.com/isthmus-dev/isthmus/mcs/api/broker/v1alpha1"
+	"github.com/isthmus-dev/isthmus/test/demo/pod"
 )
 
 // The echo pods serve gRPC's interop TestService beside the plain echo,
@@ -43,8 +38,6 @@ const (
 	certFile = "tls.crt"
 	keyFile  = "tls.key"
 	caFile   = "ca.crt"
-	// tlsHandshake is the record type every TLS connection starts with.
-	tlsHandshake = 0x16
 )
 
 // SPIFFEID is the identity of a workload of the demo namespace in cluster,
@@ -68,39 +61,10 @@ func (m *Member) workloadSA() string {
 	return clientSA
 }
 
-// serveOn serves echo and gRPC on l until the returned stop is called.
+// serveOn serves echo and gRPC in mTLS on l until the returned stop is
+// called.
 func (m *Member) serveOn(l net.Listener) (stop func()) {
-	grpcL := newHandoff(l.Addr())
-	gs := m.newGRPCEcho()
-	go func() { _ = gs.Serve(grpcL) }()
-	go func() {
-		defer grpcL.Close()
-		for {
-			conn, err := l.Accept()
-			if err != nil {
-				return
-			}
-			go m.route(conn, grpcL)
-		}
-	}()
-	return func() { l.Close(); gs.Stop() }
-}
-
-// route hands a connection that starts with a TLS handshake to the gRPC
-// server and answers anything else with the echo line. A client that
-// sends nothing (a bare `nc`) gets the line after a second.
-func (m *Member) route(conn net.Conn, grpcL *handoff) {
-	_ = conn.SetReadDeadline(time.Now().Add(time.Second))
-	var first [1]byte
-	n, _ := conn.Read(first[:])
-	_ = conn.SetReadDeadline(time.Time{})
-	if n == 1 && first[0] == tlsHandshake {
-		grpcL.hand(&replay{Conn: conn, head: first[:]})
-		return
-	}
-	defer conn.Close()
-	local, _ := netip.ParseAddrPort(conn.LocalAddr().String())
-	fmt.Fprintf(conn, "echo from cluster %s pod %s\n", m.ID, local.Addr())
+	return pod.Serve(l, m.ID, m.newGRPCEcho(), pod.IsTLS)
 }
 
 // newGRPCEcho is m's gRPC server: the interop TestService over mTLS with
@@ -122,39 +86,8 @@ func (m *Member) newGRPCEcho() *grpc.Server {
 		},
 	})
 	s := grpc.NewServer(grpc.Creds(creds))
-	testgrpc.RegisterTestServiceServer(s, echoService{cluster: m.ID})
+	pod.RegisterEcho(s, m.ID)
 	return s
-}
-
-// echoService answers UnaryCall with the cluster (server id), the pod IP
-// the client reached (hostname) and the SPIFFE id the client presented
-// (username: who the request came from).
-type echoService struct {
-	testgrpc.UnimplementedTestServiceServer
-	cluster string
-}
-
-func (s echoService) UnaryCall(ctx context.Context, req *testgrpc.SimpleRequest) (*testgrpc.SimpleResponse, error) {
-	p, ok := peer.FromContext(ctx)
-	if !ok {
-		return nil, errors.New("no peer in the context")
-	}
-	resp := &testgrpc.SimpleResponse{}
-	if req.GetFillServerId() {
-		resp.ServerId = s.cluster
-	}
-	// The interop servers always fill the hostname: here the pod's IP.
-	if p.LocalAddr != nil {
-		if ap, err := netip.ParseAddrPort(p.LocalAddr.String()); err == nil {
-			resp.Hostname = ap.Addr().String()
-		}
-	}
-	if req.GetFillUsername() {
-		if ti, ok := p.AuthInfo.(credentials.TLSInfo); ok && ti.SPIFFEID != nil {
-			resp.Username = ti.SPIFFEID.String()
-		}
-	}
-	return resp, nil
 }
 
 // certFiles reads a certificate directory, again only when a file changed.
@@ -203,55 +136,4 @@ func (b clustersetBundle) GetX509BundleForTrustDomain(td spiffeid.TrustDomain) (
 		return nil, fmt.Errorf("trust domain %q is not of the clusterset %s", td.Name(), brokerv1.DefaultClustersetDomain)
 	}
 	return x509bundle.FromX509Authorities(td, b), nil
-}
-
-// handoff is a listener whose connections another accept loop hands it.
-type handoff struct {
-	addr  net.Addr
-	conns chan net.Conn
-	done  chan struct{}
-	once  sync.Once
-}
-
-func newHandoff(addr net.Addr) *handoff {
-	return &handoff{addr: addr, conns: make(chan net.Conn), done: make(chan struct{})}
-}
-
-func (h *handoff) hand(c net.Conn) {
-	select {
-	case h.conns <- c:
-	case <-h.done:
-		c.Close()
-	}
-}
-
-func (h *handoff) Accept() (net.Conn, error) {
-	select {
-	case c := <-h.conns:
-		return c, nil
-	case <-h.done:
-		return nil, net.ErrClosed
-	}
-}
-
-func (h *handoff) Close() error {
-	h.once.Do(func() { close(h.done) })
-	return nil
-}
-
-func (h *handoff) Addr() net.Addr { return h.addr }
-
-// replay is a connection whose first bytes were read already.
-type replay struct {
-	net.Conn
-	head []byte
-}
-
-func (r *replay) Read(b []byte) (int, error) {
-	if len(r.head) > 0 {
-		n := copy(b, r.head)
-		r.head = r.head[n:]
-		return n, nil
-	}
-	return r.Conn.Read(b)
 }

@@ -17,6 +17,7 @@ import (
 	"google.golang.org/grpc/peer"
 
 	brokerv1 "github.com/isthmus-dev/isthmus/mcs/api/broker/v1alpha1"
+	"github.com/isthmus-dev/isthmus/test/demo/pod"
 	"github.com/isthmus-dev/isthmus/xds/identity"
 )
 
@@ -169,7 +170,7 @@ func TestClustersetBundle(t *testing.T) {
 func TestReadClientReports(t *testing.T) {
 	at := time.Unix(1000, 0)
 	good := fmt.Sprintf("{\"hello\":%q}\n{\"at\":%d,\"took\":2000000,\"cluster\":\"a\",\"pod\":\"10.241.0.5\",\"serverID\":\"s\",\"clientID\":\"c\"}\n{\"at\":%d,\"err\":\"deadline\"}\n",
-		clientHello, at.UnixNano(), at.Add(50*time.Millisecond).UnixNano())
+		pod.Hello, at.UnixNano(), at.Add(50*time.Millisecond).UnixNano())
 	l := &load{}
 	l.read(strings.NewReader(good), "log")
 	if l.broken != nil || len(l.samples) != 2 {

@@ -15,14 +15,11 @@ import (
 	"syscall"
 	"time"
 
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	xdscreds "google.golang.org/grpc/credentials/xds"
-	testgrpc "google.golang.org/grpc/interop/grpc_testing"
-	"google.golang.org/grpc/peer"
-	_ "google.golang.org/grpc/xds" // the xds:/// resolver and balancers
 
 	brokerv1 "github.com/isthmus-dev/isthmus/mcs/api/broker/v1alpha1"
+	"github.com/isthmus-dev/isthmus/test/demo/pod"
 )
 
 // The proxyless gRPC client runs in c's node namespace, where c's xDS
@@ -36,31 +33,12 @@ const grpcClientEnv = "ISTHMUS_DEMO_GRPC_CLIENT"
 
 const (
 	xdsAddr = "127.0.0.1:15010"
-	// grpcTimeout bounds each RPC after the first; the first waits for the
-	// channel's start (xDS resources, the first mTLS connection).
-	grpcTimeout      = 500 * time.Millisecond
-	grpcFirstTimeout = 20 * time.Second
-	// clientHello is the child's first line: proof that the program
-	// running the demo called ClientMain.
-	clientHello = "isthmus-demo gRPC client"
 )
 
 // grpcClientSpec is what the demo asks of its gRPC client process.
 type grpcClientSpec struct {
 	Target   string        `json:"target"`
 	Interval time.Duration `json:"interval"`
-}
-
-// grpcResult is one RPC as the child reports it, a JSON line on stdout.
-type grpcResult struct {
-	Hello    string `json:"hello,omitempty"`
-	At       int64  `json:"at,omitempty"`   // when it was sent, Unix ns
-	Took     int64  `json:"took,omitempty"` // until it was answered or failed, ns
-	Cluster  string `json:"cluster,omitempty"`
-	Pod      string `json:"pod,omitempty"`
-	ServerID string `json:"serverID,omitempty"`
-	ClientID string `json:"clientID,omitempty"`
-	Err      string `json:"err,omitempty"`
 }
 
 // ClientMain makes this process the demo's gRPC client when the demo
@@ -80,8 +58,8 @@ func ClientMain() {
 }
 
 // runGRPCClient sends an RPC every interval to the spec's xds:/// target
-// and reports each on out, until stop reaches its end (the demo closed
-// the pipe) or out fails.
+// in mTLS and reports each on out, until stop reaches its end (the demo
+// closed the pipe) or out fails.
 func runGRPCClient(specJSON string, stop io.Reader, out io.Writer) error {
 	var spec grpcClientSpec
 	if err := json.Unmarshal([]byte(specJSON), &spec); err != nil {
@@ -91,56 +69,9 @@ func runGRPCClient(specJSON string, stop io.Reader, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	cc, err := grpc.NewClient("xds:///"+spec.Target, grpc.WithTransportCredentials(creds))
-	if err != nil {
-		return fmt.Errorf("dialing xds:///%s: %w", spec.Target, err)
-	}
-	defer cc.Close()
-	client := testgrpc.NewTestServiceClient(cc)
-	enc := json.NewEncoder(out)
-	if err := enc.Encode(grpcResult{Hello: clientHello}); err != nil {
-		return err
-	}
 	stopped := make(chan struct{})
 	go func() { _, _ = io.Copy(io.Discard, stop); close(stopped) }()
-	tick := time.NewTicker(spec.Interval)
-	defer tick.Stop()
-	for first := true; ; first = false {
-		r := call(client, first)
-		if err := enc.Encode(r); err != nil {
-			return nil // the demo is gone
-		}
-		select {
-		case <-stopped:
-			return nil
-		case <-tick.C:
-		}
-	}
-}
-
-// call sends one UnaryCall asking the server for its cluster, pod and the
-// client identity it saw; the first waits for the channel to be ready.
-func call(client testgrpc.TestServiceClient, first bool) grpcResult {
-	at := time.Now()
-	timeout, opts := grpcTimeout, []grpc.CallOption(nil)
-	if first {
-		timeout, opts = grpcFirstTimeout, []grpc.CallOption{grpc.WaitForReady(true)}
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), timeout)
-	defer cancel()
-	var p peer.Peer
-	resp, err := client.UnaryCall(ctx, &testgrpc.SimpleRequest{FillServerId: true, FillUsername: true},
-		append(opts, grpc.Peer(&p))...)
-	r := grpcResult{At: at.UnixNano(), Took: int64(time.Since(at))}
-	if err != nil {
-		r.Err = err.Error()
-		return r
-	}
-	r.Cluster, r.Pod, r.ClientID = resp.GetServerId(), resp.GetHostname(), resp.GetUsername()
-	if ti, ok := p.AuthInfo.(credentials.TLSInfo); ok && ti.SPIFFEID != nil {
-		r.ServerID = ti.SPIFFEID.String()
-	}
-	return r
+	return pod.GRPCClient(spec.Target, spec.Interval, creds, stopped, out)
 }
 
 // noTLS is the xDS credentials' fallback, used when the xDS cluster
@@ -263,8 +194,8 @@ func (l *load) read(r io.Reader, logName string) {
 	sc := bufio.NewScanner(r)
 	hello := false
 	for sc.Scan() {
-		var res grpcResult
-		if err := json.Unmarshal(sc.Bytes(), &res); err != nil || !hello && res.Hello != clientHello {
+		var res pod.Result
+		if err := json.Unmarshal(sc.Bytes(), &res); err != nil || !hello && res.Hello != pod.Hello {
 			notClient(sc.Text())
 			return
 		}
@@ -290,14 +221,20 @@ func (w *World) grpcStep(ctx context.Context, r *Results) (*load, error) {
 	c := w.Member("c")
 	before := w.wgTransfer(c)
 	t := time.Now()
-	gl, err := c.startGRPCLoad()
+	var gl *load
+	var err error
+	if w.OnNodes() {
+		gl, err = c.startGRPCPod(ctx)
+	} else {
+		gl, err = c.startGRPCLoad()
+	}
 	if err != nil {
 		return nil, err
 	}
 	sctx, cancel := context.WithTimeout(ctx, stepTimeoutShort)
 	defer cancel()
 	first, err := gl.waitServedBy(sctx, t, "a", 5)
-	if err == nil {
+	if err == nil && w.mTLS() {
 		err = checkIdentities(gl.since(t))
 	}
 	if err != nil {
@@ -318,6 +255,14 @@ func (w *World) grpcStep(ctx context.Context, r *Results) (*load, error) {
 	r.Steps = append(r.Steps, Step{Name: StepXDS, Took: took, Failed: failed, Total: total, ServedBy: s.served,
 		ServerID: s.serverID, ClientID: s.clientID, Note: fmt.Sprintf("mTLS to a's pod %s over WireGuard (+%d B sent); later RPCs %s",
 			s.pod, sent, last.took.Round(100*time.Microsecond))})
+	if !w.mTLS() {
+		step := &r.Steps[len(r.Steps)-1]
+		step.Note = fmt.Sprintf("plaintext to a's pod %s over WireGuard (+%d B sent); xDS over TLS with a token; later RPCs %s",
+			s.pod, sent, last.took.Round(100*time.Microsecond))
+		w.say("from c: gRPC client pod with xds:///%s (xDS from the chart's isthmus-xds over TLS, a projected token of audience isthmus-xds) served by %s (same region), pod %s over WireGuard (+%d bytes on c's tunnel device): first answer %s after its Deployment was created (its first RPC took %s), later RPCs %s",
+			FQDN, s.served, s.pod, sent, took.Round(time.Millisecond), s.took.Round(time.Millisecond), last.took.Round(100*time.Microsecond))
+		return gl, nil
+	}
 	w.say("from c: gRPC client with xds:///%s (mTLS, identities from our xDS server) served by %s (same region), pod %s over WireGuard (+%d bytes on c's tunnels): first answer %s after the client started (its first RPC took %s), later RPCs %s; the client verified %s, the pod saw %s",
 		FQDN, s.served, s.pod, sent, took.Round(time.Millisecond), s.took.Round(time.Millisecond), last.took.Round(100*time.Microsecond), s.serverID, s.clientID)
 	return gl, nil

@@ -95,28 +95,28 @@ func (w *World) Run(ctx context.Context) (*Results, error) {
 		w.say("ready after %s: every tunnel connected, echo imported in a, b and c", time.Since(t).Round(10*time.Millisecond))
 	}
 
-	// One process, one observability endpoint for all its roles.
-	for _, m := range w.Members {
-		if err := m.checkMetrics(ctx); err != nil {
-			return r, err
+	if !w.OnNodes() {
+		// One process, one observability endpoint for all its roles.
+		for _, m := range w.Members {
+			if err := m.checkMetrics(ctx); err != nil {
+				return r, err
+			}
 		}
+		w.say("each node's `isthmus all` serves /readyz ok and one /metrics with isthmus_agent_*, isthmus_dns_*, isthmus_tunnel_* and isthmus_xds_*")
 	}
-	w.say("each node's `isthmus all` serves /readyz ok and one /metrics with isthmus_agent_*, isthmus_dns_*, isthmus_tunnel_* and isthmus_xds_*")
 
 	// 1. DNS from c.
 	t = time.Now()
-	out, err := exec.CommandContext(ctx, "ip", "netns", "exec", c.Node, "dig", "+short", "+time=1", "+tries=3",
-		"-p", fmt.Sprint(DNSPort), "@127.0.0.1", FQDN, "A").CombinedOutput()
+	answer, how, err := w.resolve(ctx, c)
 	if err != nil {
-		return r, fmt.Errorf("dig in c: %w: %s", err, out)
+		return r, err
 	}
-	answer, err := netip.ParseAddr(strings.TrimSpace(string(out)))
-	if err != nil || answer != vip {
-		return r, fmt.Errorf("c's resolver answered %q for %s, want the ClusterSetIP %s", strings.TrimSpace(string(out)), FQDN, vip)
+	if answer != vip {
+		return r, fmt.Errorf("c's resolver answered %s for %s, want the ClusterSetIP %s", answer, FQDN, vip)
 	}
 	r.ClusterSetIP = answer
-	r.Steps = append(r.Steps, Step{Name: StepResolve, Took: time.Since(t), Note: "dig answered " + answer.String()})
-	w.say("from c: dig %s -> %s, the ClusterSetIP c's apiserver gave the derived Service (%s)", FQDN, answer, time.Since(t).Round(time.Millisecond))
+	r.Steps = append(r.Steps, Step{Name: StepResolve, Took: time.Since(t), Note: how + " answered " + answer.String()})
+	w.say("from c: %s %s -> %s, the ClusterSetIP c's apiserver gave the derived Service (%s)", how, FQDN, answer, time.Since(t).Round(time.Millisecond))
 
 	// 2. TCP from c's client pod through the ClusterSetIP, over the tunnel.
 	t = time.Now()
@@ -135,7 +135,7 @@ func (w *World) Run(ctx context.Context) (*Results, error) {
 	}
 	r.Steps = append(r.Steps, Step{Name: StepReach, Took: time.Since(t), ServedBy: served,
 		Note: fmt.Sprintf("kube-proxy -> a's pod over WireGuard (+%d B sent)", after-before)})
-	w.say("from c's client pod: TCP to %s answered by cluster %s (same region eu); kube-proxy sent it to a's pod IP over WireGuard (+%d bytes on c's tunnel to a) in %s",
+	w.say("from c's client pod: TCP to %s answered by cluster %s (same region eu); kube-proxy sent it to a's pod IP over WireGuard (+%d bytes on c's tunnel device) in %s",
 		target, served, after-before, time.Since(t).Round(time.Millisecond))
 
 	// isthmusctl diagnose from c walks the service end to end.
@@ -144,7 +144,11 @@ func (w *World) Run(ctx context.Context) (*Results, error) {
 		return r, err
 	}
 	r.Steps = append(r.Steps, Step{Name: StepDiagnose, Took: time.Since(t), Note: "every check passes from c"})
-	w.say("isthmusctl diagnose %s.%s from c: export records, import, endpoints, DNS, tunnels to a and b, and what c's xDS server gives a gRPC client all fine (%s)", Service, Namespace, time.Since(t).Round(time.Millisecond))
+	if w.OnNodes() {
+		w.say("isthmusctl diagnose %s.%s from c: export records, import, endpoints, DNS (through a port-forward to isthmus-dns), tunnels to a and b all fine (%s)", Service, Namespace, time.Since(t).Round(time.Millisecond))
+	} else {
+		w.say("isthmusctl diagnose %s.%s from c: export records, import, endpoints, DNS, tunnels to a and b, and what c's xDS server gives a gRPC client all fine (%s)", Service, Namespace, time.Since(t).Round(time.Millisecond))
+	}
 
 	// 3. The proxyless gRPC client in c, with mTLS both ways.
 	gl, err := w.grpcStep(ctx, r)
@@ -195,8 +199,10 @@ func (w *World) Run(ctx context.Context) (*Results, error) {
 	w.say("a's pods back: c's gRPC client served by a again after %s, %d of %d RPCs failed meanwhile", step.Took.Round(time.Millisecond), step.Failed, step.Total)
 	la.stop()
 	gl.stop()
-	if err := checkIdentities(gl.since(time.Time{})); err != nil {
-		return r, fmt.Errorf("c's gRPC client: %w", err)
+	if w.mTLS() {
+		if err := checkIdentities(gl.since(time.Time{})); err != nil {
+			return r, fmt.Errorf("c's gRPC client: %w", err)
+		}
 	}
 
 	// 5. Cluster a is cut off: link down and its daemon gone.
@@ -207,7 +213,11 @@ func (w *World) Run(ctx context.Context) (*Results, error) {
 	if _, err := lc.waitServedBy(sctx3, time.Now(), "a", 5); err != nil {
 		return r, fmt.Errorf("before the cut, c's client: %w", err)
 	}
-	w.say("c's client sends a request every %s; now cluster a is cut off: its node's link goes down and its isthmus dies", loadInterval)
+	if w.OnNodes() {
+		w.say("c's client pod sends a request every %s; now cluster a is cut off: its node's underlay link goes down (its pods keep running, its agent loses the broker, the tunnels to it go dark)", loadInterval)
+	} else {
+		w.say("c's client sends a request every %s; now cluster a is cut off: its node's link goes down and its isthmus dies", loadInterval)
+	}
 	t = time.Now()
 	unhealthy := make(chan time.Time, 1)
 	step, err = failover(ctx, lc, StepClusterCut, "b", stepTimeoutLong, func() error {
@@ -302,7 +312,11 @@ func (r *Results) Summary(out io.Writer) {
 // waitReady waits until every member imports echo with a ClusterSetIP and
 // every tunnel is connected, and returns c's ClusterSetIP.
 func (w *World) waitReady(ctx context.Context) (netip.Addr, error) {
-	ctx, cancel := context.WithTimeout(ctx, 90*time.Second)
+	timeout := 90 * time.Second
+	if w.OnNodes() {
+		timeout = 3 * time.Minute // the chart's pods elect, sync and connect the tunnels
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	var last error
 	for {
@@ -445,6 +459,9 @@ func (w *World) waitWithdrawn(ctx context.Context, m *Member, id string) (time.T
 
 // wgTransfer is the bytes m's WireGuard device has sent to all peers.
 func (w *World) wgTransfer(m *Member) int64 {
+	if w.OnNodes() {
+		return m.nodeTxBytes(context.Background())
+	}
 	out, err := exec.Command("wg", "show", m.WGDevice, "transfer").Output()
 	if err != nil {
 		return 0
@@ -480,11 +497,27 @@ func (w *World) tunnelSummary(ctx context.Context) string {
 	return strings.Join(parts, ", ")
 }
 
-// diagnose runs `isthmusctl diagnose` in m's node namespace, where its
-// resolver listens, and fails unless every check passes.
+// diagnose runs `isthmusctl diagnose` as a person would and fails unless
+// every check passes: for host processes in m's node namespace, where its
+// resolver and xDS server listen; on real nodes from the host with the
+// demo's kubeconfig and the hub's, the resolver reached through a
+// port-forward to the chart's isthmus-dns (the xDS server serves TLS to
+// token holders only, so the xDS check is the gRPC step's).
 func (w *World) diagnose(ctx context.Context, m *Member) error {
-	out, err := exec.CommandContext(ctx, "ip", "netns", "exec", m.Node, w.ctl, "diagnose", Service+"."+Namespace,
-		"--kubeconfig", m.Cluster.Kubeconfig, "--dns-server", fmt.Sprintf("127.0.0.1:%d", DNSPort), "--xds-server", xdsAddr, "-o", "json").CombinedOutput()
+	want := []string{"export here", "broker records", "import", "endpoints", "dns", "tunnel to a", "tunnel to b"}
+	cmd := exec.CommandContext(ctx, "ip", "netns", "exec", m.Node, w.ctl, "diagnose", Service+"."+Namespace,
+		"--kubeconfig", m.Cluster.Kubeconfig, "--dns-server", fmt.Sprintf("127.0.0.1:%d", DNSPort), "--xds-server", xdsAddr, "-o", "json")
+	if w.OnNodes() {
+		// The member's stored broker credential names the hub's address on
+		// the underlay, which only the nodes reach: from the host the hub
+		// is on loopback.
+		cmd = exec.CommandContext(ctx, w.ctl, "diagnose", Service+"."+Namespace,
+			"--kubeconfig", w.Clusters.Kubeconfig, "--context", m.Cluster.Name,
+			"--broker-kubeconfig", w.Clusters.Broker.Kubeconfig, "-o", "json")
+	} else {
+		want = append(want, "xds "+FQDN+":80")
+	}
+	out, err := cmd.CombinedOutput()
 	if err != nil {
 		return fmt.Errorf("isthmusctl diagnose in %s: %w\n%s", m.ID, err, out)
 	}
@@ -502,7 +535,7 @@ func (w *World) diagnose(ctx context.Context, m *Member) error {
 			return fmt.Errorf("isthmusctl diagnose in %s: %s: %s (%s)", m.ID, f.Check, f.Detail, f.Advice)
 		}
 	}
-	for _, want := range []string{"export here", "broker records", "import", "endpoints", "dns", "tunnel to a", "tunnel to b", "xds " + FQDN + ":80"} {
+	for _, want := range want {
 		if !checks[want] {
 			return fmt.Errorf("isthmusctl diagnose in %s did not check %q: %s", m.ID, want, out)
 		}
@@ -553,3 +586,38 @@ func (m *Member) checkMetrics(ctx context.Context) error {
 	}
 	return nil
 }
+
+// resolve asks c's resolver for FQDN as a client there would: for host
+// processes dig in c's node namespace; on real nodes a lookup in c's
+// client pod through the pod's own resolv.conf (c's CoreDNS). It returns
+// the answer and what asked.
+func (w *World) resolve(ctx context.Context, c *Member) (netip.Addr, string, error) {
+	if w.OnNodes() {
+		out, err := c.execClient(ctx, "resolve", FQDN)
+		if err != nil {
+			return netip.Addr{}, "", fmt.Errorf("resolving in c's client pod: %w", err)
+		}
+		first, _, _ := strings.Cut(strings.TrimSpace(out), "\n")
+		a, err := netip.ParseAddr(first)
+		if err != nil {
+			return netip.Addr{}, "", fmt.Errorf("c's client pod resolved %s to %q", FQDN, out)
+		}
+		return a, "a lookup in c's client pod (its resolv.conf: c's CoreDNS)", nil
+	}
+	out, err := exec.CommandContext(ctx, "ip", "netns", "exec", c.Node, "dig", "+short", "+time=1", "+tries=3",
+		"-p", fmt.Sprint(DNSPort), "@127.0.0.1", FQDN, "A").CombinedOutput()
+	if err != nil {
+		return netip.Addr{}, "", fmt.Errorf("dig in c: %w: %s", err, out)
+	}
+	a, err := netip.ParseAddr(strings.TrimSpace(string(out)))
+	if err != nil {
+		return netip.Addr{}, "", fmt.Errorf("c's resolver answered %q for %s", strings.TrimSpace(string(out)), FQDN)
+	}
+	return a, "dig", nil
+}
+
+// mTLS says whether the gRPC step runs in mTLS with the identities our
+// xDS server issues: with host processes, whose `isthmus all` writes the
+// workload certificates; not on real nodes, where the chart issues none to
+// workloads yet.
+func (w *World) mTLS() bool { return !w.OnNodes() }

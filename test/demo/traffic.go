@@ -1,7 +1,6 @@
 package demo
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -21,6 +20,7 @@ import (
 	mcsclient "sigs.k8s.io/mcs-api/pkg/client/clientset/versioned"
 
 	brokerv1 "github.com/isthmus-dev/isthmus/mcs/api/broker/v1alpha1"
+	"github.com/isthmus-dev/isthmus/test/demo/pod"
 	"github.com/isthmus-dev/isthmus/test/netnstest"
 )
 
@@ -163,6 +163,18 @@ func (m *Member) ScaleEcho(ctx context.Context, n int32) error {
 // Request connects from the member's client pod to addr and returns the
 // cluster that answered.
 func (m *Member) Request(addr netip.AddrPort, timeout time.Duration) (string, error) {
+	if m.w.OnNodes() {
+		// kubectl exec into the client pod: the request leaves from the
+		// pod's own network.
+		ctx, cancel := context.WithTimeout(context.Background(), timeout+20*time.Second)
+		defer cancel()
+		out, err := m.execClient(ctx, "request", "--target", addr.String(), "--timeout", timeout.String())
+		if err != nil {
+			return "", err
+		}
+		cluster, _, _ := strings.Cut(strings.TrimSpace(out), " ")
+		return cluster, nil
+	}
 	var conn net.Conn
 	err := netnstest.Run(m.Client, func() (err error) {
 		conn, err = net.DialTimeout("tcp", addr.String(), timeout)
@@ -172,20 +184,8 @@ func (m *Member) Request(addr netip.AddrPort, timeout time.Duration) (string, er
 		return "", err
 	}
 	defer conn.Close()
-	_ = conn.SetDeadline(time.Now().Add(timeout))
-	// One byte that is not a TLS handshake: the echo line at once.
-	if _, err := conn.Write([]byte("\n")); err != nil {
-		return "", fmt.Errorf("sending the request: %w", err)
-	}
-	line, err := bufio.NewReader(conn).ReadString('\n')
-	if err != nil {
-		return "", fmt.Errorf("reading the answer: %w", err)
-	}
-	f := strings.Fields(line)
-	if len(f) != 6 || f[0] != "echo" || f[2] != "cluster" {
-		return "", fmt.Errorf("unexpected answer %q", line)
-	}
-	return f[3], nil
+	cluster, _, err := pod.Ask(conn, timeout)
+	return cluster, err
 }
 
 // sample is one request of a load loop.
@@ -228,6 +228,17 @@ const (
 )
 
 func (m *Member) startLoad(addr netip.AddrPort) *load {
+	if m.w.OnNodes() {
+		// The member's client pod sends its requests all along, to the
+		// name (its own resolver gives addr); read them from its log.
+		l, err := m.followPod(context.Background(), clientApp, time.Now())
+		if err != nil {
+			l = &load{cancel: func() {}, done: make(chan struct{})}
+			close(l.done)
+			l.fail(err)
+		}
+		return l
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	l := &load{cancel: cancel, done: make(chan struct{})}
 	go func() {

@@ -22,6 +22,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/isthmus-dev/isthmus/test/cluster"
+	"github.com/isthmus-dev/isthmus/test/install"
 	"github.com/isthmus-dev/isthmus/test/netnstest"
 )
 
@@ -97,10 +98,20 @@ type World struct {
 	out      io.Writer
 	began    time.Time
 
+	// set is the installed clusterset of a demo on real nodes (UpOnNodes);
+	// nil when `isthmus all` runs as host processes (Up).
+	set *install.Set
+	// left is what Down of a real-node demo found still on the host.
+	left []string
+
 	mu    sync.Mutex
 	stops []func()
 	down  sync.Once
 }
+
+// OnNodes says whether the demo runs on real nodes with the charts
+// (UpOnNodes), not as host processes (Up).
+func (w *World) OnNodes() bool { return w.set != nil }
 
 // Member returns the member with the given id.
 func (w *World) Member(id string) *Member {
@@ -410,8 +421,12 @@ func (m *Member) KillIsthmus() {
 	}
 }
 
-// CutOff takes the member's node off the bridge: its tunnels go dark.
+// CutOff takes the member's node off the bridge (the underlay on real
+// nodes): its tunnels go dark.
 func (m *Member) CutOff() error {
+	if m.w.OnNodes() {
+		return m.cutNode(context.Background())
+	}
 	_, err := netnstest.Sh("ip", "-n", m.Node, "link", "set", "uplink", "down")
 	return err
 }
@@ -441,13 +456,29 @@ func (w *World) Down() {
 		w.stops = nil
 		w.mu.Unlock()
 		removeTopology()
+		var pids []int
+		var harness string
 		if w.Clusters != nil {
+			pids, harness = w.Clusters.PIDs(), w.Clusters.Dir
 			w.Clusters.Stop()
 		}
 		if w.Dir != "" {
 			_ = os.RemoveAll(w.Dir)
 		}
+		if w.OnNodes() {
+			w.left = nodeLeftovers(pids, harness, w.Dir)
+		}
 	})
+}
+
+// Leftovers lists what of this demo is still on the host after Down:
+// for host processes the package's Leftovers; on real nodes the
+// harness's processes, mounts and directories. Empty after a clean Down.
+func (w *World) Leftovers() []string {
+	if w.OnNodes() {
+		return w.left
+	}
+	return Leftovers()
 }
 
 // removeTopology deletes every namespace of the demo, from this run or an

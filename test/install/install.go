@@ -204,7 +204,8 @@ func New(ctx context.Context, opts Options) (*Set, error) {
 	if logf == nil {
 		logf = func(string, ...any) {}
 	}
-	s := &Set{}
+	// Before join: the ids name the clusters to the broker and the chart.
+	s := &Set{clusterIDs: opts.ClusterIDs}
 	step := func(name string, fn func() error) error {
 		began := time.Now()
 		if err := fn(); err != nil {
@@ -294,7 +295,6 @@ func New(ctx context.Context, opts Options) (*Set, error) {
 			return s, err
 		}
 	}
-	s.clusterIDs = opts.ClusterIDs
 	return s, nil
 }
 

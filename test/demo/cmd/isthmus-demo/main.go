@@ -1,10 +1,12 @@
 // Command isthmus-demo runs the Isthmus demo (`make demo`, `isthmusctl
-// demo up`): it builds a local clusterset, narrates the scenario with its
-// timings, prints a summary and the kubeconfigs, and tears everything
-// down on exit or Ctrl-C; with KEEP=1 it keeps the clusterset up until
-// Ctrl-C or `isthmus-demo down`.
+// demo up`): it installs a local clusterset on real nodes from the tree
+// (test/install), narrates the scenario with its timings, prints a
+// summary, and tears everything down on exit or Ctrl-C; with KEEP=1 it
+// prints the kubeconfig and keeps the clusterset up until Ctrl-C or
+// `isthmus-demo down`. It needs root, the repository it was built from
+// (it builds the images from it) and helm in its bin/.
 //
-//	isthmus-demo up [--bin dir]
+//	isthmus-demo up [--keep]
 //	isthmus-demo down
 package main
 
@@ -30,9 +32,6 @@ import (
 var pidFile = filepath.Join(os.TempDir(), "isthmus-demo.pid")
 
 func main() {
-	// The demo runs this program again, in c's node namespace, as its
-	// proxyless gRPC client.
-	demo.ClientMain()
 	if err := run(os.Args[1:], os.Stdout); err != nil {
 		fmt.Fprintln(os.Stderr, "isthmus-demo:", err)
 		os.Exit(1)
@@ -41,17 +40,16 @@ func main() {
 
 func run(args []string, out io.Writer) error {
 	if len(args) == 0 {
-		return errors.New("usage: isthmus-demo up [--bin dir] | down")
+		return errors.New("usage: isthmus-demo up [--keep] | down")
 	}
 	switch args[0] {
 	case "up":
 		fs := flag.NewFlagSet("isthmus-demo up", flag.ContinueOnError)
-		bin := fs.String("bin", besideMe(), "directory holding isthmus and isthmusctl (default: this program's, if they are there; else build them)")
 		keep := fs.Bool("keep", os.Getenv("KEEP") == "1", "keep the clusterset up after the scenario, until Ctrl-C (KEEP=1)")
 		if err := fs.Parse(args[1:]); err != nil {
 			return err
 		}
-		return up(*bin, *keep, out)
+		return up(*keep, out)
 	case "down":
 		return down(out)
 	default:
@@ -59,7 +57,11 @@ func run(args []string, out io.Writer) error {
 	}
 }
 
-func up(bin string, keep bool, out io.Writer) error {
+func up(keep bool, out io.Writer) error {
+	// Before anything slow: root, the node packages, the tools, helm.
+	if err := demo.Preflight(); err != nil {
+		return err
+	}
 	if b, err := os.ReadFile(pidFile); err == nil {
 		if pid, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil && syscall.Kill(pid, 0) == nil {
 			return fmt.Errorf("a demo already runs (pid %d): isthmus-demo down first", pid)
@@ -72,62 +74,49 @@ func up(bin string, keep bool, out io.Writer) error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	began := time.Now()
-	fmt.Fprintln(out, "Isthmus demo: a broker and clusters a (eu), b (us), c (eu); echo runs in a and b, exported from both.")
-	w, err := demo.Up(ctx, demo.Options{BinDir: bin, Out: out,
+	fmt.Fprintln(out, "Isthmus demo on real nodes: a broker and clusters a (eu), b (us), c (eu), the charts installed as the README says; echo runs in a and b, exported from both.")
+	w, err := demo.UpOnNodes(ctx, demo.Options{Out: out,
 		Log: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))})
 	if err != nil {
 		return err
 	}
 	defer func() {
-		fmt.Fprintln(out, "tearing down: processes, namespaces, interfaces")
+		fmt.Fprintln(out, "tearing down: pods, nodes, clusters")
 		w.Down()
-		if left := demo.Leftovers(); len(left) > 0 {
+		if left := w.Leftovers(); len(left) > 0 {
 			fmt.Fprintln(out, "left behind:", strings.Join(left, ", "))
+		} else {
+			fmt.Fprintln(out, "nothing left behind")
 		}
 	}()
 	res, err := w.Run(ctx)
 	fmt.Fprintln(out)
 	res.Summary(out)
 	fmt.Fprintf(out, "\nwhole demo: %s\n", time.Since(began).Round(100*time.Millisecond))
+	if err != nil && !keep {
+		return err
+	}
 	if err != nil {
-		for _, m := range w.Members {
-			fmt.Fprintf(out, "isthmus log of %s: %s\n", m.ID, m.IsthmusLog())
-			if st, err := os.Stat(m.GRPCClientLog()); err == nil && st.Size() > 0 {
-				fmt.Fprintf(out, "gRPC client log of %s: %s\n", m.ID, m.GRPCClientLog())
-			}
-		}
-		if !keep {
-			return err
-		}
 		fmt.Fprintln(out, "failed:", err)
 	}
 	if !keep {
 		fmt.Fprintln(out, "\nrun with KEEP=1 to keep the clusterset up and look at it with kubectl and isthmusctl")
 		return nil
 	}
-	fmt.Fprintf(out, "\nkubeconfig with a context per cluster (broker, member1=a, member2=b, member3=c):\n  export KUBECONFIG=%s\n", w.Clusters.Kubeconfig)
-	fmt.Fprintf(out, "  kubectl --context member3 get serviceimports -A\n  isthmusctl status --context member3\n  isthmusctl diagnose echo.demo --context member2\n")
-	{
-		fmt.Fprintln(out, "KEEP=1: the clusterset stays up; Ctrl-C or `isthmus-demo down` ends it")
-		<-ctx.Done()
-	}
+	fmt.Fprintf(out, `
+kubeconfig with a context per cluster (broker, member1=a, member2=b, member3=c):
+  export KUBECONFIG=%s
+the demo's pods are real: exec into them and read their logs (each client logs one JSON line a request)
+  kubectl --context member3 -n demo get pods -o wide
+  kubectl --context member3 -n demo exec deploy/client -- /isthmus-demo-pod resolve %s
+  kubectl --context member3 -n demo logs deploy/grpc-client --tail 3
+  kubectl --context member1 -n isthmus-system logs deploy/isthmus-agent --tail 20
+  kubectl --context member3 get serviceimports -A
+  isthmusctl status --context member3
+KEEP=1: the clusterset stays up; Ctrl-C or `+"`isthmus-demo down`"+` ends it
+`, w.Clusters.Kubeconfig, demo.FQDN)
+	<-ctx.Done()
 	return nil
-}
-
-// besideMe is this program's directory when isthmus and isthmusctl are
-// there too (make build puts all three in bin/), else "".
-func besideMe() string {
-	self, err := os.Executable()
-	if err != nil {
-		return ""
-	}
-	dir := filepath.Dir(self)
-	for _, b := range []string{"isthmus", "isthmusctl"} {
-		if _, err := os.Stat(filepath.Join(dir, b)); err != nil {
-			return ""
-		}
-	}
-	return dir
 }
 
 // down ends a running demo by its recorded PID; it tears itself down.
