@@ -481,10 +481,11 @@ func (w *World) tunnelSummary(ctx context.Context) string {
 }
 
 // diagnose runs `isthmusctl diagnose` in m's node namespace, where its
-// resolver listens, and fails unless every check passes.
+// resolver and its xDS server (plaintext, on loopback) listen, and fails
+// unless every check passes.
 func (w *World) diagnose(ctx context.Context, m *Member) error {
 	out, err := exec.CommandContext(ctx, "ip", "netns", "exec", m.Node, w.ctl, "diagnose", Service+"."+Namespace,
-		"--kubeconfig", m.Cluster.Kubeconfig, "--dns-server", fmt.Sprintf("127.0.0.1:%d", DNSPort), "--xds-server", xdsAddr, "-o", "json").CombinedOutput()
+		"--kubeconfig", m.Cluster.Kubeconfig, "--dns-server", fmt.Sprintf("127.0.0.1:%d", DNSPort), "--xds-server", xdsAddr, "--xds-plaintext", "-o", "json").CombinedOutput()
 	if err != nil {
 		return fmt.Errorf("isthmusctl diagnose in %s: %w\n%s", m.ID, err, out)
 	}
