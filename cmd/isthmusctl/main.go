@@ -142,7 +142,7 @@ Exit codes: 0 all is well, 1 a check failed or --wait timed out,
 		c.GroupID = "setup"
 		root.AddCommand(c)
 	}
-	for _, c := range []*cobra.Command{exportCommand(k, false), exportCommand(k, true), statusCommand(k), diagnoseCommand(k), gatherCommand(k), versionCommand(k)} {
+	for _, c := range []*cobra.Command{exportCommand(k, false), exportCommand(k, true), statusCommand(k), diagnoseCommand(k), gatherCommand(k), verifyCommand(k), versionCommand(k)} {
 		c.GroupID = "use"
 		root.AddCommand(c)
 	}
