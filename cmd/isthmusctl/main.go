@@ -2,8 +2,8 @@
 // `isthmusctl broker install` prepares the hub cluster, `isthmusctl join`
 // makes a cluster a member (both idempotent, printing what they did),
 // `export`/`unexport` write a ServiceExport, `status` and `diagnose` show
-// the clusterset and one service end to end, `gather` writes a support
-// bundle, `version` compares this client with every agent, and `demo
+// the clusterset and one service end to end, `verify` checks it live with
+// short-lived pods, `gather` writes a support bundle, `version` compares this client with every agent, and `demo
 // up|down` runs the local demo.
 //
 // It is built on cobra with kubectl's own connection flags
