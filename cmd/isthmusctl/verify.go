@@ -292,7 +292,7 @@ func (v *verification) podReady(ctx context.Context, m *verifyMember, name strin
 			if ok, why = podState(p); ok {
 				return fmt.Sprintf("pod %s on node %s", name, p.Spec.NodeName), nil
 			}
-		} else {
+		} else if ctx.Err() == nil { // else keep what held the pod up
 			why = err.Error()
 		}
 		if err := sleepCtx(ctx, 250*time.Millisecond); err != nil {
@@ -317,7 +317,11 @@ func podState(p *corev1.Pod) (bool, string) {
 	if p.Spec.NodeName == "" {
 		return false, fmt.Sprintf("pod %s is not scheduled", p.Name)
 	}
-	return false, fmt.Sprintf("pod %s is %s on node %s", p.Name, p.Status.Phase, p.Spec.NodeName)
+	image := ""
+	if len(p.Spec.Containers) > 0 {
+		image = " (image " + p.Spec.Containers[0].Image + ")"
+	}
+	return false, fmt.Sprintf("pod %s%s is %s on node %s", p.Name, image, p.Status.Phase, p.Spec.NodeName)
 }
 
 // imported waits for the client cluster's ServiceImport to name every
@@ -343,7 +347,7 @@ func (v *verification) imported(ctx context.Context) (string, error) {
 				return fmt.Sprintf("ServiceImport %s/%s, ClusterSetIP %s, from %s", v.objs.namespace, verifyService, v.clusterSetIP, strings.Join(from, ", ")), nil
 			}
 			why = fmt.Sprintf("ServiceImport %s/%s has IPs %v, clusters %v", v.objs.namespace, verifyService, si.Spec.IPs, from)
-		} else {
+		} else if ctx.Err() == nil {
 			why = err.Error()
 		}
 		if err := sleepCtx(ctx, 250*time.Millisecond); err != nil {
