@@ -28,6 +28,7 @@ import (
 
 	brokerv1 "github.com/isthmus-dev/isthmus/mcs/api/broker/v1alpha1"
 	"github.com/isthmus-dev/isthmus/mcs/setup"
+	"github.com/isthmus-dev/isthmus/test/childproc"
 	"github.com/isthmus-dev/isthmus/test/cluster"
 )
 
@@ -39,7 +40,7 @@ import (
 var clusters *cluster.Clusterset
 
 func TestMain(m *testing.M) {
-	if os.Getenv(logChildEnv) != "" {
+	if childproc.InChild() {
 		// A logging test re-run alone in a process of its own (logging_test.go).
 		os.Exit(m.Run())
 	}

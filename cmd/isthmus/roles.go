@@ -17,6 +17,7 @@ import (
 
 	"github.com/isthmus-dev/isthmus/cmd/internal/buildinfo"
 	"github.com/isthmus-dev/isthmus/cmd/internal/kube"
+	"github.com/isthmus-dev/isthmus/cmd/internal/logging"
 	"github.com/isthmus-dev/isthmus/cmd/internal/serve"
 	"github.com/isthmus-dev/isthmus/mcs/agent"
 	"github.com/isthmus-dev/isthmus/mcs/setup"
@@ -70,7 +71,7 @@ type common struct {
 	burst                                            int
 	shutdownDelay                                    time.Duration
 	metricsReusePort                                 bool
-	log                                              logFlags
+	log                                              logging.Flags
 }
 
 func (c *common) register(fs *flag.FlagSet, metricsAddr string) {
@@ -86,7 +87,7 @@ func (c *common) register(fs *flag.FlagSet, metricsAddr string) {
 	fs.IntVar(&c.burst, "kube-api-burst", 100, "request burst to each apiserver")
 	fs.BoolVar(&c.metricsReusePort, "metrics-reuse-port", false, "let another process listen on --metrics-addr too (SO_REUSEPORT): the chart's tunnel, whose next pod starts on the host network beside the old one during a rolling update")
 	fs.DurationVar(&c.shutdownDelay, "shutdown-delay", 0, "on SIGTERM, fail /readyz and keep serving this long before stopping, so Services stop sending here first (a rolling update with no dropped query)")
-	c.log.register(fs)
+	c.log.Register(fs, "json")
 }
 
 // env is what the roles of one process share: the clients of this
@@ -252,7 +253,7 @@ func runRoles(ctx context.Context, name string, rs []role, args []string, log *s
 	}
 	if log == nil {
 		var err error
-		if log, err = newLogger(stderr, e.flags.log); err != nil {
+		if log, err = logging.New(stderr, e.flags.log); err != nil {
 			return err
 		}
 	}

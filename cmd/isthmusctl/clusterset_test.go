@@ -54,7 +54,7 @@ func TestClustersetCommands(t *testing.T) {
 	}
 
 	for _, c := range [][]string{{}, {"broker", "install"}, {"join"}, {"tunnel", "rotate-key"}, {"export"}, {"unexport"}, {"status"},
-		{"diagnose"}, {"gather"}, {"version"}, {"demo"}, {"completion", "zsh"}} {
+		{"diagnose"}, {"gather"}, {"verify"}, {"version"}, {"demo"}, {"completion", "zsh"}} {
 		if r := exe(t, "isthmusctl", append(c, "-h")...); r.code != 0 || !strings.Contains(r.stdout, "Usage:") {
 			t.Errorf("isthmusctl %s -h: %s", strings.Join(c, " "), r)
 		}

@@ -46,9 +46,17 @@ this cluster's xDS server gives a proxyless gRPC client.
 The resolver is asked with a DNS client (UDP, then TCP when the answer is
 truncated or UDP fails): at --dns-server when given, else through a
 port-forward (TCP) to a ready pod of the Service --dns-service, as kubectl
-port-forward would.`,
+port-forward would.
+
+The xDS server is asked over TLS, verified against the clusterset's roots
+(ConfigMap isthmus-system/isthmus-trust-bundle, or --xds-ca-file) with
+the name --xds-server-name, sending a token of --xds-service-account
+minted with TokenRequest for audience isthmus-xds, as the chart's xDS
+server expects; --xds-plaintext for one listening on loopback.`,
 		Example: `  isthmusctl diagnose echo.demo --context east
-  isthmusctl diagnose echo -n demo --dns-server 10.96.0.53:53 -o json`,
+  isthmusctl diagnose echo -n demo --dns-server 10.96.0.53:53 -o json
+  kubectl -n isthmus-system port-forward svc/isthmus-xds 15010 &
+  isthmusctl diagnose echo.demo --xds-server localhost:15010`,
 		Args: exactName("isthmusctl diagnose <service>.<namespace> (or <service> -n <namespace>) [flags]"),
 	}
 	output := outputFlag(cmd)
@@ -57,6 +65,8 @@ port-forward would.`,
 	f.StringVar(&dnsServer, "dns-server", "", "host:port of this cluster's clusterset.local resolver (default: a port-forward to --dns-service)")
 	f.StringVar(&dnsService, "dns-service", brokerv1.MemberNamespace+"/isthmus-dns", "NAMESPACE/NAME of the resolver's Service, reached by port-forward when --dns-server is empty (empty: skip the DNS check)")
 	f.StringVar(&xdsServer, "xds-server", "", "host:port of this cluster's xDS server (isthmus xds), asked as a proxyless gRPC client would (empty: the xDS check is skipped)")
+	var xdsConn xdsConnFlags
+	xdsConn.register(f)
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
 		name, ns, err := serviceAndNamespace(k, args[0])
 		if err != nil {
@@ -70,7 +80,7 @@ port-forward would.`,
 		if err != nil {
 			return err
 		}
-		d := &diagnosis{name: name, ns: ns, local: local, broker: broker, brokerNS: brokerNS, dnsServer: dnsServer, dnsService: dnsService, xdsServer: xdsServer}
+		d := &diagnosis{name: name, ns: ns, local: local, broker: broker, brokerNS: brokerNS, dnsServer: dnsServer, dnsService: dnsService, xdsServer: xdsServer, xdsConn: xdsConn}
 		if d.id, err = agent.ClusterID(ctx, local.Dynamic, ""); err != nil {
 			return fmt.Errorf("this cluster has no cluster id (is it joined?): %w", err)
 		}
@@ -111,6 +121,7 @@ func serviceAndNamespace(k *kubeFlags, arg string) (name, ns string, err error) 
 type diagnosis struct {
 	name, ns, id, brokerNS           string
 	dnsServer, dnsService, xdsServer string
+	xdsConn                          xdsConnFlags
 	local                            *kube.Clients
 	broker                           *brokerClients
 	findings                         []finding

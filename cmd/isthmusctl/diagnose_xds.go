@@ -18,8 +18,6 @@ import (
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/structpb"
@@ -94,8 +92,9 @@ func (c *xdsClient) get(ctx context.Context, typeURL string, names []string) (ma
 
 func shortType(typeURL string) string { return typeURL[strings.LastIndex(typeURL, ".")+1:] }
 
-// xds asks this cluster's xDS server (--xds-server) for what a proxyless
-// gRPC client of the service gets: one listener per imported port, its
+// xds asks this cluster's xDS server (--xds-server, over TLS with a
+// token unless --xds-plaintext: xdsDial) for what a proxyless gRPC
+// client of the service gets: one listener per imported port, its
 // route, the cluster(s) it leads to and their endpoints by priority. A
 // check per port says whether a client would find a healthy endpoint.
 func (d *diagnosis) xds(ctx context.Context) {
@@ -105,9 +104,8 @@ func (d *diagnosis) xds(ctx context.Context) {
 		d.add("xds", true, "skipped: pass --xds-server host:port (e.g. after kubectl -n isthmus-system port-forward svc/isthmus-xds 15010) to ask this cluster's xDS server about "+host, "")
 		return
 	}
-	cc, err := grpc.NewClient(d.xdsServer, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		d.add("xds", false, "--xds-server "+d.xdsServer+": "+err.Error(), "give host:port of `isthmus xds` (--listen, default :15010)")
+	cc := d.xdsDial(ctx)
+	if cc == nil {
 		return
 	}
 	defer cc.Close()
@@ -185,9 +183,13 @@ func (d *diagnosis) xdsGateway(ctx context.Context, c *xdsClient, key model.Key)
 }
 
 func (d *diagnosis) xdsAdvice(err error) string {
-	switch {
-	case strings.Contains(err.Error(), "this xDS server serves cluster"):
+	if strings.Contains(err.Error(), "this xDS server serves cluster") {
 		return "that xDS server belongs to another cluster: point --xds-server at " + d.id + "'s own, or run it with --cluster-id " + d.id
+	}
+	if advice, ok := d.streamAdvice(err); ok {
+		return advice
+	}
+	switch {
 	case errors.Is(err, context.DeadlineExceeded) || strings.Contains(err.Error(), "within"):
 		return "the xDS server did not answer: it may still be syncing (its /readyz says) or be overloaded"
 	}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"io"
 	"log/slog"
 	"net"
@@ -12,7 +13,6 @@ import (
 
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	"github.com/prometheus/client_golang/prometheus"
-	"google.golang.org/grpc"
 	mcsv1beta1 "sigs.k8s.io/mcs-api/pkg/apis/v1beta1"
 
 	"github.com/isthmus-dev/isthmus/xds/model"
@@ -20,13 +20,20 @@ import (
 	"github.com/isthmus-dev/isthmus/xds/translate"
 )
 
-// serveXDS runs the real xDS server of cluster a with the translation of
-// svc (if any) and returns its address.
+// serveXDS runs the real xDS server of cluster a, in plaintext, with the
+// translation of svc (if any) and returns its address.
 func serveXDS(t *testing.T, mode model.Mode, clusters map[string]*model.Cluster, svc *model.Service) string {
+	return serveXDSWith(t, server.Config{}, nil, mode, clusters, svc)
+}
+
+// serveXDSWith is serveXDS with the server's authentication (cfg's
+// Authenticator and GatewayServiceAccount) and TLS (nil: plaintext).
+func serveXDSWith(t *testing.T, cfg server.Config, tlsConfig *tls.Config, mode model.Mode, clusters map[string]*model.Cluster, svc *model.Service) string {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
-	srv, err := server.New(ctx, server.Config{ClusterID: "a", Log: slog.New(slog.NewTextHandler(io.Discard, nil)), Registry: prometheus.NewRegistry()})
+	cfg.ClusterID, cfg.Log, cfg.Registry = "a", slog.New(slog.NewTextHandler(io.Discard, nil)), prometheus.NewRegistry()
+	srv, err := server.New(ctx, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -60,36 +67,41 @@ func serveXDS(t *testing.T, mode model.Mode, clusters map[string]*model.Cluster,
 	if err != nil {
 		t.Fatal(err)
 	}
-	g := grpc.NewServer()
-	srv.Register(g)
-	go func() { _ = g.Serve(lis) }()
-	t.Cleanup(g.Stop)
+	done := make(chan struct{})
+	go func() { _ = srv.ServeTLS(ctx, lis, tlsConfig); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
 	return lis.Addr().String()
+}
+
+// twoClusters are clusters a (eu, this one) and b (us), b healthy or not.
+func twoClusters(healthyB bool) map[string]*model.Cluster {
+	return map[string]*model.Cluster{
+		"a": {ID: "a", Region: "eu", Zone: "eu-1", Gateways: []netip.AddrPort{netip.MustParseAddrPort("192.0.2.1:15443")}, Healthy: true},
+		"b": {ID: "b", Region: "us", Zone: "us-1", Gateways: []netip.AddrPort{netip.MustParseAddrPort("192.0.2.2:15443")}, Healthy: healthyB},
+	}
+}
+
+// echoService is demo/echo exported by a (two pods) and b (one), each
+// cluster's pods ready or not.
+func echoService(readyA, readyB bool) *model.Service {
+	ep := func(ip string, ready bool) model.Endpoint {
+		return model.Endpoint{Address: netip.MustParseAddr(ip), Ready: ready, Ports: map[string]int32{"tcp": 8080}}
+	}
+	return &model.Service{
+		Key: model.Key{Namespace: "demo", Name: "echo"}, Type: model.ClusterSetIP, MTLS: true,
+		Ports: []model.Port{{Name: "tcp", Protocol: model.TCP, Port: 80, Egress: 16000}},
+		Endpoints: map[string][]model.Endpoint{
+			"a": {ep("10.241.0.10", readyA), ep("10.241.0.11", readyA)},
+			"b": {ep("10.242.0.10", readyB)},
+		},
+	}
 }
 
 // TestDiagnoseXDS asks the real xDS server what a proxyless gRPC client
 // of demo/echo gets, in both data-plane modes, and checks that diagnose
 // says so, or says what is wrong.
 func TestDiagnoseXDS(t *testing.T) {
-	healthy := func(h bool) map[string]*model.Cluster {
-		return map[string]*model.Cluster{
-			"a": {ID: "a", Region: "eu", Zone: "eu-1", Gateways: []netip.AddrPort{netip.MustParseAddrPort("192.0.2.1:15443")}, Healthy: true},
-			"b": {ID: "b", Region: "us", Zone: "us-1", Gateways: []netip.AddrPort{netip.MustParseAddrPort("192.0.2.2:15443")}, Healthy: h},
-		}
-	}
-	echo := func(readyA, readyB bool) *model.Service {
-		ep := func(ip string, ready bool) model.Endpoint {
-			return model.Endpoint{Address: netip.MustParseAddr(ip), Ready: ready, Ports: map[string]int32{"tcp": 8080}}
-		}
-		return &model.Service{
-			Key: model.Key{Namespace: "demo", Name: "echo"}, Type: model.ClusterSetIP, MTLS: true,
-			Ports: []model.Port{{Name: "tcp", Protocol: model.TCP, Port: 80, Egress: 16000}},
-			Endpoints: map[string][]model.Endpoint{
-				"a": {ep("10.241.0.10", readyA), ep("10.241.0.11", readyA)},
-				"b": {ep("10.242.0.10", readyB)},
-			},
-		}
-	}
+	healthy, echo := twoClusters, echoService
 	ports := []mcsv1beta1.ServicePort{{Name: "tcp", Protocol: "TCP", Port: 80}}
 	const check = "xds echo.demo.svc.clusterset.local:80"
 	for _, tc := range []struct {
@@ -117,20 +129,13 @@ func TestDiagnoseXDS(t *testing.T) {
 			addr:   func(t *testing.T) string { return serveXDS(t, model.Direct, healthy(true), echo(true, true)) },
 			detail: []string{`cluster "zz"`}, advice: "belongs to another cluster: point --xds-server at zz's own"},
 		{name: "nothing listens", id: "a",
-			addr: func(t *testing.T) string {
-				l, err := net.Listen("tcp", "127.0.0.1:0")
-				if err != nil {
-					t.Fatal(err)
-				}
-				l.Close()
-				return l.Addr().String()
-			},
+			addr:   closedPort,
 			advice: "is `isthmus xds` running"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			defer cancel()
-			d := &diagnosis{name: "echo", ns: "demo", id: tc.id, ports: ports, egress: tc.egress, xdsServer: tc.addr(t)}
+			d := &diagnosis{name: "echo", ns: "demo", id: tc.id, ports: ports, egress: tc.egress, xdsServer: tc.addr(t), xdsConn: xdsConnFlags{plaintext: true}}
 			d.xds(ctx)
 			want := 1
 			if tc.egress != "" {

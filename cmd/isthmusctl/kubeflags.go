@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"slices"
 	"strings"
 
@@ -20,10 +21,13 @@ import (
 // command takes them in the same place with the same meaning.
 type kubeFlags struct {
 	*genericclioptions.ConfigFlags
+	// log is the logger --log-level and --log-format make, set before
+	// any command runs: commands log through it what is not their report.
+	log *slog.Logger
 }
 
 func newKubeFlags() *kubeFlags {
-	return &kubeFlags{genericclioptions.NewConfigFlags(false)}
+	return &kubeFlags{ConfigFlags: genericclioptions.NewConfigFlags(false), log: slog.New(slog.DiscardHandler)}
 }
 
 func (k *kubeFlags) register(root *cobra.Command) {

@@ -2,8 +2,8 @@
 // `isthmusctl broker install` prepares the hub cluster, `isthmusctl join`
 // makes a cluster a member (both idempotent, printing what they did),
 // `export`/`unexport` write a ServiceExport, `status` and `diagnose` show
-// the clusterset and one service end to end, `gather` writes a support
-// bundle, `version` compares this client with every agent, and `demo
+// the clusterset and one service end to end, `verify` checks it live with
+// short-lived pods, `gather` writes a support bundle, `version` compares this client with every agent, and `demo
 // up|down` runs the local demo.
 //
 // It is built on cobra with kubectl's own connection flags
@@ -21,6 +21,7 @@ package main
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -30,6 +31,8 @@ import (
 	"syscall"
 
 	"github.com/spf13/cobra"
+
+	"github.com/isthmus-dev/isthmus/cmd/internal/logging"
 )
 
 const (
@@ -45,7 +48,7 @@ func (e *checksFailed) Error() string { return e.msg }
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	err := runAs(ctx, commandName(os.Args[0]), os.Args[1:], os.Stdout, os.Stderr)
+	err := runAs(ctx, commandName(os.Args[0]), os.Args[1:], os.Stdout, os.Stderr, true)
 	stop()
 	os.Exit(exitCode(err, os.Stderr))
 }
@@ -72,21 +75,26 @@ func exitCode(err error, stderr io.Writer) int {
 	return exitError
 }
 
-// run runs isthmusctl with args, as the tests do.
+// run runs isthmusctl with args, as the tests do in-process: client-go's
+// klog stays as it is, for klog's logger is the process's, and tests
+// running one after another would each claim it.
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	return runAs(ctx, "isthmusctl", args, stdout, stderr)
+	return runAs(ctx, "isthmusctl", args, stdout, stderr, false)
 }
 
-func runAs(ctx context.Context, name string, args []string, stdout, stderr io.Writer) error {
-	root := newRoot(name, stdout, stderr)
+// runAs runs the command tree; with klogToo (the binary's main), klog is
+// routed into the logger --log-level and --log-format make.
+func runAs(ctx context.Context, name string, args []string, stdout, stderr io.Writer, klogToo bool) error {
+	root := newRoot(name, stdout, stderr, klogToo)
 	root.SetArgs(args)
 	return root.ExecuteContext(ctx)
 }
 
 // newRoot builds the command tree. Each command's wiring is in its own
 // file; they share the kubectl flags in k.
-func newRoot(name string, stdout, stderr io.Writer) *cobra.Command {
+func newRoot(name string, stdout, stderr io.Writer, klogToo bool) *cobra.Command {
 	k := newKubeFlags()
+	var logFlags logging.Flags
 	root := &cobra.Command{
 		// Help and completion name the program as it was called: the
 		// display name carries both words of "kubectl isthmus".
@@ -98,6 +106,9 @@ export services, and see the clusterset as every member sees it.
 
 Connection flags are kubectl's and mean the same in every command:
 --kubeconfig, --context, -n/--namespace, --as, --request-timeout.
+--log-level and --log-format (text, or json) govern what is logged to
+stderr besides a command's report: client-go's warnings, and with
+--log-level debug-2 every request to an apiserver.
 Exit codes: 0 all is well, 1 a check failed or --wait timed out,
 2 the command could not run.`,
 		SilenceErrors: true,
@@ -109,12 +120,29 @@ Exit codes: 0 all is well, 1 a check failed or --wait timed out,
 	root.SetOut(stdout)
 	root.SetErr(stderr)
 	k.register(root)
+	// The daemon's own flag code, added to cobra's flag set: both
+	// binaries parse --log-level and --log-format alike.
+	goFlags := flag.NewFlagSet(name, flag.ContinueOnError)
+	logFlags.Register(goFlags, "text")
+	root.PersistentFlags().AddGoFlagSet(goFlags)
+	_ = root.RegisterFlagCompletionFunc("log-format", cobra.FixedCompletions([]string{"text", "json"}, cobra.ShellCompDirectiveNoFileComp))
+	_ = root.RegisterFlagCompletionFunc("log-level", cobra.FixedCompletions([]string{"debug", "info", "warn", "error", "debug-2"}, cobra.ShellCompDirectiveNoFileComp))
+	// Before any command runs (and before any client exists, so none of
+	// client-go's lines escape it), the logger the flags ask for.
+	root.PersistentPreRunE = func(*cobra.Command, []string) (err error) {
+		newLogger := logging.Logger
+		if klogToo {
+			newLogger = logging.New
+		}
+		k.log, err = newLogger(stderr, logFlags)
+		return err
+	}
 	root.AddGroup(&cobra.Group{ID: "setup", Title: "Setting up:"}, &cobra.Group{ID: "use", Title: "Using and inspecting:"})
 	for _, c := range []*cobra.Command{brokerCommand(k), joinCommand(k), tunnelCommand(k), demoCommand()} {
 		c.GroupID = "setup"
 		root.AddCommand(c)
 	}
-	for _, c := range []*cobra.Command{exportCommand(k, false), exportCommand(k, true), statusCommand(k), diagnoseCommand(k), gatherCommand(k), versionCommand(k)} {
+	for _, c := range []*cobra.Command{exportCommand(k, false), exportCommand(k, true), statusCommand(k), diagnoseCommand(k), gatherCommand(k), verifyCommand(k), versionCommand(k)} {
 		c.GroupID = "use"
 		root.AddCommand(c)
 	}

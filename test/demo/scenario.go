@@ -506,7 +506,7 @@ func (w *World) tunnelSummary(ctx context.Context) string {
 func (w *World) diagnose(ctx context.Context, m *Member) error {
 	want := []string{"export here", "broker records", "import", "endpoints", "dns", "tunnel to a", "tunnel to b"}
 	cmd := exec.CommandContext(ctx, "ip", "netns", "exec", m.Node, w.ctl, "diagnose", Service+"."+Namespace,
-		"--kubeconfig", m.Cluster.Kubeconfig, "--dns-server", fmt.Sprintf("127.0.0.1:%d", DNSPort), "--xds-server", xdsAddr, "-o", "json")
+		"--kubeconfig", m.Cluster.Kubeconfig, "--dns-server", fmt.Sprintf("127.0.0.1:%d", DNSPort), "--xds-server", xdsAddr, "--xds-plaintext", "-o", "json")
 	if w.OnNodes() {
 		// The member's stored broker credential names the hub's address on
 		// the underlay, which only the nodes reach: from the host the hub
