@@ -145,6 +145,14 @@ func checkRoleEnvironment(t *testing.T, name string, c map[string]any) {
 			metricsPort = fmt.Sprint(p.(map[string]any)["containerPort"])
 		}
 	}
+	if len(ports) == 0 {
+		// The tunnel, on the host network, declares no ports (each would
+		// be a host port, refused to its surging pod); its probe names
+		// the metrics port.
+		if probe, ok, _ := unstructured.NestedFieldNoCopy(c, "livenessProbe", "httpGet", "port"); ok {
+			metricsPort = fmt.Sprint(probe)
+		}
+	}
 	if port == "" || port != metricsPort {
 		t.Errorf("%s: --metrics-addr port %q, container's metrics port %q", name, port, metricsPort)
 	}
