@@ -81,7 +81,9 @@ func fakeRotator(t *testing.T, jitter float64) (clusterset, *fakeClock, *Rotator
 
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
+	// A bound for a loaded machine (the race detector, two cores shared
+	// with other test binaries), not a timing assertion.
+	deadline := time.Now().Add(30 * time.Second)
 	for !cond() {
 		if time.Now().After(deadline) {
 			t.Fatalf("timed out waiting for %s", what)

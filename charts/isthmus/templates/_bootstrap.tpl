@@ -109,7 +109,11 @@ which NOTES.txt tells how to fill in.
 {{ .Values.dns.zone }}:53{{ with .Values.dns.clusterZone }} {{ . }}:53{{ end }} {
     errors
     {{- if gt (int .Values.coredns.cache) 0 }}
-    cache {{ .Values.coredns.cache }}
+    cache {{ .Values.coredns.cache }} {
+        # An answer stays for up to a minute while isthmus dns restarts
+        # (a rolling update), refreshed as soon as it answers again.
+        serve_stale 60s
+    }
     {{- end }}
     forward . {{ $ip }}:53
 }
