@@ -3,10 +3,10 @@ package agent
 import (
 	"slices"
 
-	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 
 	brokerv1 "github.com/isthmus-dev/isthmus/mcs/api/broker/v1alpha1"
+	"github.com/isthmus-dev/isthmus/mcs/merge"
 )
 
 // routePorts chooses, for each port of the import, the clusters its
@@ -62,19 +62,11 @@ func servesAs(exported, merged []brokerv1.ServicePort, name string) bool {
 		}
 		for _, m := range merged {
 			if m.Name == name {
-				return m.Port == e.Port && protocol(m.Protocol) == protocol(e.Protocol)
+				return m.Port == e.Port && merge.Protocol(m.Protocol) == merge.Protocol(e.Protocol)
 			}
 		}
 	}
 	return false
-}
-
-// protocol is p, TCP when empty (the API's default).
-func protocol(p corev1.Protocol) corev1.Protocol {
-	if p == "" {
-		return corev1.ProtocolTCP
-	}
-	return p
 }
 
 // exportOf is cluster's export among exports, nil when none.

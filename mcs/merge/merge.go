@@ -140,7 +140,7 @@ func unionPorts(sorted []*brokerv1.ExportedService, c *conflicts) []brokerv1.Ser
 	var out []brokerv1.ServicePort
 	for i, e := range sorted {
 		for _, p := range e.Spec.Ports {
-			p.Protocol = protocol(p.Protocol)
+			p.Protocol = Protocol(p.Protocol)
 			dup := slices.IndexFunc(out, func(q brokerv1.ServicePort) bool { return samePort(p, q) })
 			if dup < 0 {
 				out = append(out, p)
@@ -161,7 +161,7 @@ func unionPorts(sorted []*brokerv1.ExportedService, c *conflicts) []brokerv1.Ser
 // samePort says whether two ports are one port of the service (by name, or
 // by protocol and number), though they may disagree on the rest.
 func samePort(p, q brokerv1.ServicePort) bool {
-	return p.Name == q.Name || p.Port == q.Port && protocol(p.Protocol) == protocol(q.Protocol)
+	return p.Name == q.Name || p.Port == q.Port && Protocol(p.Protocol) == Protocol(q.Protocol)
 }
 
 // lacking records, as one PortConflict over the union, every export that
@@ -287,7 +287,9 @@ func trafficPolicy(p *corev1.ServiceInternalTrafficPolicy) string {
 	return string(*p)
 }
 
-func protocol(p corev1.Protocol) corev1.Protocol {
+// Protocol is p, TCP when empty (the API's default), so ports compare
+// alike whether the default was written or not.
+func Protocol(p corev1.Protocol) corev1.Protocol {
 	if p == "" {
 		return corev1.ProtocolTCP
 	}
