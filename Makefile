@@ -85,10 +85,8 @@ setup: ## what the tests need: Debian packages, the Kubernetes binaries and helm
 	@$(MAKE) --no-print-directory -j3 deps tools helm
 
 .PHONY: test
-test: setup ## set up everything, then run every test with the race detector
-	ISTHMUS_TOOLS_DIR="$$(bash test/tools/build.sh)" $(GO) test -race -count=1 -timeout 50m ./...
-	$(MAKE) --no-print-directory test-coredns-plugin
-	cd test/image && $(GO) test -race -count=1 -timeout 50m ./...
+test: setup ## set up everything, then run every test with the race detector (test/all.sh: the real-node packages beside the rest)
+	GO=$(GO) bash test/all.sh
 
 .PHONY: test-coredns-plugin
 test-coredns-plugin: deps tools ## the CoreDNS plugin's own module (part of make test): builds a minimal CoreDNS, first time ~5 min

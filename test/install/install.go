@@ -132,12 +132,6 @@ func build() (*Artifacts, error) {
 		return nil, fmt.Errorf("locating the repository: no caller information")
 	}
 	root := filepath.Join(filepath.Dir(file), "..", "..")
-	dir, err := os.MkdirTemp("", "isthmus-install-")
-	if err != nil {
-		return nil, err
-	}
-	// The directory outlives a single test: every test of the binary
-	// installs from it. The system's temp cleaner takes it.
 	helm := filepath.Join(root, "bin", "helm")
 	if h := os.Getenv("ISTHMUS_HELM"); h != "" {
 		helm = h
@@ -145,24 +139,32 @@ func build() (*Artifacts, error) {
 	if _, err := os.Stat(helm); err != nil {
 		return nil, fmt.Errorf("no helm at %s: run make helm (or set ISTHMUS_HELM)", helm)
 	}
-	a := &Artifacts{Root: root, Helm: helm, Isthmusctl: filepath.Join(dir, "isthmusctl"), Image: filepath.Join(dir, "isthmus-image.tar")}
-	ctl := exec.Command("go", "build", "-buildvcs=true", "-o", a.Isthmusctl, "./cmd/isthmusctl")
-	ctl.Dir = root
-	if out, err := ctl.CombinedOutput(); err != nil {
-		return nil, fmt.Errorf("building isthmusctl: %w: %s", err, out)
-	}
-	img := exec.Command("bash", "test/image/build.sh", a.Image)
-	img.Dir = root
-	img.Env = append(os.Environ(), "ISTHMUS_IMAGE_PLATFORMS=linux/"+runtime.GOARCH)
-	out, err := img.CombinedOutput()
+	a, err := cached(root, func(dir string) (*Artifacts, error) {
+		a := &Artifacts{Isthmusctl: filepath.Join(dir, "isthmusctl"), Image: filepath.Join(dir, "isthmus-image.tar")}
+		ctl := exec.Command("go", "build", "-buildvcs=true", "-o", a.Isthmusctl, "./cmd/isthmusctl")
+		ctl.Dir = root
+		if out, err := ctl.CombinedOutput(); err != nil {
+			return nil, fmt.Errorf("building isthmusctl: %w: %s", err, out)
+		}
+		img := exec.Command("bash", "test/image/build.sh", a.Image)
+		img.Dir = root
+		img.Env = append(os.Environ(), "ISTHMUS_IMAGE_PLATFORMS=linux/"+runtime.GOARCH)
+		out, err := img.CombinedOutput()
+		if err != nil {
+			return nil, fmt.Errorf("building the image (test/image/build.sh): %w: %s", err, out)
+		}
+		// The image's own version, which names its tag: the tree may have
+		// changed since isthmusctl was built.
+		if a.Version, err = imageVersion(out); err != nil {
+			return nil, err
+		}
+		return a, nil
+	})
 	if err != nil {
-		return nil, fmt.Errorf("building the image (test/image/build.sh): %w: %s", err, out)
-	}
-	// The image's own version, which names its tag: the tree may have
-	// changed since isthmusctl was built.
-	if a.Version, err = imageVersion(out); err != nil {
 		return nil, err
 	}
+	// Where this process's repository and helm are, not the builder's.
+	a.Root, a.Helm = root, helm
 	return a, nil
 }
 

@@ -126,9 +126,9 @@ func TestUpgradeKeepsTraffic(t *testing.T) {
 			// long-lived connection once (Go's transport retried the GET
 			// on a new one, so no request failed); the cause is not found
 			// yet. The upgrade, run the same way, never did.
-			t.Logf("%s: the long-lived connection broke and was opened again %d times (known, not yet explained)", what, kept.Connections)
+			t.Logf("%s: the long-lived connection broke and was opened again %d times (known, not yet explained); how its connections ended: %q", what, kept.Connections, now.LongLived.Ended)
 		case kept.Connections > 0:
-			t.Errorf("%s: the long-lived connection broke and was opened again %d times", what, kept.Connections)
+			t.Errorf("%s: the long-lived connection broke and was opened again %d times; how its connections ended: %q", what, kept.Connections, now.LongLived.Ended)
 		}
 		if fresh.Requests < 10 || kept.Requests < 10 {
 			t.Errorf("%s: the load stalled: %d and %d requests", what, fresh.Requests, kept.Requests)
@@ -157,6 +157,8 @@ type loadCounters struct {
 type loadCounter struct {
 	Requests, Failures, MaxMillis, Connections int64
 	Errors                                     []string
+	// Ended: how the loop's last connections ended (testserver load).
+	Ended []string
 }
 
 // minus is what happened between from and c (MaxMillis stays c's).
