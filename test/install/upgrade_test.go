@@ -24,10 +24,11 @@ import (
 // image of the next version, then restarts every Isthmus pod, while a pod
 // in member2 GETs member1's exported Service by its clusterset name every
 // 50 ms on new connections and every 50 ms on one long-lived connection.
-// Neither loop may see a failed request, nor the upgrade a broken
-// connection (the restart's one occasional reconnect is logged: an open
-// defect, see check); the tunnels keep their keys and the broker's
-// records of the export are not rewritten. The longest request shows what each step cost the data path.
+// Neither loop may see a failed request, nor either phase a broken
+// connection (the long-lived loop opens its connection again only after
+// an error on it); the tunnels keep their keys and the broker's records of
+// the export are not rewritten. The longest request shows what each step
+// cost the data path.
 func TestUpgradeKeepsTraffic(t *testing.T) {
 	a, err := Build()
 	if err != nil {
@@ -106,7 +107,7 @@ func TestUpgradeKeepsTraffic(t *testing.T) {
 		waitRolled(ctx, t, m, func(p corev1.Pod) bool { return p.Annotations["kubectl.kubernetes.io/restartedAt"] == at })
 		t.Logf("%s: rolling restart of every Isthmus pod done in %v", m.Name, time.Since(began).Round(time.Millisecond))
 	}
-	check := func(what string, from loadCounters, reconnectsAllowed bool) loadCounters {
+	check := func(what string, from loadCounters) loadCounters {
 		t.Helper()
 		// Let requests in flight during the last rollout finish.
 		time.Sleep(2 * time.Second)
@@ -120,15 +121,8 @@ func TestUpgradeKeepsTraffic(t *testing.T) {
 				t.Logf("%s: tunnel pods now:\n%s", m.Name, tunnelLogs(ctx, m))
 			}
 		}
-		switch {
-		case kept.Connections > 0 && reconnectsAllowed:
-			// Open defect: in 2 of 4 runs the rolling restart broke the
-			// long-lived connection once (Go's transport retried the GET
-			// on a new one, so no request failed); the cause is not found
-			// yet. The upgrade, run the same way, never did.
-			t.Logf("%s: the long-lived connection broke and was opened again %d times (known, not yet explained); how its connections ended: %q", what, kept.Connections, now.LongLived.Ended)
-		case kept.Connections > 0:
-			t.Errorf("%s: the long-lived connection broke and was opened again %d times; how its connections ended: %q", what, kept.Connections, now.LongLived.Ended)
+		if kept.Connections > 0 {
+			t.Errorf("%s: the long-lived connection broke and was opened again %d times; its last errors: %q", what, kept.Connections, now.LongLived.Errors)
 		}
 		if fresh.Requests < 10 || kept.Requests < 10 {
 			t.Errorf("%s: the load stalled: %d and %d requests", what, fresh.Requests, kept.Requests)
@@ -138,10 +132,10 @@ func TestUpgradeKeepsTraffic(t *testing.T) {
 
 	upgrade(m2)
 	upgrade(m1)
-	after := check("helm upgrade of both members", before, false)
+	after := check("helm upgrade of both members", before)
 	restart(m2)
 	restart(m1)
-	check("rolling restart of both members", after, true)
+	check("rolling restart of both members", after)
 
 	if got := brokerState(ctx, t, s); got.String() != records.String() {
 		t.Errorf("the broker's records churned:\nbefore %s\nafter  %s", records, got)
@@ -157,8 +151,6 @@ type loadCounters struct {
 type loadCounter struct {
 	Requests, Failures, MaxMillis, Connections int64
 	Errors                                     []string
-	// Ended: how the loop's last connections ended (testserver load).
-	Ended []string
 }
 
 // minus is what happened between from and c (MaxMillis stays c's).

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -9,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptrace"
+	"net/url"
 	"sync"
 	"time"
 )
@@ -23,13 +25,6 @@ type loadStats struct {
 	MaxMillis int64 `json:"maxMillis"`
 	// Connections is how many TCP connections the loop opened.
 	Connections int64 `json:"connections"`
-	// Ended says how the loop's last few connections ended, newest last:
-	// the first error a read or write on it returned ("connection reset
-	// by peer", "EOF" when the far end closed it, a timeout), or that the
-	// client closed it. A long-lived connection that was replaced without
-	// a failed request (the transport retries an idempotent GET on a new
-	// connection) is explained here.
-	Ended []string `json:"ended,omitempty"`
 }
 
 type loadLoop struct {
@@ -42,96 +37,46 @@ func (l *loadLoop) snapshot() loadStats {
 	defer l.mu.Unlock()
 	s := l.stats
 	s.Errors = append([]string(nil), s.Errors...)
-	s.Ended = append([]string(nil), s.Ended...)
 	return s
 }
 
-// ended notes how one of the loop's connections ended, once per
-// connection.
-func (l *loadLoop) ended(how string) {
+// count records one request that began at began.
+func (l *loadLoop) count(began time.Time, err error) {
+	took := time.Since(began)
 	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.stats.Ended = append(l.stats.Ended, fmt.Sprintf("%s %s", time.Now().UTC().Format(time.RFC3339Nano), how))
-	if len(l.stats.Ended) > 10 {
-		l.stats.Ended = l.stats.Ended[1:]
-	}
-}
-
-// dial opens connections that report to the loop how they end.
-func (l *loadLoop) dial(ctx context.Context, network, addr string) (net.Conn, error) {
-	c, err := (&net.Dialer{Timeout: 10 * time.Second}).DialContext(ctx, network, addr)
+	l.stats.Requests++
+	l.stats.MaxMillis = max(l.stats.MaxMillis, took.Milliseconds())
 	if err != nil {
-		return nil, err
-	}
-	return &trackedConn{Conn: c, loop: l, local: c.LocalAddr().String()}, nil
-}
-
-// trackedConn records the first error of its reads and writes, or its
-// close, with the loop.
-type trackedConn struct {
-	net.Conn
-	loop  *loadLoop
-	local string
-	once  sync.Once
-}
-
-func (c *trackedConn) end(how string) {
-	c.once.Do(func() { c.loop.ended(fmt.Sprintf("connection from %s: %s", c.local, how)) })
-}
-
-func (c *trackedConn) Read(p []byte) (int, error) {
-	n, err := c.Conn.Read(p)
-	if err != nil {
-		c.end("read: " + err.Error())
-	}
-	return n, err
-}
-
-func (c *trackedConn) Write(p []byte) (int, error) {
-	n, err := c.Conn.Write(p)
-	if err != nil {
-		c.end("write: " + err.Error())
-	}
-	return n, err
-}
-
-func (c *trackedConn) Close() error {
-	c.end("closed by the client")
-	return c.Conn.Close()
-}
-
-// run GETs url every interval with client until the process ends. A
-// request may take up to the client's timeout; the next one waits for it,
-// so a stall shows as one long request, not as many.
-func (l *loadLoop) run(client *http.Client, url string, interval time.Duration) {
-	trace := &httptrace.ClientTrace{GotConn: func(info httptrace.GotConnInfo) {
-		if !info.Reused {
-			l.mu.Lock()
-			l.stats.Connections++
-			l.mu.Unlock()
+		l.stats.Failures++
+		l.stats.Errors = append(l.stats.Errors, fmt.Sprintf("%s %v", began.UTC().Format(time.RFC3339Nano), err))
+		if len(l.stats.Errors) > 10 {
+			l.stats.Errors = l.stats.Errors[1:]
 		}
-	}}
+	}
+	l.mu.Unlock()
+	if err != nil {
+		log.Printf("request failed after %v: %v", took, err)
+	}
+}
+
+func (l *loadLoop) opened() {
+	l.mu.Lock()
+	l.stats.Connections++
+	l.mu.Unlock()
+}
+
+// fresh GETs url every interval, each on a new connection (a new DNS
+// lookup and a new path through kube-proxy). A request may take up to the
+// client's timeout; the next one waits for it, so a stall shows as one
+// long request, not as many.
+func (l *loadLoop) fresh(url string, interval, timeout time.Duration) {
+	client := &http.Client{Timeout: timeout, Transport: &http.Transport{DisableKeepAlives: true}}
+	trace := &httptrace.ClientTrace{GotConn: func(httptrace.GotConnInfo) { l.opened() }}
 	for {
 		began := time.Now()
 		err := getOnce(client, url, trace)
-		took := time.Since(began)
-		l.mu.Lock()
-		l.stats.Requests++
-		if took.Milliseconds() > l.stats.MaxMillis {
-			l.stats.MaxMillis = took.Milliseconds()
-		}
-		if err != nil {
-			l.stats.Failures++
-			l.stats.Errors = append(l.stats.Errors, fmt.Sprintf("%s %v", began.UTC().Format(time.RFC3339Nano), err))
-			if len(l.stats.Errors) > 10 {
-				l.stats.Errors = l.stats.Errors[1:]
-			}
-		}
-		l.mu.Unlock()
-		if err != nil {
-			log.Printf("request to %s failed after %v: %v", url, took, err)
-		}
-		time.Sleep(interval - min(took, interval))
+		l.count(began, err)
+		time.Sleep(interval - min(time.Since(began), interval))
 	}
 }
 
@@ -154,12 +99,74 @@ func getOnce(client *http.Client, url string, trace *httptrace.ClientTrace) erro
 	return nil
 }
 
+// kept GETs target every interval on one TCP connection, opened again
+// only after an error on it: a failed request, and Connections counts
+// every opening. It speaks HTTP/1.1 itself rather than through
+// http.Transport, which also drops a healthy connection of its own accord
+// (when its writer goroutine has not reported the request written within
+// 50 ms of the response, as on a starved CPU) and retries the GET on a new
+// one: that would count as a broken connection when none broke.
+func (l *loadLoop) kept(target string, interval, timeout time.Duration) {
+	u, err := url.Parse(target)
+	if err != nil {
+		log.Fatalf("load: %v", err)
+	}
+	addr := u.Host
+	if u.Port() == "" {
+		addr = net.JoinHostPort(u.Hostname(), "80")
+	}
+	request := fmt.Sprintf("GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: testserver-load\r\n\r\n", u.RequestURI(), u.Host)
+	var conn net.Conn
+	var reader *bufio.Reader
+	for {
+		began := time.Now()
+		err := func() error {
+			if conn == nil {
+				c, err := net.DialTimeout("tcp", addr, timeout)
+				if err != nil {
+					return err
+				}
+				l.opened()
+				conn, reader = c, bufio.NewReader(c)
+			}
+			if err := conn.SetDeadline(began.Add(timeout)); err != nil {
+				return err
+			}
+			if _, err := io.WriteString(conn, request); err != nil {
+				return err
+			}
+			resp, err := http.ReadResponse(reader, nil)
+			if err != nil {
+				return err
+			}
+			_, err = io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			if err != nil {
+				return err
+			}
+			if resp.Close {
+				return fmt.Errorf("the server closed the connection (Connection: close)")
+			}
+			if resp.StatusCode != http.StatusOK {
+				return fmt.Errorf("status %d", resp.StatusCode)
+			}
+			return nil
+		}()
+		if err != nil && conn != nil {
+			conn.Close()
+			conn = nil
+		}
+		l.count(began, err)
+		time.Sleep(interval - min(time.Since(began), interval))
+	}
+}
+
 // load runs both loops and serves their counters.
 func load(url string) error {
 	const interval, timeout = 50 * time.Millisecond, 10 * time.Second
 	var fresh, kept loadLoop
-	go fresh.run(&http.Client{Timeout: timeout, Transport: &http.Transport{DisableKeepAlives: true}}, url, interval)
-	go kept.run(&http.Client{Timeout: timeout, Transport: &http.Transport{MaxConnsPerHost: 1, IdleConnTimeout: time.Hour, DialContext: kept.dial}}, url, interval)
+	go fresh.fresh(url, interval, timeout)
+	go kept.kept(url, interval, timeout)
 	mux := http.NewServeMux()
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) { fmt.Fprintln(w, "ok") })
 	mux.HandleFunc("/stats", func(w http.ResponseWriter, r *http.Request) {
