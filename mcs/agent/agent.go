@@ -94,6 +94,11 @@ type Config struct {
 	// agent allocates in gateway mode; zero means the defaults of
 	// mcs/api (DefaultEgressPortMin, DefaultEgressPortMax).
 	EgressPortMin, EgressPortMax int32
+	// MaxImportsPerCluster caps how many services this agent imports
+	// from any one other cluster: the oldest exports are taken, the rest
+	// left out and reported (docs/security.md, H3). Zero means
+	// DefaultMaxImportsPerCluster; there is no "no cap".
+	MaxImportsPerCluster int
 	// GatewayIngressPort is the gateway pods' mTLS port that other
 	// clusters' gateways connect to, published with the pods' addresses
 	// in this cluster's record in gateway mode; zero means mcs/api's
@@ -134,6 +139,10 @@ type Agent struct {
 
 	exports *controller
 	imports *controller
+	// caps ranks each other cluster's exports against the import cap;
+	// capReports reports a cluster's change of standing once.
+	caps       *importCaps
+	capReports *controller
 
 	emptySince atomic.Pointer[time.Time] // when the broker view became empty
 	link       atomic.Pointer[brokerv1.BrokerLink]
@@ -171,6 +180,12 @@ func New(cfg Config) (*Agent, error) {
 	if cfg.Workers == 0 {
 		cfg.Workers = 2
 	}
+	if cfg.MaxImportsPerCluster == 0 {
+		cfg.MaxImportsPerCluster = DefaultMaxImportsPerCluster
+	}
+	if cfg.MaxImportsPerCluster < 0 {
+		return nil, fmt.Errorf("max imports per cluster %d is negative", cfg.MaxImportsPerCluster)
+	}
 	if err := checkGatewayConfig(&cfg); err != nil {
 		return nil, err
 	}
@@ -197,6 +212,8 @@ func New(cfg Config) (*Agent, error) {
 
 	a.exports = newController("export", a.syncExport, a.log, a.metrics)
 	a.imports = newController("import", a.syncImport, a.log, a.metrics)
+	a.caps = newImportCaps(cfg.ClusterID, cfg.MaxImportsPerCluster)
+	a.capReports = newController("import-cap", a.reportCap, a.log, a.metrics)
 	if err := a.setupInformers(); err != nil {
 		return nil, err
 	}
@@ -238,6 +255,7 @@ func (a *Agent) lead(ctx context.Context) {
 	var wg sync.WaitGroup
 	wg.Go(func() { a.exports.run(ctx, a.cfg.Workers) })
 	wg.Go(func() { a.imports.run(ctx, a.cfg.Workers) })
+	wg.Go(func() { a.capReports.run(ctx, 1) })
 	wg.Wait()
 }
 

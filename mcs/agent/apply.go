@@ -14,7 +14,6 @@ import (
 	mcsv1beta1 "sigs.k8s.io/mcs-api/pkg/apis/v1beta1"
 
 	brokerv1 "github.com/isthmus-dev/isthmus/mcs/api/broker/v1alpha1"
-	"github.com/isthmus-dev/isthmus/mcs/merge"
 )
 
 // massWithdrawalFloor is the number of imports below which an empty broker
@@ -52,7 +51,7 @@ func (a *Agent) applyImport(ctx context.Context, p *importPlan) error {
 	} else if err := a.deleteDerived(ctx, ns, derivedServiceName(name)); err != nil {
 		return err
 	}
-	if err := a.setImportStatus(ctx, si, p.Merged, p.Egress, p.Refused); err != nil {
+	if err := a.setImportStatus(ctx, si, p); err != nil {
 		return err
 	}
 
@@ -137,7 +136,8 @@ func (a *Agent) deleteDerived(ctx context.Context, ns, name string) error {
 // setImportStatus lists the exporting clusters, says that MCS
 // EndpointSlices are present, and sets the Ready condition and, in gateway
 // mode, the GatewayEgress condition.
-func (a *Agent) setImportStatus(ctx context.Context, si *mcsv1beta1.ServiceImport, r merge.Result, egress *egressAssignment, refused map[string][]string) error {
+func (a *Agent) setImportStatus(ctx context.Context, si *mcsv1beta1.ServiceImport, p *importPlan) error {
+	r, egress, refused := p.Merged, p.Egress, p.Refused
 	updated := si.DeepCopy()
 	// Every import gets MCS EndpointSlices (per exporting cluster and
 	// family), in both data-plane modes: consumers such as Gateway API
@@ -156,6 +156,7 @@ func (a *Agent) setImportStatus(ctx context.Context, si *mcsv1beta1.ServiceImpor
 	meta.SetStatusCondition(&updated.Status.Conditions, ready)
 	a.setEgressCondition(&updated.Status, egress, r, si.Generation)
 	setRefusedCondition(&updated.Status, refused, si.Generation)
+	setCappedCondition(&updated.Status, p.Capped, p.in.MaxImports, si.Generation)
 	if equalStatus(si.Status, updated.Status) {
 		return nil
 	}

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"slices"
+	"time"
 
 	brokerv1 "github.com/isthmus-dev/isthmus/mcs/api/broker/v1alpha1"
 )
@@ -79,11 +80,17 @@ func tunnelDown(rec *brokerv1.Cluster) map[string]bool {
 	return out
 }
 
-// clusterChanged queues the imports a Cluster record's change can move.
+// clusterChanged queues the imports a Cluster record's change can move,
+// after giving the import cap's ranking the cluster's join time.
 func (a *Agent) clusterChanged(old, cur any) {
 	rec := func(o any) *brokerv1.Cluster {
 		c, _ := unwrap(o).(*brokerv1.Cluster)
 		return c
+	}
+	if r := rec(cur); r != nil {
+		a.capsChanged(r.Spec.ClusterID, a.caps.setJoined(r.Spec.ClusterID, r.CreationTimestamp.Time))
+	} else if r := rec(old); r != nil {
+		a.capsChanged(r.Spec.ClusterID, a.caps.setJoined(r.Spec.ClusterID, time.Time{}))
 	}
 	a.importsOf(clustersMoved(rec(old), rec(cur), a.cfg.ClusterID)...)
 }

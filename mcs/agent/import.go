@@ -34,11 +34,13 @@ func (a *Agent) syncImport(ctx context.Context, key string) error {
 // derived Service as it stands here.
 func (a *Agent) importInput(ns, name string) importInput {
 	in := importInput{Namespace: ns, Name: name, Local: a.cfg.ClusterID, Region: a.cfg.Region,
-		Exports:   a.exportsOf(ns, name),
-		Endpoints: map[string][]*discoveryv1.EndpointSlice{},
-		Clusters:  map[string]clusterState{},
-		Derived:   a.cachedDerived(ns, derivedServiceName(name)),
-		Gateway:   a.importGateway(),
+		Exports:    a.exportsOf(ns, name),
+		Endpoints:  map[string][]*discoveryv1.EndpointSlice{},
+		Clusters:   map[string]clusterState{},
+		Derived:    a.cachedDerived(ns, derivedServiceName(name)),
+		Gateway:    a.importGateway(),
+		Capped:     map[string]bool{},
+		MaxImports: a.cfg.MaxImportsPerCluster,
 		// Gateway mode reaches other clusters' endpoints only through
 		// their own gateways.
 		TrustUnclaimed: a.gatewayMode(),
@@ -50,9 +52,22 @@ func (a *Agent) importInput(ns, name string) importInput {
 		c := s.Labels[brokerv1.LabelSourceCluster]
 		brokerSlices[c] = append(brokerSlices[c], s)
 	}
+	key := ns + "/" + name
+	ranked := in.Exports[:0]
+	for _, e := range in.Exports {
+		switch a.caps.standing(e.Spec.SourceCluster, key) {
+		case inCap:
+			ranked = append(ranked, e)
+		case overCap:
+			ranked = append(ranked, e)
+			in.Capped[e.Spec.SourceCluster] = true
+		}
+		// Unranked: its informer event, on its way, queues this key again.
+	}
+	in.Exports = ranked
 	for _, e := range in.Exports {
 		c := e.Spec.SourceCluster
-		if _, seen := in.Clusters[c]; seen {
+		if _, seen := in.Clusters[c]; seen || in.Capped[c] {
 			continue
 		}
 		// Judged once per sync: each reads the Leases and this cluster's

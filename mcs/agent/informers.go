@@ -86,11 +86,6 @@ func (a *Agent) setupInformers() error {
 			}
 			both(key)
 		}},
-		{brokerExportInf, func(o any) {
-			if e, ok := unwrap(o).(*brokerv1.ExportedService); ok {
-				both(e.Spec.ServiceNamespace + "/" + e.Spec.ServiceName)
-			}
-		}},
 		{brokerSliceInf, func(o any) { a.imports.enqueue(brokerSliceServiceKey(o)) }},
 		{nsInf, func(o any) { a.importsInNamespace(unwrap(o).(metav1.Object).GetName()) }},
 		{importInf, func(o any) { a.imports.enqueue(objectKey(o)) }},
@@ -118,6 +113,17 @@ func (a *Agent) setupInformers() error {
 		a.informers = append(a.informers, h.inf)
 		a.synced = append(a.synced, h.inf.HasSynced)
 	}
+	// A broker export's change moves its cluster's ranking against the
+	// import cap (capped.go), which needs the version it replaced.
+	if _, err := brokerExportInf.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(o any) { a.exportRecordChanged(nil, o) },
+		UpdateFunc: a.exportRecordChanged,
+		DeleteFunc: func(o any) { a.exportRecordChanged(o, nil) },
+	}); err != nil {
+		return fmt.Errorf("adding event handler: %w", err)
+	}
+	a.informers = append(a.informers, brokerExportInf)
+	a.synced = append(a.synced, brokerExportInf.HasSynced)
 	// A Cluster record's change queues only the imports it can move
 	// (clusterchange.go), which needs the version it replaced.
 	if _, err := clusterInf.AddEventHandler(cache.ResourceEventHandlerFuncs{

@@ -15,6 +15,7 @@ type metrics struct {
 	// What other members wrote that this agent would not take.
 	recordsRefused *prometheus.CounterVec
 	undecodable    *prometheus.CounterVec
+	importsCapped  *prometheus.GaugeVec
 
 	// Gateway mode.
 	egressInUse       prometheus.Gauge
@@ -54,6 +55,10 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		undecodable: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "isthmus_agent_broker_records_undecodable_total",
 			Help: "Broker records left out because they do not decode, by resource."}, []string{"resource"}),
+		importsCapped: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "isthmus_agent_imports_capped",
+			Help: "Exports of another cluster left out of this cluster's imports because that cluster exports more services than the per-cluster import cap, by exporting cluster."},
+			[]string{"cluster"}),
 		egressInUse: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "isthmus_agent_gateway_egress_ports_in_use", Help: "Gateway egress ports allocated to imports (gateway mode)."}),
 		egressCapacity: prometheus.NewGauge(prometheus.GaugeOpts{
@@ -72,7 +77,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "isthmus_agent_gateway_fallbacks_total", Help: "Times the gateway had no ready endpoint and derived Services fell back to direct mode."}),
 	}
 	reg.MustRegister(m.exports, m.imports, m.conflicts, m.brokerConnected, m.brokerWrites, m.reconcile, m.queueDepth, m.withdrawRefused,
-		m.recordsRefused, m.undecodable,
+		m.recordsRefused, m.undecodable, m.importsCapped,
 		m.egressInUse, m.egressCapacity, m.egressWaiting, m.egressExhaustions, m.gatewayReady, m.gatewayFallback, m.gatewayFallbacks)
 	return m
 }

@@ -44,6 +44,11 @@ type importInput struct {
 	Derived *corev1.Service
 	// Gateway is gateway mode's one seam; nil in direct mode.
 	Gateway importGateway
+	// Capped names the clusters whose export of this service the
+	// per-source import cap leaves out (quota.go): they contribute
+	// nothing. MaxImports is that cap, for the condition saying so.
+	Capped     map[string]bool
+	MaxImports int
 	// TrustUnclaimed takes the endpoints of a cluster that claims no pod
 	// CIDRs as they are. Gateway mode does: traffic reaches another
 	// cluster's endpoints only through that cluster's own gateway. In
@@ -102,6 +107,9 @@ type importPlan struct {
 	// (trust.go), by exporting cluster, for the ServiceImport's condition
 	// and the metric; empty when nothing.
 	Refused map[string][]string
+	// Capped are the clusters whose export the import cap left out,
+	// sorted, for the ServiceImport's condition.
+	Capped []string
 
 	in        importInput
 	byCluster map[string][]*discoveryv1.EndpointSlice
@@ -113,6 +121,10 @@ func planImport(in importInput) *importPlan {
 	p := &importPlan{in: in}
 	var live []*brokerv1.ExportedService
 	for _, e := range in.Exports {
+		if in.Capped[e.Spec.SourceCluster] {
+			p.Capped = append(p.Capped, e.Spec.SourceCluster)
+			continue
+		}
 		st := in.Clusters[e.Spec.SourceCluster]
 		if st.Health == brokerv1.Withdrawn {
 			continue
@@ -125,6 +137,8 @@ func planImport(in importInput) *importPlan {
 		}
 		live = append(live, e)
 	}
+	slices.Sort(p.Capped)
+	p.Capped = slices.Compact(p.Capped)
 	if len(live) == 0 {
 		p.Remove = true
 		return p

@@ -78,6 +78,7 @@ type planView struct {
 	ips      []string // the ServiceImport's ClusterSetIPs
 	egress   string   // the egress annotation
 	refused  int      // reports of other clusters' records left out
+	capped   []string // clusters left out by the import cap
 }
 
 func viewPlan(p *importPlan) planView {
@@ -85,7 +86,7 @@ func viewPlan(p *importPlan) planView {
 	if p.Remove {
 		return v
 	}
-	v.typ, v.clusters, v.service = p.Import.Spec.Type, p.Merged.Clusters, p.Derived != nil
+	v.typ, v.clusters, v.service, v.capped = p.Import.Spec.Type, p.Merged.Clusters, p.Derived != nil, p.Capped
 	v.ips, v.egress = p.Import.Spec.IPs, p.Import.Annotations[brokerv1.AnnotationEgressPorts]
 	for _, s := range p.Slices {
 		switch s.Labels[labelSliceRole] {
@@ -211,6 +212,16 @@ func TestPlanImport(t *testing.T) {
 			Exports:   []*brokerv1.ExportedService{planExport("a", 5, cs, ""), planExport("b", 0, brokerv1.Headless, "")},
 			Endpoints: abc, Clusters: with("b", clusterState{Joined: joined})},
 			planView{typ: mcsv1beta1.ClusterSetIP, clusters: []string{"a", "b"}, mcs: []string{"a", "b"}, derived: []string{"a"}, service: true}},
+		{"the import cap: a capped cluster's export contributes nothing, though the oldest", importInput{
+			Exports: []*brokerv1.ExportedService{planExport("b", 1, brokerv1.Headless, ""), planExport("a", 2, cs, ""),
+				planExport("c", 3, cs, "")},
+			Endpoints: abc, Clusters: healthy, Capped: map[string]bool{"b": true}, MaxImports: 1},
+			planView{typ: mcsv1beta1.ClusterSetIP, clusters: []string{"a", "c"}, mcs: []string{"a", "c"}, derived: []string{"a"}, service: true,
+				capped: []string{"b"}}},
+		{"the import cap: a service only a capped cluster exports is not imported", importInput{
+			Exports:   []*brokerv1.ExportedService{planExport("b", 1, cs, "")},
+			Endpoints: abc, Clusters: healthy, Capped: map[string]bool{"b": true}, MaxImports: 1},
+			planView{remove: true}},
 		{"gateway, headless: nothing of the gateway", importInput{
 			Exports:   []*brokerv1.ExportedService{planExport("a", 1, brokerv1.Headless, "")},
 			Endpoints: abc, Clusters: healthy, Gateway: &stubGateway{as: full, pods: gwPods}},
