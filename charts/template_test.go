@@ -43,7 +43,7 @@ var chartCases = []chartCase{
 		"dns.clusterZone=clusters.local", "tunnel.endpoint=203.0.113.7:51820"},
 		want: []string{"Deployment/isthmus", "Deployment/isthmus-gateway", "ServiceMonitor/isthmus", "PrometheusRule/isthmus", "PodDisruptionBudget/isthmus-all"}},
 	{name: "single replicas, no dashboard", set: []string{"agent.replicas=1", "dns.replicas=1", "xds.replicas=1", "gateway.replicas=1",
-		"dataplane=gateway", "metrics.dashboard.enabled=false", "xds.grpcAuth=anonymous"},
+		"dataplane=gateway", "metrics.dashboard.enabled=false", "xds.grpcAuth=anonymous", "agent.maxImportsPerCluster=1000000"},
 		want: []string{"Deployment/isthmus-agent"},
 		none: []string{"PodDisruptionBudget/isthmus-agent", "PodDisruptionBudget/isthmus-dns", "PodDisruptionBudget/isthmus-xds",
 			"PodDisruptionBudget/isthmus-gateway", "ConfigMap/isthmus-dashboard"}},
@@ -66,6 +66,7 @@ func TestChartLint(t *testing.T) {
 		{[]string{"tunnel.endpoint=nowhere"}, "endpoint"},
 		{[]string{"gateway.ingressPort=70000"}, "ingressPort"},
 		{[]string{"agent.leaseDuration=soon"}, "leaseDuration"},
+		{[]string{"agent.maxImportsPerCluster=0"}, "maxImportsPerCluster"},
 		{[]string{"agent.unknown=1"}, "unknown"},
 	} {
 		if out, err := helmTemplate(t, tc.set...); err == nil || !strings.Contains(err.Error(), tc.want) {

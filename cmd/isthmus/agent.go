@@ -25,6 +25,7 @@ func agentRole() role {
 			withdrawAfter := fs.Duration(p+"withdraw-after", 5*time.Minute, "how long a peer may be silent before its exports leave this cluster's imports")
 			leaderElect := fs.Bool(p+"leader-elect", true, "elect one writing leader among the agent's replicas")
 			leaderNamespace := fs.String(p+"leader-elect-namespace", brokerv1.MemberNamespace, "namespace of this cluster holding the election Lease")
+			maxImports := fs.Int(p+"max-imports-per-cluster", agent.DefaultMaxImportsPerCluster, "the most services imported from any one other cluster: its oldest exports are taken, the rest left out and reported (at least 1; there is no unlimited)")
 			egressPorts := fs.String(p+"egress-ports", fmt.Sprintf("%d-%d", brokerv1.DefaultEgressPortMin, brokerv1.DefaultEgressPortMax), "MIN-MAX: the gateway egress ports the agent allocates to imports (gateway mode)")
 			return func(ctx context.Context, e *env, log *slog.Logger) error {
 				f := &e.facts
@@ -35,6 +36,9 @@ func agentRole() role {
 				gwNamespace, gwName, err := namespacedName("gateway-service", f.gatewayService)
 				if err != nil {
 					return err
+				}
+				if *maxImports < 1 {
+					return fmt.Errorf("--%smax-imports-per-cluster %d: must be at least 1 (the cap bounds what one member can make this cluster import)", p, *maxImports)
 				}
 				egressMin, egressMax, err := agent.ParseEgressPortRange(*egressPorts)
 				if err != nil {
@@ -59,7 +63,8 @@ func agentRole() role {
 					LeaseDuration: f.leaseDuration, WithdrawAfter: *withdrawAfter,
 					Dataplane: dataplane, GatewayNamespace: gwNamespace, GatewayName: gwName,
 					EgressPortMin: egressMin, EgressPortMax: egressMax, GatewayIngressPort: int32(f.ingressPort),
-					Log: log, Registry: e.reg,
+					MaxImportsPerCluster: *maxImports,
+					Log:                  log, Registry: e.reg,
 				}
 				if *leaderElect {
 					cfg.LeaderElectionNamespace, cfg.Identity = *leaderNamespace, identity()

@@ -39,7 +39,7 @@ var chartValues = map[string][]string{
 		"metrics.serviceMonitor.labels.release=prometheus", "metrics.prometheusRule.enabled=true", "metrics.prometheusRule.labels.release=prometheus", "logFormat=text", "broker.existingSecret=gitops-broker",
 		"dns.clusterZone=clusters.local", "tunnel.endpoint=203.0.113.7:51820"},
 	"single replicas, no dashboard": {"agent.replicas=1", "dns.replicas=1", "xds.replicas=1", "gateway.replicas=1",
-		"dataplane=gateway", "metrics.dashboard.enabled=false", "xds.grpcAuth=anonymous"},
+		"dataplane=gateway", "metrics.dashboard.enabled=false", "xds.grpcAuth=anonymous", "agent.maxImportsPerCluster=1000000"},
 }
 
 // renderChart runs helm template for member c with the values set.

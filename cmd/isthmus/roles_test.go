@@ -144,3 +144,18 @@ func TestVersion(t *testing.T) {
 		t.Errorf("isthmus version printed %q", out.String())
 	}
 }
+
+// TestAgentImportCapFlag: the import cap cannot be turned off, neither
+// with 0 nor with a negative number, and the refusal names the flag
+// before anything is contacted.
+func TestAgentImportCapFlag(t *testing.T) {
+	for _, v := range []string{"0", "-1"} {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		err := run(ctx, []string{"agent", "--max-imports-per-cluster", v, "--metrics-addr", "127.0.0.1:0"},
+			slog.New(slog.DiscardHandler), io.Discard, io.Discard)
+		cancel()
+		if err == nil || !strings.Contains(err.Error(), "--max-imports-per-cluster "+v+": must be at least 1") {
+			t.Errorf("--max-imports-per-cluster %s: %v", v, err)
+		}
+	}
+}

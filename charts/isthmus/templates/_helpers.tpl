@@ -121,6 +121,7 @@ role's name.
 {{ include "isthmus.env" (list (print $p "SERVICE_CIDRS") (join "," .)) }}
 {{- end }}
 {{ include "isthmus.env" (list (print $p "WITHDRAW_AFTER") $.Values.agent.withdrawAfter) }}
+{{ include "isthmus.env" (list (print $p "MAX_IMPORTS_PER_CLUSTER") (int64 $.Values.agent.maxImportsPerCluster)) }}
 {{ include "isthmus.env" (list (print $p "LEADER_ELECT") "true") }}
 {{ include "isthmus.env" (list (print $p "LEADER_ELECT_NAMESPACE") $.Release.Namespace) }}
 {{ include "isthmus.env" (list (print $p "EGRESS_PORTS") $.Values.gateway.egressPorts) }}
