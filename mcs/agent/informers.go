@@ -113,28 +113,25 @@ func (a *Agent) setupInformers() error {
 		a.informers = append(a.informers, h.inf)
 		a.synced = append(a.synced, h.inf.HasSynced)
 	}
-	// A broker export's change moves its cluster's ranking against the
-	// import cap (capped.go), which needs the version it replaced.
-	if _, err := brokerExportInf.AddEventHandler(cache.ResourceEventHandlerFuncs{
-		AddFunc:    func(o any) { a.exportRecordChanged(nil, o) },
-		UpdateFunc: a.exportRecordChanged,
-		DeleteFunc: func(o any) { a.exportRecordChanged(o, nil) },
-	}); err != nil {
-		return fmt.Errorf("adding event handler: %w", err)
+	// Handlers that need the version a change replaced (nil for an add or
+	// a delete): a broker export's change moves its cluster's ranking
+	// against the import cap (capped.go); a Cluster record's queues only
+	// the imports it can move (clusterchange.go).
+	for _, h := range []struct {
+		inf     cache.SharedIndexInformer
+		changed func(old, cur any)
+	}{{brokerExportInf, a.exportRecordChanged}, {clusterInf, a.clusterChanged}} {
+		changed := h.changed
+		if _, err := h.inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
+			AddFunc:    func(o any) { changed(nil, o) },
+			UpdateFunc: changed,
+			DeleteFunc: func(o any) { changed(o, nil) },
+		}); err != nil {
+			return fmt.Errorf("adding event handler: %w", err)
+		}
+		a.informers = append(a.informers, h.inf)
+		a.synced = append(a.synced, h.inf.HasSynced)
 	}
-	a.informers = append(a.informers, brokerExportInf)
-	a.synced = append(a.synced, brokerExportInf.HasSynced)
-	// A Cluster record's change queues only the imports it can move
-	// (clusterchange.go), which needs the version it replaced.
-	if _, err := clusterInf.AddEventHandler(cache.ResourceEventHandlerFuncs{
-		AddFunc:    func(o any) { a.clusterChanged(nil, o) },
-		UpdateFunc: a.clusterChanged,
-		DeleteFunc: func(o any) { a.clusterChanged(o, nil) },
-	}); err != nil {
-		return fmt.Errorf("adding event handler: %w", err)
-	}
-	a.informers = append(a.informers, clusterInf)
-	a.synced = append(a.synced, clusterInf.HasSynced)
 	// The heartbeat clock learns of a renewal only here, when the Lease is
 	// delivered, and must tell a deleted Lease from a renewed one.
 	if _, err := leaseInf.AddEventHandler(cache.ResourceEventHandlerFuncs{

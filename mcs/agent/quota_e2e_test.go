@@ -21,7 +21,7 @@ import (
 // TestImportCapHoldsAgainstAFlood is H3's import flood through the real
 // broker: a member admitted with its own broker credential ("mallory",
 // no cluster behind it) writes cap+2 exports into a namespace c has.
-// c's agent, run with a cap of 3, imports exactly the oldest 3: the
+// c's agent, run with a small cap, imports exactly the oldest: the
 // other two get no ServiceImport and no derived Service (no ClusterIP of
 // c's range), the one of them that a also exports is imported with a's
 // endpoints only and says why on its ServiceImport, c counts both in
@@ -32,8 +32,47 @@ import (
 func TestImportCapHoldsAgainstAFlood(t *testing.T) {
 	clusterset(t)
 	ctx := ctxFor(t, 4*time.Minute)
-	const ns, hostile, limit = "flood", "mallory", 3
+	const ns, hostile = "flood", "mallory"
 	namespace(t, ctx, ns, 0, 2)
+	hub := brokerclient.NewForConfigOrDie(clusters.Broker.Config).BrokerV1alpha1()
+	bns := brokerv1.DefaultBrokerNamespace
+
+	// c's cap holds for every other cluster: it leaves room for what a
+	// and b export already (other tests' services) and for a's one below.
+	limit := 3
+	all, err := hub.ExportedServices(bns).List(ctx, metav1.ListOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	per := map[string]int{}
+	for _, e := range all.Items {
+		per[e.Spec.SourceCluster]++
+	}
+	for c, n := range per {
+		if c != "c" {
+			limit = max(limit, n+2)
+		}
+	}
+	svc := func(i int) string { return fmt.Sprintf("svc-%d", i) }
+	// imported is what c should hold: mallory's svc-i for each i, and
+	// the shared one from clusters.
+	shared := svc(limit + 1)
+	imported := func(sharedFrom []string, is ...int) map[string][]string {
+		out := map[string][]string{shared: sharedFrom}
+		for _, i := range is {
+			out[svc(i)] = []string{hostile}
+		}
+		return out
+	}
+	upTo := func(n int, skip ...int) []int {
+		var out []int
+		for i := range n {
+			if !slices.Contains(skip, i) {
+				out = append(out, i)
+			}
+		}
+		return out
+	}
 
 	stopAgent(t, 2)
 	if err := startAgent(2, func(c *agent.Config) { c.MaxImportsPerCluster = limit }); err != nil {
@@ -47,7 +86,6 @@ func TestImportCapHoldsAgainstAFlood(t *testing.T) {
 	})
 
 	// a exports the one service mallory's flood will leave out in c.
-	const shared = "svc-4"
 	workload(t, ctx, 0, ns, shared, 1, false)
 	exportService(t, ctx, 0, ns, shared, nil, nil)
 
@@ -60,24 +98,22 @@ func TestImportCapHoldsAgainstAFlood(t *testing.T) {
 		t.Fatal(err)
 	}
 	asHostile := brokerclient.NewForConfigOrDie(cred).BrokerV1alpha1()
-	bns := brokerv1.DefaultBrokerNamespace
 	rec, err := asHostile.Clusters(bns).Create(ctx, &brokerv1.Cluster{
 		ObjectMeta: metav1.ObjectMeta{Name: hostile, Labels: map[string]string{brokerv1.LabelSourceCluster: hostile}},
 		Spec:       brokerv1.ClusterSpec{ClusterID: hostile, Region: "eu"}}, metav1.CreateOptions{})
 	if err != nil {
 		t.Fatalf("mallory writing its own Cluster record: %v", err)
 	}
-	hub := brokerclient.NewForConfigOrDie(clusters.Broker.Config).BrokerV1alpha1()
 	t.Cleanup(func() {
 		ctx := context.Background()
 		for i := range limit + 2 {
-			_ = hub.ExportedServices(bns).Delete(ctx, brokerv1.ExportedServiceName(hostile, ns, fmt.Sprintf("svc-%d", i)), metav1.DeleteOptions{})
+			_ = hub.ExportedServices(bns).Delete(ctx, brokerv1.ExportedServiceName(hostile, ns, svc(i)), metav1.DeleteOptions{})
 		}
 		_ = hub.Clusters(bns).Delete(ctx, hostile, metav1.DeleteOptions{})
 	})
-	// svc-0 is the oldest, the shared svc-4 the newest.
+	// svc-0 is the oldest, the shared one the newest.
 	for i := range limit + 2 {
-		name := fmt.Sprintf("svc-%d", i)
+		name := svc(i)
 		at := metav1.NewTime(rec.CreationTimestamp.Add(time.Duration(i+1) * time.Second))
 		if _, err := asHostile.ExportedServices(bns).Create(ctx, &brokerv1.ExportedService{
 			ObjectMeta: metav1.ObjectMeta{Name: brokerv1.ExportedServiceName(hostile, ns, name), Labels: map[string]string{
@@ -150,9 +186,8 @@ func TestImportCapHoldsAgainstAFlood(t *testing.T) {
 		}
 	}
 
-	m := []string{hostile}
-	eventually(t, propagation, "c imports mallory's oldest 3 and a's shared one", want(2, map[string][]string{
-		"svc-0": m, "svc-1": m, "svc-2": m, shared: {"a"}}, shared))
+	left := svc(limit)
+	eventually(t, propagation, "c imports mallory's oldest and a's shared one", want(2, imported([]string{"a"}, upTo(limit)...), shared))
 	eventually(t, propagation, "c counts 2 of mallory's exports left out", func() error {
 		if n := metric(t, 2, "isthmus_agent_imports_capped", `cluster="`+hostile+`"`); n != 2 {
 			return fmt.Errorf("isthmus_agent_imports_capped{cluster=%s} = %v", hostile, n)
@@ -168,34 +203,32 @@ func TestImportCapHoldsAgainstAFlood(t *testing.T) {
 		// One Event per change: the two may have come in one or two.
 		var named []string
 		for _, e := range evs.Items {
-			for _, n := range []string{"svc-3", shared} {
+			for _, n := range []string{left, shared} {
 				if strings.Contains(e.Message, "cluster "+hostile) && strings.Contains(e.Message, n) {
 					named = append(named, n)
 				}
 			}
 		}
-		if !slices.Contains(named, "svc-3") || !slices.Contains(named, shared) {
-			return fmt.Errorf("%d ImportCapped Events name %v of mallory's, want svc-3 and %s", len(evs.Items), named, shared)
+		if !slices.Contains(named, left) || !slices.Contains(named, shared) {
+			return fmt.Errorf("%d ImportCapped Events name %v of mallory's, want %s and %s", len(evs.Items), named, left, shared)
 		}
 		return nil
 	})
-	eventually(t, propagation, "a, with the default cap, imports all of mallory's", want(0, map[string][]string{
-		"svc-0": m, "svc-1": m, "svc-2": m, "svc-3": m, shared: {"a", hostile}}))
+	eventually(t, propagation, "a, with the default cap, imports all of mallory's", want(0, imported([]string{"a", hostile}, upTo(limit+1)...)))
 
 	// A freed slot goes to the next in rank.
 	if err := asHostile.ExportedServices(bns).Delete(ctx, brokerv1.ExportedServiceName(hostile, ns, "svc-1"), metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, propagation, "svc-3 takes svc-1's slot in c", want(2, map[string][]string{
-		"svc-0": m, "svc-2": m, "svc-3": m, shared: {"a"}}, shared))
+	eventually(t, propagation, "the next in rank takes svc-1's slot in c", want(2, imported([]string{"a"}, upTo(limit+1, 1)...), shared))
 	if n := metric(t, 2, "isthmus_agent_imports_capped", `cluster="`+hostile+`"`); n != 1 {
 		t.Errorf("isthmus_agent_imports_capped{cluster=%s} = %v after one slot freed, want 1", hostile, n)
 	}
 	if err := asHostile.ExportedServices(bns).Delete(ctx, brokerv1.ExportedServiceName(hostile, ns, "svc-2"), metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, propagation, "the shared one takes mallory back in c and its condition clears", want(2, map[string][]string{
-		"svc-0": m, "svc-3": m, shared: {"a", hostile}}))
+	eventually(t, propagation, "the shared one takes mallory back in c and its condition clears",
+		want(2, imported([]string{"a", hostile}, upTo(limit+1, 1, 2)...)))
 	eventually(t, propagation, "c counts none left out", func() error {
 		if n := metric(t, 2, "isthmus_agent_imports_capped", `cluster="`+hostile+`"`); n != 0 {
 			return fmt.Errorf("isthmus_agent_imports_capped{cluster=%s} = %v", hostile, n)
