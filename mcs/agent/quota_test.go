@@ -8,7 +8,9 @@ import (
 	"testing"
 	"time"
 
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	mcsv1beta1 "sigs.k8s.io/mcs-api/pkg/apis/v1beta1"
 
 	brokerv1 "github.com/isthmus-dev/isthmus/mcs/api/broker/v1alpha1"
 )
@@ -248,4 +250,55 @@ func BenchmarkQuota(b *testing.B) {
 			c.standing(ids[i%1000], "ns3/s3")
 		}
 	})
+}
+
+// TestCapReportsAreBounded: what the cap reports (the per-namespace
+// changes behind the Events, the oldest left out, the ServiceImport's
+// condition) names a few and counts the rest, however many are left out;
+// a report takes the changes, so the next one starts afresh.
+func TestCapReportsAreBounded(t *testing.T) {
+	c := newImportCaps("local", 1)
+	for i := range 1000 {
+		c.put("h", fmt.Sprintf("ns%d", i%10), fmt.Sprintf("s%03d", i), minute(i))
+	}
+	if got := c.put("local", "ns0", "mine", minute(0)); got != nil || c.standing("local", "ns0/mine") != inCap {
+		t.Errorf("this cluster's own export was ranked: %v", got)
+	}
+	r := c.report("h")
+	if r.exports != 1000 || r.leftOut != 999 || !slices.Equal(r.oldest, []string{"ns1/s001", "ns2/s002", "ns3/s003"}) {
+		t.Errorf("report %d exports, %d left out, oldest %v", r.exports, r.leftOut, r.oldest)
+	}
+	out := 0
+	for ns, ch := range r.changes {
+		out += ch.out
+		if len(ch.outNames) > maxNamed || ch.in != 0 {
+			t.Errorf("%s: %+v", ns, ch)
+		}
+	}
+	if out != 999 {
+		t.Errorf("the changes count %d left out, want 999", out)
+	}
+	if r := c.report("h"); len(r.changes) != 0 || r.reported != 999 {
+		t.Errorf("a second report with nothing changed: %+v", r)
+	}
+	c.remove("h", "ns0/s000")
+	r = c.report("h")
+	if ch := r.changes["ns1"]; r.leftOut != 998 || ch == nil || ch.in != 1 || !slices.Equal(ch.inNames, []string{"s001"}) {
+		t.Errorf("after the taken one went: %d left out, changes %+v", r.leftOut, r.changes)
+	}
+
+	var st mcsv1beta1.ServiceImportStatus
+	var many []string
+	for i := range 500 {
+		many = append(many, fmt.Sprintf("cluster-%03d", i))
+	}
+	setCappedCondition(&st, many, 2000, 1)
+	cond := meta.FindStatusCondition(st.Conditions, ConditionImportCapped)
+	if cond == nil || len(cond.Message) > 400 || !strings.Contains(cond.Message, "and 497 more") || !strings.Contains(cond.Message, "2000") {
+		t.Errorf("condition %+v", cond)
+	}
+	setCappedCondition(&st, nil, 2000, 1)
+	if len(st.Conditions) != 0 {
+		t.Errorf("the condition stays with nothing capped: %+v", st.Conditions)
+	}
 }
