@@ -60,11 +60,10 @@ func agentRole() role {
 					ClusterID: id, BrokerNamespace: ns, Region: f.region, Zone: f.zone,
 					PodCIDRs: split(*podCIDRs), ServiceCIDRs: split(*serviceCIDRs), Version: buildinfo.Read().Version,
 					Local: local.Kube, LocalMCS: local.MCS, Broker: broker.Kube, BrokerClient: broker.BrokerAPI, BrokerDynamic: broker.Dynamic,
-					LeaseDuration: f.leaseDuration, WithdrawAfter: *withdrawAfter,
+					LeaseDuration: f.leaseDuration, WithdrawAfter: *withdrawAfter, MaxImportsPerCluster: *maxImports,
 					Dataplane: dataplane, GatewayNamespace: gwNamespace, GatewayName: gwName,
 					EgressPortMin: egressMin, EgressPortMax: egressMax, GatewayIngressPort: int32(f.ingressPort),
-					MaxImportsPerCluster: *maxImports,
-					Log:                  log, Registry: e.reg,
+					Log: log, Registry: e.reg,
 				}
 				if *leaderElect {
 					cfg.LeaderElectionNamespace, cfg.Identity = *leaderNamespace, identity()
