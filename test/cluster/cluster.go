@@ -31,6 +31,10 @@ type Options struct {
 	// IPv4 first: pod CIDR fd00:244:<i>::/56 (a /64 for the node, so pods
 	// get an address of each family) and service CIDR fd00:96:<i>::/112.
 	// Members beyond the slice are IPv4 only, so a clusterset can mix both.
+	// A dual-stack real node also has an IPv6 address on the underlay,
+	// fd00:200::<i>:10, and the kubelet reports both; its pods get an
+	// address of each family from the bridge and kube-proxy serves both
+	// families' ClusterIPs.
 	DualStack []bool
 	// BinDir holds the binaries built by test/tools. Empty means the
 	// ISTHMUS_TOOLS_DIR environment variable, else the directory

@@ -8,7 +8,9 @@
 // and EndpointSlices from the real EndpointSlice controller. A dual-stack
 // member (Options.DualStack) has IPv4 and IPv6 ranges: its node a pod CIDR
 // of each family, its pods an address of each, its PreferDualStack
-// Services a ClusterIP of each.
+// Services a ClusterIP of each; on a real node, also an IPv6 node address
+// on the underlay (ULA), the CNI bridge handing out both families and
+// kube-proxy programming both (nftables tables ip and ip6).
 //
 // KWOK's pods are cheap and run nothing. With Options.RealNodes each member
 // gets a real node instead: the kubelet, containerd with runc and the CNI

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
+	"strings"
 	"testing"
 	"time"
 
@@ -11,6 +12,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
 )
 
 // TestDualStack starts a dual-stack member and checks what dual-stack
@@ -120,4 +122,73 @@ func within(addrs []string, ranges []netip.Prefix, prefixes bool) error {
 		}
 	}
 	return nil
+}
+
+// TestDualStackRealNode starts a dual-stack member on a real node and
+// checks what the dual-stack conformance run builds on: the node reports
+// an InternalIP of each family, a pod gets an address from each of the
+// node's pod CIDRs, kube-proxy programs an nftables table per family, and
+// the pod reaches an IPv6-only ClusterIP of itself through it.
+func TestDualStackRealNode(t *testing.T) {
+	cs := Start(t, Options{Members: 1, RealNodes: true, DualStack: []bool{true}})
+	m := cs.Members[0]
+	t.Logf("a dual-stack member with a real node ready in %v (kubelet start -> node Ready %v)",
+		cs.StartDuration.Round(time.Millisecond), m.node.readyAfter.Round(time.Millisecond))
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+
+	node, err := m.Client.CoreV1().Nodes().Get(ctx, m.Node, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var internal []string
+	for _, a := range node.Status.Addresses {
+		if a.Type == corev1.NodeInternalIP {
+			internal = append(internal, a.Address)
+		}
+	}
+	if len(m.NodeIPs) != 2 || fmt.Sprint(internal) != fmt.Sprint(m.NodeIPs) {
+		t.Errorf("node InternalIPs %v, want %v (IPv4 then IPv6)", internal, m.NodeIPs)
+	}
+	if err := within(node.Spec.PodCIDRs, m.PodCIDRs, true); err != nil {
+		t.Errorf("node pod CIDRs: %v", err)
+	}
+
+	pod, err := runTestServer(ctx, m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ips []string
+	for _, ip := range pod.Status.PodIPs {
+		ips = append(ips, ip.IP)
+	}
+	if err := within(ips, m.PodCIDRs, false); err != nil {
+		t.Errorf("pod IPs: %v", err)
+	}
+
+	six := corev1.IPFamilyPolicySingleStack
+	svc, err := m.Client.CoreV1().Services("default").Create(ctx, &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Name: "web6"},
+		Spec: corev1.ServiceSpec{Selector: map[string]string{"app": "web"}, IPFamilyPolicy: &six,
+			IPFamilies: []corev1.IPFamily{corev1.IPv6Protocol},
+			Ports:      []corev1.ServicePort{{Name: "http", Port: 80, TargetPort: intstr.FromString("http")}}},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ip := netip.MustParseAddr(svc.Spec.ClusterIP); !m.ServiceCIDRs[1].Contains(ip) {
+		t.Fatalf("IPv6 ClusterIP %s outside %s", ip, m.ServiceCIDRs[1])
+	}
+	url := "http://" + netip.AddrPortFrom(netip.MustParseAddr(svc.Spec.ClusterIP), 80).String() + "/"
+	var last string
+	if err := poll(ctx, func() bool {
+		last, err = m.Exec(ctx, pod, "/testserver", "get", url)
+		return err == nil && strings.Contains(last, "200 hello from "+pod.Name)
+	}); err != nil {
+		t.Errorf("IPv6 ClusterIP %s through kube-proxy: %q, %v", svc.Spec.ClusterIP, last, err)
+	}
+	out, err := m.NodeCommand(ctx, "nft", "list", "tables").CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "table ip kube-proxy") || !strings.Contains(string(out), "table ip6 kube-proxy") {
+		t.Errorf("kube-proxy's nftables tables on the node, want ip and ip6:\n%s %v", out, err)
+	}
 }

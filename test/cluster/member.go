@@ -46,6 +46,10 @@ type Cluster struct {
 	// NodeIP is the member's node address, 10.200.<i>.10; a real node has
 	// it on the underlay.
 	NodeIP netip.Addr
+	// NodeIPs are the node's addresses, NodeIP first: a dual-stack member's
+	// real node also has fd00:200::<i>:10 on the underlay (KWOK's node
+	// has NodeIP alone).
+	NodeIPs []netip.Addr
 	// DNSServiceIP is the tenth address of the service range, the cluster
 	// DNS a real node's kubelet writes into pods' resolv.conf. Nothing
 	// answers there until a test installs a DNS server with a Service at
@@ -175,6 +179,10 @@ func (cs *Clusterset) newCluster(name string, spec clusterSpec, bins binaries, d
 	}
 	if spec.member {
 		c.Node, c.NodeIP = NodeName, nodeIP(spec.index)
+		c.NodeIPs = []netip.Addr{c.NodeIP}
+		if spec.realNode {
+			c.NodeIPs = nodeIPs(spec)
+		}
 		c.DNSServiceIP = spec.serviceCIDR.Addr()
 		for range 10 {
 			c.DNSServiceIP = c.DNSServiceIP.Next()

@@ -70,6 +70,7 @@ const (
 type realNode struct {
 	name    string
 	ip      netip.Addr
+	ips     []netip.Addr // ip first, then a dual-stack node's IPv6 address
 	dir     string
 	cgroup  string // below each hierarchy's root, e.g. /isthmus-cluster-123-member1
 	cluster *Cluster
@@ -179,6 +180,15 @@ func (n *realNode) prepare(ctx context.Context, underlayPID, apiPort int) error 
 		{"nft", "add", "rule", "ip", "isthmus-node", "postrouting", "ip", "saddr", n.cluster.PodCIDR.String(),
 			"ip", "daddr", underlayGateway.String(), "oifname", "eth0", "masquerade"},
 	}
+	if len(n.ips) > 1 {
+		// A dual-stack node: its IPv6 address (nodad: the underlay is
+		// ours, and the kubelet checks its node IPs exist when it starts)
+		// and the route for its own connections to IPv6 ClusterIPs. The
+		// pod-to-broker masquerade above stays IPv4: the broker is.
+		steps = append(steps,
+			[]string{"ip", "addr", "add", netip.PrefixFrom(n.ips[1], underlay6.Bits()).String(), "dev", "eth0", "nodad"},
+			[]string{"ip", "route", "add", n.cluster.ServiceCIDRs[1].String(), "dev", "eth0"})
+	}
 	for _, d := range hostMountPoints {
 		steps = append(steps, []string{"mount", "-t", "tmpfs", "-o", "mode=0755", "tmpfs", d})
 	}
@@ -236,14 +246,16 @@ func (n *realNode) startDaemons(ctx context.Context) error {
 		return err
 	}
 	c := n.cluster
-	var podCIDR string
+	var podCIDRs []string
 	if err := waitFor(ctx, 100*time.Millisecond, []*process{n.kubelet, n.containerd}, func(ctx context.Context) error {
 		node, err := c.Client.CoreV1().Nodes().Get(ctx, n.name, metav1.GetOptions{})
 		if err != nil {
 			return err
 		}
-		if podCIDR = node.Spec.PodCIDR; podCIDR == "" {
-			return errors.New("node has no pod CIDR yet")
+		// The controller manager gives a dual-stack node both families'
+		// ranges at once.
+		if podCIDRs = node.Spec.PodCIDRs; len(podCIDRs) < len(c.PodCIDRs) {
+			return fmt.Errorf("node has pod CIDRs %v yet, want one in each of %v", podCIDRs, c.PodCIDRs)
 		}
 		return nil
 	}); err != nil {
@@ -251,7 +263,7 @@ func (n *realNode) startDaemons(ctx context.Context) error {
 	}
 	// containerd watches the directory and loads the network when the file
 	// appears; until then the node reports its network not ready.
-	if err := os.WriteFile(n.path("etc/cni/net.d/10-bridge.conflist"), []byte(cniConfig(podCIDR, n.path("cni-ipam"))), 0o644); err != nil {
+	if err := os.WriteFile(n.path("etc/cni/net.d/10-bridge.conflist"), []byte(cniConfig(podCIDRs, n.path("cni-ipam"))), 0o644); err != nil {
 		return err
 	}
 	err := waitFor(ctx, 100*time.Millisecond, []*process{n.kubelet, n.containerd, n.proxy}, func(ctx context.Context) error {
@@ -298,17 +310,30 @@ func (n *realNode) stop() error {
 	return err
 }
 
-func cniConfig(podCIDR, ipamDir string) string {
+// cniConfig is the bridge network of a node's pods: host-local hands out
+// an address from each of podCIDRs (the node's ranges, IPv4 first, so a
+// pod's primary IP is its IPv4 one) and routes each family's default
+// through the bridge, the node's gateway address on it.
+func cniConfig(podCIDRs []string, ipamDir string) string {
+	var ranges, routes []string
+	for _, c := range podCIDRs {
+		ranges = append(ranges, fmt.Sprintf(`[{"subnet": %q}]`, c))
+		dst := "0.0.0.0/0"
+		if p, err := netip.ParsePrefix(c); err == nil && p.Addr().Is6() {
+			dst = "::/0"
+		}
+		routes = append(routes, fmt.Sprintf(`{"dst": %q}`, dst))
+	}
 	return fmt.Sprintf(`{
   "cniVersion": "1.0.0",
   "name": "isthmus-test",
   "plugins": [
     {"type": "bridge", "bridge": "cni0", "isGateway": true, "ipMasq": false, "hairpinMode": true,
-     "ipam": {"type": "host-local", "ranges": [[{"subnet": %q}]], "routes": [{"dst": "0.0.0.0/0"}], "dataDir": %q}},
+     "ipam": {"type": "host-local", "ranges": [%s], "routes": [%s], "dataDir": %q}},
     {"type": "portmap", "capabilities": {"portMappings": true}}
   ]
 }
-`, podCIDR, ipamDir)
+`, strings.Join(ranges, ", "), strings.Join(routes, ", "), ipamDir)
 }
 
 // startHolder starts a namespace holder (unshare ... sleep infinity) and

@@ -20,6 +20,7 @@ func (c *Cluster) newRealNode(cs *Clusterset, spec clusterSpec, apiHost string, 
 	n := &realNode{
 		name:    c.Name + "-node",
 		ip:      nodeIP(spec.index),
+		ips:     nodeIPs(spec),
 		dir:     filepath.Join(c.Dir, "node"),
 		cgroup:  "/" + filepath.Base(cs.Dir) + "-" + c.Name,
 		cluster: c,
@@ -82,7 +83,7 @@ func (c *Cluster) newRealNode(cs *Clusterset, spec clusterSpec, apiHost string, 
 			"--root-dir=" + n.path("kubelet"),
 			"--cert-dir=" + n.path("kubelet", "pki"),
 			"--hostname-override=" + n.name,
-			"--node-ip=" + n.ip.String(),
+			"--node-ip=" + addrList(n.ips),
 			"--node-labels=" + strings.Join(labels, ","),
 			"--v=2",
 		},
@@ -94,7 +95,9 @@ func (c *Cluster) newRealNode(cs *Clusterset, spec clusterSpec, apiHost string, 
 			"--kubeconfig=" + proxyConfig,
 			"--proxy-mode=nftables",
 			"--hostname-override=" + n.name,
-			"--cluster-cidr=" + spec.podCIDR.String(),
+			// Both families' pod ranges make it dual-stack: an nftables
+			// table of each family (ip and ip6 kube-proxy).
+			"--cluster-cidr=" + flagList(cidrs(spec.podCIDR, spec.podCIDR6)),
 			"--conntrack-max-per-core=0",
 			"--metrics-bind-address=127.0.0.1:10249",
 			"--healthz-bind-address=127.0.0.1:10256",
@@ -117,6 +120,30 @@ var underlayGateway = netip.AddrFrom4([4]byte{10, 200, 0, 1})
 
 func nodeIP(index int) netip.Addr {
 	return netip.AddrFrom4([4]byte{10, 200, byte(index), 10})
+}
+
+// underlay6 is the underlay's IPv6 subnet (ULA): a dual-stack member's
+// node has fd00:200::<i>:10 in it besides its IPv4 address, so that the
+// kubelet reports an InternalIP of each family and kube-proxy serves both.
+var underlay6 = netip.MustParsePrefix("fd00:200::/64")
+
+// nodeIPs are a member's node addresses, IPv4 first: the IPv4 one alone
+// unless the member is dual-stack.
+func nodeIPs(spec clusterSpec) []netip.Addr {
+	ips := []netip.Addr{nodeIP(spec.index)}
+	if spec.podCIDR6.IsValid() {
+		ips = append(ips, netip.MustParseAddr(fmt.Sprintf("fd00:200::%x:10", spec.index)))
+	}
+	return ips
+}
+
+// addrList is addresses as a flag takes them, comma-separated.
+func addrList(as []netip.Addr) string {
+	var s []string
+	for _, a := range as {
+		s = append(s, a.String())
+	}
+	return strings.Join(s, ",")
 }
 
 // egressConfig sends the apiserver's traffic to the cluster (kubelets,
