@@ -15,9 +15,15 @@ import (
 // against two members of a fresh clusterset on real nodes with Isthmus
 // installed by its chart, the suite's images imported into every node. The
 // reports stay in bin/conformance/ipv4/; run.sh fails unless every spec
-// passed. (Real nodes are IPv4 only so far: the dual-stack run waits for
-// test/cluster's nodes to get IPv6 addresses and pod ranges.)
+// passed.
 func TestConformanceIPv4(t *testing.T) { runSuite(t, "ipv4", nil) }
+
+// TestConformanceDualStack is the same suite on two dual-stack members:
+// pod and service ranges of both families, the nodes' kube-proxy and the
+// tunnel carrying both. The suite's hello Service is PreferDualStack, so
+// it checks A and AAAA, nc -4 and nc -6, and MCS EndpointSlices of both
+// address types. The reports stay in bin/conformance/dual-stack/.
+func TestConformanceDualStack(t *testing.T) { runSuite(t, "dual-stack", []bool{true, true}) }
 
 func runSuite(t *testing.T, name string, dualStack []bool) {
 	root, err := filepath.Abs(filepath.Join("..", ".."))
