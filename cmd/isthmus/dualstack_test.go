@@ -18,6 +18,7 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	mcsv1beta1 "sigs.k8s.io/mcs-api/pkg/apis/v1beta1"
 	mcsclient "sigs.k8s.io/mcs-api/pkg/client/clientset/versioned"
@@ -34,6 +35,8 @@ import (
 // would refuse a Service asking for IPv6); both hold a's endpoints of both
 // families, as a's claim covers them. a's resolver answers A and AAAA with
 // the ClusterSetIPs, and a headless export's A and AAAA with the pods'.
+// An IPv6-only export is imported in a with an IPv6 ClusterSetIP and in b
+// with none, its Ready condition False for IPFamilyNotSupported.
 func TestDualStack(t *testing.T) {
 	if _, err := exec.LookPath("dig"); err != nil {
 		t.Fatal("dig not installed (Debian bind9-dnsutils; make deps installs it)")
@@ -104,6 +107,42 @@ func TestDualStack(t *testing.T) {
 				}
 			}
 			return mcsSlicesOfBothFamilies(ctx, m, ns, "web")
+		})
+	}
+
+	// An IPv6-only export: a imports it with an IPv6 ClusterSetIP, b (IPv4
+	// only) can give it none and says so on the ServiceImport.
+	single := corev1.IPFamilyPolicySingleStack
+	if _, err := a.Client.CoreV1().Services(ns).Create(ctx, &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "v6"},
+		Spec: corev1.ServiceSpec{Selector: map[string]string{"app": "web"}, IPFamilyPolicy: &single,
+			IPFamilies: []corev1.IPFamily{corev1.IPv6Protocol}, Ports: []corev1.ServicePort{{Name: "http", Port: 80}}}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := mcsClient(t, a).MulticlusterV1beta1().ServiceExports(ns).Create(ctx,
+		&mcsv1beta1.ServiceExport{ObjectMeta: metav1.ObjectMeta{Name: "v6"}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	for i, m := range cs.Members {
+		wantReason := []string{string(mcsv1beta1.ServiceImportReasonReady), string(mcsv1beta1.ServiceImportReasonIPFamilyNotSupported)}[i]
+		eventually(t, propagation, fmt.Sprintf("the IPv6-only import in %s", dsIDs[i]), func() error {
+			si, err := mcsClient(t, m).MulticlusterV1beta1().ServiceImports(ns).Get(ctx, "v6", metav1.GetOptions{})
+			if err != nil {
+				return err
+			}
+			ready := meta.FindStatusCondition(si.Status.Conditions, string(mcsv1beta1.ServiceImportConditionReady))
+			if ready == nil || ready.Reason != wantReason {
+				return fmt.Errorf("Ready condition %+v, want reason %s", ready, wantReason)
+			}
+			if wantReason == string(mcsv1beta1.ServiceImportReasonReady) {
+				if len(si.Spec.IPs) != 1 || !m.ServiceCIDRs[1].Contains(netip.MustParseAddr(si.Spec.IPs[0])) {
+					return fmt.Errorf("ClusterSetIPs %v, want one in %s", si.Spec.IPs, m.ServiceCIDRs[1])
+				}
+				return nil
+			}
+			if ready.Status != metav1.ConditionFalse || len(si.Spec.IPs) != 0 || !strings.Contains(ready.Message, "IPv6") {
+				return fmt.Errorf("ServiceImport %v ClusterSetIPs %v, Ready %+v: want none and False naming IPv6", si.Name, si.Spec.IPs, ready)
+			}
+			return nil
 		})
 	}
 

@@ -125,6 +125,10 @@ type Agent struct {
 	heartbeatOK atomic.Bool
 	leading     atomic.Bool
 
+	// families are this cluster's Service IP families, from its service
+	// CIDRs: an import of none of them gets no ClusterSetIP here.
+	families []corev1.IPFamily
+
 	services       corelisters.ServiceLister
 	namespaces     corelisters.NamespaceLister
 	localSlices    cache.Indexer // this cluster's Services' EndpointSlices, byService
@@ -195,6 +199,7 @@ func New(cfg Config) (*Agent, error) {
 	a := &Agent{cfg: cfg, log: cfg.Log.With("cluster", cfg.ClusterID), metrics: newMetrics(cfg.Registry), health: map[string]brokerv1.Health{},
 		gatewayChanged: make(chan struct{}, 1)}
 	a.heartbeats.Default = cfg.LeaseDuration
+	a.families = serviceFamilies(cfg.ServiceCIDRs)
 	if a.gatewayMode() {
 		a.metrics.egressCapacity.Set(float64(cfg.EgressPortMax - cfg.EgressPortMin + 1))
 	}

@@ -150,7 +150,10 @@ func (a *Agent) setImportStatus(ctx context.Context, si *mcsv1beta1.ServiceImpor
 	ready := metav1.Condition{Type: string(mcsv1beta1.ServiceImportConditionReady), Status: metav1.ConditionTrue,
 		Reason: string(mcsv1beta1.ServiceImportReasonReady), Message: fmt.Sprintf("Imported from %d cluster(s).", len(r.Clusters)),
 		ObservedGeneration: si.Generation}
-	if r.Type == brokerv1.ClusterSetIP && len(si.Spec.IPs) == 0 {
+	switch {
+	case p.FamilyNotSupported != "":
+		ready.Status, ready.Reason, ready.Message = metav1.ConditionFalse, string(mcsv1beta1.ServiceImportReasonIPFamilyNotSupported), p.FamilyNotSupported
+	case r.Type == brokerv1.ClusterSetIP && len(si.Spec.IPs) == 0:
 		ready.Status, ready.Reason, ready.Message = metav1.ConditionFalse, string(mcsv1beta1.ServiceImportReasonPending), "Waiting for the ClusterSetIP to be allocated."
 	}
 	meta.SetStatusCondition(&updated.Status.Conditions, ready)

@@ -41,6 +41,7 @@ func (a *Agent) importInput(ns, name string) importInput {
 		Gateway:    a.importGateway(),
 		Capped:     map[string]bool{},
 		MaxImports: a.cfg.MaxImportsPerCluster,
+		Families:   a.families,
 		// Gateway mode reaches other clusters' endpoints only through
 		// their own gateways.
 		TrustUnclaimed: a.gatewayMode(),

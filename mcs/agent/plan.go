@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"fmt"
 	"net/netip"
 	"slices"
 	"strings"
@@ -49,6 +50,9 @@ type importInput struct {
 	// nothing. MaxImports is that cap, for the condition saying so.
 	Capped     map[string]bool
 	MaxImports int
+	// Families are this cluster's Service IP families (of its service
+	// CIDRs); nil when not configured, and then any export is taken.
+	Families []corev1.IPFamily
 	// TrustUnclaimed takes the endpoints of a cluster that claims no pod
 	// CIDRs as they are. Gateway mode does: traffic reaches another
 	// cluster's endpoints only through that cluster's own gateway. In
@@ -110,6 +114,11 @@ type importPlan struct {
 	// Capped are the clusters whose export the import cap left out,
 	// sorted, for the ServiceImport's condition.
 	Capped []string
+	// FamilyNotSupported says why a ClusterSetIP import gets no derived
+	// Service here: none of the export's IP families is this cluster's, so
+	// the apiserver could allocate no ClusterSetIP that reaches its
+	// endpoints. Empty when it does.
+	FamilyNotSupported string
 
 	in        importInput
 	byCluster map[string][]*discoveryv1.EndpointSlice
@@ -164,10 +173,25 @@ func planImport(in importInput) *importPlan {
 		p.byCluster[c] = byFamily(eps)
 	}
 	if r.Type == brokerv1.ClusterSetIP {
-		p.Derived = derivedService(in.Namespace, in.Name, r)
+		if p.FamilyNotSupported = familyNotSupported(r.IPFamilies, in.Families); p.FamilyNotSupported == "" {
+			p.Derived = derivedService(in.Namespace, in.Name, r)
+		}
 	}
 	p.setDerived(in.Derived)
 	return p
+}
+
+// familyNotSupported says why an export of the families cannot get a
+// ClusterSetIP in a cluster of the local ones (an IPv6-only Service
+// imported into an IPv4-only cluster, say), or "" when it can: when they
+// share a family, or either is unknown. Asked for anyway, the derived
+// Service would be refused by the apiserver on every sync, and the import
+// would say nothing of why.
+func familyNotSupported(export, local []corev1.IPFamily) string {
+	if len(export) == 0 || len(local) == 0 || slices.ContainsFunc(export, func(f corev1.IPFamily) bool { return slices.Contains(local, f) }) {
+		return ""
+	}
+	return fmt.Sprintf("The exported Service's IP families %v are not this cluster's %v (its service CIDRs): no ClusterSetIP here could reach its endpoints.", export, local)
 }
 
 // setDerived (re)computes what follows from the derived Service as it
@@ -177,7 +201,7 @@ func planImport(in importInput) *importPlan {
 func (p *importPlan) setDerived(derived *corev1.Service) {
 	in, r := p.in, p.Merged
 	p.in.Derived = derived
-	if r.Type != brokerv1.ClusterSetIP {
+	if r.Type != brokerv1.ClusterSetIP || p.FamilyNotSupported != "" {
 		derived = nil
 	}
 	p.Import = serviceImport(in.Namespace, in.Name, r, derived, p.Egress)
@@ -188,7 +212,7 @@ func (p *importPlan) setDerived(derived *corev1.Service) {
 			p.Slices[s.Name] = s
 		}
 	}
-	if r.Type != brokerv1.ClusterSetIP {
+	if r.Type != brokerv1.ClusterSetIP || p.FamilyNotSupported != "" {
 		return
 	}
 	// Gateway mode points the derived Service at the gateway; when the
@@ -403,6 +427,27 @@ func gatewaySlices(ns, name string, derived *corev1.Service, r merge.Result, as 
 			Endpoints:   endpoints[at],
 			Ports:       ports,
 		})
+	}
+	return out
+}
+
+// serviceFamilies are the IP families of the service CIDRs, in their
+// order; a range that does not parse adds none (the Cluster record, which
+// publishes them, is refused by the broker then).
+func serviceFamilies(cidrs []string) []corev1.IPFamily {
+	var out []corev1.IPFamily
+	for _, c := range cidrs {
+		p, err := netip.ParsePrefix(strings.TrimSpace(c))
+		if err != nil {
+			continue
+		}
+		f := corev1.IPv4Protocol
+		if p.Addr().Is6() && !p.Addr().Is4In6() {
+			f = corev1.IPv6Protocol
+		}
+		if !slices.Contains(out, f) {
+			out = append(out, f)
+		}
 	}
 	return out
 }

@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"slices"
 	"sort"
+	"strings"
 	"testing"
 	"time"
 
@@ -287,6 +288,80 @@ func TestDerivedServiceFamilies(t *testing.T) {
 		}
 		if !slices.Equal(svc.Spec.IPFamilies, tc.wantFamilies) || policy != tc.wantPolicy {
 			t.Errorf("export families %v: derived Service asks %v %q, want %v %q", tc.families, svc.Spec.IPFamilies, policy, tc.wantFamilies, tc.wantPolicy)
+		}
+	}
+}
+
+// TestPlanFamilyNotSupported: an export of none of this cluster's IP
+// families (an IPv6-only Service imported into an IPv4-only cluster) gets
+// no derived Service, no ClusterSetIP and no derived slices, but keeps its
+// MCS slices and says why; one sharing a family, or with families unknown
+// on either side, is imported as before, even with a stale derived Service.
+func TestPlanFamilyNotSupported(t *testing.T) {
+	v4, v6 := corev1.IPv4Protocol, corev1.IPv6Protocol
+	stale := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: derivedServiceName("web"), Namespace: "ns"},
+		Spec: corev1.ServiceSpec{ClusterIPs: []string{"fd00:96::8"}, IPFamilies: []corev1.IPFamily{v6}}}
+	for _, tc := range []struct {
+		name            string
+		export, local   []corev1.IPFamily
+		derived         *corev1.Service
+		wantUnsupported bool
+	}{
+		{"IPv6 export, IPv4 cluster", []corev1.IPFamily{v6}, []corev1.IPFamily{v4}, nil, true},
+		{"IPv6 export, IPv4 cluster, a stale derived Service", []corev1.IPFamily{v6}, []corev1.IPFamily{v4}, stale, true},
+		{"IPv4 export, IPv6 cluster", []corev1.IPFamily{v4}, []corev1.IPFamily{v6}, nil, true},
+		{"dual-stack export, IPv4 cluster", []corev1.IPFamily{v6, v4}, []corev1.IPFamily{v4}, nil, false},
+		{"IPv6 export, dual-stack cluster", []corev1.IPFamily{v6}, []corev1.IPFamily{v4, v6}, stale, false},
+		{"cluster families unknown", []corev1.IPFamily{v6}, nil, nil, false},
+		{"export families unknown", nil, []corev1.IPFamily{v4}, nil, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := planExport("b", 1, brokerv1.ClusterSetIP, "")
+			e.Spec.IPFamilies = tc.export
+			p := planImport(importInput{Namespace: "ns", Name: "web", Local: "a", TrustUnclaimed: true, Families: tc.local,
+				Exports: []*brokerv1.ExportedService{e}, Derived: tc.derived,
+				Endpoints: map[string][]*discoveryv1.EndpointSlice{"b": planSlices("b", true)}})
+			v := viewPlan(p)
+			if got := p.FamilyNotSupported != ""; got != tc.wantUnsupported {
+				t.Fatalf("FamilyNotSupported %q, want it set: %v", p.FamilyNotSupported, tc.wantUnsupported)
+			}
+			if !slices.Equal(v.mcs, []string{"b"}) {
+				t.Errorf("MCS slices of %v, want b's", v.mcs)
+			}
+			if tc.wantUnsupported {
+				if v.service || len(v.ips) != 0 || len(v.derived) != 0 {
+					t.Errorf("an unsupported import planned a derived Service %v, ClusterSetIPs %v, derived slices %v", v.service, v.ips, v.derived)
+				}
+				for _, f := range append(tc.export, tc.local...) {
+					if !strings.Contains(p.FamilyNotSupported, string(f)) {
+						t.Errorf("the reason %q does not name %s", p.FamilyNotSupported, f)
+					}
+				}
+				return
+			}
+			if !v.service || !slices.Equal(v.derived, []string{"b"}) {
+				t.Errorf("derived Service %v, derived slices %v, want both", v.service, v.derived)
+			}
+		})
+	}
+}
+
+// TestServiceFamilies: the families of the configured service CIDRs, in
+// their order, each once.
+func TestServiceFamilies(t *testing.T) {
+	v4, v6 := corev1.IPv4Protocol, corev1.IPv6Protocol
+	for _, tc := range []struct {
+		cidrs []string
+		want  []corev1.IPFamily
+	}{
+		{nil, nil},
+		{[]string{"10.96.0.0/16"}, []corev1.IPFamily{v4}},
+		{[]string{"fd00:96::/112", " 10.96.0.0/16"}, []corev1.IPFamily{v6, v4}},
+		{[]string{"10.96.0.0/16", "10.97.0.0/16", "fd00:96::/112"}, []corev1.IPFamily{v4, v6}},
+		{[]string{"not a range"}, nil},
+	} {
+		if got := serviceFamilies(tc.cidrs); !slices.Equal(got, tc.want) {
+			t.Errorf("serviceFamilies(%q) = %v, want %v", tc.cidrs, got, tc.want)
 		}
 	}
 }
