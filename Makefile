@@ -53,8 +53,8 @@ release: helm ## bin/release/: isthmus and isthmusctl for linux/amd64 and linux/
 	@bash test/release/build.sh $(BIN)/release
 
 .PHONY: conformance
-conformance: setup ## mcs-api's conformance suite (MCS_CONFORMANCE_DIR) on a fresh clusterset on real nodes with the chart (part of make test); reports in bin/conformance/ipv4/
-	ISTHMUS_TOOLS_DIR="$$(bash test/tools/build.sh)" $(GO) test -count=1 -timeout 50m -run TestConformanceIPv4 -v ./test/conformance
+conformance: setup ## mcs-api's conformance suite (MCS_CONFORMANCE_DIR) on fresh clustersets on real nodes with the chart, IPv4 and dual-stack (part of make test); reports in bin/conformance/ipv4/ and dual-stack/
+	ISTHMUS_TOOLS_DIR="$$(bash test/tools/build.sh)" $(GO) test -count=1 -timeout 80m -run 'TestConformance(IPv4|DualStack)$$' -v ./test/conformance
 
 .PHONY: conformance-against
 conformance-against: ## the same suite against the members CONFORMANCE_CONTEXTS of a running clusterset in CONFORMANCE_KUBECONFIG; reports in bin/conformance/

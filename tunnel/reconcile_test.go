@@ -286,3 +286,51 @@ func srcMatches(have net.IP, want netip.Addr) bool {
 	}
 	return ok && a.Unmap() == want
 }
+
+// TestReconcileDualStack: a dual-stack peer's IPv6 ranges get a peer
+// AllowedIP and a route each beside its IPv4 ones, the IPv6 routes with no
+// source (the tunnel address is IPv4, and an IPv4 source on an IPv6 route
+// is refused); a second pass finds them all in place and changes nothing.
+func TestReconcileDualStack(t *testing.T) {
+	inFreshNetns(t, func(link netlink.Link) {
+		fake := &fakeWG{peers: map[wgtypes.Key]wgtypes.Peer{}}
+		r := newReconciler(fake, "tnlut0", 158, 254, 10*time.Second)
+		src := netip.MustParseAddr("10.1.255.254")
+		kb := key(t)
+		b := Peer{Cluster: "b", Key: kb, Endpoint: netip.MustParseAddrPort("192.0.2.2:51820"), AllowedIPs: []netip.Prefix{
+			netip.MustParsePrefix("10.242.0.0/16"), netip.MustParsePrefix("fd00:244:2::/56"), netip.MustParsePrefix("fd00:96:2::/112")}}
+		slices.SortFunc(b.AllowedIPs, comparePrefix) // as Plan gives them
+		for _, step := range []struct {
+			name string
+			want changes
+		}{{"add", changes{added: 1, routesAdded: 3}}, {"again", changes{}}} {
+			ch, err := r.apply(link, src, []Peer{b}, true)
+			if err != nil {
+				t.Fatalf("%s: %v", step.name, err)
+			}
+			if ch != step.want {
+				t.Errorf("%s: changes %+v, want %+v", step.name, ch, step.want)
+			}
+		}
+		have, err := r.listRoutes()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, p := range b.AllowedIPs {
+			rt, ok := have[p]
+			wantSrc := src
+			if p.Addr().Is6() {
+				wantSrc = netip.Addr{}
+			}
+			if !ok || !srcMatches(rt.Src, wantSrc) {
+				t.Errorf("route %s: %v (present %v), want src %v", p, rt, ok, wantSrc)
+			}
+		}
+		fake.mu.Lock()
+		got := fake.peers[kb].AllowedIPs
+		fake.mu.Unlock()
+		if len(got) != len(b.AllowedIPs) {
+			t.Errorf("peer b's AllowedIPs %v, want %v", got, b.AllowedIPs)
+		}
+	})
+}

@@ -103,11 +103,11 @@ func nodeCIDRMask(families int) string {
 	return "--node-cidr-mask-size=24"
 }
 
-// flagList is ranges as a flag takes them, comma-separated.
-func flagList(ps []netip.Prefix) string {
+// flagList is ranges or addresses as a flag takes them, comma-separated.
+func flagList[T fmt.Stringer](xs []T) string {
 	var s []string
-	for _, p := range ps {
-		s = append(s, p.String())
+	for _, x := range xs {
+		s = append(s, x.String())
 	}
 	return strings.Join(s, ",")
 }

@@ -83,7 +83,7 @@ func (c *Cluster) newRealNode(cs *Clusterset, spec clusterSpec, apiHost string, 
 			"--root-dir=" + n.path("kubelet"),
 			"--cert-dir=" + n.path("kubelet", "pki"),
 			"--hostname-override=" + n.name,
-			"--node-ip=" + addrList(n.ips),
+			"--node-ip=" + flagList(n.ips),
 			"--node-labels=" + strings.Join(labels, ","),
 			"--v=2",
 		},
@@ -135,15 +135,6 @@ func nodeIPs(spec clusterSpec) []netip.Addr {
 		ips = append(ips, netip.MustParseAddr(fmt.Sprintf("fd00:200::%x:10", spec.index)))
 	}
 	return ips
-}
-
-// addrList is addresses as a flag takes them, comma-separated.
-func addrList(as []netip.Addr) string {
-	var s []string
-	for _, a := range as {
-		s = append(s, a.String())
-	}
-	return strings.Join(s, ",")
 }
 
 // egressConfig sends the apiserver's traffic to the cluster (kubelets,

@@ -58,11 +58,11 @@ func TestCNIConfig(t *testing.T) {
 func TestNodeIPs(t *testing.T) {
 	v4 := clusterSpec{index: 3}
 	dual := clusterSpec{index: 3, podCIDR6: netip.MustParsePrefix("fd00:244:3::/56")}
-	if got := addrList(nodeIPs(v4)); got != "10.200.3.10" {
+	if got := flagList(nodeIPs(v4)); got != "10.200.3.10" {
 		t.Errorf("IPv4 node: %s", got)
 	}
 	got := nodeIPs(dual)
-	if addrList(got) != "10.200.3.10,fd00:200::3:10" || !underlay6.Contains(got[1]) {
+	if flagList(got) != "10.200.3.10,fd00:200::3:10" || !underlay6.Contains(got[1]) {
 		t.Errorf("dual-stack node: %v", got)
 	}
 }
