@@ -58,6 +58,12 @@ type JoinOptions struct {
 	// export Services from. When empty a second join keeps what the
 	// MemberPolicy already holds.
 	ExportNamespaces []string
+	// MaxExports and MaxEndpointSlices, when set, are the member's record
+	// limits in its MemberPolicy (spec.limits), enforced once the hub's
+	// record counter counts its records. When unset a second join keeps
+	// what the MemberPolicy holds, and a first one writes the defaults
+	// (brokerv1.DefaultMaxExports, DefaultMaxEndpointSlices).
+	MaxExports, MaxEndpointSlices *int32
 }
 
 // Names in a member cluster.
