@@ -103,8 +103,12 @@ func InstallBroker(ctx context.Context, hub *Clients, opts BrokerOptions, out io
 // gvrOf is the resource of one of BrokerObjects' objects.
 func gvrOf(obj runtime.Object) schema.GroupVersionResource {
 	switch obj.(type) {
+	case *corev1.ServiceAccount:
+		return serviceAccountGVR
 	case *rbacv1.Role:
 		return roleGVR
+	case *rbacv1.RoleBinding:
+		return roleBindingGVR
 	case *rbacv1.ClusterRole:
 		return rbacv1.SchemeGroupVersion.WithResource("clusterroles")
 	case *rbacv1.ClusterRoleBinding:
@@ -128,12 +132,14 @@ func gvrOf(obj runtime.Object) schema.GroupVersionResource {
 // member by its MemberPolicy; join binds it once per member), the
 // tunnel-writes policy and its binding, the ClusterRole letting members
 // check those policies and its binding, and the API Priority and Fairness
-// level and FlowSchema of the members' requests. The isthmus-broker Helm
+// level and FlowSchema of the members' requests, and the identity of the
+// hub's record counter (hubQuotaObjects). The isthmus-broker Helm
 // chart is checked
 // against them.
 func BrokerObjects(ns string) []runtime.Object {
 	reader, readerBinding := policyReaderObjects(ns)
 	plc, fs := fairnessObjects(ns)
+	quotaSA, quotaRole, quotaBinding := hubQuotaObjects(ns)
 	return []runtime.Object{
 		&corev1.Namespace{
 			TypeMeta: metav1.TypeMeta{APIVersion: "v1", Kind: "Namespace"},
@@ -161,6 +167,9 @@ func BrokerObjects(ns string) []runtime.Object {
 		readerBinding,
 		plc,
 		fs,
+		quotaSA,
+		quotaRole,
+		quotaBinding,
 	}
 }
 
