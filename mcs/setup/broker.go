@@ -97,7 +97,14 @@ func InstallBroker(ctx context.Context, hub *Clients, opts BrokerOptions, out io
 			return err
 		}
 	}
-	return bindMemberPolicies(ctx, a, ns)
+	if err := bindMemberPolicies(ctx, a, ns); err != nil {
+		return err
+	}
+	// The record counter is a workload, which broker install does not run.
+	if note := recordCounterNote(ctx, hub, ns, ""); note != "" {
+		fmt.Fprintln(out, "note: "+note)
+	}
+	return nil
 }
 
 // gvrOf is the resource of one of BrokerObjects' objects.

@@ -1,10 +1,15 @@
 package setup
 
 import (
+	"context"
+	"fmt"
+	"time"
+
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
 
 	brokerv1 "github.com/isthmus-dev/isthmus/mcs/api/broker/v1alpha1"
 )
@@ -43,4 +48,39 @@ func hubQuotaObjects(ns string) (*corev1.ServiceAccount, *rbacv1.Role, *rbacv1.R
 		Subjects:   []rbacv1.Subject{{Kind: rbacv1.ServiceAccountKind, Name: HubQuotaName, Namespace: ns}},
 	}
 	return sa, role, binding
+}
+
+// recordCountsStale is how old the freshest count may be before join and
+// broker install say no record counter runs: three of the counter's
+// default resyncs, each of which refreshes every MemberPolicy's count.
+const recordCountsStale = 15 * time.Minute
+
+// recordCounterNote says, when no MemberPolicy in ns but skip holds counts
+// written in the last recordCountsStale, that the record-count limits are
+// not enforced and what to run; "" when one does, or when there is no
+// other MemberPolicy to tell by. The record-count rules fail open (a
+// MemberPolicy never counted holds no count), so this is where a hub admin
+// learns that the counter is missing.
+func recordCounterNote(ctx context.Context, hub *Clients, ns, skip string) string {
+	list, err := hub.Dynamic.Resource(memberPolicyGVR).Namespace(ns).List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return ""
+	}
+	others := 0
+	for _, u := range list.Items {
+		if u.GetName() == skip {
+			continue
+		}
+		others++
+		var mp brokerv1.MemberPolicy
+		if runtime.DefaultUnstructuredConverter.FromUnstructured(u.Object, &mp) == nil &&
+			mp.Status.ObservedTime != nil && time.Since(mp.Status.ObservedTime.Time) < recordCountsStale {
+			return ""
+		}
+	}
+	if others == 0 && skip != "" {
+		return ""
+	}
+	return fmt.Sprintf("no record counter has counted the members' records in namespace %s in the last %v: the limits spec.limits.maxExports and maxEndpointSlices are not enforced until `isthmus hub-quota` runs on the hub as ServiceAccount %s/%s (the isthmus-broker chart runs it; see docs/operations.md)",
+		ns, recordCountsStale, ns, HubQuotaName)
 }

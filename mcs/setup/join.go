@@ -166,6 +166,9 @@ func join(ctx context.Context, hub, member *Clients, opts JoinOptions, out io.Wr
 	if err := admitMember(ctx, hub, onHub, ns, id, uid, opts); err != nil {
 		return "", err
 	}
+	if note := recordCounterNote(ctx, hub, ns, id); note != "" {
+		fmt.Fprintln(out, "note: "+note)
+	}
 
 	if _, err := onMember.apply(ctx, namespaceGVR, &corev1.Namespace{
 		TypeMeta:   metav1.TypeMeta{APIVersion: "v1", Kind: "Namespace"},

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"strings"
 	"testing"
 	"time"
 
@@ -112,6 +113,14 @@ func TestRecordCountLimitsAtTheHub(t *testing.T) {
 			return fmt.Errorf("MemberPolicy %s has no count", beta)
 		}
 		return nil
+	})
+	t.Run("join and broker install say whether a counter counts", func(t *testing.T) {
+		if note := recordCounterNote(ctx, hub, brokerv1.DefaultBrokerNamespace, ""); note != "" {
+			t.Errorf("with the counter running: %s", note)
+		}
+		if note := recordCounterNote(ctx, hub, "no-broker-here", ""); !strings.Contains(note, "not enforced until `isthmus hub-quota` runs") {
+			t.Errorf("with no count anywhere: %q", note)
+		}
 	})
 	// What beta holds already (other tests' records), and room for 3
 	// more exports and 2 more slices.
