@@ -152,7 +152,8 @@ func BrokerObjects(ns string) []runtime.Object {
 			TypeMeta: metav1.TypeMeta{APIVersion: "v1", Kind: "Namespace"},
 			ObjectMeta: metav1.ObjectMeta{Name: ns, Labels: map[string]string{
 				"app.kubernetes.io/part-of": "isthmus",
-				// Nothing runs in the broker namespace: it only holds records.
+				// Only the hub's record counter runs in the broker
+				// namespace (the broker chart's), as a restricted pod.
 				"pod-security.kubernetes.io/enforce": "restricted",
 			}},
 		},
