@@ -13,7 +13,10 @@ import (
 	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
 	"sigs.k8s.io/yaml"
@@ -241,6 +244,23 @@ func TestBrokerChartHubQuota(t *testing.T) {
 	if psc == nil || psc.RunAsNonRoot == nil || !*psc.RunAsNonRoot || psc.SeccompProfile == nil ||
 		sc == nil || sc.AllowPrivilegeEscalation == nil || *sc.AllowPrivilegeEscalation || sc.Capabilities == nil || len(sc.Capabilities.Drop) != 1 {
 		t.Errorf("pod security %+v, container %+v: not what Pod Security restricted admits", psc, sc)
+	}
+
+	// Its pod is admitted where Pod Security "restricted" is enforced, as
+	// in the broker namespace.
+	ctx := ctxFor(t, time.Minute)
+	if _, err := clusters.Broker.Client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "hub-quota-restricted",
+		Labels: map[string]string{"pod-security.kubernetes.io/enforce": "restricted"}}}, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+		t.Fatal(err)
+	}
+	// The broker runs no controllers: the ServiceAccount is made here.
+	if _, err := clusters.Broker.Client.CoreV1().ServiceAccounts("hub-quota-restricted").Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: setup.HubQuotaName}},
+		metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+		t.Fatal(err)
+	}
+	p := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "hub-quota", Namespace: "hub-quota-restricted"}, Spec: *pod.DeepCopy()}
+	if _, err := clusters.Broker.Client.CoreV1().Pods(p.Namespace).Create(ctx, p, metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}}); err != nil {
+		t.Errorf("the record counter's pod under Pod Security restricted: %v", err)
 	}
 
 	role := find(docs, "Role", setup.HubQuotaName)
