@@ -177,7 +177,8 @@ func allowlistPolicy(ns string) *admissionv1.ValidatingAdmissionPolicy {
 				{Name: "maxSlices", Expression: fmt.Sprintf("params.spec.?limits.?maxEndpointSlices.orValue(%d)", brokerv1.DefaultMaxEndpointSlices)},
 				// When the counts were taken: the counter's time, or a
 				// plain word when no counter has written any.
-				{Name: "counted", Expression: "has(params.status) && has(params.status.observedTime) ? 'as counted at ' + string(params.status.observedTime) : 'no count yet'"},
+				{Name: "isCounted", Expression: "has(params.status) && has(params.status.observedTime)"},
+				{Name: "counted", Expression: "variables.isCounted ? 'as counted at ' + string(params.status.observedTime) : 'no count yet'"},
 				{Name: "exportNamespace", Expression: fmt.Sprintf("variables.isExport ? object.spec.serviceNamespace : variables.isSlice && has(object.metadata.labels) ? object.metadata.labels[?'%s'].orValue('') : ''", brokerv1.LabelServiceNamespace)},
 			},
 			Validations: []admissionv1.Validation{
@@ -220,14 +221,14 @@ func allowlistPolicy(ns string) *admissionv1.ValidatingAdmissionPolicy {
 // record counter has counted as many of its records of that kind as its
 // MemberPolicy's limit allows (status field against the limit variable).
 // Only creation is refused: changing or deleting a record the member
-// already holds never is. Without a count (no counter running) the
-// status holds none and the rule lets creation through; the per-record
-// rules still hold (docs/security.md says why).
+// already holds never is. Without a count (no counter has written an
+// observedTime) the rule lets creation through, whatever the limit; the
+// per-record rules still hold (docs/security.md says why).
 func countRule(rule, isKind, field, limit, what, fix, flag string) admissionv1.Validation {
 	count := "params.?status.?" + field + ".orValue(0)"
 	limitField := map[string]string{"maxExports": "maxExports", "maxSlices": "maxEndpointSlices"}[limit]
 	return admissionv1.Validation{
-		Expression: fmt.Sprintf("!variables.judged || request.operation != 'CREATE' || !variables.%s || %s < variables.%s", isKind, count, limit),
+		Expression: fmt.Sprintf("!variables.judged || request.operation != 'CREATE' || !variables.%s || !variables.isCounted || %s < variables.%s", isKind, count, limit),
 		MessageExpression: fmt.Sprintf(`"rule %[1]s: member '" + variables.me + "' holds " + string(%[2]s) + " %[3]s on the broker (" + variables.counted + "), its limit spec.limits.%[4]s is " + string(variables.%[5]s) + ", so " + request.name + " is refused: %[6]s first, or have the hub admin raise spec.limits.%[4]s in MemberPolicy " + params.metadata.namespace + "/" + variables.me + " (isthmusctl join %[7]s)"`,
 			rule, count, what, limitField, limit, fix, flag),
 		Reason: ptr(metav1.StatusReasonForbidden),

@@ -12,6 +12,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/metadata"
 	"k8s.io/client-go/rest"
 
@@ -231,4 +233,70 @@ func TestRecordCountLimitsAtTheHub(t *testing.T) {
 		wantDenied(t, err, "rule max-endpoint-slices")
 		wantErrContaining(t, err, "spec.limits.maxEndpointSlices is "+fmt.Sprint(limitSlices), "isthmusctl join --max-endpoint-slices")
 	})
+}
+
+// setMemberStatus writes member's MemberPolicy status as the hub admin
+// (or the counter) would; nil counts clear it.
+func setMemberStatus(t *testing.T, hub *Clients, member string, status *brokerv1.MemberPolicyStatus) {
+	t.Helper()
+	res := hub.Dynamic.Resource(memberPolicyGVR).Namespace(brokerv1.DefaultBrokerNamespace)
+	u, err := res.Get(context.Background(), member, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if status == nil {
+		unstructured.RemoveNestedField(u.Object, "status")
+	} else {
+		m, err := runtime.DefaultUnstructuredConverter.ToUnstructured(status)
+		if err != nil {
+			t.Fatal(err)
+		}
+		u.Object["status"] = m
+	}
+	if _, err := res.UpdateStatus(context.Background(), u, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestRecordLimitsFailOpenWithoutCount: with no counter, beta's
+// MemberPolicy holds no count, and beta's exports are let through even
+// at a limit of 0 (the per-record rules still judge them); a count, once
+// written, is what the rule compares with the limit.
+func TestRecordLimitsFailOpenWithoutCount(t *testing.T) {
+	hub, _, b := joined(t)
+	ctx := ctxFor(t)
+	asBeta := asMember(t, b)
+	waitForAllowlist(t, asBeta)
+	var out bytes.Buffer
+	zero := int32(0)
+	if _, err := Join(ctx, hub, b, JoinOptions{MaxExports: &zero}, &out); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		def := int32(brokerv1.DefaultMaxExports)
+		if _, err := Join(context.Background(), hub, b, JoinOptions{MaxExports: &def}, &out); err != nil {
+			t.Errorf("restoring beta's limit: %v", err)
+		}
+	})
+	setMemberStatus(t, hub, beta, nil)
+	exports := asBeta.Dynamic.Resource(exportedServiceGVR).Namespace(brokerv1.DefaultBrokerNamespace)
+	// The limit of 0 is in place once a count says so; then the count is
+	// cleared, as on a hub where no counter ever ran.
+	now := metav1.NewTime(time.Now().Truncate(time.Second))
+	setMemberStatus(t, hub, beta, &brokerv1.MemberPolicyStatus{ObservedTime: &now})
+	eventually(t, "the limit of 0 to be enforced", func() error {
+		_, err := exports.Create(ctx, toUnstructured(t, validExport(beta, "demo", "open")), dryRunCreate)
+		if err == nil || !strings.Contains(err.Error(), "rule max-exports") {
+			return fmt.Errorf("not yet refused: %v", err)
+		}
+		return nil
+	})
+	setMemberStatus(t, hub, beta, nil)
+	eventually(t, "an uncounted member's export to pass", func() error {
+		_, err := exports.Create(ctx, toUnstructured(t, validExport(beta, "demo", "open")), dryRunCreate)
+		return err
+	})
+	// The per-record rules still hold without a count.
+	_, err := exports.Create(ctx, toUnstructured(t, validExport(beta, "kube-system", "open")), dryRunCreate)
+	wantDenied(t, err, "rule export-namespaces")
 }
