@@ -158,12 +158,20 @@ func TestRecordCountLimitsAtTheHub(t *testing.T) {
 			t.Fatalf("beta's export %d of its %d: %v", i+1, limitExports, err)
 		}
 	}
-	eventually(t, "beta's exports to be counted", func() error {
+	created := time.Now()
+	// Admission reads the count from its own watch of MemberPolicies: the
+	// lag is until a create past the limit is refused.
+	eventually(t, "beta's exports to be counted and enforced", func() error {
 		if s := memberStatus(t, hub, beta); s.Exports != limitExports {
 			return fmt.Errorf("counted %d exports, want %d", s.Exports, limitExports)
 		}
+		_, err := exports.Create(ctx, toUnstructured(t, validExport(beta, "demo", "quota-over")), dryRunCreate)
+		if err == nil {
+			return fmt.Errorf("counted but not yet enforced")
+		}
 		return nil
 	})
+	t.Logf("from the last create to the limit enforced: %v (debounce 200ms)", time.Since(created).Round(10*time.Millisecond))
 	if g := gauge(t, reg, beta, "exports"); g != float64(limitExports) {
 		t.Errorf("isthmus_hub_member_records{member=beta,kind=exports} = %v, want %d", g, limitExports)
 	}
