@@ -35,6 +35,7 @@ import (
 	authenticationv1 "k8s.io/api/authentication/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	kmetadata "k8s.io/client-go/metadata"
 	"sigs.k8s.io/yaml"
 
 	// The typed configs the bootstrap names, for protojson to resolve.
@@ -47,6 +48,7 @@ import (
 	"github.com/isthmus-dev/isthmus/dnsserver"
 	"github.com/isthmus-dev/isthmus/mcs/agent"
 	brokerclient "github.com/isthmus-dev/isthmus/mcs/api/broker/generated/clientset/versioned"
+	"github.com/isthmus-dev/isthmus/mcs/hubquota"
 	"github.com/isthmus-dev/isthmus/mcs/setup"
 	"github.com/isthmus-dev/isthmus/tunnel"
 	"github.com/isthmus-dev/isthmus/xds"
@@ -295,6 +297,9 @@ func registeredMetrics(t *testing.T) map[string]bool {
 		t.Fatal(err)
 	}
 	xdsidentity.NewMetrics(rec)
+	if _, err := hubquota.New(hubquota.Config{Metadata: kmetadata.NewForConfigOrDie(c.Config), Broker: c.BrokerAPI, Namespace: "isthmus-broker", Log: log, Registry: rec}); err != nil {
+		t.Fatalf("the hub's record counter: %v", err)
+	}
 	// The broker credential, from a kubeconfig file holding a token.
 	kc := filepath.Join(t.TempDir(), "broker.kubeconfig")
 	token := "e30." + base64.RawURLEncoding.EncodeToString([]byte(`{"exp":2000000000,"iat":1999999400,"sub":"system:serviceaccount:isthmus-broker:isthmus-member-c"}`)) + ".sig"
@@ -307,7 +312,7 @@ func registeredMetrics(t *testing.T) map[string]bool {
 	if _, err := setup.NewPolicyCheck(setup.PolicyCheckConfig{Broker: c.Kube, Namespace: "isthmus-broker", Log: log, Registry: rec}); err != nil {
 		t.Fatalf("the broker policy check: %v", err)
 	}
-	// 46 today: a recorder that saw next to nothing would pass any query.
+	// 47 today: a recorder that saw next to nothing would pass any query.
 	if len(rec.names) < 40 {
 		t.Fatalf("only %d metrics registered: %v", len(rec.names), rec.names)
 	}

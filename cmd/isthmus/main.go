@@ -1,7 +1,8 @@
 // Command isthmus is the Isthmus daemon. Each role runs as a subcommand
 // (`isthmus agent`, `isthmus dns`, `isthmus tunnel`), or all of them in
-// one process (`isthmus all`, for small clusters and the demo), with
-// their flags documented by `isthmus <role> -h`.
+// one process (`isthmus all`, for small clusters and the demo); `isthmus
+// hub-quota` runs on the hub cluster (the broker's record counter). Flags are
+// documented by `isthmus <role> -h`.
 package main
 
 import (
@@ -42,6 +43,9 @@ func run(ctx context.Context, args []string, log *slog.Logger, stdout, stderr io
 		names = append(names, r.name)
 	}
 	names = append(names, "all")
+	for _, r := range hubRoles() {
+		names = append(names, r.name)
+	}
 	if len(args) > 0 && args[0] == "version" {
 		bi := buildinfo.Read()
 		fmt.Fprintf(stdout, "isthmus %s\nrevision %s (%s, modified: %v)\n%s\n", bi.Version, bi.Revision, bi.Time, bi.Modified, bi.GoVersion)
@@ -54,12 +58,12 @@ func run(ctx context.Context, args []string, log *slog.Logger, stdout, stderr io
 	if len(args) > 0 && args[0] == "all" {
 		return runRoles(ctx, "all", all, args[1:], log, stderr)
 	}
-	for _, r := range all {
+	for _, r := range append(all, hubRoles()...) {
 		if len(args) > 0 && args[0] == r.name {
 			return runRoles(ctx, r.name, []role{r}, args[1:], log, stderr)
 		}
 	}
-	fmt.Fprintf(stderr, "usage: isthmus <role> [flags] | isthmus version\nroles: %s (every role in one process)\n", strings.Join(names, ", "))
+	fmt.Fprintf(stderr, "usage: isthmus <role> [flags] | isthmus version\nroles: %s (all: every member role in one process)\n", strings.Join(names, ", "))
 	if len(args) == 0 {
 		return errors.New("no role given")
 	}

@@ -19,6 +19,7 @@ func joinCommand(k *kubeFlags) *cobra.Command {
 	var podCIDRs, serviceCIDRs, exportNamespaces string
 	var tokenTTL, intermediateTTL time.Duration
 	var domain string
+	var maxExports, maxSlices int32
 	var dry dryRun
 	cmd := &cobra.Command{
 		Use:     "join",
@@ -62,6 +63,12 @@ func joinCommand(k *kubeFlags) *cobra.Command {
 				ServiceCIDRs:     splitList(serviceCIDRs),
 				ExportNamespaces: splitList(exportNamespaces),
 			}
+			if f := cmd.Flags(); f.Changed("max-exports") {
+				opts.MaxExports = &maxExports
+			}
+			if f := cmd.Flags(); f.Changed("max-endpoint-slices") {
+				opts.MaxEndpointSlices = &maxSlices
+			}
 			if dry.enabled {
 				return dry.join(cmd.Context(), hub, member, opts, stdout, cmd.ErrOrStderr())
 			}
@@ -84,6 +91,8 @@ func joinCommand(k *kubeFlags) *cobra.Command {
 	f.StringVar(&podCIDRs, "pod-cidrs", "", "comma-separated pod ranges approved for the member: the broker refuses it any other pod range, and endpoints outside them (with --service-cidrs; default: keep what the broker holds)")
 	f.StringVar(&serviceCIDRs, "service-cidrs", "", "comma-separated Service ranges approved for the member (with --pod-cidrs)")
 	f.StringVar(&exportNamespaces, "export-namespaces", "", "comma-separated namespaces the member may export from (default: keep what the broker holds; any when never set)")
+	f.Int32Var(&maxExports, "max-exports", brokerv1.DefaultMaxExports, "most ExportedServices the member may hold on the broker, enforced once the hub's record counter (isthmus hub-quota) has counted them (default: keep what the broker holds; the default shown when never set)")
+	f.Int32Var(&maxSlices, "max-endpoint-slices", brokerv1.DefaultMaxEndpointSlices, "most broker EndpointSlices the member may hold, counted the same way (default: keep what the broker holds; the default shown when never set)")
 	f.StringVar(&domain, "clusterset-domain", brokerv1.DefaultClustersetDomain, "clusterset domain of the root join makes when the broker has none yet (a broker installed by its Helm chart)")
 	dry.register(f)
 	_ = cmd.RegisterFlagCompletionFunc("broker-context", k.completeContexts)

@@ -8,6 +8,11 @@ import (
 	"testing"
 	"time"
 
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/client-go/dynamic"
+
+	brokerv1 "github.com/isthmus-dev/isthmus/mcs/api/broker/v1alpha1"
 	"github.com/isthmus-dev/isthmus/test/cluster"
 )
 
@@ -53,6 +58,27 @@ func TestCommands(t *testing.T) {
 		t.Errorf("join with --pod-cidrs did not change the MemberPolicy:\n%s", stdout.String())
 	}
 
+	// The record limits: set by flag, kept by a join without it.
+	stdout.Reset()
+	if err := run(ctx, slices.Concat(commands[1], []string{"--max-exports", "7", "--max-endpoint-slices", "21"}), &stdout, &stderr); err != nil {
+		t.Fatalf("join --max-exports: %v\n%s", err, stderr.String())
+	}
+	stdout.Reset()
+	if err := run(ctx, commands[1], &stdout, &stderr); err != nil {
+		t.Fatalf("join: %v\n%s", err, stderr.String())
+	}
+	if !strings.Contains(stdout.String(), "memberpolicies.broker.isthmus.dev/east unchanged (broker)") {
+		t.Errorf("a join without --max-exports changed the MemberPolicy:\n%s", stdout.String())
+	}
+	mp, err := dynamic.NewForConfigOrDie(cs.Broker.Config).Resource(brokerv1.MemberPoliciesResource).Namespace(brokerv1.DefaultBrokerNamespace).Get(ctx, "east", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	limits, _, _ := unstructured.NestedMap(mp.Object, "spec", "limits")
+	if limits["maxExports"] != int64(7) || limits["maxEndpointSlices"] != int64(21) {
+		t.Errorf("MemberPolicy east's limits %v, want maxExports 7 and maxEndpointSlices 21", limits)
+	}
+
 	for _, bad := range []struct {
 		args []string
 		want string
@@ -63,6 +89,7 @@ func TestCommands(t *testing.T) {
 		{[]string{"broker", "install", "--kubeconfig", cs.Kubeconfig, "--context", "broker", "extra"}, `unknown command "extra"`},
 		{slices.Concat(commands[1], []string{"--pod-cidrs", "10.240.0.0/16"}), "--pod-cidrs and --service-cidrs go together"},
 		{slices.Concat(commands[1], []string{"--pod-cidrs", "0.0.0.0/0", "--service-cidrs", "10.96.0.0/16"}), "wider than /8"},
+		{slices.Concat(commands[1], []string{"--max-exports", "-1"}), "--max-exports -1: must be 0-100000"},
 	} {
 		var stdout, stderr bytes.Buffer
 		err := run(ctx, bad.args, &stdout, &stderr)

@@ -97,14 +97,25 @@ func InstallBroker(ctx context.Context, hub *Clients, opts BrokerOptions, out io
 			return err
 		}
 	}
-	return bindMemberPolicies(ctx, a, ns)
+	if err := bindMemberPolicies(ctx, a, ns); err != nil {
+		return err
+	}
+	// The record counter is a workload, which broker install does not run.
+	if note := recordCounterNote(ctx, hub, ns, ""); note != "" {
+		fmt.Fprintln(out, "note: "+note)
+	}
+	return nil
 }
 
 // gvrOf is the resource of one of BrokerObjects' objects.
 func gvrOf(obj runtime.Object) schema.GroupVersionResource {
 	switch obj.(type) {
+	case *corev1.ServiceAccount:
+		return serviceAccountGVR
 	case *rbacv1.Role:
 		return roleGVR
+	case *rbacv1.RoleBinding:
+		return roleBindingGVR
 	case *rbacv1.ClusterRole:
 		return rbacv1.SchemeGroupVersion.WithResource("clusterroles")
 	case *rbacv1.ClusterRoleBinding:
@@ -128,18 +139,21 @@ func gvrOf(obj runtime.Object) schema.GroupVersionResource {
 // member by its MemberPolicy; join binds it once per member), the
 // tunnel-writes policy and its binding, the ClusterRole letting members
 // check those policies and its binding, and the API Priority and Fairness
-// level and FlowSchema of the members' requests. The isthmus-broker Helm
+// level and FlowSchema of the members' requests, and the identity of the
+// hub's record counter (hubQuotaObjects). The isthmus-broker Helm
 // chart is checked
 // against them.
 func BrokerObjects(ns string) []runtime.Object {
 	reader, readerBinding := policyReaderObjects(ns)
 	plc, fs := fairnessObjects(ns)
+	quotaSA, quotaRole, quotaBinding := hubQuotaObjects(ns)
 	return []runtime.Object{
 		&corev1.Namespace{
 			TypeMeta: metav1.TypeMeta{APIVersion: "v1", Kind: "Namespace"},
 			ObjectMeta: metav1.ObjectMeta{Name: ns, Labels: map[string]string{
 				"app.kubernetes.io/part-of": "isthmus",
-				// Nothing runs in the broker namespace: it only holds records.
+				// Only the hub's record counter runs in the broker
+				// namespace (the broker chart's), as a restricted pod.
 				"pod-security.kubernetes.io/enforce": "restricted",
 			}},
 		},
@@ -161,6 +175,9 @@ func BrokerObjects(ns string) []runtime.Object {
 		readerBinding,
 		plc,
 		fs,
+		quotaSA,
+		quotaRole,
+		quotaBinding,
 	}
 }
 

@@ -58,6 +58,12 @@ type JoinOptions struct {
 	// export Services from. When empty a second join keeps what the
 	// MemberPolicy already holds.
 	ExportNamespaces []string
+	// MaxExports and MaxEndpointSlices, when set, are the member's record
+	// limits in its MemberPolicy (spec.limits), enforced once the hub's
+	// record counter counts its records. When unset a second join keeps
+	// what the MemberPolicy holds, and a first one writes the defaults
+	// (brokerv1.DefaultMaxExports, DefaultMaxEndpointSlices).
+	MaxExports, MaxEndpointSlices *int32
 }
 
 // Names in a member cluster.
@@ -159,6 +165,9 @@ func join(ctx context.Context, hub, member *Clients, opts JoinOptions, out io.Wr
 
 	if err := admitMember(ctx, hub, onHub, ns, id, uid, opts); err != nil {
 		return "", err
+	}
+	if note := recordCounterNote(ctx, hub, ns, id); note != "" {
+		fmt.Fprintln(out, "note: "+note)
 	}
 
 	if _, err := onMember.apply(ctx, namespaceGVR, &corev1.Namespace{

@@ -173,6 +173,12 @@ func allowlistPolicy(ns string) *admissionv1.ValidatingAdmissionPolicy {
 				{Name: "isExport", Expression: "request.resource.resource == 'exportedservices'"},
 				{Name: "maxEndpoints", Expression: fmt.Sprintf("params.spec.?limits.?maxEndpointsPerSlice.orValue(%d)", brokerv1.DefaultMaxEndpointsPerSlice)},
 				{Name: "maxMetadataBytes", Expression: fmt.Sprintf("params.spec.?limits.?maxMetadataBytes.orValue(%d)", brokerv1.DefaultMaxMetadataBytes)},
+				{Name: "maxExports", Expression: fmt.Sprintf("params.spec.?limits.?maxExports.orValue(%d)", brokerv1.DefaultMaxExports)},
+				{Name: "maxSlices", Expression: fmt.Sprintf("params.spec.?limits.?maxEndpointSlices.orValue(%d)", brokerv1.DefaultMaxEndpointSlices)},
+				// When the counts were taken: the counter's time, or a
+				// plain word when no counter has written any.
+				{Name: "isCounted", Expression: "has(params.status) && has(params.status.observedTime)"},
+				{Name: "counted", Expression: "variables.isCounted ? 'as counted at ' + string(params.status.observedTime) : 'no count yet'"},
 				{Name: "exportNamespace", Expression: fmt.Sprintf("variables.isExport ? object.spec.serviceNamespace : variables.isSlice && has(object.metadata.labels) ? object.metadata.labels[?'%s'].orValue('') : ''", brokerv1.LabelServiceNamespace)},
 			},
 			Validations: []admissionv1.Validation{
@@ -194,6 +200,8 @@ func allowlistPolicy(ns string) *admissionv1.ValidatingAdmissionPolicy {
 					MessageExpression: `"rule max-endpoints-per-slice: member '" + variables.me + "' may put at most " + string(variables.maxEndpoints) + " endpoints in a broker EndpointSlice; " + request.name + " has " + string(size((dyn(object.?endpoints.orValue([])) == null ? dyn([]) : dyn(object.endpoints)))) + ": split it, or have the hub admin raise spec.limits.maxEndpointsPerSlice in its MemberPolicy"`,
 					Reason:            ptr(metav1.StatusReasonForbidden),
 				},
+				countRule("max-exports", "isExport", "exports", "maxExports", "maxExports", "ExportedServices", "withdraw one of its exports (delete a ServiceExport)", "--max-exports"),
+				countRule("max-endpoint-slices", "isSlice", "endpointSlices", "maxSlices", "maxEndpointSlices", "broker EndpointSlices", "withdraw an export or put more endpoints in each slice", "--max-endpoint-slices"),
 				{
 					Expression:        fmt.Sprintf("!variables.judged || %s <= variables.maxMetadataBytes", recordBytes),
 					MessageExpression: fmt.Sprintf(`"rule max-metadata-bytes: the labels and annotations of " + request.resource.resource + " " + request.name + " of member '" + variables.me + "' take " + string(%s) + " bytes, more than the " + string(variables.maxMetadataBytes) + " allowed: drop some, or have the hub admin raise spec.limits.maxMetadataBytes in its MemberPolicy"`, recordBytes),
@@ -206,6 +214,24 @@ func allowlistPolicy(ns string) *admissionv1.ValidatingAdmissionPolicy {
 				},
 			},
 		},
+	}
+}
+
+// countRule refuses the member a new record of one kind once the hub's
+// record counter has counted as many of its records of that kind as its
+// MemberPolicy's limit allows: status.<field> against the variable limit,
+// which holds spec.limits.<limitField>.
+// Only creation is refused: changing or deleting a record the member
+// already holds never is. Without a count (no counter has written an
+// observedTime) the rule lets creation through, whatever the limit; the
+// per-record rules still hold (docs/security.md says why).
+func countRule(rule, isKind, field, limit, limitField, what, fix, flag string) admissionv1.Validation {
+	count := "params.?status.?" + field + ".orValue(0)"
+	return admissionv1.Validation{
+		Expression: fmt.Sprintf("!variables.judged || request.operation != 'CREATE' || !variables.%s || !variables.isCounted || %s < variables.%s", isKind, count, limit),
+		MessageExpression: fmt.Sprintf(`"rule %[1]s: member '" + variables.me + "' holds " + string(%[2]s) + " %[3]s on the broker (" + variables.counted + "), its limit spec.limits.%[4]s is " + string(variables.%[5]s) + ", so " + request.name + " is refused: %[6]s first, or have the hub admin raise spec.limits.%[4]s in MemberPolicy " + params.metadata.namespace + "/" + variables.me + " (isthmusctl join %[7]s)"`,
+			rule, count, what, limitField, limit, fix, flag),
+		Reason: ptr(metav1.StatusReasonForbidden),
 	}
 }
 

@@ -32,6 +32,9 @@ func applyMemberPolicy(ctx context.Context, onHub *applier, ns, id string, opts 
 	if err != nil {
 		return err
 	}
+	if err := checkRecordLimits(opts); err != nil {
+		return err
+	}
 	for _, n := range opts.ExportNamespaces {
 		if errs := validation.IsDNS1123Label(n); len(errs) > 0 {
 			return fmt.Errorf("--export-namespaces: %q is not a namespace name", n)
@@ -49,7 +52,8 @@ func applyMemberPolicy(ctx context.Context, onHub *applier, ns, id string, opts 
 			return fmt.Errorf("decoding MemberPolicy %s/%s: %w", ns, id, err)
 		}
 	}
-	spec := brokerv1.MemberPolicySpec{CIDRs: current.Spec.CIDRs, ExportNamespaces: current.Spec.ExportNamespaces}
+	spec := brokerv1.MemberPolicySpec{CIDRs: current.Spec.CIDRs, ExportNamespaces: current.Spec.ExportNamespaces,
+		Limits: memberLimits(current.Spec.Limits, opts)}
 	if len(pods) > 0 {
 		spec.CIDRs = &brokerv1.ApprovedCIDRs{PodCIDRs: pods, ServiceCIDRs: svcs}
 		if err := checkNoOverlap(ctx, onHub, ns, id, pods, svcs); err != nil {
@@ -73,6 +77,39 @@ func applyMemberPolicy(ctx context.Context, onHub *applier, ns, id string, opts 
 	if spec.CIDRs == nil {
 		fmt.Fprintf(onHub.out, "warning: no --pod-cidrs and --service-cidrs: the broker lets cluster %s claim any range except default routes, prefixes shorter than /%d (IPv4) or /%d (IPv6) and reserved ranges, and publish endpoints anywhere in them; join again with the cluster's ranges to confine it\n",
 			id, minIPv4PrefixLength, minIPv6PrefixLength)
+	}
+	return nil
+}
+
+// memberLimits are the limits join writes: what the MemberPolicy holds,
+// with the record limits from the flags, or their defaults where it holds
+// none.
+func memberLimits(current *brokerv1.MemberLimits, opts JoinOptions) *brokerv1.MemberLimits {
+	l := &brokerv1.MemberLimits{}
+	if current != nil {
+		l = current.DeepCopy()
+	}
+	pick := func(flag, have *int32, def int32) *int32 {
+		switch {
+		case flag != nil:
+			return ptr(*flag)
+		case have != nil:
+			return have
+		}
+		return ptr(def)
+	}
+	l.MaxExports = pick(opts.MaxExports, l.MaxExports, brokerv1.DefaultMaxExports)
+	l.MaxEndpointSlices = pick(opts.MaxEndpointSlices, l.MaxEndpointSlices, brokerv1.DefaultMaxEndpointSlices)
+	return l
+}
+
+// checkRecordLimits refuses record limits the MemberPolicy's schema would.
+func checkRecordLimits(opts JoinOptions) error {
+	if v := opts.MaxExports; v != nil && (*v < 0 || *v > 100000) {
+		return fmt.Errorf("--max-exports %d: must be 0-100000", *v)
+	}
+	if v := opts.MaxEndpointSlices; v != nil && (*v < 0 || *v > 1000000) {
+		return fmt.Errorf("--max-endpoint-slices %d: must be 0-1000000", *v)
 	}
 	return nil
 }

@@ -18,13 +18,42 @@ import (
 // +kubebuilder:resource:scope=Namespaced,shortName=imp
 // +kubebuilder:printcolumn:name="Pod CIDRs",type=string,JSONPath=`.spec.cidrs.podCIDRs`
 // +kubebuilder:printcolumn:name="Service CIDRs",type=string,JSONPath=`.spec.cidrs.serviceCIDRs`
+// +kubebuilder:printcolumn:name="Exports",type=integer,JSONPath=`.status.exports`
+// +kubebuilder:printcolumn:name="Slices",type=integer,JSONPath=`.status.endpointSlices`
+// +kubebuilder:printcolumn:name="Counted",type=date,JSONPath=`.status.observedTime`
 // +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
+// +kubebuilder:subresource:status
 // +kubebuilder:validation:XValidation:rule="self.metadata.name.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$') && size(self.metadata.name) <= 63",message="metadata.name must be the member's cluster id, a DNS label"
 type MemberPolicy struct {
 	metav1.TypeMeta   `json:",inline"`
 	metav1.ObjectMeta `json:"metadata,omitempty"`
 
 	Spec MemberPolicySpec `json:"spec"`
+
+	// Status is the member's records on the broker as the hub's record
+	// counter (`isthmus hub-quota`) last counted them; the allowlist
+	// admission policy refuses a new export or EndpointSlice once a count
+	// has reached its limit. Only the counter writes it.
+	// +optional
+	Status MemberPolicyStatus `json:"status,omitempty"`
+}
+
+// MemberPolicyStatus is what the hub's record counter last counted of one
+// member's records: those in the broker namespace labelled with its
+// cluster id.
+type MemberPolicyStatus struct {
+	// Exports is the number of the member's ExportedServices.
+	// +optional
+	Exports int32 `json:"exports"`
+	// EndpointSlices is the number of the member's broker EndpointSlices.
+	// +optional
+	EndpointSlices int32 `json:"endpointSlices"`
+	// ObservedTime is when the counter last wrote these counts. It is
+	// refreshed at least every few minutes while the counter runs (its
+	// --resync), so an old time (or none) means no counter is counting
+	// and the record-count limits are not enforced.
+	// +optional
+	ObservedTime *metav1.Time `json:"observedTime,omitempty"`
 }
 
 // MemberPolicySpec is one member's allowlist and limits.
@@ -47,8 +76,9 @@ type MemberPolicySpec struct {
 	// +kubebuilder:validation:items:Pattern=`^[a-z0-9]([-a-z0-9]*[a-z0-9])?$`
 	ExportNamespaces []string `json:"exportNamespaces,omitempty"`
 
-	// Limits cap the size of the member's records; unset fields take their
-	// defaults: 100 endpoints per slice, 16384 metadata bytes.
+	// Limits cap the size and number of the member's records; unset fields
+	// take their defaults: 100 endpoints per slice, 16384 metadata bytes,
+	// 2000 exports, 10000 EndpointSlices.
 	// +optional
 	Limits *MemberLimits `json:"limits,omitempty"`
 }
@@ -95,12 +125,34 @@ type MemberLimits struct {
 	// +kubebuilder:validation:Minimum=256
 	// +kubebuilder:validation:Maximum=262144
 	MaxMetadataBytes *int32 `json:"maxMetadataBytes,omitempty"`
+
+	// MaxExports caps the member's ExportedServices on the broker: once
+	// the hub's record counter has counted this many, creating another is
+	// refused (rule max-exports). 0 lets it export nothing.
+	// +optional
+	// +kubebuilder:validation:Minimum=0
+	// +kubebuilder:validation:Maximum=100000
+	MaxExports *int32 `json:"maxExports,omitempty"`
+
+	// MaxEndpointSlices caps the member's broker EndpointSlices, counted
+	// the same way (rule max-endpoint-slices). An export has one slice per
+	// address family and per maxEndpointsPerSlice endpoints.
+	// +optional
+	// +kubebuilder:validation:Minimum=0
+	// +kubebuilder:validation:Maximum=1000000
+	MaxEndpointSlices *int32 `json:"maxEndpointSlices,omitempty"`
 }
 
 // Defaults of MemberLimits.
 const (
 	DefaultMaxEndpointsPerSlice = 100
 	DefaultMaxMetadataBytes     = 16384
+	// DefaultMaxExports matches the importers' default cap of imports
+	// per cluster (isthmus agent --max-imports-per-cluster).
+	DefaultMaxExports = 2000
+	// DefaultMaxEndpointSlices leaves each of DefaultMaxExports exports
+	// five slices.
+	DefaultMaxEndpointSlices = 10000
 )
 
 // MemberPolicyList is a list of MemberPolicy objects.

@@ -23,6 +23,8 @@ type MemberPoliciesGetter interface {
 type MemberPolicyInterface interface {
 	Create(ctx context.Context, memberPolicy *brokerv1alpha1.MemberPolicy, opts v1.CreateOptions) (*brokerv1alpha1.MemberPolicy, error)
 	Update(ctx context.Context, memberPolicy *brokerv1alpha1.MemberPolicy, opts v1.UpdateOptions) (*brokerv1alpha1.MemberPolicy, error)
+	// Add a +genclient:noStatus comment above the type to avoid generating UpdateStatus().
+	UpdateStatus(ctx context.Context, memberPolicy *brokerv1alpha1.MemberPolicy, opts v1.UpdateOptions) (*brokerv1alpha1.MemberPolicy, error)
 	Delete(ctx context.Context, name string, opts v1.DeleteOptions) error
 	DeleteCollection(ctx context.Context, opts v1.DeleteOptions, listOpts v1.ListOptions) error
 	Get(ctx context.Context, name string, opts v1.GetOptions) (*brokerv1alpha1.MemberPolicy, error)
