@@ -85,7 +85,7 @@ setup: ## what the tests need: Debian packages, the Kubernetes binaries and helm
 	@$(MAKE) --no-print-directory -j3 deps tools helm
 
 .PHONY: test
-test: setup ## set up everything, then run every test with the race detector (test/all.sh: the real-node packages beside the rest)
+test: setup ## set up everything, then run every test with the race detector (test/all.sh)
 	GO=$(GO) bash test/all.sh
 
 .PHONY: test-coredns-plugin

@@ -21,9 +21,6 @@ import (
 // CoreDNS has the isthmus plugin, member2's forwards to `isthmus dns`), the
 // connection going pod → kube-proxy → WireGuard → pod.
 func TestInstallOnRealNodes(t *testing.T) {
-	// Beside the upgrade test: each has its own clusterset, and both
-	// spend most of their time waiting on pods.
-	t.Parallel()
 	began := time.Now()
 	s := Start(t, Options{Members: 2})
 	t.Logf("installed in %v; clusterset memory %d MiB", time.Since(began).Round(time.Millisecond), s.MemoryMiB())

@@ -30,7 +30,6 @@ import (
 // the export are not rewritten. The longest request shows what each step
 // cost the data path.
 func TestUpgradeKeepsTraffic(t *testing.T) {
-	t.Parallel()
 	a, err := Build()
 	if err != nil {
 		t.Fatal(err)
