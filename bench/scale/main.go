@@ -12,7 +12,9 @@
 // It prints, as markdown: the setup, the broker's write rate and the
 // apiserver's and etcd's CPU and memory at idle, the agents' CPU, heap and
 // import reconciles at idle and during churn, a new export in a → imported
-// in b and c (p50/p99) under the members' heartbeats, agent restart →
+// in b and c (p50/p99) and an endpoint change in a → the MCS slices in b
+// and c under the members' heartbeats, a's resolver (`isthmus dns` in a
+// process of its own) on those imports: ready, heap and RSS, agent restart →
 // synced, and a member dying → withdrawn in every full member, with the
 // broker writes that caused.
 package main
@@ -172,6 +174,10 @@ func run(ctx context.Context, log *slog.Logger, c config) error {
 		setupWrites, setup1.diff(setup0), setupCPU.Round(time.Second), 1000*setupCPU.Seconds()/max(setupWrites, 1),
 		(setup1.dbCPU - setup0.dbCPU).Round(time.Second), setup1.admissionCost(setup0))
 	settle(ctx, full)
+	if err := measureResolver(ctx, full[0].Cluster.Kubeconfig, c.exports, c.members); err != nil {
+		return err
+	}
+	settle(ctx, full)
 
 	// Idle.
 	idle, err := measureWindow(ctx, broker, full, c.idle, nil)
@@ -179,9 +185,12 @@ func run(ctx context.Context, log *slog.Logger, c config) error {
 		return err
 	}
 	// Churn: new exports from a, timed until imported in b and c.
-	var lat []time.Duration
+	var lat, epLat []time.Duration
 	churn, err := measureWindow(ctx, broker, full, 0, func() error {
-		lat, err = measureExports(ctx, full, c.samples)
+		if lat, err = measureExports(ctx, full, c.samples); err != nil {
+			return err
+		}
+		epLat, err = measureEndpointChanges(ctx, full, c.samples)
 		return err
 	})
 	if err != nil {
@@ -189,11 +198,13 @@ func run(ctx context.Context, log *slog.Logger, c config) error {
 	}
 	fmt.Printf("| window | length | broker writes/s (by resource) | apiserver CPU | etcd CPU | apiserver RSS | etcd RSS | agents' CPU (3 agents) | Go heap in use (3 agents) | import reconciles per agent per minute |\n|---|---|---|---|---|---|---|---|---|---|\n")
 	idle.row("idle", c)
-	churn.row(fmt.Sprintf("churn (%d new exports from a)", c.samples), c)
+	churn.row(fmt.Sprintf("churn (%d new exports from a, then %d endpoint changes)", c.samples, c.samples), c)
 	fmt.Printf("\nExpected idle broker write rate with one Lease renewal per member per period: %.1f/s (%d members + 3 full, every %v).\n\n",
 		float64(c.members+3)/(c.lease/3).Seconds(), c.members, c.lease/3)
 	fmt.Printf("| new export in a → ServiceImport in b and c | p50 | p99 | max |\n|---|---|---|---|\n| %d samples, sequential | %v | %v | %v |\n\n",
 		len(lat), pct(lat, 50), pct(lat, 99), pct(lat, 100))
+	fmt.Printf("| endpoint change in a → the MCS slices in b and c | p50 | p99 | max |\n|---|---|---|---|\n| %d samples, sequential | %v | %v | %v |\n\n",
+		len(epLat), pct(epLat, 50), pct(epLat, 99), pct(epLat, 100))
 
 	// Agent restart.
 	a := full[0]
@@ -341,7 +352,7 @@ func measureExports(ctx context.Context, full []*fleet.Member, samples int) ([]t
 	if err != nil {
 		return nil, err
 	}
-	watchers := []*importWatch{}
+	watchers := []*firstSeen{}
 	for _, m := range full[1:] {
 		w, err := watchImports(ctx, m.Cluster.Config, benchNamespace)
 		if err != nil {

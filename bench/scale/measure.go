@@ -242,30 +242,33 @@ func (w window) row(name string, c config) {
 		pctOf(w.agentCPU), w.heap>>20, w.reconciles/3/(secs/60))
 }
 
-// importWatch records when each ServiceImport of a namespace first
-// appeared in one cluster.
-type importWatch struct {
+// firstSeen records when each key (a ServiceImport's name, an address in
+// a slice) was first seen in one cluster.
+type firstSeen struct {
 	mu sync.Mutex
 	at map[string]time.Time
 }
 
-func watchImports(ctx context.Context, cfg *rest.Config, ns string) (*importWatch, error) {
+func (w *firstSeen) record(key string) {
+	w.mu.Lock()
+	if _, dup := w.at[key]; !dup {
+		w.at[key] = time.Now()
+	}
+	w.mu.Unlock()
+}
+
+// watchImports records the ServiceImports of a namespace.
+func watchImports(ctx context.Context, cfg *rest.Config, ns string) (*firstSeen, error) {
 	mc, err := mcsclient.NewForConfig(cfg)
 	if err != nil {
 		return nil, err
 	}
-	w := &importWatch{at: map[string]time.Time{}}
+	w := &firstSeen{at: map[string]time.Time{}}
 	f := mcsinformers.NewSharedInformerFactoryWithOptions(mc, 0, mcsinformers.WithNamespace(ns))
 	seen := func(o any) {
-		si, ok := o.(*mcsv1beta1.ServiceImport)
-		if !ok {
-			return
+		if si, ok := o.(*mcsv1beta1.ServiceImport); ok {
+			w.record(si.Name)
 		}
-		w.mu.Lock()
-		if _, dup := w.at[si.Name]; !dup {
-			w.at[si.Name] = time.Now()
-		}
-		w.mu.Unlock()
 	}
 	if _, err := f.Multicluster().V1beta1().ServiceImports().Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc: seen, UpdateFunc: func(_, o any) { seen(o) }}); err != nil {
@@ -276,17 +279,17 @@ func watchImports(ctx context.Context, cfg *rest.Config, ns string) (*importWatc
 	return w, nil
 }
 
-func (w *importWatch) wait(ctx context.Context, name string) (time.Time, error) {
+func (w *firstSeen) wait(ctx context.Context, key string) (time.Time, error) {
 	for {
 		w.mu.Lock()
-		t, ok := w.at[name]
+		t, ok := w.at[key]
 		w.mu.Unlock()
 		if ok {
 			return t, nil
 		}
 		select {
 		case <-ctx.Done():
-			return time.Time{}, fmt.Errorf("waiting for %s: %w", name, ctx.Err())
+			return time.Time{}, fmt.Errorf("waiting for %s: %w", key, ctx.Err())
 		case <-time.After(200 * time.Microsecond):
 		}
 	}

@@ -5,6 +5,7 @@
 // processes (this binary with -client), so the server's CPU is its own.
 //
 //	go run ./bench/xds -services 10000 -clients 1,10 -updates 5
+//	go run ./bench/xds -services 10 -endpoints 1000   # bench/scale's shape at N = 1,000, K = 10
 package main
 
 import (
@@ -41,12 +42,17 @@ import (
 func main() {
 	client := flag.Bool("client", false, "(internal) run as one subscribed client")
 	addr := flag.String("addr", "", "(internal) the server a client dials")
-	services := flag.Int("services", 10000, "services (one ClusterLoadAssignment each, 10 endpoints)")
+	services := flag.Int("services", 10000, "services (one ClusterLoadAssignment each)")
+	endpoints := flag.Int("endpoints", 10, "endpoints of each service, half in each of two localities (even, at least 2)")
 	clients := flag.String("clients", "1,10", "comma-separated client counts")
 	updates := flag.Int("updates", 5, "single-endpoint changes measured per configuration")
 	impls := flag.String("impls", "snapshot-cache,isthmus", "servers to measure, in this order")
 	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of the single-endpoint changes here")
 	flag.Parse()
+	if *endpoints < 2 || *endpoints%2 != 0 || *endpoints > 50000 {
+		fmt.Fprintf(os.Stderr, "bad -endpoints %d: an even number from 2 to 50000\n", *endpoints)
+		os.Exit(2)
+	}
 	if *cpuProfile != "" {
 		profile = *cpuProfile
 	}
@@ -65,7 +71,7 @@ func main() {
 			os.Exit(2)
 		}
 		for _, impl := range strings.Split(*impls, ",") {
-			r, err := measure(impl, *services, n, *updates)
+			r, err := measure(impl, *services, *endpoints, n, *updates)
 			if err != nil {
 				fmt.Fprintf(os.Stderr, "%s with %d clients: %v\n", impl, n, err)
 				os.Exit(1)
@@ -74,7 +80,7 @@ func main() {
 			fmt.Fprintf(os.Stderr, "done: %s, %d clients\n", impl, n)
 		}
 	}
-	report(os.Stdout, rows, *services, *updates)
+	report(os.Stdout, rows, *services, *endpoints, *updates)
 }
 
 // profile, when set, receives a CPU profile of the changes.
@@ -89,9 +95,9 @@ func names(n int) []string {
 	return out
 }
 
-// assignment is a service's 10 endpoints in two localities (priorities 0
-// and 1); gen varies the first endpoint's port.
-func assignment(name string, i, gen int) *endpointv3.ClusterLoadAssignment {
+// assignment is a service's endpoints in two localities (priorities 0
+// and 1), half in each; gen varies the first endpoint's port.
+func assignment(name string, i, gen, endpoints int) *endpointv3.ClusterLoadAssignment {
 	cla := &endpointv3.ClusterLoadAssignment{ClusterName: name}
 	for l := 0; l < 2; l++ {
 		loc := &endpointv3.LocalityLbEndpoints{
@@ -99,7 +105,7 @@ func assignment(name string, i, gen int) *endpointv3.ClusterLoadAssignment {
 			LoadBalancingWeight: wrapperspb.UInt32(5),
 			Priority:            uint32(l),
 		}
-		for e := 0; e < 5; e++ {
+		for e := 0; e < endpoints/2; e++ {
 			port := uint32(8080)
 			if l == 0 && e == 0 {
 				port += uint32(gen)
@@ -187,7 +193,7 @@ func cpu() time.Duration {
 }
 
 // measure runs one configuration with fresh server and clients.
-func measure(kind string, services, clients, updates int) (row, error) {
+func measure(kind string, services, endpoints, clients, updates int) (row, error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	var im impl
@@ -206,7 +212,7 @@ func measure(kind string, services, clients, updates int) (row, error) {
 	all := map[string]types.Resource{}
 	ns := names(services)
 	for i, n := range ns {
-		all[n] = assignment(n, i, 0)
+		all[n] = assignment(n, i, 0, endpoints)
 	}
 	if err := im.load(all); err != nil {
 		return row{}, err
@@ -263,7 +269,7 @@ func measure(kind string, services, clients, updates int) (row, error) {
 		i := (u * 7919) % services
 		name := ns[i]
 		c0, t0 := cpu(), time.Now()
-		if err := im.change(name, assignment(name, i, u), all, u); err != nil {
+		if err := im.change(name, assignment(name, i, u, endpoints), all, u); err != nil {
 			return row{}, err
 		}
 		var bytes int64

@@ -9,8 +9,8 @@ import (
 
 // report prints a markdown table and the ratios anchor/ours for the
 // single-endpoint change, per client count.
-func report(w io.Writer, rows []row, services, updates int) {
-	fmt.Fprintf(w, "%d services × 10 endpoints, SotW ADS EDS, clients as separate processes, GOMAXPROCS %d, median of %d single-endpoint changes\n\n", services, runtime.GOMAXPROCS(0), updates)
+func report(w io.Writer, rows []row, services, endpoints, updates int) {
+	fmt.Fprintf(w, "%d services × %d endpoints, SotW ADS EDS, clients as separate processes, GOMAXPROCS %d, median of %d single-endpoint changes\n\n", services, endpoints, runtime.GOMAXPROCS(0), updates)
 	fmt.Fprintln(w, "| server | clients | initial push (to last client) | initial server CPU | initial bytes | 1-endpoint change: latency | server CPU | bytes to all clients | assignments sent |")
 	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|")
 	for _, r := range rows {
