@@ -56,6 +56,9 @@ const benchNamespace = "bench"
 type config struct {
 	members, exports, samples int
 	idle, lease, withdraw     time.Duration
+	// cpuProfile, when set, receives the broker apiserver's CPU profile
+	// over the idle window.
+	cpuProfile string
 }
 
 func main() {
@@ -67,6 +70,7 @@ func main() {
 	flag.IntVar(&c.samples, "samples", 20, "new-export samples")
 	flag.DurationVar(&c.idle, "idle", time.Minute, "idle measurement window")
 	flag.DurationVar(&c.lease, "lease", 30*time.Second, "Lease duration of every member (the default; renewed every third)")
+	flag.StringVar(&c.cpuProfile, "cpuprofile", "", "write the broker kube-apiserver's CPU profile over the idle window to this file (go tool pprof reads it)")
 	flag.DurationVar(&c.withdraw, "withdraw-after", time.Minute, "the full agents' --withdraw-after (the default is 5 min; shorter keeps the run short)")
 	flag.Parse()
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
@@ -101,7 +105,7 @@ func signalContext() (context.Context, context.CancelFunc) {
 
 func run(ctx context.Context, log *slog.Logger, c config) error {
 	began := time.Now()
-	cs, err := cluster.New(ctx, cluster.Options{Broker: true, Members: 3, Log: log})
+	cs, err := cluster.New(ctx, cluster.Options{Broker: true, Members: 3, Log: log, Profiling: c.cpuProfile != ""})
 	if err != nil {
 		return err
 	}
@@ -180,9 +184,18 @@ func run(ctx context.Context, log *slog.Logger, c config) error {
 	settle(ctx, full)
 
 	// Idle.
+	profiled := make(chan error, 1)
+	if c.cpuProfile != "" {
+		go func() { profiled <- profileBroker(ctx, cs, c.idle-time.Second, c.cpuProfile) }()
+	} else {
+		profiled <- nil
+	}
 	idle, err := measureWindow(ctx, broker, full, c.idle, nil)
 	if err != nil {
 		return err
+	}
+	if err := <-profiled; err != nil {
+		return fmt.Errorf("profiling the broker: %w", err)
 	}
 	// Churn: new exports from a, timed until imported in b and c.
 	var lat, epLat []time.Duration
@@ -405,4 +418,14 @@ func loadavg() string {
 		return "?"
 	}
 	return strings.Join(strings.Fields(string(b))[:3], " ")
+}
+
+// profileBroker writes the broker kube-apiserver's CPU profile over d.
+func profileBroker(ctx context.Context, cs *cluster.Clusterset, d time.Duration, path string) error {
+	raw, err := cs.Broker.Client.Discovery().RESTClient().Get().AbsPath("/debug/pprof/profile").
+		Param("seconds", fmt.Sprint(max(int(d.Seconds()), 1))).Timeout(d + time.Minute).Do(ctx).Raw()
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(path, raw, 0o644)
 }

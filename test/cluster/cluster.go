@@ -61,6 +61,9 @@ type Options struct {
 	// Images are image archives (docker-archive or OCI layout, such as
 	// bin/isthmus-image.tar) imported into every real node at start.
 	Images []string
+	// Profiling serves every kube-apiserver's /debug/pprof (to admins
+	// only), for a benchmark that looks for where an apiserver's CPU goes.
+	Profiling bool
 	// BeforeStop, if set, runs when Stop begins, before any process ends:
 	// a test binary stops what it runs against the clusterset there.
 	BeforeStop func()
@@ -177,6 +180,7 @@ func New(ctx context.Context, opts Options) (_ *Clusterset, err error) {
 		if cs.Broker, err = cs.newCluster("broker", clusterSpec{
 			serviceCIDR: netip.MustParsePrefix("10.96.0.0/16"),
 			onUnderlay:  opts.RealNodes,
+			profiling:   opts.Profiling,
 		}, bins, brokerEtcd, &ports); err != nil {
 			return nil, err
 		}
@@ -198,6 +202,7 @@ func New(ctx context.Context, opts Options) (_ *Clusterset, err error) {
 			podCIDR:     netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(240 + i), 0, 0}), 16),
 			serviceCIDR: netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(96 + i), 0, 0}), 16),
 			realNode:    opts.RealNodes,
+			profiling:   opts.Profiling,
 			images:      images,
 		}
 		if i <= len(opts.DualStack) && opts.DualStack[i-1] {

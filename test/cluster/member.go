@@ -79,6 +79,8 @@ type clusterSpec struct {
 	// onUnderlay: the broker's serving certificate names the underlay
 	// gateway too, where the real nodes reach it.
 	onUnderlay bool
+	// profiling serves the apiserver's /debug/pprof.
+	profiling bool
 }
 
 // cidrs are a spec's valid ranges, IPv4 first.
@@ -217,7 +219,7 @@ func (cs *Clusterset) newCluster(name string, spec clusterSpec, bins binaries, d
 			"--service-account-signing-key-file=" + filepath.Join(dir, "sa.key"),
 			"--authorization-mode=Node,RBAC",
 			"--service-cluster-ip-range=" + flagList(c.ServiceCIDRs),
-			"--profiling=false",
+			"--profiling=" + strconv.FormatBool(spec.profiling),
 		},
 		logPath: filepath.Join(dir, "kube-apiserver.log"),
 		reg:     cs.reg,
