@@ -235,8 +235,8 @@ func run(ctx context.Context, log *slog.Logger, c config) error {
 	}
 	synced := time.Since(restartAt)
 	writes := a.Metric("isthmus_agent_writes_total") - a.Metric("isthmus_agent_writes_total", "target", "broker-lease")
-	fmt.Printf("| a's agent restarted | time |\n|---|---|\n| → ready (informers synced with %d broker records, heartbeat renewed) | %v |\n| → every import reconciled once, queue empty | %v (writes other than the heartbeat: %.0f) |\n\n",
-		c.members*(2*c.exports+2), ready.Round(time.Millisecond), synced.Round(time.Millisecond), writes)
+	fmt.Printf("| a's agent restarted | time |\n|---|---|\n| → ready (informers synced with %d broker records, heartbeat renewed) | %v |\n| → every import reconciled once, queue empty | %v (writes other than the heartbeat: %.0f%s) |\n\n",
+		c.members*(2*c.exports+2), ready.Round(time.Millisecond), synced.Round(time.Millisecond), writes, writesBy(a))
 
 	// A member dies.
 	before, err := broker.sample()
@@ -428,4 +428,33 @@ func profileBroker(ctx context.Context, cs *cluster.Clusterset, d time.Duration,
 		return err
 	}
 	return os.WriteFile(path, raw, 0o644)
+}
+
+// writesBy lists an agent's writes other than its heartbeat by target and
+// verb, as ": local/apply 3, broker/update 1", or nothing when there are none.
+func writesBy(m *fleet.Member) string {
+	families, err := m.Registry.Gather()
+	if err != nil {
+		return ""
+	}
+	var parts []string
+	for _, f := range families {
+		if f.GetName() != "isthmus_agent_writes_total" {
+			continue
+		}
+		for _, s := range f.GetMetric() {
+			labels := map[string]string{}
+			for _, l := range s.GetLabel() {
+				labels[l.GetName()] = l.GetValue()
+			}
+			if labels["target"] != "broker-lease" && s.GetCounter().GetValue() > 0 {
+				parts = append(parts, fmt.Sprintf("%s/%s %.0f", labels["target"], labels["verb"], s.GetCounter().GetValue()))
+			}
+		}
+	}
+	if len(parts) == 0 {
+		return ""
+	}
+	slices.Sort(parts)
+	return ": " + strings.Join(parts, ", ")
 }

@@ -119,7 +119,13 @@ type Agent struct {
 	// changes), so an older view never lands after a newer one.
 	publishMu sync.Mutex
 
-	informers   []cache.SharedIndexInformer
+	informers []cache.SharedIndexInformer
+	// synced are the event handlers' registrations, not the informers:
+	// an informer is synced once its store holds the initial list, but its
+	// handlers may still be working through it, and a reconcile that ran
+	// before the import-cap ranking had seen every export left the
+	// unranked ones out, deleting and then restoring their slices (612
+	// writes after a restart at 1,000 members, bench/scale).
 	synced      []cache.InformerSynced
 	ready       atomic.Bool
 	heartbeatOK atomic.Bool

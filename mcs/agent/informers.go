@@ -94,7 +94,7 @@ func (a *Agent) setupInformers() error {
 	}
 	for _, h := range handlers {
 		fn, inf := h.fn, h.inf
-		if _, err := h.inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		reg, err := h.inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
 			AddFunc: fn,
 			UpdateFunc: func(old, o any) {
 				// The conditions this agent writes on a ServiceExport are
@@ -107,11 +107,12 @@ func (a *Agent) setupInformers() error {
 				fn(o)
 			},
 			DeleteFunc: fn,
-		}); err != nil {
+		})
+		if err != nil {
 			return fmt.Errorf("adding event handler: %w", err)
 		}
 		a.informers = append(a.informers, h.inf)
-		a.synced = append(a.synced, h.inf.HasSynced)
+		a.synced = append(a.synced, reg.HasSynced)
 	}
 	// Handlers that need the version a change replaced (nil for an add or
 	// a delete): a broker export's change moves its cluster's ranking
@@ -122,27 +123,29 @@ func (a *Agent) setupInformers() error {
 		changed func(old, cur any)
 	}{{brokerExportInf, a.exportRecordChanged}, {clusterInf, a.clusterChanged}} {
 		changed := h.changed
-		if _, err := h.inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		reg, err := h.inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
 			AddFunc:    func(o any) { changed(nil, o) },
 			UpdateFunc: changed,
 			DeleteFunc: func(o any) { changed(o, nil) },
-		}); err != nil {
+		})
+		if err != nil {
 			return fmt.Errorf("adding event handler: %w", err)
 		}
 		a.informers = append(a.informers, h.inf)
-		a.synced = append(a.synced, h.inf.HasSynced)
+		a.synced = append(a.synced, reg.HasSynced)
 	}
 	// The heartbeat clock learns of a renewal only here, when the Lease is
 	// delivered, and must tell a deleted Lease from a renewed one.
-	if _, err := leaseInf.AddEventHandler(cache.ResourceEventHandlerFuncs{
+	reg, err := leaseInf.AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc:    func(o any) { a.observeLease(o, false) },
 		UpdateFunc: func(_, o any) { a.observeLease(o, false) },
 		DeleteFunc: func(o any) { a.observeLease(o, true) },
-	}); err != nil {
+	})
+	if err != nil {
 		return fmt.Errorf("adding event handler: %w", err)
 	}
 	a.informers = append(a.informers, leaseInf)
-	a.synced = append(a.synced, leaseInf.HasSynced)
+	a.synced = append(a.synced, reg.HasSynced)
 	return nil
 }
 

@@ -273,6 +273,13 @@ func memberPolicy(ns string) *admissionv1.ValidatingAdmissionPolicy {
 					Reason: ptr(metav1.StatusReasonForbidden),
 				},
 				{
+					Expression: fmt.Sprintf("request.resource.resource != 'leases' || object == null || %s + %s <= %d",
+						metadataBytes("object.metadata.labels"), metadataBytes("object.metadata.annotations"), brokerv1.DefaultMaxMetadataBytes),
+					MessageExpression: fmt.Sprintf(`"rule lease-metadata-bytes: the labels and annotations of Lease " + request.name + " of member '" + variables.me + "' take more than %d bytes: a heartbeat Lease needs only its %s label"`,
+						brokerv1.DefaultMaxMetadataBytes, brokerv1.LabelSourceCluster),
+					Reason: ptr(metav1.StatusReasonForbidden),
+				},
+				{
 					Expression:        "variables.isToken || request.operation == 'CREATE' || variables.oldOwner == variables.me || variables.peerHeartbeat",
 					MessageExpression: `"rule existing-records-of-others: " + request.resource.resource + " " + request.name + " belongs to another cluster; member '" + variables.me + "' may only change or delete its own records"`,
 					Reason:            ptr(metav1.StatusReasonForbidden),

@@ -106,6 +106,12 @@ func universalValidations() []admissionv1.Validation {
 	}
 }
 
+// metadataBytes is the CEL expression for the bytes of a string map m
+// (labels, annotations): its keys and values.
+func metadataBytes(m string) string {
+	return fmt.Sprintf("(has(%[1]s) ? %[1]s.map(k, size(bytes(k)) + size(bytes(%[1]s[k]))).sum() : 0)", m)
+}
+
 // allowlistPolicy holds each member's records to its MemberPolicy: each
 // member's binding (memberAllowlistBinding, written by join) hands it that
 // member's MemberPolicy for the records labelled with its cluster id, and
@@ -134,9 +140,6 @@ func allowlistPolicy(ns string) *admissionv1.ValidatingAdmissionPolicy {
 			Reason: ptr(metav1.StatusReasonForbidden),
 		}
 	}
-	metadataBytes := func(m string) string {
-		return fmt.Sprintf("(has(%[1]s) ? %[1]s.map(k, size(bytes(k)) + size(bytes(%[1]s[k]))).sum() : 0)", m)
-	}
 	recordBytes := metadataBytes("object.metadata.labels") + " + " + metadataBytes("object.metadata.annotations")
 	exportedBytes := metadataBytes("object.spec.exportedLabels") + " + " + metadataBytes("object.spec.exportedAnnotations")
 	return &admissionv1.ValidatingAdmissionPolicy{
@@ -153,8 +156,12 @@ func allowlistPolicy(ns string) *admissionv1.ValidatingAdmissionPolicy {
 						Resources: []string{"clusters", "exportedservices"}}}},
 					{RuleWithOperations: admissionv1.RuleWithOperations{Operations: writes, Rule: admissionv1.Rule{
 						APIGroups: []string{"discovery.k8s.io"}, APIVersions: []string{"*"}, Resources: []string{"endpointslices"}}}},
-					{RuleWithOperations: admissionv1.RuleWithOperations{Operations: writes, Rule: admissionv1.Rule{
-						APIGroups: []string{"coordination.k8s.io"}, APIVersions: []string{"*"}, Resources: []string{"leases"}}}},
+					// Not Leases: their renewals are nearly every write a
+					// broker takes at rest, and the apiserver matches each
+					// of this policy's bindings (one per member) against
+					// every write the policy matches, so a renewal cost
+					// O(members) at the hub (bench/scale's profile). The
+					// member policy caps a Lease's metadata instead.
 				},
 			},
 			MatchConditions: []admissionv1.MatchCondition{{

@@ -286,6 +286,17 @@ func TestExportNamespacesAndSizeLimits(t *testing.T) {
 	_, err = slices.Create(ctx, toUnstructured(t, s), dryRunCreate)
 	wantDenied(t, err, "rule max-metadata-bytes")
 
+	// A Lease is capped by the member policy, at the default whatever the
+	// MemberPolicy says (the allowlist does not match Leases).
+	l := memberLease(beta)
+	l.Annotations = map[string]string{"example.com/huge": big}
+	_, err = asBeta.Dynamic.Resource(leaseGVR).Namespace(brokerv1.DefaultBrokerNamespace).Create(ctx, toUnstructured(t, l), dryRunCreate)
+	wantDenied(t, err, "rule lease-metadata-bytes")
+	l.Annotations = map[string]string{"example.com/fits": strings.Repeat("x", 1024)}
+	if _, err := asBeta.Dynamic.Resource(leaseGVR).Namespace(brokerv1.DefaultBrokerNamespace).Create(ctx, toUnstructured(t, l), dryRunCreate); err != nil {
+		t.Errorf("beta writing a Lease within the limit: %v", err)
+	}
+
 	c = validCluster(beta)
 	c.Annotations = map[string]string{"example.com/fits": strings.Repeat("x", 1024)}
 	if _, err := asBeta.Dynamic.Resource(clusterGVR).Namespace(brokerv1.DefaultBrokerNamespace).Create(ctx, toUnstructured(t, c), dryRunCreate); err != nil {
