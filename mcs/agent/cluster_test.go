@@ -335,7 +335,13 @@ func wantNoWrites(t *testing.T, i int) {
 	time.Sleep(3 * time.Second)
 	for _, target := range []string{`target="broker"`, `target="local"`} {
 		if n := metric(t, i, "isthmus_agent_writes_total", target); n != 0 {
-			t.Errorf("restarted agent made %v writes (%s) with nothing changed", n, target)
+			var verbs []string
+			for _, verb := range []string{"apply", "update", "status", "delete", "create"} {
+				if n := metric(t, i, "isthmus_agent_writes_total", target, `verb="`+verb+`"`); n != 0 {
+					verbs = append(verbs, fmt.Sprintf("%s %v", verb, n))
+				}
+			}
+			t.Errorf("restarted agent made %v writes (%s: %s) with nothing changed", n, target, strings.Join(verbs, ", "))
 		}
 	}
 }
