@@ -80,9 +80,21 @@ func run(samples, services int) error {
 	if err != nil {
 		return err
 	}
+	var readings []servers
+	readServersInto := func() error {
+		s, err := readServers(ctx, cs)
+		readings = append(readings, s)
+		return err
+	}
+	if err := readServersInto(); err != nil {
+		return err
+	}
 	floorH, err := measureFloor(ctx, cs, bs, samples)
 	if err != nil {
 		return fmt.Errorf("floor: %w", err)
+	}
+	if err := readServersInto(); err != nil {
+		return err
 	}
 	cpu0 := cpuTime()
 	r0 := readReconciles(full[0], full[1])
@@ -91,11 +103,17 @@ func run(samples, services int) error {
 		return fmt.Errorf("export-to-imported: %w", err)
 	}
 	r1 := readReconciles(full[0], full[1])
+	if err := readServersInto(); err != nil {
+		return err
+	}
 	endpointsH, err := measureEndpoints(ctx, a, b, bs, samples)
 	if err != nil {
 		return fmt.Errorf("endpoint-change-to-imported: %w", err)
 	}
 	r2 := readReconciles(full[0], full[1])
+	if err := readServersInto(); err != nil {
+		return err
+	}
 	cpu := cpuTime() - cpu0
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
@@ -117,6 +135,7 @@ func run(samples, services int) error {
 	fmt.Printf("\n| agents' reconciles during | a's exports: count, mean | b's imports: count, mean |\n|---|---|---|\n")
 	r1.sub(r0).row(exportRow)
 	r2.sub(r1).row(endpointRow)
+	printServers(samples, []string{"floor", exportRow, endpointRow}, readings)
 	fmt.Printf("load average at the end: %s\n", loadavg())
 	fmt.Printf("process CPU during the agent measurements: %v (both agents, the clients and the watches); Go heap in use at the end: %d MiB\n",
 		cpu.Round(time.Millisecond), ms.HeapInuse>>20)

@@ -1,0 +1,102 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strings"
+
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+
+	"github.com/isthmus-dev/isthmus/test/cluster"
+)
+
+// The apiservers' side of each measurement: the writes each apiserver
+// served while it ran, by verb and resource, and the mean time the
+// apiserver took per write (apiserver_request_duration_seconds: decoding,
+// authentication, authorization, admission, the field manager, etcd). It
+// tells the cost of the agents' server-side applies of CRD objects through
+// the broker's admission from the floor's plain creates, and how many
+// writes each path costs.
+
+// server is one apiserver's write counts and seconds so far, by
+// "VERB resource".
+type server struct {
+	count, sec map[string]float64
+}
+
+type servers map[string]server // by cluster name
+
+func readServers(ctx context.Context, cs *cluster.Clusterset) (servers, error) {
+	out := servers{}
+	for _, c := range []struct {
+		name string
+		cl   *cluster.Cluster
+	}{{"broker", cs.Broker}, {"a", cs.Members[0]}, {"b", cs.Members[1]}} {
+		raw, err := c.cl.Client.Discovery().RESTClient().Get().AbsPath("/metrics").DoRaw(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("reading %s's apiserver metrics: %w", c.name, err)
+		}
+		parser := expfmt.NewTextParser(model.UTF8Validation)
+		fams, err := parser.TextToMetricFamilies(strings.NewReader(string(raw)))
+		if err != nil {
+			return nil, err
+		}
+		s := server{count: map[string]float64{}, sec: map[string]float64{}}
+		if f := fams["apiserver_request_duration_seconds"]; f != nil {
+			for _, m := range f.GetMetric() {
+				var verb, res, sub string
+				for _, l := range m.GetLabel() {
+					switch l.GetName() {
+					case "verb":
+						verb = l.GetValue()
+					case "resource":
+						res = l.GetValue()
+					case "subresource":
+						sub = l.GetValue()
+					}
+				}
+				if !writeVerbs[verb] {
+					continue
+				}
+				if sub != "" {
+					res += "/" + sub
+				}
+				k := verb + " " + res
+				s.count[k] += float64(m.GetHistogram().GetSampleCount())
+				s.sec[k] += m.GetHistogram().GetSampleSum()
+			}
+		}
+		out[c.name] = s
+	}
+	return out, nil
+}
+
+var writeVerbs = map[string]bool{"POST": true, "PUT": true, "PATCH": true, "DELETE": true, "APPLY": true}
+
+// printServers prints, per measurement, the writes each apiserver served
+// per sample and their mean server time, from consecutive readings.
+func printServers(samples int, names []string, readings []servers) {
+	fmt.Printf("\n| apiserver writes during | apiserver: VERB resource × per sample, mean server time |\n|---|---|\n")
+	for i, name := range names {
+		before, after := readings[i], readings[i+1]
+		var parts []string
+		for _, c := range []string{"broker", "a", "b"} {
+			var keys []string
+			for k, n := range after[c].count {
+				if n-before[c].count[k] > 0 {
+					keys = append(keys, k)
+				}
+			}
+			slices.Sort(keys)
+			for _, k := range keys {
+				n := after[c].count[k] - before[c].count[k]
+				sec := after[c].sec[k] - before[c].sec[k]
+				// Background writes (Leases, Events) show as fractions.
+				parts = append(parts, fmt.Sprintf("%s: %s × %.2f, %.2f ms", c, k, n/float64(samples), 1000*sec/n))
+			}
+		}
+		fmt.Printf("| %s | %s |\n", name, strings.Join(parts, "; "))
+	}
+}
