@@ -74,15 +74,9 @@ func measureEndpointChanges(ctx context.Context, full []*fleet.Member, samples i
 		if slice, err = a.Client.DiscoveryV1().EndpointSlices(benchNamespace).Update(ctx, slice, metav1.UpdateOptions{}); err != nil {
 			return nil, err
 		}
-		var last time.Time
-		for _, w := range watchers {
-			t, err := w.wait(ctx, addr)
-			if err != nil {
-				return nil, err
-			}
-			if t.After(last) {
-				last = t
-			}
+		last, err := seenByAll(ctx, watchers, addr)
+		if err != nil {
+			return nil, err
 		}
 		out = append(out, last.Sub(start))
 	}

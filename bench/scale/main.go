@@ -387,15 +387,9 @@ func measureExports(ctx context.Context, full []*fleet.Member, samples int) ([]t
 			ObjectMeta: metav1.ObjectMeta{Name: name}}, metav1.CreateOptions{}); err != nil {
 			return nil, err
 		}
-		var last time.Time
-		for _, w := range watchers {
-			t, err := w.wait(ctx, name)
-			if err != nil {
-				return nil, err
-			}
-			if t.After(last) {
-				last = t
-			}
+		last, err := seenByAll(ctx, watchers, name)
+		if err != nil {
+			return nil, err
 		}
 		out = append(out, last.Sub(start))
 	}

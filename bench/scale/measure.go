@@ -294,3 +294,19 @@ func (w *firstSeen) wait(ctx context.Context, key string) (time.Time, error) {
 		}
 	}
 }
+
+// seenByAll waits until every watcher has seen key and returns when the
+// last of them did.
+func seenByAll(ctx context.Context, watchers []*firstSeen, key string) (time.Time, error) {
+	var last time.Time
+	for _, w := range watchers {
+		t, err := w.wait(ctx, key)
+		if err != nil {
+			return time.Time{}, err
+		}
+		if t.After(last) {
+			last = t
+		}
+	}
+	return last, nil
+}
