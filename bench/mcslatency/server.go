@@ -6,9 +6,7 @@ import (
 	"slices"
 	"strings"
 
-	"github.com/prometheus/common/expfmt"
-	"github.com/prometheus/common/model"
-
+	"github.com/isthmus-dev/isthmus/bench/internal/promtext"
 	"github.com/isthmus-dev/isthmus/test/cluster"
 )
 
@@ -34,34 +32,16 @@ func readServers(ctx context.Context, cs *cluster.Clusterset) (servers, error) {
 		name string
 		cl   *cluster.Cluster
 	}{{"broker", cs.Broker}, {"a", cs.Members[0]}, {"b", cs.Members[1]}} {
-		raw, err := c.cl.Client.Discovery().RESTClient().Get().AbsPath("/metrics").DoRaw(ctx)
+		fams, err := promtext.APIServer(ctx, c.cl.Client.Discovery().RESTClient())
 		if err != nil {
 			return nil, fmt.Errorf("reading %s's apiserver metrics: %w", c.name, err)
-		}
-		parser := expfmt.NewTextParser(model.UTF8Validation)
-		fams, err := parser.TextToMetricFamilies(strings.NewReader(string(raw)))
-		if err != nil {
-			return nil, err
 		}
 		s := server{count: map[string]float64{}, sec: map[string]float64{}}
 		if f := fams["apiserver_request_duration_seconds"]; f != nil {
 			for _, m := range f.GetMetric() {
-				var verb, res, sub string
-				for _, l := range m.GetLabel() {
-					switch l.GetName() {
-					case "verb":
-						verb = l.GetValue()
-					case "resource":
-						res = l.GetValue()
-					case "subresource":
-						sub = l.GetValue()
-					}
-				}
-				if !writeVerbs[verb] {
+				verb, res, write := promtext.Write(m)
+				if !write {
 					continue
-				}
-				if sub != "" {
-					res += "/" + sub
 				}
 				k := verb + " " + res
 				s.count[k] += float64(m.GetHistogram().GetSampleCount())
@@ -72,8 +52,6 @@ func readServers(ctx context.Context, cs *cluster.Clusterset) (servers, error) {
 	}
 	return out, nil
 }
-
-var writeVerbs = map[string]bool{"POST": true, "PUT": true, "PATCH": true, "DELETE": true, "APPLY": true}
 
 // printServers prints, per measurement, the writes each apiserver served
 // per sample and their mean server time, from consecutive readings.

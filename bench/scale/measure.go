@@ -14,8 +14,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/prometheus/common/expfmt"
-	"github.com/prometheus/common/model"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/cache"
 	mcsv1beta1 "sigs.k8s.io/mcs-api/pkg/apis/v1beta1"
@@ -23,6 +21,7 @@ import (
 	mcsinformers "sigs.k8s.io/mcs-api/pkg/client/informers/externalversions"
 
 	"github.com/isthmus-dev/isthmus/bench/internal/fleet"
+	"github.com/isthmus-dev/isthmus/bench/internal/promtext"
 	"github.com/isthmus-dev/isthmus/test/cluster"
 )
 
@@ -90,37 +89,17 @@ func (s snapshot) admissionCost(before snapshot) string {
 	return "Admission policies: " + strings.Join(parts, "; ") + "."
 }
 
-var writeVerbs = map[string]bool{"POST": true, "PUT": true, "PATCH": true, "DELETE": true, "APPLY": true, "DELETECOLLECTION": true}
-
 func (p *brokerProbe) sample() (snapshot, error) {
 	s := snapshot{at: time.Now(), byResource: map[string]float64{}, admission: map[string]float64{}, checks: map[string]float64{}}
-	raw, err := p.rest.Get().AbsPath("/metrics").DoRaw(context.Background())
+	fams, err := promtext.APIServer(context.Background(), p.rest)
 	if err != nil {
 		return s, fmt.Errorf("reading the broker's metrics: %w", err)
 	}
-	parser := expfmt.NewTextParser(model.UTF8Validation)
-	fams, err := parser.TextToMetricFamilies(strings.NewReader(string(raw)))
-	if err != nil {
-		return s, err
-	}
 	if f := fams["apiserver_request_total"]; f != nil {
 		for _, m := range f.GetMetric() {
-			var verb, res, sub string
-			for _, l := range m.GetLabel() {
-				switch l.GetName() {
-				case "verb":
-					verb = l.GetValue()
-				case "resource":
-					res = l.GetValue()
-				case "subresource":
-					sub = l.GetValue()
-				}
-			}
-			if !writeVerbs[verb] {
+			_, res, write := promtext.Write(m)
+			if !write {
 				continue
-			}
-			if sub != "" {
-				res += "/" + sub
 			}
 			s.writes += m.GetCounter().GetValue()
 			s.byResource[res] += m.GetCounter().GetValue()

@@ -13,8 +13,8 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
-	"github.com/prometheus/common/expfmt"
-	"github.com/prometheus/common/model"
+
+	"github.com/isthmus-dev/isthmus/bench/internal/promtext"
 )
 
 // measureResolver runs `isthmus dns`, built from this tree, on member a's
@@ -93,8 +93,7 @@ func scrape(addr, metric string) (float64, error) {
 		return 0, err
 	}
 	defer r.Body.Close()
-	parser := expfmt.NewTextParser(model.UTF8Validation)
-	fams, err := parser.TextToMetricFamilies(r.Body)
+	fams, err := promtext.Parse(r.Body)
 	if err != nil {
 		return 0, err
 	}
