@@ -94,7 +94,7 @@ func (a *Agent) setupInformers() error {
 	}
 	for _, h := range handlers {
 		fn, inf := h.fn, h.inf
-		reg, err := h.inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		if err := a.watch(h.inf, cache.ResourceEventHandlerFuncs{
 			AddFunc: fn,
 			UpdateFunc: func(old, o any) {
 				// The conditions this agent writes on a ServiceExport are
@@ -107,12 +107,9 @@ func (a *Agent) setupInformers() error {
 				fn(o)
 			},
 			DeleteFunc: fn,
-		})
-		if err != nil {
-			return fmt.Errorf("adding event handler: %w", err)
+		}); err != nil {
+			return err
 		}
-		a.informers = append(a.informers, h.inf)
-		a.synced = append(a.synced, reg.HasSynced)
 	}
 	// Handlers that need the version a change replaced (nil for an add or
 	// a delete): a broker export's change moves its cluster's ranking
@@ -123,28 +120,32 @@ func (a *Agent) setupInformers() error {
 		changed func(old, cur any)
 	}{{brokerExportInf, a.exportRecordChanged}, {clusterInf, a.clusterChanged}} {
 		changed := h.changed
-		reg, err := h.inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		if err := a.watch(h.inf, cache.ResourceEventHandlerFuncs{
 			AddFunc:    func(o any) { changed(nil, o) },
 			UpdateFunc: changed,
 			DeleteFunc: func(o any) { changed(o, nil) },
-		})
-		if err != nil {
-			return fmt.Errorf("adding event handler: %w", err)
+		}); err != nil {
+			return err
 		}
-		a.informers = append(a.informers, h.inf)
-		a.synced = append(a.synced, reg.HasSynced)
 	}
 	// The heartbeat clock learns of a renewal only here, when the Lease is
 	// delivered, and must tell a deleted Lease from a renewed one.
-	reg, err := leaseInf.AddEventHandler(cache.ResourceEventHandlerFuncs{
+	return a.watch(leaseInf, cache.ResourceEventHandlerFuncs{
 		AddFunc:    func(o any) { a.observeLease(o, false) },
 		UpdateFunc: func(_, o any) { a.observeLease(o, false) },
 		DeleteFunc: func(o any) { a.observeLease(o, true) },
 	})
+}
+
+// watch adds a handler to an informer and records both: the informer to
+// run, and the handler's registration, whose sync readiness waits for
+// (see Agent.synced).
+func (a *Agent) watch(inf cache.SharedIndexInformer, h cache.ResourceEventHandler) error {
+	reg, err := inf.AddEventHandler(h)
 	if err != nil {
 		return fmt.Errorf("adding event handler: %w", err)
 	}
-	a.informers = append(a.informers, leaseInf)
+	a.informers = append(a.informers, inf)
 	a.synced = append(a.synced, reg.HasSynced)
 	return nil
 }
