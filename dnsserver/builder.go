@@ -188,19 +188,21 @@ func (b *Builder) Build() *Index {
 	// it grows by at least one per change.
 	b.serial = max(b.serial+1, uint32(time.Now().Unix()))
 	ix := &Index{cfg: &b.cfg, serial: b.serial}
+	var svcs *serviceEdit
 	if b.last != nil {
-		ix.services = maps.Clone(b.last.services)
+		svcs = b.last.services.edit()
 		ix.namespaces = maps.Clone(b.last.namespaces)
 		ix.clusterIDs = maps.Clone(b.last.clusterIDs)
 		ix.names = b.last.names
 	} else {
-		ix.services, ix.namespaces, ix.clusterIDs = map[string]*service{}, map[string]int{}, map[string]int{}
+		svcs = (*serviceMap)(nil).edit()
+		ix.namespaces, ix.clusterIDs = map[string]int{}, map[string]int{}
 	}
 	for id := range b.dirty {
 		// The previous index is the record of what each service
 		// contributed, so it is what gets taken out.
 		key := wireKey(id.name + "." + id.ns + ".")
-		ix.remove(key, id, ix.services[key])
+		ix.remove(svcs, key, id, svcs.lookup(key))
 		if !validName(id.name) || !validName(id.ns) || strings.Contains(id.name+id.ns, ".") {
 			continue // not a name this zone can hold
 		}
@@ -209,10 +211,13 @@ func (b *Builder) Build() *Index {
 			slices = append(slices, es)
 		}
 		if s := compileService(&b.cfg, id, b.imports[id], slices); s != nil {
-			ix.add(key, id, s)
+			ix.add(svcs, key, id, s)
 		}
 	}
-	clear(b.dirty)
+	ix.services = svcs.m
+	// A new map rather than clear: a cleared map keeps the room of the
+	// largest change, which after the first sync is every service.
+	b.dirty = map[svcID]bool{}
 	ix.main = newZone(&b.cfg, b.cfg.Zone, b.serial, b.nsAddrs, true)
 	if b.cfg.ClusterZone != "" {
 		ix.cluster = newZone(&b.cfg, b.cfg.ClusterZone, b.serial, b.nsAddrs, false)
@@ -221,8 +226,8 @@ func (b *Builder) Build() *Index {
 	return ix
 }
 
-func (ix *Index) add(key string, id svcID, s *service) {
-	ix.services[key] = s
+func (ix *Index) add(svcs *serviceEdit, key string, id svcID, s *service) {
+	svcs.set(key, s)
 	ix.namespaces[wireKey(id.ns+".")]++
 	for _, c := range s.clusters {
 		ix.clusterIDs[c.key]++
@@ -230,11 +235,11 @@ func (ix *Index) add(key string, id svcID, s *service) {
 	ix.names += s.names
 }
 
-func (ix *Index) remove(key string, id svcID, s *service) {
+func (ix *Index) remove(svcs *serviceEdit, key string, id svcID, s *service) {
 	if s == nil {
 		return
 	}
-	delete(ix.services, key)
+	svcs.delete(key)
 	ns := wireKey(id.ns + ".")
 	if ix.namespaces[ns]--; ix.namespaces[ns] <= 0 {
 		delete(ix.namespaces, ns)

@@ -1,6 +1,7 @@
 package dnsserver
 
 import (
+	"fmt"
 	"net/netip"
 	"reflect"
 	"testing"
@@ -143,5 +144,43 @@ func TestBuilderChanges(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestServiceMapSharesShards: a rebuild copies only the shards of the
+// services it changes, and never writes a published index's shards.
+func TestServiceMapSharesShards(t *testing.T) {
+	b, err := NewBuilder(Config{}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 2000 {
+		b.SetImport(imp("ns", fmt.Sprintf("svc%d", i), mcsv1beta1.ClusterSetIP, []string{"10.0.0.1"}))
+	}
+	first := b.Build()
+	b.SetImport(imp("ns", "svc7", mcsv1beta1.ClusterSetIP, []string{"10.0.0.2"}))
+	b.DeleteImport("ns", "svc8")
+	second := b.Build()
+	changed := map[int]bool{shardOf(wireKey("svc7.ns.")): true, shardOf(wireKey("svc8.ns.")): true}
+	for i := range serviceShards {
+		shared := reflect.ValueOf(first.services.shards[i]).Pointer() == reflect.ValueOf(second.services.shards[i]).Pointer()
+		if shared == changed[i] {
+			t.Errorf("shard %d: shared %v, changed %v", i, shared, changed[i])
+		}
+	}
+	if first.Services() != 2000 || second.Services() != 1999 {
+		t.Errorf("services %d then %d, want 2000 then 1999", first.Services(), second.Services())
+	}
+	for _, tc := range []struct {
+		ix   *Index
+		name string
+		want bool
+	}{{first, "svc7.ns.", true}, {first, "svc8.ns.", true}, {second, "svc7.ns.", true}, {second, "svc8.ns.", false}, {second, "svc9.ns.", true}} {
+		if got := tc.ix.services.get([]byte(wireKey(tc.name))) != nil; got != tc.want {
+			t.Errorf("%s in index %d: %v, want %v", tc.name, tc.ix.Serial(), got, tc.want)
+		}
+	}
+	if a := first.services.get([]byte(wireKey("svc7.ns."))).apex.a; string(a.tcp) == string(second.services.get([]byte(wireKey("svc7.ns."))).apex.a.tcp) {
+		t.Error("the first index sees the second's change")
 	}
 }
