@@ -168,7 +168,7 @@ func run(ctx context.Context, log *slog.Logger, c config) error {
 		log.Info("update to answer", "server", s.name, "p50_ms", ms(pct(s.upd, 50)), "max_ms", ms(pct(s.upd, 100)))
 	}
 	for _, s := range servers {
-		s.rss = s.rssMB()
+		s.rss, s.peak = s.rssMB(), s.statusMB("VmHWM:")
 	}
 	res.servers = servers
 	res.print(os.Stdout)
