@@ -25,8 +25,8 @@ type server struct {
 	lat     []latResult
 	upd     []time.Duration // from the write's response to the new answer
 	updSent []time.Duration // from sending the write
-	rss     int // resident MB at the end of the run
-	peak    int // the most resident MB at any time (VmHWM)
+	rss     int             // resident MB at the end of the run
+	peak    int             // the most resident MB at any time (VmHWM)
 }
 
 func corefileServer(work, dir, name string, port int, kubeconfig, context string, cache bool) *server {
