@@ -113,13 +113,14 @@ func (s *Source) notify() {
 // Run runs the reflectors and publishes indexes until ctx ends.
 //
 // A reflector lists and watches one resource into a store; here the
-// store is the Builder itself (importStore, sliceStore), which keeps a
-// compact input per object, so no informer cache holds the objects a
-// second time. The reflector relists after a watch it cannot resume, and
-// its Replace removes what disappeared meanwhile.
+// store hands every object to the Builder, which keeps a compact input
+// per object, so no informer cache holds the objects a second time. The
+// reflector relists after a watch it cannot resume, and its Replace
+// removes what disappeared meanwhile.
 func (s *Source) Run(ctx context.Context) error {
-	imports := &importStore{src: s, synced: make(chan struct{})}
-	slices := &sliceStore{src: s, synced: make(chan struct{})}
+	b := s.builder
+	imports := newStore(s, b.SetImport, b.DeleteImport, b.ReplaceImports)
+	slices := newStore(s, b.SetSlice, b.DeleteSlice, b.ReplaceSlices)
 	si := s.mcs.MulticlusterV1beta1().ServiceImports(metav1.NamespaceAll)
 	es := s.kube.DiscoveryV1().EndpointSlices(metav1.NamespaceAll)
 	reflectors := []*cache.Reflector{
@@ -208,77 +209,48 @@ func (s *Source) publish() {
 	}
 }
 
-// importStore is the ServiceImport reflector's store: the Builder.
-type importStore struct {
-	src    *Source
-	synced chan struct{} // closed by the first Replace: the first full list
-	once   sync.Once
+// store is a reflector's store: it hands every object of one resource
+// to the Builder (set, del, replace) and keeps nothing itself.
+type store[T metav1.Object] struct {
+	src     *Source
+	set     func(T)
+	del     func(namespace, name string)
+	replace func([]T)
+	synced  chan struct{} // closed by the first Replace: the first full list
+	once    sync.Once
 }
 
-func (st *importStore) Add(o any) error { return st.Update(o) }
-func (st *importStore) Resync() error   { return nil }
-func (st *importStore) Update(o any) error {
-	if si, ok := o.(*mcsv1beta1.ServiceImport); ok {
-		st.src.builder.SetImport(si)
+func newStore[T metav1.Object](src *Source, set func(T), del func(string, string), replace func([]T)) *store[T] {
+	return &store[T]{src: src, set: set, del: del, replace: replace, synced: make(chan struct{})}
+}
+
+func (st *store[T]) Add(o any) error { return st.Update(o) }
+func (st *store[T]) Resync() error   { return nil }
+
+func (st *store[T]) Update(o any) error {
+	if obj, ok := o.(T); ok {
+		st.set(obj)
 		st.src.notify()
 	}
 	return nil
 }
 
-func (st *importStore) Delete(o any) error {
+func (st *store[T]) Delete(o any) error {
 	if ns, name, ok := deletedKey(o); ok {
-		st.src.builder.DeleteImport(ns, name)
+		st.del(ns, name)
 		st.src.notify()
 	}
 	return nil
 }
 
-func (st *importStore) Replace(list []any, _ string) error {
-	sis := make([]*mcsv1beta1.ServiceImport, 0, len(list))
+func (st *store[T]) Replace(list []any, _ string) error {
+	objs := make([]T, 0, len(list))
 	for _, o := range list {
-		if si, ok := o.(*mcsv1beta1.ServiceImport); ok {
-			sis = append(sis, si)
+		if obj, ok := o.(T); ok {
+			objs = append(objs, obj)
 		}
 	}
-	st.src.builder.ReplaceImports(sis)
-	st.src.notify()
-	st.once.Do(func() { close(st.synced) })
-	return nil
-}
-
-// sliceStore is the EndpointSlice reflector's store: the Builder.
-type sliceStore struct {
-	src    *Source
-	synced chan struct{} // closed by the first Replace: the first full list
-	once   sync.Once
-}
-
-func (st *sliceStore) Add(o any) error { return st.Update(o) }
-func (st *sliceStore) Resync() error   { return nil }
-func (st *sliceStore) Update(o any) error {
-	if es, ok := o.(*discoveryv1.EndpointSlice); ok {
-		st.src.builder.SetSlice(es)
-		st.src.notify()
-	}
-	return nil
-}
-
-func (st *sliceStore) Delete(o any) error {
-	if ns, name, ok := deletedKey(o); ok {
-		st.src.builder.DeleteSlice(ns, name)
-		st.src.notify()
-	}
-	return nil
-}
-
-func (st *sliceStore) Replace(list []any, _ string) error {
-	ess := make([]*discoveryv1.EndpointSlice, 0, len(list))
-	for _, o := range list {
-		if es, ok := o.(*discoveryv1.EndpointSlice); ok {
-			ess = append(ess, es)
-		}
-	}
-	st.src.builder.ReplaceSlices(ess)
+	st.replace(objs)
 	st.src.notify()
 	st.once.Do(func() { close(st.synced) })
 	return nil
