@@ -12,6 +12,7 @@ import (
 	mcsv1beta1 "sigs.k8s.io/mcs-api/pkg/apis/v1beta1"
 	mcsclient "sigs.k8s.io/mcs-api/pkg/client/clientset/versioned"
 
+	brokerv1 "github.com/isthmus-dev/isthmus/mcs/api/broker/v1alpha1"
 	"github.com/isthmus-dev/isthmus/mcs/api/crds"
 	"github.com/isthmus-dev/isthmus/test/cluster"
 )
@@ -112,6 +113,8 @@ func (d dataset) slice(i int, first string) *discoveryv1.EndpointSlice {
 	es := &discoveryv1.EndpointSlice{
 		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name + "-" + d.cluster(i), Labels: map[string]string{
 			mcsv1beta1.LabelServiceName: name, mcsv1beta1.LabelSourceCluster: d.cluster(i),
+			// As the agent writes them: isthmus dns reads no other MCS slices.
+			discoveryv1.LabelManagedBy: brokerv1.ManagedBy,
 		}},
 		AddressType: discoveryv1.AddressTypeIPv4,
 		Ports:       []discoveryv1.EndpointPort{{Name: ptr("tcp-5432"), Protocol: ptr(corev1.ProtocolTCP), Port: ptr(int32(5432))}},
