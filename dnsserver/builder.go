@@ -13,21 +13,21 @@ import (
 
 type svcID struct{ ns, name string }
 
-// Builder keeps the objects the index is made of and builds Indexes,
-// recompiling only the services whose objects changed since the last
-// Build. It is safe for concurrent use.
+// Builder keeps what the index is made of and builds Indexes, recompiling
+// only the services whose inputs changed since the last Build. It keeps a
+// compact input per object (inputs.go), never the objects themselves. It
+// is safe for concurrent use.
 type Builder struct {
 	cfg     Config
 	nsAddrs []netip.Addr
 
 	mu      sync.Mutex
-	imports map[svcID]*mcsv1beta1.ServiceImport
-	slices  map[svcID]map[string]*discoveryv1.EndpointSlice
+	imports map[svcID]*importIn
+	slices  map[svcID]map[string]*sliceIn
 	// sliceOwner remembers which service a slice counted for, so a slice
 	// whose service-name label changes leaves its old service.
 	sliceOwner map[svcID]svcID
 	dirty      map[svcID]bool
-	built      map[svcID]*service
 	last       *Index
 	serial     uint32
 }
@@ -43,23 +43,30 @@ func NewBuilder(cfg Config, nsAddrs []netip.Addr) (*Builder, error) {
 	return &Builder{
 		cfg:        c,
 		nsAddrs:    nsAddrs,
-		imports:    map[svcID]*mcsv1beta1.ServiceImport{},
-		slices:     map[svcID]map[string]*discoveryv1.EndpointSlice{},
+		imports:    map[svcID]*importIn{},
+		slices:     map[svcID]map[string]*sliceIn{},
 		sliceOwner: map[svcID]svcID{},
 		dirty:      map[svcID]bool{},
-		built:      map[svcID]*service{},
 	}, nil
 }
 
 // Config is the Builder's configuration with defaults filled in.
 func (b *Builder) Config() Config { return b.cfg }
 
-// SetImport adds or replaces a ServiceImport.
+// SetImport adds or replaces a ServiceImport. The Builder keeps none of
+// it but what the index reads.
 func (b *Builder) SetImport(si *mcsv1beta1.ServiceImport) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	id := svcID{si.Namespace, si.Name}
-	b.imports[id] = si
+	b.setImport(si)
+}
+
+func (b *Builder) setImport(si *mcsv1beta1.ServiceImport) {
+	id, in := svcID{si.Namespace, si.Name}, importInput(si)
+	if old := b.imports[id]; old != nil && old.equal(in) {
+		return // a change the index does not read (status, labels)
+	}
+	b.imports[id] = in
 	b.dirty[id] = true
 }
 
@@ -67,27 +74,60 @@ func (b *Builder) SetImport(si *mcsv1beta1.ServiceImport) {
 func (b *Builder) DeleteImport(namespace, name string) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	id := svcID{namespace, name}
-	delete(b.imports, id)
-	b.dirty[id] = true
+	b.deleteImport(svcID{namespace, name})
+}
+
+func (b *Builder) deleteImport(id svcID) {
+	if _, ok := b.imports[id]; ok {
+		delete(b.imports, id)
+		b.dirty[id] = true
+	}
+}
+
+// ReplaceImports makes imports the whole set of ServiceImports, as an
+// informer's relist does: those not in it are removed.
+func (b *Builder) ReplaceImports(imports []*mcsv1beta1.ServiceImport) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	keep := make(map[svcID]bool, len(imports))
+	for _, si := range imports {
+		keep[svcID{si.Namespace, si.Name}] = true
+		b.setImport(si)
+	}
+	for id := range b.imports {
+		if !keep[id] {
+			b.deleteImport(id)
+		}
+	}
 }
 
 // SetSlice adds or replaces an MCS EndpointSlice; it counts for the
-// service its multicluster.kubernetes.io/service-name label names.
+// service its multicluster.kubernetes.io/service-name label names. The
+// Builder keeps none of it but what the index reads.
 func (b *Builder) SetSlice(es *discoveryv1.EndpointSlice) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	b.setSlice(es)
+}
+
+func (b *Builder) setSlice(es *discoveryv1.EndpointSlice) {
 	key := svcID{es.Namespace, es.Name}
-	b.removeSlice(key)
 	svc := es.Labels[mcsv1beta1.LabelServiceName]
+	in := sliceInput(es)
+	if id, ok := b.sliceOwner[key]; ok && id.name == svc {
+		if old := b.slices[id][es.Name]; old.equal(in) {
+			return // a change the index does not read
+		}
+	}
+	b.removeSlice(key)
 	if svc == "" {
 		return
 	}
 	id := svcID{es.Namespace, svc}
 	if b.slices[id] == nil {
-		b.slices[id] = map[string]*discoveryv1.EndpointSlice{}
+		b.slices[id] = map[string]*sliceIn{}
 	}
-	b.slices[id][es.Name] = es
+	b.slices[id][es.Name] = in
 	b.sliceOwner[key] = id
 	b.dirty[id] = true
 }
@@ -97,6 +137,23 @@ func (b *Builder) DeleteSlice(namespace, name string) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.removeSlice(svcID{namespace, name})
+}
+
+// ReplaceSlices makes slices the whole set of EndpointSlices, as an
+// informer's relist does: those not in it are removed.
+func (b *Builder) ReplaceSlices(slices []*discoveryv1.EndpointSlice) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	keep := make(map[svcID]bool, len(slices))
+	for _, es := range slices {
+		keep[svcID{es.Namespace, es.Name}] = true
+		b.setSlice(es)
+	}
+	for key := range b.sliceOwner {
+		if !keep[key] {
+			b.removeSlice(key)
+		}
+	}
 }
 
 func (b *Builder) removeSlice(key svcID) {
@@ -131,30 +188,36 @@ func (b *Builder) Build() *Index {
 	// it grows by at least one per change.
 	b.serial = max(b.serial+1, uint32(time.Now().Unix()))
 	ix := &Index{cfg: &b.cfg, serial: b.serial}
+	var svcs *serviceEdit
 	if b.last != nil {
-		ix.services = maps.Clone(b.last.services)
+		svcs = b.last.services.edit()
 		ix.namespaces = maps.Clone(b.last.namespaces)
 		ix.clusterIDs = maps.Clone(b.last.clusterIDs)
 		ix.names = b.last.names
 	} else {
-		ix.services, ix.namespaces, ix.clusterIDs = map[string]*service{}, map[string]int{}, map[string]int{}
+		svcs = (*serviceMap)(nil).edit()
+		ix.namespaces, ix.clusterIDs = map[string]int{}, map[string]int{}
 	}
 	for id := range b.dirty {
-		ix.remove(id, b.built[id])
-		delete(b.built, id)
+		// The previous index is the record of what each service
+		// contributed, so it is what gets taken out.
+		key := wireKey(id.name + "." + id.ns + ".")
+		ix.remove(svcs, key, id, svcs.lookup(key))
 		if !validName(id.name) || !validName(id.ns) || strings.Contains(id.name+id.ns, ".") {
 			continue // not a name this zone can hold
 		}
-		var slices []*discoveryv1.EndpointSlice
+		var slices []*sliceIn
 		for _, es := range b.slices[id] {
 			slices = append(slices, es)
 		}
-		if s := compileService(&b.cfg, b.imports[id], slices); s != nil {
-			b.built[id] = s
-			ix.add(id, s)
+		if s := compileService(&b.cfg, id, b.imports[id], slices); s != nil {
+			ix.add(svcs, key, id, s)
 		}
 	}
-	clear(b.dirty)
+	ix.services = svcs.m
+	// A new map rather than clear: a cleared map keeps the room of the
+	// largest change, which after the first sync is every service.
+	b.dirty = map[svcID]bool{}
 	ix.main = newZone(&b.cfg, b.cfg.Zone, b.serial, b.nsAddrs, true)
 	if b.cfg.ClusterZone != "" {
 		ix.cluster = newZone(&b.cfg, b.cfg.ClusterZone, b.serial, b.nsAddrs, false)
@@ -163,8 +226,8 @@ func (b *Builder) Build() *Index {
 	return ix
 }
 
-func (ix *Index) add(id svcID, s *service) {
-	ix.services[wireKey(id.name+"."+id.ns+".")] = s
+func (ix *Index) add(svcs *serviceEdit, key string, id svcID, s *service) {
+	svcs.set(key, s)
 	ix.namespaces[wireKey(id.ns+".")]++
 	for _, c := range s.clusters {
 		ix.clusterIDs[c.key]++
@@ -172,11 +235,11 @@ func (ix *Index) add(id svcID, s *service) {
 	ix.names += s.names
 }
 
-func (ix *Index) remove(id svcID, s *service) {
+func (ix *Index) remove(svcs *serviceEdit, key string, id svcID, s *service) {
 	if s == nil {
 		return
 	}
-	delete(ix.services, wireKey(id.name+"."+id.ns+"."))
+	svcs.delete(key)
 	ns := wireKey(id.ns + ".")
 	if ix.namespaces[ns]--; ix.namespaces[ns] <= 0 {
 		delete(ix.namespaces, ns)

@@ -7,8 +7,6 @@ import (
 	"strings"
 
 	"github.com/miekg/dns"
-	discoveryv1 "k8s.io/api/discovery/v1"
-	mcsv1beta1 "sigs.k8s.io/mcs-api/pkg/apis/v1beta1"
 )
 
 // service is one ServiceImport compiled into packed answers. It is
@@ -70,7 +68,7 @@ type unit struct {
 	cluster, host string
 	target        string // <host>.<cluster>.<svc>.<ns>.svc.<zone>
 	v4, v6        []netip.Addr
-	ports         []discoveryv1.EndpointPort
+	ports         []portIn
 }
 
 type srvKey struct {
@@ -78,19 +76,19 @@ type srvKey struct {
 	target string
 }
 
-// compileService packs every answer of one service. imp is nil when the
+// compileService packs every answer of service id. imp is nil when the
 // ServiceImport does not exist; slices are its MCS EndpointSlices.
-func compileService(cfg *Config, imp *mcsv1beta1.ServiceImport, slices []*discoveryv1.EndpointSlice) *service {
+func compileService(cfg *Config, id svcID, imp *importIn, slices []*sliceIn) *service {
 	if imp == nil {
 		return nil
 	}
-	ns, name := strings.ToLower(imp.Namespace), strings.ToLower(imp.Name)
+	ns, name := strings.ToLower(id.ns), strings.ToLower(id.name)
 	owner := name + "." + ns + ".svc." + cfg.Zone
 	units := readyUnits(slices, owner)
 	s := &service{}
 	b := &serviceBuild{sub: map[string]*node{}}
 	p := packer{cfg: cfg}
-	if imp.Spec.Type == mcsv1beta1.Headless {
+	if imp.headless {
 		compileHeadless(&p, s, b, owner, units)
 	} else {
 		compileClusterSetIP(&p, s, b, owner, imp)
@@ -117,15 +115,11 @@ type serviceBuild struct {
 	sub, clusters map[string]*node
 }
 
-func compileClusterSetIP(p *packer, s *service, b *serviceBuild, owner string, imp *mcsv1beta1.ServiceImport) {
+func compileClusterSetIP(p *packer, s *service, b *serviceBuild, owner string, imp *importIn) {
 	var v4, v6 []netip.Addr
-	for _, ip := range imp.Spec.IPs {
-		a, err := netip.ParseAddr(ip)
-		if err != nil {
-			continue // the CRD does not validate ips; a bad one is ignored, not fatal
-		}
-		if a.Unmap().Is4() {
-			v4 = append(v4, a.Unmap())
+	for _, a := range imp.ips {
+		if a.Is4() {
+			v4 = append(v4, a)
 		} else {
 			v6 = append(v6, a)
 		}
@@ -151,15 +145,15 @@ func compileClusterSetIP(p *packer, s *service, b *serviceBuild, owner string, i
 	var bare []dns.RR
 	seen := map[srvKey]bool{}
 	named := map[string][]dns.RR{}
-	for _, pt := range imp.Spec.Ports {
-		rr := srvRR(owner, uint16(pt.Port), owner, p.cfg.TTL)
-		if k := (srvKey{uint16(pt.Port), owner}); !seen[k] {
+	for _, pt := range imp.ports {
+		rr := srvRR(owner, uint16(pt.port), owner, p.cfg.TTL)
+		if k := (srvKey{uint16(pt.port), owner}); !seen[k] {
 			seen[k] = true
 			bare = append(bare, rr)
 		}
-		if label, ok := srvLabels(pt.Name, string(pt.Protocol)); ok {
-			if !slices.ContainsFunc(named[label], func(r dns.RR) bool { return r.(*dns.SRV).Port == uint16(pt.Port) }) {
-				named[label] = append(named[label], srvRR(label+owner, uint16(pt.Port), owner, p.cfg.TTL))
+		if label, ok := srvLabels(pt.name, pt.proto); ok {
+			if !slices.ContainsFunc(named[label], func(r dns.RR) bool { return r.(*dns.SRV).Port == uint16(pt.port) }) {
+				named[label] = append(named[label], srvRR(label+owner, uint16(pt.port), owner, p.cfg.TTL))
 			}
 		}
 	}
@@ -204,16 +198,16 @@ func compileHeadless(p *packer, s *service, b *serviceBuild, owner string, units
 				u := units[i]
 				used := false
 				for _, pt := range u.ports {
-					if pt.Port == nil {
+					if !pt.hasPort {
 						continue
 					}
 					if label != "" {
-						l, ok := srvLabels(deref(pt.Name), string(deref(pt.Protocol)))
+						l, ok := srvLabels(pt.name, pt.proto)
 						if !ok || l != label {
 							continue
 						}
 					}
-					k := srvKey{uint16(*pt.Port), u.target}
+					k := srvKey{uint16(pt.port), u.target}
 					if seen[k] {
 						continue
 					}
@@ -235,7 +229,7 @@ func compileHeadless(p *packer, s *service, b *serviceBuild, owner string, units
 	labels := map[string]bool{}
 	for _, u := range units {
 		for _, pt := range u.ports {
-			if l, ok := srvLabels(deref(pt.Name), string(deref(pt.Protocol))); ok {
+			if l, ok := srvLabels(pt.name, pt.proto); ok {
 				labels[l] = true
 			}
 		}
@@ -307,51 +301,30 @@ func (b *serviceBuild) addENT(prefix string) {
 
 // readyUnits groups the ready addresses of slices by (cluster, hostname),
 // sorted, skipping slices without a usable source-cluster label.
-func readyUnits(eps []*discoveryv1.EndpointSlice, owner string) []unit {
+func readyUnits(eps []*sliceIn, owner string) []unit {
 	byKey := map[[2]string]*unit{}
 	for _, es := range eps {
-		cluster := strings.ToLower(es.Labels[mcsv1beta1.LabelSourceCluster])
-		if !validName(cluster) {
+		if es.cluster == "" {
 			continue
 		}
-		for _, ep := range es.Endpoints {
-			if ep.Conditions.Ready != nil && !*ep.Conditions.Ready {
-				continue
-			}
-			var addrs []netip.Addr
-			for _, s := range ep.Addresses {
-				a, err := netip.ParseAddr(s)
-				if err != nil {
-					continue
-				}
-				addrs = append(addrs, a.Unmap())
-			}
-			if len(addrs) == 0 {
-				continue
-			}
-			host := strings.ToLower(deref(ep.Hostname))
-			if host == "" || strings.Contains(host, ".") || !validName(host) {
-				// The spec's system-assigned id, as CoreDNS and the
-				// conformance suite derive it: the address with dashes.
-				host = strings.NewReplacer(".", "-", ":", "-").Replace(addrs[0].String())
-			}
-			k := [2]string{cluster, host}
+		for _, ep := range es.endpoints {
+			k := [2]string{es.cluster, ep.host}
 			u := byKey[k]
 			if u == nil {
-				u = &unit{cluster: cluster, host: host, target: host + "." + cluster + "." + owner}
+				u = &unit{cluster: es.cluster, host: ep.host, target: ep.host + "." + es.cluster + "." + owner}
 				if _, ok := dns.IsDomainName(u.target); !ok || len(u.target) > 253 {
 					continue
 				}
 				byKey[k] = u
 			}
-			for _, a := range addrs {
+			for _, a := range ep.addrs {
 				if a.Is4() && !slices.Contains(u.v4, a) {
 					u.v4 = append(u.v4, a)
 				} else if a.Is6() && !slices.Contains(u.v6, a) {
 					u.v6 = append(u.v6, a)
 				}
 			}
-			u.ports = append(u.ports, es.Ports...)
+			u.ports = append(u.ports, es.ports...)
 		}
 	}
 	units := make([]unit, 0, len(byKey))

@@ -8,11 +8,13 @@
 // without allocating, finds the name with map lookups keyed by the wire
 // form of its labels, copies the packed response and patches the ID, the
 // flags, the question (so the client's case is echoed) and an OPT record.
-// Only services whose objects changed are repacked per Build. A service's
-// packed responses share one byte slab (identical variants stored once)
-// and the informers keep only the fields the index reads, so memory grows
-// with the bytes answered rather than with allocations per name
-// (slab.go).
+// Only services whose objects changed are repacked per Build, and the
+// new Index copies only the shards of the service map it changes
+// (shards.go). A service's packed responses share one byte slab
+// (identical variants stored once, slab.go). Objects are not kept: the
+// Source's reflectors hand them to the Builder, which keeps a compact
+// input per object (inputs.go), so memory grows with the bytes answered
+// rather than with the objects or with allocations per name.
 //
 // Decisions the specification leaves open, and why:
 //

@@ -155,7 +155,7 @@ func (h *Handler) respond(b []byte, q *query, st status, from netip.Addr, tcp bo
 	}
 	large := q.edns && int(q.udpSize) >= h.cfg.MaxUDPSize
 	var seed uint32
-	if !tcp && (len(a.small) > 1 || len(a.large) > 1) {
+	if !tcp && a.rotates() {
 		seed = h.rotation(from, now)
 	}
 	packed := a.variant(tcp, large, seed)

@@ -18,7 +18,7 @@ type Index struct {
 	// cluster is the opt-in per-cluster zone, nil when off.
 	cluster *zone
 	// services is keyed by the lowercase wire form of <svc>.<ns>.
-	services map[string]*service
+	services *serviceMap
 	// namespaces counts the services per namespace (keyed by the wire
 	// form of the namespace label): <ns>.svc.<zone> exists while one does.
 	namespaces map[string]int
@@ -48,7 +48,7 @@ func (ix *Index) Serial() uint32 { return ix.serial }
 func (ix *Index) Names() int { return ix.names }
 
 // Services is how many services the index holds.
-func (ix *Index) Services() int { return len(ix.services) }
+func (ix *Index) Services() int { return ix.services.len() }
 
 func newZone(cfg *Config, name string, serial uint32, nsAddrs []netip.Addr, main bool) *zone {
 	z := &zone{name: name, wire: []byte(wireKey(name) + "\x00"), ent: &node{}}
@@ -149,7 +149,7 @@ func (ix *Index) lookup(lw []byte, offs []uint8) (result, *zone, *node) {
 			}
 			return resNXDomain, z, nil
 		}
-		s := ix.services[string(lw[bound(nl-3):bound(nl-1)])]
+		s := ix.services.get(lw[bound(nl-3):bound(nl-1)])
 		if s == nil || s.apex == nil {
 			return resNXDomain, z, nil
 		}
@@ -176,7 +176,7 @@ func (ix *Index) lookupCluster(lw []byte, nl int, label func(int) []byte, bound 
 	case nl >= 3 && string(label(1)) == "svc" && known(2) && ix.namespaces[string(lw[:bound(1)])] > 0:
 		return resNode, z, z.ent
 	case nl >= 4 && string(label(2)) == "svc" && known(3):
-		s := ix.services[string(lw[:bound(2)])]
+		s := ix.services.get(lw[:bound(2)])
 		if s != nil && s.perCluster {
 			if n := s.clusters.get(lw[bound(3):end]); n != nil {
 				return resNode, z, n

@@ -15,23 +15,36 @@ const optLen = 11
 type answer struct {
 	// tcp is the whole answer, bounded only by the 64 KiB TCP message.
 	tcp []byte
-	// small fits 512 bytes (clients without EDNS or with small buffers);
-	// large fits the configured maximum UDP size. Each is either the
-	// whole answer alone, or rotating subsets with TC set.
+	// sized holds the UDP variants; nil when every transport and size
+	// gets tcp, as most answers do (they fit 512 bytes whole), which
+	// saves two slice headers and an allocation per answer.
+	sized *variants
+}
+
+// variants are an answer's UDP responses: small fits 512 bytes (clients
+// without EDNS or with small buffers); large fits the configured maximum
+// UDP size. Each is either the whole answer alone, or rotating subsets
+// with TC set.
+type variants struct {
 	small, large [][]byte
 }
 
 // variant returns the packed response for a transport and buffer size;
 // seed chooses among rotating subsets.
 func (a *answer) variant(tcp, large bool, seed uint32) []byte {
-	if tcp {
+	if tcp || a.sized == nil {
 		return a.tcp
 	}
-	v := a.small
+	v := a.sized.small
 	if large {
-		v = a.large
+		v = a.sized.large
 	}
 	return v[seed%uint32(len(v))]
+}
+
+// rotates reports whether a UDP client gets one of several subsets.
+func (a *answer) rotates() bool {
+	return a.sized != nil && (len(a.sized.small) > 1 || len(a.sized.large) > 1)
 }
 
 // genFunc returns the answer and additional RRs for the units sel selects
@@ -134,14 +147,14 @@ func (p *packer) answer(qname string, qtype uint16, n int, gen genFunc) *answer 
 		return nil
 	}
 	small, large, tcp := p.budgets()
-	a := &answer{}
+	a := &answer{sized: &variants{}}
 	if b, ok := p.whole(qname, qtype, n, gen, tcp); ok {
 		a.tcp = b
 	} else {
 		a.tcp = p.rotations(qname, qtype, n, gen, p.fitK(qname, qtype, n, gen, tcp), tcp, false)[0]
 	}
-	a.small = p.sized(qname, qtype, n, gen, small, -1)
-	a.large = p.sized(qname, qtype, n, gen, large, -1)
+	a.sized.small = p.sized(qname, qtype, n, gen, small, -1)
+	a.sized.large = p.sized(qname, qtype, n, gen, large, -1)
 	return a
 }
 
@@ -168,7 +181,7 @@ func (p *packer) answerPair(qname string, n int, genA, genAAAA genFunc) (a, aaaa
 	for _, sz := range []struct {
 		budget int
 		fa, fb *[][]byte
-	}{{small, &a.small, &aaaa.small}, {large, &a.large, &aaaa.large}} {
+	}{{small, &a.sized.small, &aaaa.sized.small}, {large, &a.sized.large, &aaaa.sized.large}} {
 		if len(*sz.fa) == 1 && len(*sz.fb) == 1 && !truncated((*sz.fa)[0]) && !truncated((*sz.fb)[0]) {
 			continue
 		}

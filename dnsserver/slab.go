@@ -11,7 +11,8 @@ import (
 // a small answer are three copies of the same bytes. A compiled service is
 // therefore compacted once (compact): every distinct packed response of
 // the service is copied into one byte slab and the answers point into it,
-// identical variants sharing their bytes; the names under the service are
+// identical variants sharing their bytes, and an answer whose UDP variants
+// are all the whole answer keeps only that; the names under the service are
 // a sorted slice instead of a map. The index keeps its shape (built once
 // per change, swapped atomically, services shared between indexes), and
 // the answer path still copies one contiguous response.
@@ -97,11 +98,13 @@ func compact(nodes ...*node) {
 	}
 	for _, a := range all {
 		visit(a.tcp)
-		for _, b := range a.small {
-			visit(b)
-		}
-		for _, b := range a.large {
-			visit(b)
+		if a.sized != nil {
+			for _, b := range a.sized.small {
+				visit(b)
+			}
+			for _, b := range a.sized.large {
+				visit(b)
+			}
 		}
 	}
 	slab := make([]byte, 0, size)
@@ -118,11 +121,18 @@ func compact(nodes ...*node) {
 	}
 	for _, a := range all {
 		a.tcp = place(a.tcp)
-		a.small = placeAll(a.small, place)
-		if equalVariants(a.large, a.small) {
-			a.large = a.small // one header slice for both sizes
+		if a.sized == nil {
+			continue
+		}
+		if whole := [][]byte{a.tcp}; equalVariants(a.sized.small, whole) && equalVariants(a.sized.large, whole) {
+			a.sized = nil // every transport and size gets the whole answer
+			continue
+		}
+		a.sized.small = placeAll(a.sized.small, place)
+		if equalVariants(a.sized.large, a.sized.small) {
+			a.sized.large = a.sized.small // one header slice for both sizes
 		} else {
-			a.large = placeAll(a.large, place)
+			a.sized.large = placeAll(a.sized.large, place)
 		}
 	}
 }

@@ -6,8 +6,6 @@ import (
 	"testing"
 
 	corev1 "k8s.io/api/core/v1"
-	discoveryv1 "k8s.io/api/discovery/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	mcsv1beta1 "sigs.k8s.io/mcs-api/pkg/apis/v1beta1"
 )
 
@@ -19,10 +17,10 @@ func TestCompactSharesOneSlab(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := compileService(&cfg, imp("ns", "web", mcsv1beta1.ClusterSetIP, []string{"10.0.0.1"}, port("http", corev1.ProtocolTCP, 80)), nil)
+	s := compileService(&cfg, svcID{"ns", "web"}, importInput(imp("ns", "web", mcsv1beta1.ClusterSetIP, []string{"10.0.0.1"}, port("http", corev1.ProtocolTCP, 80))), nil)
 	a := s.apex.a
-	if &a.tcp[0] != &a.small[0][0] || &a.tcp[0] != &a.large[0][0] {
-		t.Error("the three variants of a small answer are separate copies")
+	if a.sized != nil {
+		t.Errorf("a small answer keeps UDP variants %q beside the whole answer", a.sized.small)
 	}
 	if cap(a.tcp) != len(a.tcp) {
 		t.Errorf("a response's capacity %d exceeds its length %d", cap(a.tcp), len(a.tcp))
@@ -45,28 +43,6 @@ func TestCompactSharesOneSlab(t *testing.T) {
 	}
 	if s.sub.get([]byte(wireKey("_nope._tcp."))) != nil {
 		t.Error("an absent name was found")
-	}
-}
-
-// TestTrim: what the informers keep is what the index reads.
-func TestTrim(t *testing.T) {
-	es := slice("ns", "web-a", "web", "a", discoveryv1.AddressTypeIPv4, []discoveryv1.EndpointPort{eport("http", 80)},
-		ep{host: "pod-0", ready: ptr(true), addrs: []string{"10.1.0.1"}})
-	es.ManagedFields = []metav1.ManagedFieldsEntry{{Manager: "agent"}}
-	es.Annotations = map[string]string{"big": "annotation"}
-	es.Endpoints[0].NodeName, es.Endpoints[0].TargetRef = ptr("node-1"), &corev1.ObjectReference{Name: "pod-0"}
-	cfg, _ := (Config{Zone: "clusterset.local."}).withDefaults()
-	si := imp("ns", "web", mcsv1beta1.Headless, nil)
-	want := compileService(&cfg, si, []*discoveryv1.EndpointSlice{es.DeepCopy()})
-	if _, err := trim(es); err != nil {
-		t.Fatal(err)
-	}
-	if es.ManagedFields != nil || es.Annotations != nil || es.Endpoints[0].NodeName != nil || es.Endpoints[0].TargetRef != nil {
-		t.Errorf("trim kept %+v", es)
-	}
-	got := compileService(&cfg, si, []*discoveryv1.EndpointSlice{es})
-	if string(got.apex.a.tcp) != string(want.apex.a.tcp) || string(got.apex.srv.tcp) != string(want.apex.srv.tcp) || got.names != want.names {
-		t.Error("the trimmed slice compiles to different answers")
 	}
 }
 

@@ -5,18 +5,19 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	kubeinformers "k8s.io/client-go/informers"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
 	mcsv1beta1 "sigs.k8s.io/mcs-api/pkg/apis/v1beta1"
 	mcsclient "sigs.k8s.io/mcs-api/pkg/client/clientset/versioned"
-	mcsinformers "sigs.k8s.io/mcs-api/pkg/client/informers/externalversions"
 
 	brokerv1 "github.com/isthmus-dev/isthmus/mcs/api/broker/v1alpha1"
 )
@@ -33,11 +34,11 @@ const SliceSelector = mcsv1beta1.LabelServiceName + "," + mcsv1beta1.LabelSource
 // while no event arrives, for the sync age.
 const probeEvery = 5 * time.Second
 
-// Source feeds a Builder from one cluster's apiserver with informers over
+// Source feeds a Builder from one cluster's apiserver with reflectors over
 // ServiceImports and MCS EndpointSlices in every namespace, and stores a
 // new Index in the Handler after each change. Once synced it never
 // withdraws an index: while the apiserver is away the last one answers,
-// and the informers catch up when it returns.
+// and the reflectors catch up when it returns.
 type Source struct {
 	kube    kubernetes.Interface
 	mcs     mcsclient.Interface
@@ -109,55 +110,48 @@ func (s *Source) notify() {
 	}
 }
 
-// Run runs the informers and publishes indexes until ctx ends.
+// Run runs the reflectors and publishes indexes until ctx ends.
+//
+// A reflector lists and watches one resource into a store; here the
+// store hands every object to the Builder, which keeps a compact input
+// per object, so no informer cache holds the objects a second time. The
+// reflector relists after a watch it cannot resume, and its Replace
+// removes what disappeared meanwhile.
 func (s *Source) Run(ctx context.Context) error {
-	mf := mcsinformers.NewSharedInformerFactory(s.mcs, 0)
-	kf := kubeinformers.NewSharedInformerFactoryWithOptions(s.kube, 0,
-		kubeinformers.WithTweakListOptions(func(o *metav1.ListOptions) { o.LabelSelector = SliceSelector }))
-	imports := mf.Multicluster().V1beta1().ServiceImports().Informer()
-	slices := kf.Discovery().V1().EndpointSlices().Informer()
-	for _, inf := range []cache.SharedIndexInformer{imports, slices} {
-		if err := inf.SetWatchErrorHandlerWithContext(func(_ context.Context, r *cache.Reflector, err error) {
-			s.log.Warn("watch failed; answering from the last index until it recovers", "reflector", r.TypeDescription(), "err", err)
-		}); err != nil {
-			return fmt.Errorf("setting watch error handler: %w", err)
-		}
-		if err := inf.SetTransform(trim); err != nil {
-			return fmt.Errorf("setting transform: %w", err)
-		}
+	b := s.builder
+	imports := newStore(s, b.SetImport, b.DeleteImport, b.ReplaceImports)
+	slices := newStore(s, b.SetSlice, b.DeleteSlice, b.ReplaceSlices)
+	si := s.mcs.MulticlusterV1beta1().ServiceImports(metav1.NamespaceAll)
+	es := s.kube.DiscoveryV1().EndpointSlices(metav1.NamespaceAll)
+	reflectors := []*cache.Reflector{
+		s.reflector("ServiceImports", &mcsv1beta1.ServiceImport{}, imports,
+			func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) { return si.List(ctx, o) },
+			func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) { return si.Watch(ctx, o) }),
+		s.reflector("MCS EndpointSlices", &discoveryv1.EndpointSlice{}, slices,
+			func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+				o.LabelSelector = SliceSelector
+				return es.List(ctx, o)
+			},
+			func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
+				o.LabelSelector = SliceSelector
+				return es.Watch(ctx, o)
+			}),
 	}
-	if _, err := imports.AddEventHandler(cache.ResourceEventHandlerFuncs{
-		AddFunc:    func(o any) { s.setImport(o) },
-		UpdateFunc: func(_, o any) { s.setImport(o) },
-		DeleteFunc: func(o any) {
-			if ns, name, ok := deletedKey(o); ok {
-				s.builder.DeleteImport(ns, name)
-				s.notify()
-			}
-		},
-	}); err != nil {
-		return fmt.Errorf("watching ServiceImports: %w", err)
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	for _, r := range reflectors {
+		wg.Go(func() { r.RunWithContext(ctx) })
 	}
-	if _, err := slices.AddEventHandler(cache.ResourceEventHandlerFuncs{
-		AddFunc:    func(o any) { s.setSlice(o) },
-		UpdateFunc: func(_, o any) { s.setSlice(o) },
-		DeleteFunc: func(o any) {
-			if ns, name, ok := deletedKey(o); ok {
-				s.builder.DeleteSlice(ns, name)
-				s.notify()
-			}
-		},
-	}); err != nil {
-		return fmt.Errorf("watching EndpointSlices: %w", err)
-	}
-	mf.Start(ctx.Done())
-	kf.Start(ctx.Done())
-	defer mf.Shutdown()
-	defer kf.Shutdown()
 
 	start := time.Now()
-	if !cache.WaitForCacheSync(ctx.Done(), imports.HasSynced, slices.HasSynced) {
-		return ctx.Err()
+	for _, done := range []chan struct{}{imports.synced, slices.synced} {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-done:
+		}
 	}
 	s.publish()
 	s.synced.Store(true)
@@ -184,6 +178,29 @@ func (s *Source) Run(ctx context.Context) error {
 	}
 }
 
+// reflector lists and watches one resource into store, logging when the
+// apiserver cannot be reached (the reflector retries with backoff).
+func (s *Source) reflector(what string, typ runtime.Object, store cache.ReflectorStore, list cache.ListWithContextFunc, watchFn cache.WatchFuncWithContext) *cache.Reflector {
+	warn := func(op string, err error) {
+		if err != nil && !errors.Is(err, context.Canceled) {
+			s.log.Warn(op+" failed; answering from the last index until it recovers", "resource", what, "err", err)
+		}
+	}
+	lw := &cache.ListWatch{
+		ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+			obj, err := list(ctx, o)
+			warn("list", err)
+			return obj, err
+		},
+		WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
+			w, err := watchFn(ctx, o)
+			warn("watch", err)
+			return w, err
+		},
+	}
+	return cache.NewReflectorWithOptions(lw, typ, store, cache.ReflectorOptions{Name: "dns " + what, TypeDescription: what})
+}
+
 func (s *Source) publish() {
 	ix := s.builder.Build()
 	s.handler.Store(ix)
@@ -192,18 +209,51 @@ func (s *Source) publish() {
 	}
 }
 
-func (s *Source) setImport(o any) {
-	if si, ok := o.(*mcsv1beta1.ServiceImport); ok {
-		s.builder.SetImport(si)
-		s.notify()
-	}
+// store is a reflector's store: it hands every object of one resource
+// to the Builder (set, del, replace) and keeps nothing itself.
+type store[T metav1.Object] struct {
+	src     *Source
+	set     func(T)
+	del     func(namespace, name string)
+	replace func([]T)
+	synced  chan struct{} // closed by the first Replace: the first full list
+	once    sync.Once
 }
 
-func (s *Source) setSlice(o any) {
-	if es, ok := o.(*discoveryv1.EndpointSlice); ok {
-		s.builder.SetSlice(es)
-		s.notify()
+func newStore[T metav1.Object](src *Source, set func(T), del func(string, string), replace func([]T)) *store[T] {
+	return &store[T]{src: src, set: set, del: del, replace: replace, synced: make(chan struct{})}
+}
+
+func (st *store[T]) Add(o any) error { return st.Update(o) }
+func (st *store[T]) Resync() error   { return nil }
+
+func (st *store[T]) Update(o any) error {
+	if obj, ok := o.(T); ok {
+		st.set(obj)
+		st.src.notify()
 	}
+	return nil
+}
+
+func (st *store[T]) Delete(o any) error {
+	if ns, name, ok := deletedKey(o); ok {
+		st.del(ns, name)
+		st.src.notify()
+	}
+	return nil
+}
+
+func (st *store[T]) Replace(list []any, _ string) error {
+	objs := make([]T, 0, len(list))
+	for _, o := range list {
+		if obj, ok := o.(T); ok {
+			objs = append(objs, obj)
+		}
+	}
+	st.replace(objs)
+	st.src.notify()
+	st.once.Do(func() { close(st.synced) })
+	return nil
 }
 
 // deletedKey reads namespace and name from a deleted object, including
@@ -217,23 +267,4 @@ func deletedKey(o any) (string, string, bool) {
 		return "", "", false
 	}
 	return m.GetNamespace(), m.GetName(), true
-}
-
-// trim drops, before an object enters the informer's cache, what the index
-// never reads: managed fields and annotations (often larger than the
-// object itself) and, in EndpointSlices, each endpoint's node, zone,
-// hints and target reference. At 100,000 services the cache would
-// otherwise hold more than the index.
-func trim(obj any) (any, error) {
-	switch o := obj.(type) {
-	case *mcsv1beta1.ServiceImport:
-		o.ManagedFields, o.Annotations = nil, nil
-	case *discoveryv1.EndpointSlice:
-		o.ManagedFields, o.Annotations, o.OwnerReferences = nil, nil, nil
-		for i := range o.Endpoints {
-			e := &o.Endpoints[i]
-			e.NodeName, e.Zone, e.Hints, e.TargetRef, e.DeprecatedTopology = nil, nil, nil, nil, nil
-		}
-	}
-	return obj, nil
 }

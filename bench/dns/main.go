@@ -41,13 +41,14 @@ func main() {
 	rateDur := flag.Duration("rate-duration", 10*time.Second, "length of a latency run")
 	updates := flag.Int("updates", 20, "update-to-answer samples per server (a sixth of that with cache)")
 	only := flag.String("only", "", "comma-separated servers to run (isthmus, coredns, coredns-cache); all when empty")
+	baseline := flag.String("baseline", "", "an isthmus binary built elsewhere (an older commit) to run beside as isthmus-base, in the same run")
 	flag.Parse()
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	// An interrupt cancels the run, so the deferred stops take the harness
 	// and the servers down instead of orphaning them.
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := run(ctx, log, config{*names, *rounds, *sat, *rate, *rateDur, *updates, *only}); err != nil {
+	if err := run(ctx, log, config{*names, *rounds, *sat, *rate, *rateDur, *updates, *only, *baseline}); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		stop()
 		os.Exit(1)
@@ -61,6 +62,7 @@ type config struct {
 	rateDur       time.Duration
 	updates       int
 	only          string
+	baseline      string
 }
 
 func run(ctx context.Context, log *slog.Logger, c config) error {
@@ -117,6 +119,9 @@ func run(ctx context.Context, log *slog.Logger, c config) error {
 		corefileServer(work, strings.TrimSpace(string(corednsDir)), "coredns", 15354, m.Kubeconfig, m.Name, false),
 		corefileServer(work, strings.TrimSpace(string(corednsDir)), "coredns-cache", 15355, m.Kubeconfig, m.Name, true),
 	}
+	if c.baseline != "" {
+		all = append(all, &server{name: "isthmus-base", cmd: []string{c.baseline, "dns", "--kubeconfig", m.Kubeconfig, "--listen", "127.0.0.1:15356", "--metrics-addr", "", "--udp-sockets", "1"}, port: 15356})
+	}
 	var servers []*server
 	for _, s := range all {
 		if c.only == "" || strings.Contains(","+c.only+",", ","+s.name+",") {
@@ -168,7 +173,7 @@ func run(ctx context.Context, log *slog.Logger, c config) error {
 		log.Info("update to answer", "server", s.name, "p50_ms", ms(pct(s.upd, 50)), "max_ms", ms(pct(s.upd, 100)))
 	}
 	for _, s := range servers {
-		s.rss = s.rssMB()
+		s.rss, s.peak = s.rssMB(), s.statusMB("VmHWM:")
 	}
 	res.servers = servers
 	res.print(os.Stdout)

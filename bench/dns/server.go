@@ -25,7 +25,8 @@ type server struct {
 	lat     []latResult
 	upd     []time.Duration // from the write's response to the new answer
 	updSent []time.Duration // from sending the write
-	rss     int
+	rss     int             // resident MB at the end of the run
+	peak    int             // the most resident MB at any time (VmHWM)
 }
 
 func corefileServer(work, dir, name string, port int, kubeconfig, context string, cache bool) *server {
@@ -96,13 +97,16 @@ func (s *server) cpu() time.Duration {
 	return time.Duration(ut+st) * 10 * time.Millisecond
 }
 
-func (s *server) rssMB() int {
+func (s *server) rssMB() int { return s.statusMB("VmRSS:") }
+
+// statusMB reads a size field of /proc/<pid>/status in MB.
+func (s *server) statusMB(field string) int {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", s.proc.Process.Pid))
 	if err != nil {
 		return 0
 	}
 	for _, l := range strings.Split(string(b), "\n") {
-		if strings.HasPrefix(l, "VmRSS:") {
+		if strings.HasPrefix(l, field) {
 			kb, _ := strconv.Atoi(strings.Fields(l)[1])
 			return kb / 1024
 		}

@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"runtime/debug"
 	"strings"
 	"sync"
 	"time"
@@ -18,6 +19,7 @@ import (
 	"github.com/isthmus-dev/isthmus/cmd/internal/buildinfo"
 	"github.com/isthmus-dev/isthmus/cmd/internal/kube"
 	"github.com/isthmus-dev/isthmus/cmd/internal/logging"
+	"github.com/isthmus-dev/isthmus/cmd/internal/memlimit"
 	"github.com/isthmus-dev/isthmus/cmd/internal/serve"
 	"github.com/isthmus-dev/isthmus/mcs/agent"
 	"github.com/isthmus-dev/isthmus/mcs/setup"
@@ -71,6 +73,7 @@ type common struct {
 	burst                                            int
 	shutdownDelay                                    time.Duration
 	metricsReusePort                                 bool
+	memoryLimit                                      string
 	log                                              logging.Flags
 }
 
@@ -86,6 +89,7 @@ func (c *common) register(fs *flag.FlagSet, metricsAddr string) {
 	fs.Float64Var(&c.qps, "kube-api-qps", 50, "requests per second to each apiserver (client-go's default of 5 throttles a clusterset)")
 	fs.IntVar(&c.burst, "kube-api-burst", 100, "request burst to each apiserver")
 	fs.BoolVar(&c.metricsReusePort, "metrics-reuse-port", false, "let another process listen on --metrics-addr too (SO_REUSEPORT): the chart's tunnel, whose next pod starts on the host network beside the old one during a rolling update")
+	fs.StringVar(&c.memoryLimit, "memory-limit", memlimit.Default, "the Go runtime's soft memory limit: a share of the container's memory limit (none outside a container that has one), a size such as 300Mi, or 0 for none; GOMEMLIMIT, when set, wins")
 	fs.DurationVar(&c.shutdownDelay, "shutdown-delay", 0, "on SIGTERM, fail /readyz and keep serving this long before stopping, so Services stop sending here first (a rolling update with no dropped query)")
 	c.log.Register(fs, "json")
 }
@@ -261,6 +265,9 @@ func runRoles(ctx context.Context, name string, rs []role, args []string, log *s
 		log = log.With("role", rs[0].name)
 	}
 	e.log = log
+	if err := setMemoryLimit(e.flags.memoryLimit, log); err != nil {
+		return err
+	}
 
 	parts := make([]serve.Part, 0, len(rs)+1)
 	for i, r := range rs {
@@ -275,6 +282,24 @@ func runRoles(ctx context.Context, name string, rs []role, args []string, log *s
 	}})
 	// One part ending ends the process: a supervisor restarts it whole.
 	return serve.Group(lameDuck(ctx, e.flags.shutdownDelay, e.health, log), parts...)
+}
+
+// setMemoryLimit applies --memory-limit, unless GOMEMLIMIT is set: the
+// runtime has applied that one already.
+func setMemoryLimit(value string, log *slog.Logger) error {
+	if v, ok := os.LookupEnv("GOMEMLIMIT"); ok {
+		log.Info("memory limit from GOMEMLIMIT", "GOMEMLIMIT", v)
+		return nil
+	}
+	n, from, err := memlimit.Resolve(value, func() (int64, bool) { return memlimit.CgroupLimit("/") })
+	if err != nil {
+		return fmt.Errorf("--memory-limit %w", err)
+	}
+	if n > 0 {
+		debug.SetMemoryLimit(n)
+	}
+	log.Info("memory limit", "bytes", n, "from", from)
+	return nil
 }
 
 // lameDuck is ctx, ended delay after ctx ends; meanwhile /readyz fails,

@@ -6,6 +6,8 @@ import (
 	"flag"
 	"io"
 	"log/slog"
+	"os"
+	"runtime/debug"
 	"strings"
 	"testing"
 	"time"
@@ -157,5 +159,34 @@ func TestAgentImportCapFlag(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), "--max-imports-per-cluster "+v+": must be at least 1") {
 			t.Errorf("--max-imports-per-cluster %s: %v", v, err)
 		}
+	}
+}
+
+// TestMemoryLimitFlag: --memory-limit reaches the runtime, a bad value is
+// refused before anything starts, and GOMEMLIMIT wins over the flag.
+func TestMemoryLimitFlag(t *testing.T) {
+	before := debug.SetMemoryLimit(-1)
+	defer debug.SetMemoryLimit(before)
+	if v, ok := os.LookupEnv("GOMEMLIMIT"); ok {
+		os.Unsetenv("GOMEMLIMIT")
+		defer os.Setenv("GOMEMLIMIT", v)
+	}
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	if err := runDNS(context.Background(), []string{"--memory-limit", "lots"}, log); err == nil || !strings.Contains(err.Error(), "--memory-limit") {
+		t.Errorf("--memory-limit lots: %v", err)
+	}
+	if err := setMemoryLimit("300Mi", log); err != nil {
+		t.Fatal(err)
+	}
+	if got := debug.SetMemoryLimit(-1); got != 300<<20 {
+		t.Errorf("the runtime's limit is %d after --memory-limit 300Mi", got)
+	}
+	os.Setenv("GOMEMLIMIT", "400MiB")
+	defer os.Unsetenv("GOMEMLIMIT")
+	if err := setMemoryLimit("100Mi", log); err != nil {
+		t.Fatal(err)
+	}
+	if got := debug.SetMemoryLimit(-1); got != 300<<20 {
+		t.Errorf("the flag overrode GOMEMLIMIT: %d", got)
 	}
 }
