@@ -41,10 +41,21 @@ import (
 
 const ns = "bench"
 
+// gap is the pause before each sample (-gap): one change at a time is the
+// latency a user sees; back to back, each sample also waits on the
+// previous one's follow-up writes.
+var gap time.Duration
+
 func main() {
 	samples := flag.Int("samples", 200, "samples per measurement")
 	services := flag.Int("services", 0, "then export this many services × 10 endpoints from each of the three members and report the agents' CPU and memory")
+	flag.DurationVar(&gap, "gap", 250*time.Millisecond, "pause before each sample, so that it starts after the previous one's follow-up work (the source's status, the other members' imports) has settled; 0 runs the samples back to back")
+	writes := flag.Bool("writes", false, "instead: time each kind of write the path makes, alone (no agent running)")
 	flag.Parse()
+	run := run
+	if *writes {
+		run = func(samples, _ int) error { return measureWrites(samples) }
+	}
 	if err := run(*samples, *services); err != nil {
 		fmt.Fprintln(os.Stderr, "mcslatency:", err)
 		os.Exit(1)
@@ -119,8 +130,8 @@ func run(samples, services int) error {
 	runtime.ReadMemStats(&ms)
 
 	fmt.Printf("load average at the start of the measurements: %s\n", load0)
-	fmt.Printf("conditions: %d samples each, sequential, from member a to member b; broker + 3 members on loopback (real kube-apiserver %s, etcd, KWOK), 3 agents in this process; %d CPUs\n",
-		samples, "v1.37.2", runtime.NumCPU())
+	fmt.Printf("conditions: %d samples each, sequential with %v before each, from member a to member b; broker + 3 members on loopback (real kube-apiserver %s, etcd, KWOK), 3 agents in this process; %d CPUs\n",
+		samples, gap, "v1.37.2", runtime.NumCPU())
 	fmt.Printf("| measurement | p50 | p99 | p50 / floor p50 | p99 / floor p99 |\n|---|---|---|---|---|\n")
 	floor := floorH.total
 	row := func(name string, d []time.Duration) {
@@ -218,6 +229,7 @@ func measureFloor(ctx context.Context, cs *cluster.Clusterset, bs *brokerSeen, s
 	var out hops
 	for i := range samples {
 		name := fmt.Sprintf("floor-%d", i)
+		time.Sleep(gap)
 		start := time.Now()
 		if _, err := a.CoreV1().ConfigMaps(ns).Create(ctx, &corev1.ConfigMap{
 			ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{"floor": "yes"}}}, metav1.CreateOptions{}); err != nil {
@@ -261,6 +273,7 @@ func measureExports(ctx context.Context, a, b *cluster.Cluster, bs *brokerSeen, 
 		}, metav1.CreateOptions{}); err != nil {
 			return hops{}, err
 		}
+		time.Sleep(gap)
 		start := time.Now()
 		if _, err := mcsA.MulticlusterV1beta1().ServiceExports(ns).Create(ctx, &mcsv1beta1.ServiceExport{
 			ObjectMeta: metav1.ObjectMeta{Name: name}}, metav1.CreateOptions{}); err != nil {
@@ -328,6 +341,7 @@ func measureEndpoints(ctx context.Context, a, b *cluster.Cluster, bs *brokerSeen
 	for i := range samples {
 		addr := fmt.Sprintf("10.241.%d.%d", 101+i/250, 1+i%250)
 		created.Endpoints[0].Addresses = []string{addr}
+		time.Sleep(gap)
 		start := time.Now()
 		updated, err := a.Client.DiscoveryV1().EndpointSlices(ns).Update(ctx, created, metav1.UpdateOptions{})
 		if err != nil {
