@@ -30,7 +30,7 @@ const massWithdrawalFloor = 3
 // the derived Service's, which the apiserver allocates (MCS asks for both).
 func (a *Agent) applyImport(ctx context.Context, p *importPlan) error {
 	ns, name := p.in.Namespace, p.in.Name
-	si, err := a.writeImport(ctx, p.Import)
+	si, err := a.writeImport(ctx, p.Import, nil)
 	if err != nil {
 		return err
 	}
@@ -44,7 +44,7 @@ func (a *Agent) applyImport(ctx context.Context, p *importPlan) error {
 		}
 		p.setDerived(derived)
 		if !slices.Equal(si.Spec.IPs, derived.Spec.ClusterIPs) {
-			if si, err = a.writeImport(ctx, p.Import); err != nil {
+			if si, err = a.writeImport(ctx, p.Import, si); err != nil {
 				return err
 			}
 		}
@@ -74,19 +74,23 @@ func (a *Agent) applyImport(ctx context.Context, p *importPlan) error {
 	return nil
 }
 
-// writeImport applies a ServiceImport unless this cluster holds exactly it.
-func (a *Agent) writeImport(ctx context.Context, si *mcsv1beta1.ServiceImport) (*mcsv1beta1.ServiceImport, error) {
+// writeImport writes a ServiceImport unless this cluster holds exactly it;
+// last, when set, is what this reconcile wrote before (newer than the
+// cache).
+func (a *Agent) writeImport(ctx context.Context, si, last *mcsv1beta1.ServiceImport) (*mcsv1beta1.ServiceImport, error) {
 	hash := contentHash([]any{si.Labels, si.Annotations, si.Spec})
-	if cur, err := a.serviceImports.ServiceImports(si.Namespace).Get(si.Name); err == nil && cur.Annotations[annotationHash] == hash {
+	holds := func(o *mcsv1beta1.ServiceImport) bool { return o.Annotations[annotationHash] == hash }
+	cur, err := a.serviceImports.ServiceImports(si.Namespace).Get(si.Name)
+	if last != nil {
+		cur, err = last, nil
+	}
+	ok := err == nil
+	if ok && holds(cur) {
 		return cur, nil
 	}
 	si.Annotations[annotationHash] = hash
-	data, err := applyJSON(si)
-	if err != nil {
-		return nil, err
-	}
-	out, err := a.cfg.LocalMCS.MulticlusterV1beta1().ServiceImports(si.Namespace).Patch(ctx, si.Name, types.ApplyPatchType, data, patchOptions)
-	a.countWrite("local", "apply", err)
+	out, err := put(ctx, a.cfg.LocalMCS.MulticlusterV1beta1().ServiceImports(si.Namespace), si, cur, ok, holds)
+	a.countWrite("local", writeVerb(ok), err)
 	if err != nil {
 		return nil, fmt.Errorf("writing ServiceImport %s/%s: %w", si.Namespace, si.Name, err)
 	}

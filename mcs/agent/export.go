@@ -10,7 +10,6 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/types"
 	mcsv1beta1 "sigs.k8s.io/mcs-api/pkg/apis/v1beta1"
 
 	brokerv1 "github.com/isthmus-dev/isthmus/mcs/api/broker/v1alpha1"
@@ -137,16 +136,14 @@ func (a *Agent) recordLabels(ns, name string) map[string]string {
 // exactly it.
 func (a *Agent) publishRecord(ctx context.Context, rec *brokerv1.ExportedService) error {
 	hash := contentHash([]any{rec.Labels, rec.Annotations, rec.Spec})
-	if cur, ok := a.brokerExport(rec.Name); ok && cur.Annotations[annotationHash] == hash {
+	holds := func(o *brokerv1.ExportedService) bool { return o.Annotations[annotationHash] == hash }
+	cur, ok := a.brokerExport(rec.Name)
+	if ok && holds(cur) {
 		return nil
 	}
 	rec.Annotations[annotationHash] = hash
-	data, err := applyJSON(rec)
-	if err != nil {
-		return err
-	}
-	_, err = a.cfg.BrokerClient.BrokerV1alpha1().ExportedServices(rec.Namespace).Patch(ctx, rec.Name, types.ApplyPatchType, data, patchOptions)
-	a.countWrite("broker", "apply", err)
+	_, err := put(ctx, a.cfg.BrokerClient.BrokerV1alpha1().ExportedServices(rec.Namespace), rec, cur, ok, holds)
+	a.countWrite("broker", writeVerb(ok), err)
 	return err
 }
 

@@ -9,6 +9,8 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/intstr"
 	mcsv1beta1 "sigs.k8s.io/mcs-api/pkg/apis/v1beta1"
 )
 
@@ -77,6 +79,47 @@ func TestExportImportLifecycle(t *testing.T) {
 		}
 		return nil
 	})
+
+	// The Service's port changes and the exported label goes. The agents
+	// write their records and imports whole, so nothing of the old port
+	// or label stays anywhere, and what someone else added to an import
+	// stays.
+	for i := range clusters.Members {
+		if _, err := mcs(t, i).MulticlusterV1beta1().ServiceImports(ns).Patch(ctx, "web", types.MergePatchType,
+			[]byte(`{"metadata":{"annotations":{"example.com/note":"kept"}}}`), metav1.PatchOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	svc, err := clusters.Members[0].Client.CoreV1().Services(ns).Get(ctx, "web", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	svc.Spec.Ports = []corev1.ServicePort{{Name: "grpc", Port: 9090, Protocol: corev1.ProtocolTCP, TargetPort: intstr.FromString("http")}}
+	if _, err := clusters.Members[0].Client.CoreV1().Services(ns).Update(ctx, svc, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := mcs(t, 0).MulticlusterV1beta1().ServiceExports(ns).Patch(ctx, "web", types.MergePatchType,
+		[]byte(`{"spec":{"exportedLabels":null}}`), metav1.PatchOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	for i := range clusters.Members {
+		eventually(t, propagation, fmt.Sprintf("new port in %s", ids[i]), func() error {
+			si, err := mcs(t, i).MulticlusterV1beta1().ServiceImports(ns).Get(ctx, "web", metav1.GetOptions{})
+			if err != nil {
+				return err
+			}
+			if len(si.Spec.Ports) != 1 || si.Spec.Ports[0].Name != "grpc" || si.Spec.Ports[0].Port != 9090 {
+				return fmt.Errorf("ports %+v, want only grpc 9090", si.Spec.Ports)
+			}
+			if _, ok := si.Labels["tier"]; ok {
+				return fmt.Errorf("the label no longer exported is still there: %v", si.Labels)
+			}
+			if si.Annotations["example.com/note"] != "kept" {
+				return fmt.Errorf("someone else's annotation is gone: %v", si.Annotations)
+			}
+			return nil
+		})
+	}
 
 	unexport(t, ctx, 0, ns, "web")
 	for i := range clusters.Members {

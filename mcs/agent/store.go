@@ -12,7 +12,6 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
-	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/tools/cache"
 
 	brokerv1 "github.com/isthmus-dev/isthmus/mcs/api/broker/v1alpha1"
@@ -22,33 +21,26 @@ import (
 // target already holds exactly the object, the write counter, and the
 // readers of the informers' caches.
 
-type sliceAPI interface {
-	Patch(ctx context.Context, name string, pt types.PatchType, data []byte, opts metav1.PatchOptions, subresources ...string) (*discoveryv1.EndpointSlice, error)
-}
-
-// applySlice applies an EndpointSlice unless the target already holds
-// exactly it (the hash annotation says so).
-func (a *Agent) applySlice(ctx context.Context, target string, api sliceAPI, s *discoveryv1.EndpointSlice) error {
+// applySlice writes an EndpointSlice whole (put) unless the target
+// already holds exactly it (the hash annotation says so).
+func (a *Agent) applySlice(ctx context.Context, target string, api objectAPI[*discoveryv1.EndpointSlice], s *discoveryv1.EndpointSlice) error {
 	hash := contentHash([]any{s.Labels, s.OwnerReferences, s.AddressType, s.Endpoints, s.Ports})
+	holds := func(o *discoveryv1.EndpointSlice) bool { return o.Annotations[annotationHash] == hash }
 	var cur *discoveryv1.EndpointSlice
 	if target == "broker" {
 		cur = a.cachedSlice(a.brokerSlices, s.Namespace, s.Name)
 	} else {
 		cur = a.cachedSlice(a.ownSlices, s.Namespace, s.Name)
 	}
-	if cur != nil && cur.Annotations[annotationHash] == hash {
+	if cur != nil && holds(cur) {
 		return nil
 	}
 	if s.Annotations == nil {
 		s.Annotations = map[string]string{}
 	}
 	s.Annotations[annotationHash] = hash
-	data, err := applyJSON(s)
-	if err != nil {
-		return err
-	}
-	_, err = api.Patch(ctx, s.Name, types.ApplyPatchType, data, patchOptions)
-	a.countWrite(target, "apply", err)
+	_, err := put(ctx, api, s, cur, cur != nil, holds)
+	a.countWrite(target, writeVerb(cur != nil), err)
 	return err
 }
 
