@@ -129,7 +129,10 @@ type Agent struct {
 	synced      []cache.InformerSynced
 	ready       atomic.Bool
 	heartbeatOK atomic.Bool
-	leading     atomic.Bool
+	// own is what the agent last wrote to each object it writes, so the
+	// event of its own write queues nothing (ownwrites.go).
+	own     ownWrites
+	leading atomic.Bool
 
 	// families are this cluster's Service IP families, from its service
 	// CIDRs: an import of none of them gets no ClusterSetIP here.

@@ -89,8 +89,12 @@ func (a *Agent) writeImport(ctx context.Context, si, last *mcsv1beta1.ServiceImp
 		return cur, nil
 	}
 	si.Annotations[annotationHash] = hash
-	out, err := put(ctx, a.cfg.LocalMCS.MulticlusterV1beta1().ServiceImports(si.Namespace), si, cur, ok, holds)
-	a.countWrite("local", writeVerb(ok), err)
+	var out *mcsv1beta1.ServiceImport
+	err = a.own.noted(importWriteKey(si.Namespace, si.Name), hash, func() (err error) {
+		out, err = put(ctx, a.cfg.LocalMCS.MulticlusterV1beta1().ServiceImports(si.Namespace), si, cur, ok, holds)
+		a.countWrite("local", writeVerb(ok), err)
+		return err
+	})
 	if err != nil {
 		return nil, fmt.Errorf("writing ServiceImport %s/%s: %w", si.Namespace, si.Name, err)
 	}
@@ -109,8 +113,12 @@ func (a *Agent) writeDerived(ctx context.Context, svc *corev1.Service) (*corev1.
 	if err != nil {
 		return nil, err
 	}
-	out, err := a.cfg.Local.CoreV1().Services(svc.Namespace).Patch(ctx, svc.Name, types.ApplyPatchType, data, patchOptions)
-	a.countWrite("local", "apply", err)
+	var out *corev1.Service
+	err = a.own.noted(derivedWriteKey(svc.Namespace, svc.Name), hash, func() (err error) {
+		out, err = a.cfg.Local.CoreV1().Services(svc.Namespace).Patch(ctx, svc.Name, types.ApplyPatchType, data, patchOptions)
+		a.countWrite("local", "apply", err)
+		return err
+	})
 	if err != nil {
 		return nil, fmt.Errorf("writing derived Service %s/%s: %w", svc.Namespace, svc.Name, err)
 	}

@@ -198,8 +198,17 @@ func (a *Agent) exportRecordChanged(old, cur any) {
 			e.Spec.ExportCreationTimestamp.Time))
 		keys = append(keys, recordKey(e))
 	}
+	if e == nil && o != nil {
+		a.own.forget(recordWriteKey(o.Name))
+	}
+	// This cluster's own record, holding what its export reconcile just
+	// wrote, brings that reconcile nothing (ownwrites.go); every agent's
+	// import, this one's included, still takes it.
+	mine := e != nil && a.own.shows(recordWriteKey(e.Name), e) && (o == nil || recordKey(o) == recordKey(e))
 	for _, k := range keys {
-		a.exports.enqueue(k)
+		if !mine {
+			a.exports.enqueue(k)
+		}
 		a.imports.enqueue(k)
 	}
 }

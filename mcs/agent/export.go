@@ -142,9 +142,11 @@ func (a *Agent) publishRecord(ctx context.Context, rec *brokerv1.ExportedService
 		return nil
 	}
 	rec.Annotations[annotationHash] = hash
-	_, err := put(ctx, a.cfg.BrokerClient.BrokerV1alpha1().ExportedServices(rec.Namespace), rec, cur, ok, holds)
-	a.countWrite("broker", writeVerb(ok), err)
-	return err
+	return a.own.noted(recordWriteKey(rec.Name), hash, func() error {
+		_, err := put(ctx, a.cfg.BrokerClient.BrokerV1alpha1().ExportedServices(rec.Namespace), rec, cur, ok, holds)
+		a.countWrite("broker", writeVerb(ok), err)
+		return err
+	})
 }
 
 // publishSlices mirrors the local EndpointSlices of a service to the

@@ -73,40 +73,67 @@ func (a *Agent) setupInformers() error {
 
 	// Which keys an object's change concerns.
 	both := func(key string) { a.exports.enqueue(key); a.imports.enqueue(key) }
+	// own names, for the objects the agent writes, the key under which
+	// ownWrites remembers the object's last write.
+	own := func(key func(ns, name string) string) func(o any) string {
+		return func(o any) string {
+			m := unwrap(o).(metav1.Object)
+			return key(m.GetNamespace(), m.GetName())
+		}
+	}
 	handlers := []struct {
 		inf cache.SharedIndexInformer
 		fn  func(obj any)
+		own func(obj any) string
 	}{
-		{exportInf, func(o any) { both(objectKey(o)) }},
-		{svcInf, func(o any) { a.exports.enqueue(objectKey(o)) }},
+		{exportInf, func(o any) { both(objectKey(o)) }, nil},
+		{svcInf, func(o any) {
+			// A derived Service is the agent's own import, never an export.
+			if unwrap(o).(metav1.Object).GetLabels()[labelDerivedFor] == "" {
+				a.exports.enqueue(objectKey(o))
+			}
+		}, nil},
 		{localSliceInf, func(o any) {
 			key := sliceServiceKey(o, discoveryv1.LabelServiceName)
 			if a.gatewayMode() && key == a.gatewayKey() {
 				a.gatewaySliceChanged()
 			}
 			both(key)
-		}},
-		{brokerSliceInf, func(o any) { a.imports.enqueue(brokerSliceServiceKey(o)) }},
-		{nsInf, func(o any) { a.importsInNamespace(unwrap(o).(metav1.Object).GetName()) }},
-		{importInf, func(o any) { a.imports.enqueue(objectKey(o)) }},
-		{ownSliceInf, func(o any) { a.imports.enqueue(ownKey(o)) }},
-		{derivedInf, func(o any) { a.imports.enqueue(ownKey(o)) }},
+		}, nil},
+		{brokerSliceInf, func(o any) { a.imports.enqueue(brokerSliceServiceKey(o)) }, nil},
+		{nsInf, func(o any) { a.importsInNamespace(unwrap(o).(metav1.Object).GetName()) }, nil},
+		{importInf, func(o any) { a.imports.enqueue(objectKey(o)) }, own(importWriteKey)},
+		{ownSliceInf, func(o any) { a.imports.enqueue(ownKey(o)) }, own(sliceWriteKey)},
+		{derivedInf, func(o any) { a.imports.enqueue(ownKey(o)) }, own(derivedWriteKey)},
 	}
 	for _, h := range handlers {
-		fn, inf := h.fn, h.inf
+		fn, inf, ownKeyOf := h.fn, h.inf, h.own
+		// An object holding the agent's own last write queues nothing.
+		mine := func(o any) bool {
+			return ownKeyOf != nil && a.own.shows(ownKeyOf(o), unwrap(o).(metav1.Object))
+		}
 		if err := a.watch(h.inf, cache.ResourceEventHandlerFuncs{
-			AddFunc: fn,
+			AddFunc: func(o any) {
+				if !mine(o) {
+					fn(o)
+				}
+			},
 			UpdateFunc: func(old, o any) {
 				// The conditions this agent writes on a ServiceExport are
 				// read by neither controller: their own event would only
 				// queue the key again, and a reconcile from the informer's
 				// copy older than the write conflicts and retries.
-				if inf == exportInf && statusOnly(old, o) {
+				if inf == exportInf && statusOnly(old, o) || mine(o) {
 					return
 				}
 				fn(o)
 			},
-			DeleteFunc: fn,
+			DeleteFunc: func(o any) {
+				if ownKeyOf != nil {
+					a.own.forget(ownKeyOf(o))
+				}
+				fn(o)
+			},
 		}); err != nil {
 			return err
 		}

@@ -52,3 +52,37 @@ func TestKeepForeign(t *testing.T) {
 		t.Errorf("got labels %v, resourceVersion %q", bare.Labels, bare.ResourceVersion)
 	}
 }
+
+// TestOwnWrites: an object shows the agent's write while it holds the
+// hash last intended; a failed write is forgotten unless a later one was
+// intended meanwhile; a deletion forgets.
+func TestOwnWrites(t *testing.T) {
+	var w ownWrites
+	obj := func(hash string) *metav1.ObjectMeta {
+		return &metav1.ObjectMeta{Annotations: map[string]string{annotationHash: hash}}
+	}
+	const k = "import/ns/web"
+	if w.shows(k, obj("h1")) {
+		t.Error("an object the agent never wrote shows its write")
+	}
+	w.intend(k, "h1")
+	if !w.shows(k, obj("h1")) || w.shows(k, obj("h0")) || w.shows(k, &metav1.ObjectMeta{}) {
+		t.Error("only the intended hash shows the agent's write")
+	}
+	w.intend(k, "h2")
+	w.failed(k, "h1") // an older write's failure leaves the newer intent
+	if !w.shows(k, obj("h2")) {
+		t.Error("an older write's failure forgot the newer one")
+	}
+	w.failed(k, "h2")
+	if w.shows(k, obj("h2")) {
+		t.Error("a failed write still shows")
+	}
+	if err := w.noted(k, "h3", func() error { return nil }); err != nil || !w.shows(k, obj("h3")) {
+		t.Error("a written hash does not show")
+	}
+	w.forget(k)
+	if w.shows(k, obj("h3")) {
+		t.Error("a deleted object's write still shows")
+	}
+}

@@ -8,7 +8,9 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	mcsv1beta1 "sigs.k8s.io/mcs-api/pkg/apis/v1beta1"
 
 	brokerclient "github.com/isthmus-dev/isthmus/mcs/api/broker/generated/clientset/versioned"
 	brokerv1 "github.com/isthmus-dev/isthmus/mcs/api/broker/v1alpha1"
@@ -132,4 +134,61 @@ func TestStatusWritesDoNotRequeueImports(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// TestOwnWritesQueueNothing exports five selector-less Services from a
+// (nothing else changes their inputs) and counts c's import reconciles
+// until every import is complete: each new import needs one, and a second
+// only when the record's slice event lands while the first runs. The
+// events of the agent's own writes (the ServiceImport, its IPs and status,
+// the derived Service, the MCS slices) queue nothing; when they did, c ran
+// about three reconciles per export, some of them writing again from a
+// cache that had not yet shown the first write.
+func TestOwnWritesQueueNothing(t *testing.T) {
+	clusterset(t)
+	ctx := ctxFor(t, 2*time.Minute)
+	ns := "ownwrites"
+	namespace(t, ctx, ns, 0, 1, 2)
+	idle := func() uint64 {
+		var n uint64
+		eventually(t, propagation, "c's import controller idle", func() error {
+			before := reconciles(t, 2)
+			time.Sleep(2 * time.Second)
+			if n = reconciles(t, 2); n != before {
+				return fmt.Errorf("%d reconciles in 2 s", n-before)
+			}
+			return nil
+		})
+		return n
+	}
+	before := idle()
+	const exports = 5
+	for i := range exports {
+		name := fmt.Sprintf("own-%d", i)
+		if _, err := clusters.Members[0].Client.CoreV1().Services(ns).Create(ctx, &corev1.Service{
+			ObjectMeta: metav1.ObjectMeta{Name: name},
+			Spec:       corev1.ServiceSpec{Ports: []corev1.ServicePort{{Name: "http", Port: 80, Protocol: corev1.ProtocolTCP}}},
+		}, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		exportService(t, ctx, 0, ns, name, nil, nil)
+	}
+	for i := range exports {
+		name := fmt.Sprintf("own-%d", i)
+		eventually(t, propagation, name+" imported in c", func() error {
+			v, err := viewImport(ctx, t, 2, ns, name)
+			if err != nil {
+				return err
+			}
+			if len(v.si.Spec.IPs) == 0 || !meta.IsStatusConditionTrue(v.si.Status.Conditions, string(mcsv1beta1.ServiceImportConditionReady)) {
+				return fmt.Errorf("not complete yet: IPs %v, conditions %+v", v.si.Spec.IPs, v.si.Status.Conditions)
+			}
+			return nil
+		})
+	}
+	if n := idle() - before; n > 2*exports {
+		t.Errorf("c reconciled imports %d times for %d new exports, want at most %d", n, exports, 2*exports)
+	} else {
+		t.Logf("c reconciled imports %d times for %d new exports", n, exports)
+	}
 }

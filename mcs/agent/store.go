@@ -39,9 +39,17 @@ func (a *Agent) applySlice(ctx context.Context, target string, api objectAPI[*di
 		s.Annotations = map[string]string{}
 	}
 	s.Annotations[annotationHash] = hash
-	_, err := put(ctx, api, s, cur, cur != nil, holds)
-	a.countWrite(target, writeVerb(cur != nil), err)
-	return err
+	write := func() error {
+		_, err := put(ctx, api, s, cur, cur != nil, holds)
+		a.countWrite(target, writeVerb(cur != nil), err)
+		return err
+	}
+	if target == "broker" {
+		// Every agent imports from the broker's slices, this one's own
+		// import included: their events queue as anyone's.
+		return write()
+	}
+	return a.own.noted(sliceWriteKey(s.Namespace, s.Name), hash, write)
 }
 
 func (a *Agent) countWrite(target, verb string, err error) {
