@@ -43,6 +43,22 @@ func reconciles(t *testing.T, i int) uint64 {
 	return n
 }
 
+// importsIdle waits until agent i's import controller has run no
+// reconcile for 2 s, and returns its count of them.
+func importsIdle(t *testing.T, i int) uint64 {
+	t.Helper()
+	var n uint64
+	eventually(t, propagation, fmt.Sprintf("%s's import controller idle", ids[i]), func() error {
+		before := reconciles(t, i)
+		time.Sleep(2 * time.Second)
+		if n = reconciles(t, i); n != before {
+			return fmt.Errorf("%d reconciles in 2 s", n-before)
+		}
+		return nil
+	})
+	return n
+}
+
 // TestStatusWritesDoNotRequeueImports writes c's Cluster record's tunnel
 // status ten times, as c's tunnel role does when its probes report, with
 // nothing an import reads changing: c's agent reconciles no import. The
@@ -91,15 +107,7 @@ func TestStatusWritesDoNotRequeueImports(t *testing.T) {
 		return nil
 	})
 	// Let the writes that import caused come back through the informers.
-	var before uint64
-	eventually(t, propagation, "c's import controller idle", func() error {
-		n := reconciles(t, 2)
-		time.Sleep(2 * time.Second)
-		if before = reconciles(t, 2); before != n {
-			return fmt.Errorf("%d reconciles in 2 s", before-n)
-		}
-		return nil
-	})
+	before := importsIdle(t, 2)
 
 	status := func(zState brokerv1.TunnelPeerState, msg string) {
 		t.Helper()
@@ -149,19 +157,7 @@ func TestOwnWritesQueueNothing(t *testing.T) {
 	ctx := ctxFor(t, 2*time.Minute)
 	ns := "ownwrites"
 	namespace(t, ctx, ns, 0, 1, 2)
-	idle := func() uint64 {
-		var n uint64
-		eventually(t, propagation, "c's import controller idle", func() error {
-			before := reconciles(t, 2)
-			time.Sleep(2 * time.Second)
-			if n = reconciles(t, 2); n != before {
-				return fmt.Errorf("%d reconciles in 2 s", n-before)
-			}
-			return nil
-		})
-		return n
-	}
-	before := idle()
+	before := importsIdle(t, 2)
 	const exports = 5
 	for i := range exports {
 		name := fmt.Sprintf("own-%d", i)
@@ -186,7 +182,7 @@ func TestOwnWritesQueueNothing(t *testing.T) {
 			return nil
 		})
 	}
-	if n := idle() - before; n > 2*exports {
+	if n := importsIdle(t, 2) - before; n > 2*exports {
 		t.Errorf("c reconciled imports %d times for %d new exports, want at most %d", n, exports, 2*exports)
 	} else {
 		t.Logf("c reconciled imports %d times for %d new exports", n, exports)
