@@ -90,9 +90,9 @@ read -r total passed failed skipped nonconformant < <(awk '
 	END { printf "%d %d %d %d %d\n", n, p, f, s, c }' "$out/report.yaml")
 echo "conformance: $passed of $total specs passed, $failed failed, $nonconformant non-conformant, $skipped skipped, in $elapsed s ($procs at once)" >&2
 echo "conformance: reports in $out/report.yaml and $out/report.html, the suite's log in $out/suite.log" >&2
-[ "$total" -gt 0 ] || { echo "conformance: the report lists no specs" >&2; exit 1; }
 # An empty suitefailure ("") is the report's way of saying none.
 grep -E '^ *suitefailure: +[^" ]|^ *suitefailure: +"[^"]' "$out/report.yaml" >&2 && exit 1
+[ "$total" -gt 0 ] || { echo "conformance: the report lists no specs" >&2; exit 1; }
 if [ "$rc" -ne 0 ] || [ "$failed" -ne 0 ] || [ "$nonconformant" -ne 0 ]; then
 	awk '/^ *- desc:/ { d=$0 } /^ *passed: false$/ { print d }' "$out/report.yaml" >&2
 	exit 1
