@@ -52,8 +52,8 @@ ginkgo_version=$(cd "$suite" && go list -m -f '{{if .Replace}}{{.Replace.Version
 ginkgo=$root/bin/ginkgo-$ginkgo_version
 if [ ! -x "$ginkgo" ]; then
 	echo "conformance: building the Ginkgo CLI $ginkgo_version" >&2
-	# Built aside and renamed into place: two runs at once (IPv4 and
-	# dual-stack) may both build it.
+	# Built aside and renamed into place: two runs at once (say make
+	# conformance-against beside make conformance) may both build it.
 	mkdir -p "$root/bin"
 	gobin=$(mktemp -d "$root/bin/.ginkgo.XXXXXX")
 	GOBIN=$gobin go install "github.com/onsi/ginkgo/v2/ginkgo@$ginkgo_version"
