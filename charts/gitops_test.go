@@ -37,7 +37,8 @@ var (
 func isthmusctl(t *testing.T) string {
 	t.Helper()
 	ctlOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "isthmusctl-")
+		// In the harness's directory, which its Stop removes.
+		dir, err := os.MkdirTemp(clusters.Dir, "isthmusctl-")
 		if err != nil {
 			ctlErr = err
 			return

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -38,6 +39,9 @@ func TestUpgradeKeepsTraffic(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The next version's clone and image (after the clusterset's Stop,
+	// registered later, so run first).
+	t.Cleanup(func() { os.RemoveAll(filepath.Dir(next)) })
 	s := Start(t, Options{Members: 2, Images: []string{next}, Values: []string{"image.tag=" + ImageTag(a.Version)}})
 	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
 	defer cancel()
