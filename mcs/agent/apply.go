@@ -79,22 +79,12 @@ func (a *Agent) applyImport(ctx context.Context, p *importPlan) error {
 // cache).
 func (a *Agent) writeImport(ctx context.Context, si, last *mcsv1beta1.ServiceImport) (*mcsv1beta1.ServiceImport, error) {
 	hash := contentHash([]any{si.Labels, si.Annotations, si.Spec})
-	holds := func(o *mcsv1beta1.ServiceImport) bool { return o.Annotations[annotationHash] == hash }
 	cur, err := a.serviceImports.ServiceImports(si.Namespace).Get(si.Name)
 	if last != nil {
 		cur, err = last, nil
 	}
-	ok := err == nil
-	if ok && holds(cur) {
-		return cur, nil
-	}
-	si.Annotations[annotationHash] = hash
-	var out *mcsv1beta1.ServiceImport
-	err = a.own.noted(importWriteKey(si.Namespace, si.Name), hash, func() (err error) {
-		out, err = put(ctx, a.cfg.LocalMCS.MulticlusterV1beta1().ServiceImports(si.Namespace), si, cur, ok, holds)
-		a.countWrite("local", writeVerb(ok), err)
-		return err
-	})
+	out, err := writeWhole(ctx, a, a.cfg.LocalMCS.MulticlusterV1beta1().ServiceImports(si.Namespace), si, cur, err == nil,
+		hash, "local", importWriteKey(si.Namespace, si.Name))
 	if err != nil {
 		return nil, fmt.Errorf("writing ServiceImport %s/%s: %w", si.Namespace, si.Name, err)
 	}

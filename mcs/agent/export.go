@@ -136,17 +136,10 @@ func (a *Agent) recordLabels(ns, name string) map[string]string {
 // exactly it.
 func (a *Agent) publishRecord(ctx context.Context, rec *brokerv1.ExportedService) error {
 	hash := contentHash([]any{rec.Labels, rec.Annotations, rec.Spec})
-	holds := func(o *brokerv1.ExportedService) bool { return o.Annotations[annotationHash] == hash }
 	cur, ok := a.brokerExport(rec.Name)
-	if ok && holds(cur) {
-		return nil
-	}
-	rec.Annotations[annotationHash] = hash
-	return a.own.noted(recordWriteKey(rec.Name), hash, func() error {
-		_, err := put(ctx, a.cfg.BrokerClient.BrokerV1alpha1().ExportedServices(rec.Namespace), rec, cur, ok, holds)
-		a.countWrite("broker", writeVerb(ok), err)
-		return err
-	})
+	_, err := writeWhole(ctx, a, a.cfg.BrokerClient.BrokerV1alpha1().ExportedServices(rec.Namespace), rec, cur, ok,
+		hash, "broker", recordWriteKey(rec.Name))
+	return err
 }
 
 // publishSlices mirrors the local EndpointSlices of a service to the

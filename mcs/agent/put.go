@@ -69,6 +69,34 @@ func put[T metav1.Object](ctx context.Context, api objectAPI[T], want T, cur T, 
 	}
 }
 
+// writeWhole is the write of every object the agent alone writes: nothing
+// when cur (the cache's, ok) already holds hash, else want, carrying hash,
+// written by put and counted; ownKey, when set, is where ownWrites
+// remembers it so its event queues nothing.
+func writeWhole[T metav1.Object](ctx context.Context, a *Agent, api objectAPI[T], want, cur T, ok bool, hash, target, ownKey string) (T, error) {
+	holds := func(o T) bool { return o.GetAnnotations()[annotationHash] == hash }
+	if ok && holds(cur) {
+		return cur, nil
+	}
+	annotations := want.GetAnnotations()
+	if annotations == nil {
+		annotations = map[string]string{}
+	}
+	annotations[annotationHash] = hash
+	want.SetAnnotations(annotations)
+	var out T
+	write := func() (err error) {
+		out, err = put(ctx, api, want, cur, ok, holds)
+		a.countWrite(target, writeVerb(ok), err)
+		return err
+	}
+	if ownKey == "" {
+		return out, write()
+	}
+	err := a.own.noted(ownKey, hash, write)
+	return out, err
+}
+
 // keepForeign makes want an update of cur: its resourceVersion, its
 // finalizers, and the labels and annotations another manager (a person,
 // another controller) put on cur. The managed fields say whose a key is:

@@ -25,31 +25,15 @@ import (
 // already holds exactly it (the hash annotation says so).
 func (a *Agent) applySlice(ctx context.Context, target string, api objectAPI[*discoveryv1.EndpointSlice], s *discoveryv1.EndpointSlice) error {
 	hash := contentHash([]any{s.Labels, s.OwnerReferences, s.AddressType, s.Endpoints, s.Ports})
-	holds := func(o *discoveryv1.EndpointSlice) bool { return o.Annotations[annotationHash] == hash }
-	var cur *discoveryv1.EndpointSlice
+	cur := a.cachedSlice(a.ownSlices, s.Namespace, s.Name)
+	// Every agent imports from the broker's slices, this one's own import
+	// included: their events queue as anyone's, so they are not noted.
+	ownKey := sliceWriteKey(s.Namespace, s.Name)
 	if target == "broker" {
-		cur = a.cachedSlice(a.brokerSlices, s.Namespace, s.Name)
-	} else {
-		cur = a.cachedSlice(a.ownSlices, s.Namespace, s.Name)
+		cur, ownKey = a.cachedSlice(a.brokerSlices, s.Namespace, s.Name), ""
 	}
-	if cur != nil && holds(cur) {
-		return nil
-	}
-	if s.Annotations == nil {
-		s.Annotations = map[string]string{}
-	}
-	s.Annotations[annotationHash] = hash
-	write := func() error {
-		_, err := put(ctx, api, s, cur, cur != nil, holds)
-		a.countWrite(target, writeVerb(cur != nil), err)
-		return err
-	}
-	if target == "broker" {
-		// Every agent imports from the broker's slices, this one's own
-		// import included: their events queue as anyone's.
-		return write()
-	}
-	return a.own.noted(sliceWriteKey(s.Namespace, s.Name), hash, write)
+	_, err := writeWhole(ctx, a, api, s, cur, cur != nil, hash, target, ownKey)
+	return err
 }
 
 func (a *Agent) countWrite(target, verb string, err error) {
