@@ -18,6 +18,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/leaderelection"
 	"k8s.io/client-go/tools/leaderelection/resourcelock"
+	"k8s.io/client-go/util/retry"
 )
 
 // The default timings, client-go's recommended ones: a dead leader blocks
@@ -136,19 +137,24 @@ func orDefault(d, def time.Duration) time.Duration {
 
 // release hands the Lease back if this replica still holds it, as
 // client-go's elector does on cancel: no holder and a one-second
-// duration, so a stand-by takes it at its next try.
+// duration, so a stand-by takes it at its next try. It reads the Lease
+// afresh and retries on a conflict: a renewal the elector sent just as
+// ctx ended is canceled on the client but may still land on the server
+// after our read, and the release must not lose to it.
 func release(lock *resourcelock.LeaseLock, identity string) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	rec, _, err := lock.Get(ctx)
-	if err != nil {
-		return err
-	}
-	if rec.HolderIdentity != identity {
-		return nil
-	}
-	now := metav1.NewTime(time.Now())
-	return lock.Update(ctx, resourcelock.LeaderElectionRecord{
-		LeaderTransitions: rec.LeaderTransitions, LeaseDurationSeconds: 1, RenewTime: now, AcquireTime: now,
+	return retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		rec, _, err := lock.Get(ctx)
+		if err != nil {
+			return err
+		}
+		if rec.HolderIdentity != identity {
+			return nil
+		}
+		now := metav1.NewTime(time.Now())
+		return lock.Update(ctx, resourcelock.LeaderElectionRecord{
+			LeaderTransitions: rec.LeaderTransitions, LeaseDurationSeconds: 1, RenewTime: now, AcquireTime: now,
+		})
 	})
 }

@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	coordinationv1 "k8s.io/api/coordination/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/kubernetes"
@@ -187,5 +189,30 @@ func TestReleasedOnlyAfterWorkReturned(t *testing.T) {
 	defer mu.Unlock()
 	if tookOver.Before(finished) {
 		t.Errorf("b took over %v before a's work returned", finished.Sub(tookOver))
+	}
+}
+
+// TestReleasedDespiteALateRenewal: a renewal the elector sent as ctx ended
+// is canceled on the client yet may land on the server after the release
+// read the Lease, so the release's update conflicts. It must read again and
+// release, not leave the Lease held until it expires.
+func TestReleasedDespiteALateRenewal(t *testing.T) {
+	c := fake.NewClientset()
+	var conflicted atomic.Bool
+	c.PrependReactor("update", "leases", func(a k8stesting.Action) (bool, runtime.Object, error) {
+		l := a.(k8stesting.UpdateAction).GetObject().(*coordinationv1.Lease)
+		if (l.Spec.HolderIdentity == nil || *l.Spec.HolderIdentity == "") && !conflicted.Swap(true) {
+			return true, nil, apierrors.NewConflict(coordinationv1.Resource("leases"), l.Name, errors.New("the object has been modified"))
+		}
+		return false, nil, nil
+	})
+	if err := Run(context.Background(), fast(c, "a"), func(context.Context) error { return nil }); err != nil {
+		t.Fatalf("Run = %v", err)
+	}
+	if !conflicted.Load() {
+		t.Fatal("the release never updated the Lease")
+	}
+	if h := holder(t, c); h != "" {
+		t.Errorf("the Lease after a clean stop is held by %q, want released", h)
 	}
 }
