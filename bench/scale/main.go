@@ -41,6 +41,7 @@ import (
 
 	"github.com/isthmus-dev/isthmus/bench/internal/fleet"
 	"github.com/isthmus-dev/isthmus/mcs/agent"
+	brokerv1 "github.com/isthmus-dev/isthmus/mcs/api/broker/v1alpha1"
 	"github.com/isthmus-dev/isthmus/test/cluster"
 )
 
@@ -250,15 +251,25 @@ func run(ctx context.Context, log *slog.Logger, c config) error {
 	if err := waitWithdrawn(ctx, full, simName(0), c.exports); err != nil {
 		return err
 	}
-	took := time.Since(diedAt)
+	withdrawnAt := time.Now()
+	took := withdrawnAt.Sub(diedAt)
 	after, err := broker.sample()
 	if err != nil {
 		return err
 	}
+	// The agents count withdraw-after from the last renewal they saw, which
+	// came up to one renewal period before the stop: the target is judged
+	// from that renewal, read back from the broker.
+	dead, err := cs.Broker.Client.CoordinationV1().Leases(brokerv1.DefaultBrokerNamespace).Get(ctx, brokerv1.LeaseName(simName(0)), metav1.GetOptions{})
+	if err != nil || dead.Spec.RenewTime == nil {
+		return fmt.Errorf("reading %s's Lease back: %v", simName(0), err)
+	}
+	sinceRenewal := withdrawnAt.Sub(dead.Spec.RenewTime.Time)
 	total := after.writes - before.writes
 	renewals := float64(c.members+2) / (c.lease / 3).Seconds() * took.Seconds()
-	fmt.Printf("| %s stops renewing its Lease | measured |\n|---|---|\n| → withdrawn from every import in a, b and c | %v (withdraw-after %v, plus up to one renewal period) |\n| broker writes meanwhile | %.0f, of which about %.0f the other members' renewals: **%.0f caused** (%s) |\n\n",
-		simName(0), took.Round(100*time.Millisecond), c.withdraw, total, renewals, total-renewals, after.diff(before))
+	fmt.Printf("| %s stops renewing its Lease | measured |\n|---|---|\n| its last renewal → withdrawn from every import in a, b and c | %v: withdraw-after %v **+ %v** |\n| … from the stop (its last renewal came %v before) | %v |\n| broker writes meanwhile | %.0f, of which about %.0f the other members' renewals: **%.0f caused** (%s) |\n\n",
+		simName(0), sinceRenewal.Round(100*time.Millisecond), c.withdraw, (sinceRenewal - c.withdraw).Round(100*time.Millisecond),
+		diedAt.Sub(dead.Spec.RenewTime.Time).Round(100*time.Millisecond), took.Round(100*time.Millisecond), total, renewals, total-renewals, after.diff(before))
 	fmt.Printf("Load at the end: %s.\n", loadavg())
 	return nil
 }
