@@ -258,8 +258,18 @@ func (a *Agent) Run(ctx context.Context) error {
 func (a *Agent) lead(ctx context.Context) {
 	a.leading.Store(true)
 	defer a.leading.Store(false)
-	go a.heartbeat(ctx)
+	linked := make(chan struct{})
+	go a.heartbeat(ctx, linked)
 	go a.watchHealth(ctx)
+	// Imports follow the peers' health, and health is judged only once
+	// the first heartbeat has said whether the broker is reached: before
+	// that, a peer that died before this start would count as healthy and
+	// its endpoints come back until the next health check.
+	select {
+	case <-linked:
+	case <-ctx.Done():
+		return
+	}
 	if a.gatewayMode() {
 		if err := a.seedEgress(ctx); err != nil {
 			return // ctx ended

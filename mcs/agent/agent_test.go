@@ -146,9 +146,10 @@ func TestHealthFollowsEachLease(t *testing.T) {
 		clusters:      brokerlisters.NewClusterLister(cache.NewIndexer(cache.MetaNamespaceKeyFunc, cache.Indexers{cache.NamespaceIndex: cache.MetaNamespaceIndexFunc}))}
 	a.heartbeats.Default = a.cfg.LeaseDuration
 	a.link.Store(&brokerv1.BrokerLink{Up: true, Since: time.Now().Add(-time.Hour)})
-	// A renewTime from the far past: only when this agent saw it counts.
+	// A renewTime from the future: it buys nothing, this agent's clock
+	// counts from when it saw the Lease.
 	l := &coordinationv1.Lease{ObjectMeta: metav1.ObjectMeta{Name: brokerv1.LeaseName("b"), Namespace: "ns", Labels: map[string]string{brokerv1.LabelSourceCluster: "b"}},
-		Spec: coordinationv1.LeaseSpec{RenewTime: &metav1.MicroTime{Time: time.Now().Add(-time.Hour)}, LeaseDurationSeconds: new(int32(1))}}
+		Spec: coordinationv1.LeaseSpec{RenewTime: &metav1.MicroTime{Time: time.Now().Add(time.Hour)}, LeaseDurationSeconds: new(int32(1))}}
 	if err := leases.Add(l); err != nil {
 		t.Fatal(err)
 	}

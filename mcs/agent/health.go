@@ -187,8 +187,9 @@ func (a *Agent) heartbeatCondition(h brokerv1.Health) metav1.Condition {
 }
 
 // heartbeat renews this cluster's Lease every third of its duration and
-// keeps its Cluster record current (a write only when it changed).
-func (a *Agent) heartbeat(ctx context.Context) {
+// keeps its Cluster record current (a write only when it changed). It
+// closes linked once the first attempt has set the link to the broker.
+func (a *Agent) heartbeat(ctx context.Context, linked chan<- struct{}) {
 	period := a.cfg.LeaseDuration / 3
 	connected := true
 	for {
@@ -214,12 +215,22 @@ func (a *Agent) heartbeat(ctx context.Context) {
 				a.log.Info("broker reachable again; republishing exports")
 				a.exportsAll()
 			}
-			if !connected || a.link.Load() == nil {
+			switch {
+			case a.link.Load() == nil:
+				// The first connection is no return from an outage: the
+				// peers' Leases as first found say how long they have
+				// been silent (brokerv1.HeartbeatClock).
+				a.link.Store(&brokerv1.BrokerLink{Up: true})
+			case !connected:
 				a.link.Store(&brokerv1.BrokerLink{Up: true, Since: time.Now()})
 			}
 			connected = true
 			a.metrics.brokerConnected.Set(1)
 			a.heartbeatOK.Store(true)
+		}
+		if linked != nil {
+			close(linked)
+			linked = nil
 		}
 		select {
 		case <-ctx.Done():

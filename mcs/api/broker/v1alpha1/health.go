@@ -13,9 +13,18 @@ import (
 // the records it reads, and both call it.
 //
 // A member's heartbeat is judged by this process's own clock: what counts
-// is when this process last saw the peer's Lease renewed, never the
-// renewTime the peer wrote. A peer with a slow, fast or lying clock can
-// neither keep itself imported while dead nor get a healthy peer withdrawn.
+// is when this process last saw the peer's Lease renewed, not the
+// renewTime the peer wrote. The one exception is a Lease as first found
+// (at this process's start, or a member's arrival), whose renewal this
+// process did not see happen: it counts from the renewTime the peer
+// wrote, never later than now. Otherwise every restart of an agent would
+// bring a dead peer's endpoints back for a whole withdraw period (5 min by
+// default), and a peer that died while agents restarted would stay
+// imported until they all had been up that long. So a peer with a fast or
+// lying clock can neither keep itself imported while dead nor get another
+// peer withdrawn; one whose clock lags by more than its Lease duration
+// looks unhealthy to a process that just started, until that process sees
+// its next renewal (within a third of its duration).
 
 // Health is what a process concludes from a member's heartbeat Lease.
 type Health int
@@ -105,7 +114,11 @@ func (c *HeartbeatClock) Observe(l *coordinationv1.Lease, now time.Time) {
 		c.seen[cluster] = prev
 		return
 	}
-	c.seen[cluster] = heartbeat{renew: renew, at: now, duration: d}
+	at := now
+	if !known && renew.Before(now) {
+		at = renew // first found: see the rule above
+	}
+	c.seen[cluster] = heartbeat{renew: renew, at: at, duration: d}
 }
 
 // Forget drops a member whose Lease was deleted.

@@ -49,9 +49,27 @@ func TestHeartbeatClockJudge(t *testing.T) {
 		{name: "a renewTime far in the future buys nothing: our clock decides",
 			observe: func(c *HeartbeatClock) { c.Observe(lease("b", t0.Add(24*time.Hour), 30), t0) },
 			link:    up, at: t0.Add(time.Minute), want: Lapsed, wantNext: withdraw - time.Minute},
-		{name: "a renewTime far in the past withdraws no one: seen renewed now",
+		{name: "first found renewed a while ago: judged from that renewal",
+			observe: func(c *HeartbeatClock) { c.Observe(lease("b", t0.Add(-40*time.Second), 30), t0) },
+			link:    up, at: t0, want: Lapsed, wantNext: withdraw - 40*time.Second},
+		{name: "first found long unrenewed: withdrawn at once (a peer that died before this process started)",
 			observe: func(c *HeartbeatClock) { c.Observe(lease("b", t0.Add(-24*time.Hour), 30), t0) },
-			link:    up, at: t0.Add(time.Second), want: Healthy, wantNext: 29 * time.Second},
+			link:    up, at: t0, want: Withdrawn},
+		{name: "a renewal seen after first sight counts from this clock",
+			observe: func(c *HeartbeatClock) {
+				c.Observe(lease("b", t0.Add(-24*time.Hour), 30), t0)
+				c.Observe(lease("b", t0.Add(-24*time.Hour+10*time.Second), 30), t0.Add(10*time.Second))
+			},
+			link: up, at: t0.Add(11 * time.Second), want: Healthy, wantNext: 29 * time.Second},
+		{name: "a renewTime in the past only counts at first sight",
+			observe: func(c *HeartbeatClock) {
+				c.Observe(lease("b", t0, 30), t0)
+				c.Observe(lease("b", t0.Add(-24*time.Hour), 30), t0.Add(10*time.Second))
+			},
+			link: up, at: t0.Add(11 * time.Second), want: Healthy, wantNext: 29 * time.Second},
+		{name: "first found long unrenewed, then a broker outage: a full period from its return",
+			observe: func(c *HeartbeatClock) { c.Observe(lease("b", t0.Add(-24*time.Hour), 30), t0) },
+			link:    &BrokerLink{Up: true, Since: t0.Add(time.Minute)}, at: t0.Add(time.Minute + 40*time.Second), want: Lapsed, wantNext: withdraw - 40*time.Second},
 		{name: "the same renewTime seen again is no renewal",
 			observe: func(c *HeartbeatClock) {
 				c.Observe(lease("b", t0, 30), t0)
