@@ -8,8 +8,10 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -298,16 +300,66 @@ func (n *realNode) ImportImage(ctx context.Context, archive string) error {
 // cgroups. The namespaces, their mounts and interfaces (the veth into the
 // underlay, the CNI bridge, pod sandboxes) end with their last process.
 func (n *realNode) stop() error {
+	namespaces := namespacesOf(n.holderPID())
 	for _, p := range []*process{n.kubelet, n.proxy} {
 		p.stop(5 * time.Second)
 	}
 	n.containerd.stop(5 * time.Second)
 	err := removeCgroupTree(n.cgroup, 20*time.Second)
 	n.holder.stop(time.Second)
+	// A process can be in the node's namespaces and in none of its
+	// cgroups: a CI run (2026-12-06) found one left in the node's mount
+	// namespace but another network namespace after all of the above,
+	// which is what a runc init joining a pod looks like mid-way.
+	err = errors.Join(err, killInNamespaces(namespaces, 5*time.Second))
 	for _, s := range n.stops {
 		s()
 	}
 	return err
+}
+
+// namespacesOf names pid's network and mount namespaces (as their
+// /proc links read); none for a process that is gone.
+func namespacesOf(pid int) []string {
+	var ids []string
+	for _, ns := range []string{"net", "mnt"} {
+		if id, err := os.Readlink(fmt.Sprintf("/proc/%d/ns/%s", pid, ns)); err == nil {
+			ids = append(ids, id)
+		}
+	}
+	return ids
+}
+
+// killInNamespaces SIGKILLs every process in any of the namespaces until
+// none is left, or fails after timeout.
+func killInNamespaces(namespaces []string, timeout time.Duration) error {
+	if len(namespaces) == 0 {
+		return nil
+	}
+	deadline := time.Now().Add(timeout)
+	for {
+		var left []int
+		procs, _ := filepath.Glob("/proc/[0-9]*")
+		for _, p := range procs {
+			pid, _ := strconv.Atoi(filepath.Base(p))
+			if pid == os.Getpid() {
+				continue
+			}
+			if ids := namespacesOf(pid); slices.ContainsFunc(ids, func(id string) bool { return slices.Contains(namespaces, id) }) {
+				left = append(left, pid)
+			}
+		}
+		if len(left) == 0 {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("processes %v survive SIGKILL in namespaces %v", left, namespaces)
+		}
+		for _, pid := range left {
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }
 
 // cniConfig is the bridge network of a node's pods: host-local hands out
