@@ -90,10 +90,14 @@ func writeWhole[T metav1.Object](ctx context.Context, a *Agent, api objectAPI[T]
 		a.countWrite(target, writeVerb(ok), err)
 		return err
 	}
+	var err error
 	if ownKey == "" {
-		return out, write()
+		err = write()
+	} else {
+		err = a.own.noted(ownKey, hash, write)
 	}
-	err := a.own.noted(ownKey, hash, write)
+	// Not `return out, write()`: the spec leaves unordered whether out is
+	// read before or after the call that sets it.
 	return out, err
 }
 

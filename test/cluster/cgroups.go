@@ -107,24 +107,29 @@ func cgroupPIDs(root string) []int {
 	return pids
 }
 
+// killUntilGone SIGKILLs the processes list names until it names none,
+// and returns those it still names once deadline has passed.
+func killUntilGone(list func() []int, deadline time.Time) []int {
+	for {
+		pids := list()
+		if len(pids) == 0 || time.Now().After(deadline) {
+			return pids
+		}
+		for _, pid := range pids {
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
 // removeCgroupTree kills every process left in the cgroup root or below it
 // (a node's containerd shims and containers, which outlive their parents),
 // waits for the cgroups to empty, and removes them depth-first in every
 // hierarchy. It is a no-op for a root that does not exist.
 func removeCgroupTree(root string, timeout time.Duration) error {
 	deadline := time.Now().Add(timeout)
-	for {
-		pids := cgroupPIDs(root)
-		if len(pids) == 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("cgroup %s: processes %v survive SIGKILL", root, pids)
-		}
-		for _, pid := range pids {
-			_ = syscall.Kill(pid, syscall.SIGKILL)
-		}
-		time.Sleep(50 * time.Millisecond)
+	if pids := killUntilGone(func() []int { return cgroupPIDs(root) }, deadline); len(pids) > 0 {
+		return fmt.Errorf("cgroup %s: processes %v survive SIGKILL", root, pids)
 	}
 	hs, _ := cgroupHierarchies()
 	var errs []error

@@ -11,7 +11,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -336,9 +335,8 @@ func killInNamespaces(namespaces []string, timeout time.Duration) error {
 	if len(namespaces) == 0 {
 		return nil
 	}
-	deadline := time.Now().Add(timeout)
-	for {
-		var left []int
+	in := func() []int {
+		var pids []int
 		procs, _ := filepath.Glob("/proc/[0-9]*")
 		for _, p := range procs {
 			pid, _ := strconv.Atoi(filepath.Base(p))
@@ -346,20 +344,15 @@ func killInNamespaces(namespaces []string, timeout time.Duration) error {
 				continue
 			}
 			if ids := namespacesOf(pid); slices.ContainsFunc(ids, func(id string) bool { return slices.Contains(namespaces, id) }) {
-				left = append(left, pid)
+				pids = append(pids, pid)
 			}
 		}
-		if len(left) == 0 {
-			return nil
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("processes %v survive SIGKILL in namespaces %v", left, namespaces)
-		}
-		for _, pid := range left {
-			_ = syscall.Kill(pid, syscall.SIGKILL)
-		}
-		time.Sleep(50 * time.Millisecond)
+		return pids
 	}
+	if left := killUntilGone(in, time.Now().Add(timeout)); len(left) > 0 {
+		return fmt.Errorf("processes %v survive SIGKILL in namespaces %v", left, namespaces)
+	}
+	return nil
 }
 
 // cniConfig is the bridge network of a node's pods: host-local hands out
