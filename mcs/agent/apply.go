@@ -64,10 +64,9 @@ func (a *Agent) applyImport(ctx context.Context, p *importPlan) error {
 	}
 	for _, cur := range slicesIn(a.ownSlices, ns+"/"+name) {
 		if p.Slices[cur.Name] == nil {
-			if err := api.Delete(ctx, cur.Name, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
+			if err := a.deleteOwn(sliceWriteKey(ns, cur.Name), func() error { return api.Delete(ctx, cur.Name, metav1.DeleteOptions{}) }); err != nil {
 				return fmt.Errorf("deleting stale EndpointSlice %s/%s: %w", ns, cur.Name, err)
 			}
-			a.countWrite("local", "delete", nil)
 		}
 	}
 	a.updateImportGauge()
@@ -127,9 +126,19 @@ func (a *Agent) deleteDerived(ctx context.Context, ns, name string) error {
 	if a.cachedDerived(ns, name) == nil {
 		return nil
 	}
-	err := a.cfg.Local.CoreV1().Services(ns).Delete(ctx, name, metav1.DeleteOptions{})
-	if err != nil && !apierrors.IsNotFound(err) {
+	if err := a.deleteOwn(derivedWriteKey(ns, name), func() error {
+		return a.cfg.Local.CoreV1().Services(ns).Delete(ctx, name, metav1.DeleteOptions{})
+	}); err != nil {
 		return fmt.Errorf("deleting derived Service %s/%s: %w", ns, name, err)
+	}
+	return nil
+}
+
+// deleteOwn deletes an object this agent wrote, at key in ownWrites, so
+// that the deletion's event queues nothing; one already gone is no error.
+func (a *Agent) deleteOwn(key string, del func() error) error {
+	if err := a.own.deleting(key, del); err != nil && !apierrors.IsNotFound(err) {
+		return err
 	}
 	a.countWrite("local", "delete", nil)
 	return nil
@@ -211,11 +220,11 @@ func (a *Agent) removeImport(ctx context.Context, ns, name string) error {
 		return nil
 	}
 	if si != nil && err == nil {
-		err := a.cfg.LocalMCS.MulticlusterV1beta1().ServiceImports(ns).Delete(ctx, name, metav1.DeleteOptions{})
-		if err != nil && !apierrors.IsNotFound(err) {
+		if err := a.deleteOwn(importWriteKey(ns, name), func() error {
+			return a.cfg.LocalMCS.MulticlusterV1beta1().ServiceImports(ns).Delete(ctx, name, metav1.DeleteOptions{})
+		}); err != nil {
 			return fmt.Errorf("deleting ServiceImport %s/%s: %w", ns, name, err)
 		}
-		a.countWrite("local", "delete", nil)
 	}
 	// The ServiceImport and its annotation are gone: its ports are free.
 	a.releaseEgress(ns + "/" + name)
@@ -225,10 +234,11 @@ func (a *Agent) removeImport(ctx context.Context, ns, name string) error {
 		return err
 	}
 	for _, s := range own {
-		if err := a.cfg.Local.DiscoveryV1().EndpointSlices(ns).Delete(ctx, s.Name, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
+		if err := a.deleteOwn(sliceWriteKey(ns, s.Name), func() error {
+			return a.cfg.Local.DiscoveryV1().EndpointSlices(ns).Delete(ctx, s.Name, metav1.DeleteOptions{})
+		}); err != nil {
 			return fmt.Errorf("deleting EndpointSlice %s/%s: %w", ns, s.Name, err)
 		}
-		a.countWrite("local", "delete", nil)
 	}
 	a.updateImportGauge()
 	return nil

@@ -129,8 +129,8 @@ func (a *Agent) setupInformers() error {
 				fn(o)
 			},
 			DeleteFunc: func(o any) {
-				if ownKeyOf != nil {
-					a.own.forget(ownKeyOf(o))
+				if ownKeyOf != nil && a.own.gone(ownKeyOf(o)) {
+					return
 				}
 				fn(o)
 			},

@@ -22,7 +22,9 @@ import (
 // and queues nothing; any other change (someone else's, or a deletion)
 // queues as before. The hash is remembered before the write is sent, since
 // the watch often delivers the event before the client reads the response,
-// and forgotten if the write fails. A status the agent wrote changes no
+// and forgotten if the write fails. The agent's own deletes are
+// remembered the same way, so that their events queue nothing either; a
+// deletion by anyone else queues as before. A status the agent wrote changes no
 // annotation, so its event is one of these too; a status someone else
 // changes is put right at the object's next change.
 type ownWrites struct{ m sync.Map } // object key → hash
@@ -46,6 +48,29 @@ func recordWriteKey(name string) string      { return "record/" + name }
 func importWriteKey(ns, name string) string  { return "import/" + ns + "/" + name }
 func derivedWriteKey(ns, name string) string { return "derived/" + ns + "/" + name }
 func sliceWriteKey(ns, name string) string   { return "slice/" + ns + "/" + name }
+
+// deletedMark is what ownWrites holds for an object the agent is deleting;
+// no content hash (hex) equals it.
+const deletedMark = "deleted"
+
+// deleting runs the agent's own delete of the object at key, remembering
+// it so that the delete's event queues nothing, unless it fails.
+func (w *ownWrites) deleting(key string, del func() error) error {
+	w.intend(key, deletedMark)
+	err := del()
+	if err != nil {
+		w.failed(key, deletedMark)
+	}
+	return err
+}
+
+// gone forgets the object at key, deleted, and reports whether the agent
+// deleted it itself: then the reconcile that did so had every input the
+// event brings.
+func (w *ownWrites) gone(key string) bool {
+	h, ok := w.m.LoadAndDelete(key)
+	return ok && h.(string) == deletedMark
+}
 
 // noted runs a write of the object at key with content hash, remembering
 // it unless it fails.

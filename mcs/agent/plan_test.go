@@ -365,3 +365,24 @@ func TestServiceFamilies(t *testing.T) {
 		}
 	}
 }
+
+// BenchmarkPlanImport plans one service exported by 1,000 clusters, each
+// with one ready endpoint inside the pod range it claims: the import the
+// scale benchmark's full members hold, replanned when one of them goes.
+func BenchmarkPlanImport(b *testing.B) {
+	in := importInput{Namespace: "ns", Name: "web", Local: "local", Endpoints: map[string][]*discoveryv1.EndpointSlice{}, Clusters: map[string]clusterState{}}
+	for i := range 1000 {
+		c := fmt.Sprintf("sim-%04d", i)
+		in.Exports = append(in.Exports, planExport(c, i, brokerv1.ClusterSetIP, ""))
+		s := planSlices(c, true)
+		s[0].Endpoints[0].Addresses = []string{fmt.Sprintf("10.%d.%d.1", i/256, i%256)}
+		in.Endpoints[c] = s
+		in.Clusters[c] = clusterState{Claimed: true, PodCIDRs: []netip.Prefix{netip.MustParsePrefix(fmt.Sprintf("10.%d.%d.0/24", i/256, i%256))}}
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		if p := planImport(in); len(p.Slices) != 2000 {
+			b.Fatalf("%d slices planned, want 2,000 (MCS and derived, one each per cluster)", len(p.Slices))
+		}
+	}
+}

@@ -22,10 +22,13 @@ import (
 func routePorts(byCluster map[string][]*discoveryv1.EndpointSlice, exports []*brokerv1.ExportedService, merged []brokerv1.ServicePort,
 	choose func(serving map[string][]*discoveryv1.EndpointSlice) []string) map[string]map[string]bool {
 	routed := map[string]map[string]bool{}
+	// Looked up once per cluster and port: a scan of every export each
+	// time made this quadratic in the number of exporting clusters.
+	exportOf := exportsByCluster(exports)
 	for _, port := range merged {
 		serving := map[string][]*discoveryv1.EndpointSlice{}
 		for c, s := range byCluster {
-			if e := exportOf(exports, c); e != nil && servesAs(e.Spec.Ports, merged, port.Name) {
+			if e := exportOf[c]; e != nil && servesAs(e.Spec.Ports, merged, port.Name) {
 				serving[c] = s
 			}
 		}
@@ -69,14 +72,16 @@ func servesAs(exported, merged []brokerv1.ServicePort, name string) bool {
 	return false
 }
 
-// exportOf is cluster's export among exports, nil when none.
-func exportOf(exports []*brokerv1.ExportedService, cluster string) *brokerv1.ExportedService {
+// exportsByCluster indexes exports by their cluster, the first of each
+// cluster's.
+func exportsByCluster(exports []*brokerv1.ExportedService) map[string]*brokerv1.ExportedService {
+	m := make(map[string]*brokerv1.ExportedService, len(exports))
 	for _, e := range exports {
-		if e.Spec.SourceCluster == cluster {
-			return e
+		if _, dup := m[e.Spec.SourceCluster]; !dup {
+			m[e.Spec.SourceCluster] = e
 		}
 	}
-	return nil
+	return m
 }
 
 func sortedKeys[V any](m map[string]V) []string {

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"errors"
 	"maps"
 	"testing"
 
@@ -84,5 +85,26 @@ func TestOwnWrites(t *testing.T) {
 	w.forget(k)
 	if w.shows(k, obj("h3")) {
 		t.Error("a deleted object's write still shows")
+	}
+
+	// The agent's own deletion is gone without a trace; anyone else's,
+	// or one whose delete failed, or one written again since, is not.
+	if err := w.deleting(k, func() error { return nil }); err != nil || !w.gone(k) {
+		t.Error("the agent's own deletion is not recognised")
+	}
+	if w.gone(k) {
+		t.Error("a deletion is recognised twice")
+	}
+	w.intend(k, "h4")
+	if w.gone(k) {
+		t.Error("a deletion by someone else (the agent last wrote h4) counts as the agent's")
+	}
+	if err := w.deleting(k, func() error { return errors.New("refused") }); err == nil || w.gone(k) {
+		t.Error("a failed deletion counts as the agent's")
+	}
+	_ = w.deleting(k, func() error { return nil })
+	w.intend(k, "h5") // written again before the deletion's event came
+	if w.gone(k) || w.shows(k, obj("h5")) {
+		t.Error("an object deleted, then written again, hides the deletion's event, or is remembered after it")
 	}
 }

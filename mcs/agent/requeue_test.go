@@ -8,6 +8,8 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	mcsv1beta1 "sigs.k8s.io/mcs-api/pkg/apis/v1beta1"
@@ -186,5 +188,47 @@ func TestOwnWritesQueueNothing(t *testing.T) {
 		t.Errorf("c reconciled imports %d times for %d new exports, want at most %d", n, exports, 2*exports)
 	} else {
 		t.Logf("c reconciled imports %d times for %d new exports", n, exports)
+	}
+}
+
+// TestOwnDeletesQueueNothing puts a stray slice among c's slices of an
+// import, as a person or a broken controller might: its event queues the
+// import, whose reconcile deletes it. That deletion is c's own, and its
+// event brings nothing the reconcile did not have: one reconcile in all,
+// where c ran a second for every slice it deleted before (at 1,000
+// clusters, a dead member's withdrawal then cost every import twice).
+func TestOwnDeletesQueueNothing(t *testing.T) {
+	clusterset(t)
+	ctx := ctxFor(t, 2*time.Minute)
+	ns := "owndeletes"
+	namespace(t, ctx, ns, 0, 1, 2)
+	if _, err := clusters.Members[0].Client.CoreV1().Services(ns).Create(ctx, &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Name: "web"},
+		Spec:       corev1.ServiceSpec{Ports: []corev1.ServicePort{{Name: "http", Port: 80, Protocol: corev1.ProtocolTCP}}},
+	}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	exportService(t, ctx, 0, ns, "web", nil, nil)
+	eventually(t, propagation, "web imported in c", func() error {
+		_, err := viewImport(ctx, t, 2, ns, "web")
+		return err
+	})
+	before := importsIdle(t, 2)
+	eps := clusters.Members[2].Client.DiscoveryV1().EndpointSlices(ns)
+	if _, err := eps.Create(ctx, &discoveryv1.EndpointSlice{
+		ObjectMeta: metav1.ObjectMeta{Name: "web-stray", Labels: map[string]string{
+			brokerv1.LabelManagedBy: brokerv1.ManagedBy, mcsv1beta1.LabelServiceName: "web", mcsv1beta1.LabelSourceCluster: "nowhere"}},
+		AddressType: discoveryv1.AddressTypeIPv4,
+	}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, propagation, "the stray slice deleted by c's agent", func() error {
+		if _, err := eps.Get(ctx, "web-stray", metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+			return fmt.Errorf("still there (%v)", err)
+		}
+		return nil
+	})
+	if n := importsIdle(t, 2) - before; n != 1 {
+		t.Errorf("c reconciled the import %d times for one stray slice, want 1 (the deletion's own event queued another)", n)
 	}
 }
