@@ -15,13 +15,15 @@
 // in b and c (p50/p99) and an endpoint change in a → the MCS slices in b
 // and c under the members' heartbeats, a's resolver (`isthmus dns` in a
 // process of its own) on those imports: ready, heap and RSS, agent restart →
-// synced, and a member dying → withdrawn in every full member, with the
-// broker writes that caused.
+// synced, and a member dying → withdrawn in every full member (each one's
+// time and its import reconciles meanwhile), with the broker writes that
+// caused.
 package main
 
 import (
 	"bufio"
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -29,13 +31,21 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"runtime/pprof"
+	"runtime/trace"
 	"slices"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	kruntime "k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/watch"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/cache"
+	watchtools "k8s.io/client-go/tools/watch"
 	mcsv1beta1 "sigs.k8s.io/mcs-api/pkg/apis/v1beta1"
 	mcsclient "sigs.k8s.io/mcs-api/pkg/client/clientset/versioned"
 
@@ -58,8 +68,9 @@ type config struct {
 	members, exports, samples int
 	idle, lease, withdraw     time.Duration
 	// cpuProfile, when set, receives the broker apiserver's CPU profile
-	// over the idle window.
-	cpuProfile string
+	// over the idle window; withdrawProfile this process's (the full agents
+	// run in it) and a's apiserver's over a dead member's withdrawal.
+	cpuProfile, withdrawProfile string
 }
 
 func main() {
@@ -72,6 +83,7 @@ func main() {
 	flag.DurationVar(&c.idle, "idle", time.Minute, "idle measurement window")
 	flag.DurationVar(&c.lease, "lease", 30*time.Second, "Lease duration of every member (the default; renewed every third)")
 	flag.StringVar(&c.cpuProfile, "cpuprofile", "", "write the broker kube-apiserver's CPU profile over the idle window to this file (go tool pprof reads it)")
+	flag.StringVar(&c.withdrawProfile, "withdrawprofile", "", "from 2 s before a dead member is due to be withdrawn: write this process's CPU profile (the three full agents run in it) and execution trace until it is, to FILE.agents and FILE.trace, and a's kube-apiserver's CPU profile over 12 s to FILE.apiserver-a")
 	flag.DurationVar(&c.withdraw, "withdraw-after", time.Minute, "the full agents' --withdraw-after (the default is 5 min; shorter keeps the run short)")
 	flag.Parse()
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
@@ -106,7 +118,7 @@ func signalContext() (context.Context, context.CancelFunc) {
 
 func run(ctx context.Context, log *slog.Logger, c config) error {
 	began := time.Now()
-	cs, err := cluster.New(ctx, cluster.Options{Broker: true, Members: 3, Log: log, Profiling: c.cpuProfile != ""})
+	cs, err := cluster.New(ctx, cluster.Options{Broker: true, Members: 3, Log: log, Profiling: c.cpuProfile != "" || c.withdrawProfile != ""})
 	if err != nil {
 		return err
 	}
@@ -248,28 +260,72 @@ func run(ctx context.Context, log *slog.Logger, c config) error {
 	if _, err := fmt.Fprintln(simIn, "stop", simName(0)); err != nil {
 		return err
 	}
-	if err := waitWithdrawn(ctx, full, simName(0), c.exports); err != nil {
+	// The agents count withdraw-after from the last renewal they saw, which
+	// came up to one renewal period before the stop: the target is judged
+	// from that renewal, read back from the broker once a renewal in
+	// flight at the stop has landed.
+	time.Sleep(time.Second)
+	dead, err := cs.Broker.Client.CoordinationV1().Leases(brokerv1.DefaultBrokerNamespace).Get(ctx, brokerv1.LeaseName(simName(0)), metav1.GetOptions{})
+	if err != nil || dead.Spec.RenewTime == nil {
+		return fmt.Errorf("reading %s's Lease back: %v", simName(0), err)
+	}
+	renewed := dead.Spec.RenewTime.Time
+	// What the agents do from just before the judgement is due until the
+	// last import is rewritten: their import reconciles, and (-agentprofile)
+	// where this process's and a's apiserver's CPU goes meanwhile.
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-time.After(time.Until(renewed.Add(c.withdraw - 2*time.Second))):
+	}
+	type reconciles struct{ n, secs float64 }
+	snapshot := func() []reconciles {
+		var out []reconciles
+		for _, m := range full {
+			out = append(out, reconciles{m.Metric("isthmus_agent_reconcile_seconds", "controller", "import"), m.Seconds("isthmus_agent_reconcile_seconds", "controller", "import")})
+		}
+		return out
+	}
+	due := snapshot()
+	stopProfile := func() {}
+	profiledA := make(chan error, 1)
+	if c.withdrawProfile != "" {
+		if stopProfile, err = profileSelf(c.withdrawProfile); err != nil {
+			return err
+		}
+		go func() {
+			profiledA <- profileAPIServer(ctx, full[0].Cluster.Client, 12*time.Second, c.withdrawProfile+".apiserver-a")
+		}()
+	} else {
+		profiledA <- nil
+	}
+	withdrawn, err := waitWithdrawn(ctx, full, simName(0), c.exports)
+	stopProfile()
+	if err != nil {
 		return err
 	}
-	withdrawnAt := time.Now()
+	if err := <-profiledA; err != nil {
+		return fmt.Errorf("profiling a's apiserver: %w", err)
+	}
+	done := snapshot()
+	withdrawnAt := slices.MaxFunc(withdrawn, time.Time.Compare)
 	took := withdrawnAt.Sub(diedAt)
 	after, err := broker.sample()
 	if err != nil {
 		return err
 	}
-	// The agents count withdraw-after from the last renewal they saw, which
-	// came up to one renewal period before the stop: the target is judged
-	// from that renewal, read back from the broker.
-	dead, err := cs.Broker.Client.CoordinationV1().Leases(brokerv1.DefaultBrokerNamespace).Get(ctx, brokerv1.LeaseName(simName(0)), metav1.GetOptions{})
-	if err != nil || dead.Spec.RenewTime == nil {
-		return fmt.Errorf("reading %s's Lease back: %v", simName(0), err)
-	}
-	sinceRenewal := withdrawnAt.Sub(dead.Spec.RenewTime.Time)
+	sinceRenewal := withdrawnAt.Sub(renewed)
 	total := after.writes - before.writes
 	renewals := float64(c.members+2) / (c.lease / 3).Seconds() * took.Seconds()
 	fmt.Printf("| %s stops renewing its Lease | measured |\n|---|---|\n| its last renewal → withdrawn from every import in a, b and c | %v: withdraw-after %v **+ %v** |\n| … from the stop (its last renewal came %v before) | %v |\n| broker writes meanwhile | %.0f, of which about %.0f the other members' renewals: **%.0f caused** (%s) |\n\n",
 		simName(0), sinceRenewal.Round(100*time.Millisecond), c.withdraw, (sinceRenewal - c.withdraw).Round(100*time.Millisecond),
-		diedAt.Sub(dead.Spec.RenewTime.Time).Round(100*time.Millisecond), took.Round(100*time.Millisecond), total, renewals, total-renewals, after.diff(before))
+		diedAt.Sub(renewed).Round(100*time.Millisecond), took.Round(100*time.Millisecond), total, renewals, total-renewals, after.diff(before))
+	fmt.Printf("| full member | withdrawn after its last renewal | import reconciles from 2 s before withdraw-after until then | their time, summed |\n|---|---|---|---|\n")
+	for i, m := range full {
+		fmt.Printf("| %s | withdraw-after + %v | %.0f | %v |\n", m.ID, (withdrawn[i].Sub(renewed) - c.withdraw).Round(100*time.Millisecond),
+			done[i].n-due[i].n, time.Duration((done[i].secs-due[i].secs)*float64(time.Second)).Round(time.Millisecond))
+	}
+	fmt.Println()
 	fmt.Printf("Load at the end: %s.\n", loadavg())
 	return nil
 }
@@ -319,33 +375,54 @@ func waitImported(ctx context.Context, full []*fleet.Member, ns string, k, n int
 	return nil
 }
 
-// waitWithdrawn waits until no import in the full members lists cluster.
-func waitWithdrawn(ctx context.Context, full []*fleet.Member, cluster string, k int) error {
-	for _, m := range full {
-		mc, err := mcsclient.NewForConfig(m.Cluster.Config)
-		if err != nil {
-			return err
-		}
-		for {
-			l, err := mc.MulticlusterV1beta1().ServiceImports(simNamespace).List(ctx, metav1.ListOptions{})
+// waitWithdrawn waits until no import in the full members lists cluster,
+// and says when each stopped listing it. It watches (one list, then the
+// changes) rather than polls: listing K imports of N clusters every 100 ms
+// in each member cost the agents' process and each member's apiserver a
+// quarter of their CPU in the window it measures (at N = 1,000).
+func waitWithdrawn(ctx context.Context, full []*fleet.Member, cluster string, k int) ([]time.Time, error) {
+	at := make([]time.Time, len(full))
+	errs := make([]error, len(full))
+	var wg sync.WaitGroup
+	for i, m := range full {
+		wg.Go(func() {
+			mc, err := mcsclient.NewForConfig(m.Cluster.Config)
 			if err != nil {
-				return err
+				errs[i] = err
+				return
 			}
-			listed := false
-			for _, si := range l.Items {
-				listed = listed || slices.ContainsFunc(si.Status.Clusters, func(c mcsv1beta1.ClusterStatus) bool { return c.Cluster == cluster })
+			api := mc.MulticlusterV1beta1().ServiceImports(simNamespace)
+			lw := &cache.ListWatch{
+				ListWithContextFunc:  func(ctx context.Context, o metav1.ListOptions) (kruntime.Object, error) { return api.List(ctx, o) },
+				WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) { return api.Watch(ctx, o) },
 			}
-			if !listed && len(l.Items) == k {
-				break
+			listing := map[string]bool{} // import → lists cluster
+			_, err = watchtools.UntilWithSync(ctx, lw, &mcsv1beta1.ServiceImport{}, nil, func(ev watch.Event) (bool, error) {
+				si, ok := ev.Object.(*mcsv1beta1.ServiceImport)
+				if !ok {
+					return false, nil
+				}
+				if ev.Type == watch.Deleted {
+					delete(listing, si.Name)
+				} else {
+					listing[si.Name] = slices.ContainsFunc(si.Status.Clusters, func(c mcsv1beta1.ClusterStatus) bool { return c.Cluster == cluster })
+				}
+				for _, listed := range listing {
+					if listed {
+						return false, nil
+					}
+				}
+				return len(listing) == k, nil
+			})
+			if err != nil {
+				errs[i] = fmt.Errorf("waiting for %s to be withdrawn in %s: %w", cluster, m.ID, err)
+				return
 			}
-			select {
-			case <-ctx.Done():
-				return fmt.Errorf("waiting for %s to be withdrawn in %s: %w", cluster, m.ID, ctx.Err())
-			case <-time.After(100 * time.Millisecond):
-			}
-		}
+			at[i] = time.Now()
+		})
 	}
-	return nil
+	wg.Wait()
+	return at, errors.Join(errs...)
 }
 
 // settle waits until no agent has reconciled an import for 3 s, or a
@@ -427,12 +504,43 @@ func loadavg() string {
 
 // profileBroker writes the broker kube-apiserver's CPU profile over d.
 func profileBroker(ctx context.Context, cs *cluster.Clusterset, d time.Duration, path string) error {
-	raw, err := cs.Broker.Client.Discovery().RESTClient().Get().AbsPath("/debug/pprof/profile").
+	return profileAPIServer(ctx, cs.Broker.Client, d, path)
+}
+
+// profileAPIServer writes a kube-apiserver's CPU profile over d.
+func profileAPIServer(ctx context.Context, client kubernetes.Interface, d time.Duration, path string) error {
+	raw, err := client.Discovery().RESTClient().Get().AbsPath("/debug/pprof/profile").
 		Param("seconds", fmt.Sprint(max(int(d.Seconds()), 1))).Timeout(d + time.Minute).Do(ctx).Raw()
 	if err != nil {
 		return err
 	}
 	return os.WriteFile(path, raw, 0o644)
+}
+
+// profileSelf starts this process's CPU profile into path+".agents" and
+// its execution trace into path+".trace" (where goroutines wait: `go tool
+// trace -pprof=net` or `-pprof=sched` reads it); the function it returns
+// stops both and closes the files.
+func profileSelf(path string) (stop func(), err error) {
+	prof, err := os.Create(path + ".agents")
+	if err != nil {
+		return nil, err
+	}
+	tr, err := os.Create(path + ".trace")
+	if err != nil {
+		_ = prof.Close()
+		return nil, err
+	}
+	if err := pprof.StartCPUProfile(prof); err != nil {
+		_, _ = prof.Close(), tr.Close()
+		return nil, err
+	}
+	if err := trace.Start(tr); err != nil {
+		pprof.StopCPUProfile()
+		_, _ = prof.Close(), tr.Close()
+		return nil, err
+	}
+	return func() { trace.Stop(); pprof.StopCPUProfile(); _, _ = prof.Close(), tr.Close() }, nil
 }
 
 // writesBy lists an agent's writes other than its heartbeat by target and
