@@ -271,7 +271,7 @@ func run(ctx context.Context, log *slog.Logger, c config) error {
 	}
 	renewed := dead.Spec.RenewTime.Time
 	// What the agents do from just before the judgement is due until the
-	// last import is rewritten: their import reconciles, and (-agentprofile)
+	// last import is rewritten: their import reconciles, and (-withdrawprofile)
 	// where this process's and a's apiserver's CPU goes meanwhile.
 	select {
 	case <-ctx.Done():

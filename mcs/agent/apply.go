@@ -137,7 +137,7 @@ func (a *Agent) deleteDerived(ctx context.Context, ns, name string) error {
 // deleteOwn deletes an object this agent wrote, at key in ownWrites, so
 // that the deletion's event queues nothing; one already gone is no error.
 func (a *Agent) deleteOwn(key string, del func() error) error {
-	if err := a.own.deleting(key, del); err != nil && !apierrors.IsNotFound(err) {
+	if err := a.own.noted(key, deletedMark, del); err != nil && !apierrors.IsNotFound(err) {
 		return err
 	}
 	a.countWrite("local", "delete", nil)

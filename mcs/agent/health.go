@@ -202,8 +202,6 @@ func (a *Agent) heartbeat(ctx context.Context, linked chan<- struct{}) {
 		if err != nil {
 			if connected {
 				a.log.Warn("lost the broker; imports keep their last state", "err", err)
-			}
-			if connected {
 				a.link.Store(&brokerv1.BrokerLink{Up: false, Since: time.Now()})
 			}
 			connected = false

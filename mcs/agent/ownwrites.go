@@ -49,20 +49,10 @@ func importWriteKey(ns, name string) string  { return "import/" + ns + "/" + nam
 func derivedWriteKey(ns, name string) string { return "derived/" + ns + "/" + name }
 func sliceWriteKey(ns, name string) string   { return "slice/" + ns + "/" + name }
 
-// deletedMark is what ownWrites holds for an object the agent is deleting;
-// no content hash (hex) equals it.
+// deletedMark is what ownWrites holds for an object the agent is deleting
+// (noted as the delete's hash, so a failed delete is forgotten as a failed
+// write is); no content hash (hex) equals it.
 const deletedMark = "deleted"
-
-// deleting runs the agent's own delete of the object at key, remembering
-// it so that the delete's event queues nothing, unless it fails.
-func (w *ownWrites) deleting(key string, del func() error) error {
-	w.intend(key, deletedMark)
-	err := del()
-	if err != nil {
-		w.failed(key, deletedMark)
-	}
-	return err
-}
 
 // gone forgets the object at key, deleted, and reports whether the agent
 // deleted it itself: then the reconcile that did so had every input the

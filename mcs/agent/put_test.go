@@ -89,7 +89,7 @@ func TestOwnWrites(t *testing.T) {
 
 	// The agent's own deletion is gone without a trace; anyone else's,
 	// or one whose delete failed, or one written again since, is not.
-	if err := w.deleting(k, func() error { return nil }); err != nil || !w.gone(k) {
+	if err := w.noted(k, deletedMark, func() error { return nil }); err != nil || !w.gone(k) {
 		t.Error("the agent's own deletion is not recognised")
 	}
 	if w.gone(k) {
@@ -99,10 +99,10 @@ func TestOwnWrites(t *testing.T) {
 	if w.gone(k) {
 		t.Error("a deletion by someone else (the agent last wrote h4) counts as the agent's")
 	}
-	if err := w.deleting(k, func() error { return errors.New("refused") }); err == nil || w.gone(k) {
+	if err := w.noted(k, deletedMark, func() error { return errors.New("refused") }); err == nil || w.gone(k) {
 		t.Error("a failed deletion counts as the agent's")
 	}
-	_ = w.deleting(k, func() error { return nil })
+	_ = w.noted(k, deletedMark, func() error { return nil })
 	w.intend(k, "h5") // written again before the deletion's event came
 	if w.gone(k) || w.shows(k, obj("h5")) {
 		t.Error("an object deleted, then written again, hides the deletion's event, or is remembered after it")
