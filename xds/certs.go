@@ -58,6 +58,10 @@ type ServingCert struct {
 	DNSNames                  []string
 }
 
+// The first read of the CA Secret is retried after caRetry, then twice
+// as long each time up to maxCARetry.
+const caRetry, maxCARetry = 500 * time.Millisecond, 10 * time.Second
+
 // ServingTLS is the TLS configuration of the ADS listener: the serving
 // certificate ServeCertificates keeps current (each handshake takes the
 // newest), TLS 1.2 at least.
@@ -81,8 +85,19 @@ func (c *Controller) ServingTLS() *tls.Config {
 // ends.
 func (c *Controller) ServeCertificates(ctx context.Context, cfg CertificatesConfig) error {
 	cas := &caSource{kube: cfg.Kube, ns: cfg.CASecretNamespace, name: cfg.CASecretName, log: c.log}
-	if err := cas.load(ctx); err != nil {
-		return err
+	// The first read is retried: in a fresh install it can race the
+	// RBAC created beside the pod, or isthmusctl join writing the Secret.
+	for delay := caRetry; ; delay = min(2*delay, maxCARetry) {
+		err := cas.load(ctx)
+		if err == nil {
+			break
+		}
+		c.log.Warn("no intermediate CA yet; retrying", "err", err, "retry_in", delay)
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%w (stopped: %w)", err, ctx.Err())
+		case <-time.After(delay):
+		}
 	}
 	reload := cfg.Reload
 	if reload <= 0 {

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/x509"
 	"encoding/pem"
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
@@ -130,15 +131,42 @@ func TestServeCertificatesReloadsTheCA(t *testing.T) {
 	reissuedFrom(again)
 }
 
-// TestServeCertificatesNeedsTheSecret: without the CA Secret nothing is
-// served, and the error says who writes it.
-func TestServeCertificatesNeedsTheSecret(t *testing.T) {
+// TestServeCertificatesWaitsForTheSecret: without the CA Secret nothing
+// is served; ServeCertificates keeps reading until the Secret is there
+// (a fresh install can start the pod before its RBAC or the Secret is in
+// place), and stopped first, its error says who writes the Secret.
+func TestServeCertificatesWaitsForTheSecret(t *testing.T) {
+	p := newPKI(t)
 	local, clusters := threeClusters(model.Gateway)
 	e := newEnv(t, local, clusters)
-	err := e.ctrl.ServeCertificates(context.Background(), CertificatesConfig{
-		Kube: fake.NewClientset(), CASecretNamespace: "isthmus-system", CASecretName: "isthmus-ca", TTL: time.Hour, Registry: prometheus.NewRegistry(),
-	})
-	if err == nil || !strings.Contains(err.Error(), "isthmusctl join") {
-		t.Errorf("ServeCertificates without the Secret = %v, want an error naming isthmusctl join", err)
+	cfg := func(kube *fake.Clientset) CertificatesConfig {
+		return CertificatesConfig{Kube: kube, CASecretNamespace: "isthmus-system", CASecretName: "isthmus-ca", TTL: time.Hour, Registry: prometheus.NewRegistry()}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 1500*time.Millisecond)
+	defer cancel()
+	err := e.ctrl.ServeCertificates(ctx, cfg(fake.NewClientset()))
+	if err == nil || !strings.Contains(err.Error(), "isthmusctl join") || !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("ServeCertificates without the Secret, stopped = %v, want an error naming isthmusctl join", err)
+	}
+
+	kube := fake.NewClientset()
+	done := make(chan error, 1)
+	go func() { done <- e.ctrl.ServeCertificates(context.Background(), cfg(kube)) }()
+	time.Sleep(2 * caRetry)
+	select {
+	case err := <-done:
+		t.Fatalf("ServeCertificates returned before the Secret existed: %v", err)
+	default:
+	}
+	if _, err := kube.CoreV1().Secrets("isthmus-system").Create(context.Background(), caSecret(t, p.ca["a"], "1"), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; err != nil {
+		t.Errorf("ServeCertificates once the Secret was written: %v", err)
+	}
+	e.ctrl.mu.Lock()
+	defer e.ctrl.mu.Unlock()
+	if e.ctrl.secrets[0] == nil || !issuerOf(t, e.ctrl.secrets[0].GetTlsCertificate().GetCertificateChain().GetInlineBytes()).Equal(p.ca["a"].Certificate()) {
+		t.Error("the gateway certificate is not issued by the Secret's CA")
 	}
 }

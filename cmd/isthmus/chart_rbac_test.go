@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net/http"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -16,6 +17,7 @@ import (
 
 	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/tools/clientcmd"
@@ -92,43 +94,64 @@ func (b *logBuffer) String() string {
 // the end its log must show no request the apiserver forbade.
 func runWithChartIdentity(t *testing.T, ctx context.Context, role string, args ...string) (metrics string, stop func()) {
 	t.Helper()
-	metrics = freePort(t)
-	args = append([]string{role, "--kubeconfig", roleKubeconfig(t, ctx, "isthmus-"+role), "--metrics-addr", metrics}, args...)
+	r := startRole(t, role, roleKubeconfig(t, ctx, "isthmus-"+role), args...)
+	stop = func() {
+		r.stop()
+		if l := r.logs.String(); strings.Contains(strings.ToLower(l), "forbidden") {
+			t.Errorf("isthmus %s with its chart identity was refused something:\n%s", role, l)
+		}
+	}
+	eventually(t, time.Minute, "isthmus "+role+" ready with its chart identity", r.ready)
+	return r.metrics, stop
+}
+
+// runningRole is `isthmus <role>` run in this process by startRole.
+type runningRole struct {
+	role, metrics string
+	logs          *logBuffer
+	done          chan error
+	stop          func()
+}
+
+// startRole runs `isthmus <role>` with kubeconfig until the test ends or
+// stop is called, which fails the test if it returned an error.
+func startRole(t *testing.T, role, kubeconfig string, args ...string) *runningRole {
+	t.Helper()
+	r := &runningRole{role: role, metrics: freePort(t), logs: &logBuffer{}, done: make(chan error, 1)}
+	args = append([]string{role, "--kubeconfig", kubeconfig, "--metrics-addr", r.metrics}, args...)
 	if role == setup.RoleXDS || role == setup.RoleTunnel {
 		// As the chart runs it: with the role's own broker identity.
 		args = append(args, "--broker-secret", setup.RoleSecret(setup.BrokerSecret, role))
 	}
-	logs := &logBuffer{}
-	log := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})).With("role", role)
+	log := slog.New(slog.NewTextHandler(r.logs, &slog.HandlerOptions{Level: slog.LevelDebug})).With("role", role)
 	rctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- run(rctx, args, log, io.Discard, io.Discard) }()
+	go func() { r.done <- run(rctx, args, log, io.Discard, io.Discard) }()
 	var once sync.Once
-	stop = func() {
+	r.stop = func() {
 		once.Do(func() {
 			cancel()
-			if err := <-done; err != nil {
+			if err := <-r.done; err != nil {
 				t.Errorf("isthmus %s: %v", role, err)
-			}
-			if l := logs.String(); strings.Contains(strings.ToLower(l), "forbidden") {
-				t.Errorf("isthmus %s with its chart identity was refused something:\n%s", role, l)
 			}
 		})
 	}
-	t.Cleanup(stop)
-	eventually(t, time.Minute, "isthmus "+role+" ready with its chart identity", func() error {
-		select {
-		case err := <-done:
-			done <- err
-			return fmt.Errorf("exited: %v\n%s", err, logs.String())
-		default:
-		}
-		if code, body := get("http://" + metrics + "/readyz"); code != http.StatusOK {
-			return fmt.Errorf("readyz %d: %s", code, body)
-		}
-		return nil
-	})
-	return metrics, stop
+	t.Cleanup(r.stop)
+	return r
+}
+
+// ready is nil once /readyz passes; an error saying why not, or that the
+// role exited, until then.
+func (r *runningRole) ready() error {
+	select {
+	case err := <-r.done:
+		r.done <- err
+		return fmt.Errorf("exited: %v\n%s", err, r.logs.String())
+	default:
+	}
+	if code, body := get("http://" + r.metrics + "/readyz"); code != http.StatusOK {
+		return fmt.Errorf("readyz %d: %s", code, body)
+	}
+	return nil
 }
 
 // writeClusterCA stores an intermediate CA for c in isthmus-system/isthmus-ca,
@@ -218,6 +241,88 @@ func TestChartRolesRunWithTheirIdentities(t *testing.T) {
 		return nil
 	})
 	stopChartAgent()
+}
+
+// TestChartRoleWaitsForItsRBAC: a role whose pod starts before the
+// apiserver authorizes its ServiceAccount (a fresh helm install creates
+// both at once) waits, /readyz saying for what, and starts once the
+// bindings are there, without exiting. The CI run of 2026-12-07 00:48
+// UTC found the chart's agent and xds containers restarted once in a
+// fresh install; exiting on a start-up read was the way to restart.
+func TestChartRoleWaitsForItsRBAC(t *testing.T) {
+	clusterset(t)
+	ctx := ctxFor(t, 2*time.Minute)
+	m := clusters.Members[chartMember]
+	applyChartRBAC(t, ctx)
+	writeClusterCA(t, ctx, m)
+	const late = "isthmus-late"
+	sas := m.Client.CoreV1().ServiceAccounts("isthmus-system")
+	if _, err := sas.Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: late}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = sas.Delete(context.Background(), late, metav1.DeleteOptions{}) })
+
+	r := startRole(t, "xds", roleKubeconfig(t, ctx, late), "--listen", freePort(t), "--region", regions[chartMember], "--tls", "always", "--server-names", "localhost")
+	eventually(t, time.Minute, "xds waiting for its RBAC, saying so", func() error {
+		err := r.ready()
+		switch {
+		case err == nil:
+			t.Fatal("xds ready before it was allowed to read anything")
+		case strings.Contains(err.Error(), "exited"):
+			t.Fatal(err)
+		case !strings.Contains(err.Error(), "starting: waiting for the cluster id") || !strings.Contains(err.Error(), "forbidden"):
+			return err
+		}
+		return nil
+	})
+
+	// The xds ServiceAccount's bindings, given to the late one too.
+	isXDS := func(subjects []rbacv1.Subject) bool {
+		return slices.ContainsFunc(subjects, func(s rbacv1.Subject) bool {
+			return s.Kind == rbacv1.ServiceAccountKind && s.Namespace == "isthmus-system" && s.Name == "isthmus-xds"
+		})
+	}
+	lateSubject := []rbacv1.Subject{{Kind: rbacv1.ServiceAccountKind, Namespace: "isthmus-system", Name: late}}
+	crbs, err := m.Client.RbacV1().ClusterRoleBindings().List(ctx, metav1.ListOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	bound := 0
+	for _, b := range crbs.Items {
+		if !isXDS(b.Subjects) {
+			continue
+		}
+		c := &rbacv1.ClusterRoleBinding{ObjectMeta: metav1.ObjectMeta{Name: b.Name + "-late"}, RoleRef: b.RoleRef, Subjects: lateSubject}
+		if _, err := m.Client.RbacV1().ClusterRoleBindings().Create(ctx, c, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() {
+			_ = m.Client.RbacV1().ClusterRoleBindings().Delete(context.Background(), c.Name, metav1.DeleteOptions{})
+		})
+		bound++
+	}
+	rbs, err := m.Client.RbacV1().RoleBindings("").List(ctx, metav1.ListOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, b := range rbs.Items {
+		if !isXDS(b.Subjects) {
+			continue
+		}
+		c := &rbacv1.RoleBinding{ObjectMeta: metav1.ObjectMeta{Name: b.Name + "-late", Namespace: b.Namespace}, RoleRef: b.RoleRef, Subjects: lateSubject}
+		if _, err := m.Client.RbacV1().RoleBindings(b.Namespace).Create(ctx, c, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() {
+			_ = m.Client.RbacV1().RoleBindings(c.Namespace).Delete(context.Background(), c.Name, metav1.DeleteOptions{})
+		})
+		bound++
+	}
+	if bound == 0 {
+		t.Fatal("the chart binds nothing to isthmus-xds")
+	}
+	eventually(t, time.Minute, "xds ready once its RBAC is there", r.ready)
+	r.stop()
 }
 
 // TestChartTunnelIdentity runs, with a token of the chart's tunnel

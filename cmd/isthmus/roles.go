@@ -11,6 +11,7 @@ import (
 	"runtime/debug"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -113,6 +114,8 @@ type env struct {
 	// kubeconfig holds none (a client certificate, or --broker-context).
 	brokerCred *setup.BrokerCredential
 	id         string
+	// waiting is what a start-up read waits for, nil when none does.
+	waiting atomic.Pointer[string]
 }
 
 // Local returns this cluster's clients.
@@ -156,12 +159,19 @@ func (e *env) Broker(ctx context.Context) (*kube.Clients, string, error) {
 	var ns string
 	var cred *setup.BrokerCredential
 	if e.flags.brokerContext != "" {
-		if _, ns, err = setup.BrokerConfigFrom(ctx, local.Kube, e.flags.brokerKubeconfig, e.flags.brokerSecret); err == nil {
+		err = e.retryStart(ctx, "the broker credential", func(ctx context.Context) (err error) {
+			_, ns, err = setup.BrokerConfigFrom(ctx, local.Kube, e.flags.brokerKubeconfig, e.flags.brokerSecret)
+			return err
+		})
+		if err == nil {
 			cfg, err = kube.Config(e.flags.brokerKubeconfig, e.flags.brokerContext)
 		}
 	} else {
-		cfg, ns, cred, err = setup.NewBrokerCredential(ctx, setup.CredentialConfig{Local: local.Kube, Path: e.flags.brokerKubeconfig,
-			Secret: e.flags.brokerSecret, Log: e.log.With("part", "broker-credential"), Registry: e.reg})
+		err = e.retryStart(ctx, "the broker credential", func(ctx context.Context) (err error) {
+			cfg, ns, cred, err = setup.NewBrokerCredential(ctx, setup.CredentialConfig{Local: local.Kube, Path: e.flags.brokerKubeconfig,
+				Secret: e.flags.brokerSecret, Log: e.log.With("part", "broker-credential"), Registry: e.reg})
+			return err
+		})
 	}
 	if err != nil {
 		return nil, "", err
@@ -202,7 +212,11 @@ func (e *env) ClusterID(ctx context.Context) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	id, err := agent.ClusterID(ctx, local.Dynamic, e.flags.clusterID)
+	var id string
+	err = e.retryStart(ctx, "the cluster id", func(ctx context.Context) (err error) {
+		id, err = agent.ClusterID(ctx, local.Dynamic, e.flags.clusterID)
+		return err
+	})
 	if err != nil {
 		return "", err
 	}
@@ -236,7 +250,7 @@ func runRoles(ctx context.Context, name string, rs []role, args []string, log *s
 		// Not ready until the role registers its own check, under its
 		// name, which replaces this one: a readiness probe must not pass
 		// while a role is still starting (or failing to).
-		e.health.Add(r.name, func() error { return errors.New("starting") })
+		e.health.Add(r.name, e.startingCheck)
 		p := ""
 		if prefix {
 			p = r.name + "-"

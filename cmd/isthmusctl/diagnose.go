@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	discoveryv1 "k8s.io/api/discovery/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
@@ -227,15 +228,7 @@ func (d *diagnosis) slices(ctx context.Context) {
 		d.add("endpoints", false, err.Error(), "")
 		return
 	}
-	ready := map[string]int{}
-	for _, s := range list.Items {
-		src := s.Labels[mcsv1beta1.LabelSourceCluster]
-		for _, e := range s.Endpoints {
-			if e.Conditions.Ready == nil || *e.Conditions.Ready {
-				ready[src] += len(e.Addresses)
-			}
-		}
-	}
+	ready := readyBySource(list.Items)
 	var parts []string
 	total := 0
 	for _, c := range d.exporters {
@@ -243,6 +236,21 @@ func (d *diagnosis) slices(ctx context.Context) {
 		total += ready[c]
 	}
 	d.add("endpoints", total > 0, strings.Join(parts, ", "), "no ready endpoint in any cluster: check the Deployments behind the exported Services")
+}
+
+// readyBySource counts the ready addresses of an import's MCS
+// EndpointSlices by the cluster they came from.
+func readyBySource(list []discoveryv1.EndpointSlice) map[string]int {
+	ready := map[string]int{}
+	for _, s := range list {
+		src := s.Labels[mcsv1beta1.LabelSourceCluster]
+		for _, e := range s.Endpoints {
+			if e.Conditions.Ready == nil || *e.Conditions.Ready {
+				ready[src] += len(e.Addresses)
+			}
+		}
+	}
+	return ready
 }
 
 func (d *diagnosis) tunnels(ctx context.Context) {

@@ -74,6 +74,11 @@ func TestVerify(t *testing.T) {
 		if r.code != 0 {
 			t.Fatalf("exit %d, want 0:\n%s", r.code, r)
 		}
+		// Imported means each server's endpoints are there, not only the
+		// ServiceImport naming its cluster.
+		if st := find(t, steps, "imported in "+id2); !strings.Contains(st.Detail, "ready endpoints from "+id2+" 1, "+id1+" 1") {
+			t.Errorf("imported: %+v, want one ready endpoint from each server", st)
+		}
 		// The client's own cluster answers while it can, then the other.
 		if st := find(t, steps, "connect through the ClusterSetIP"); !strings.HasPrefix(st.Detail, "answered by "+id2) {
 			t.Errorf("connect: %+v, want answered by %s, the client's own", st, id2)

@@ -134,6 +134,26 @@ func TestVerifyReadsTheClient(t *testing.T) {
 		t.Errorf("after the log ended: %v", err)
 	}
 
+	// The client's own cluster serving too: only its answer ends the
+	// step, another's before it counted in the detail; never answering,
+	// the step fails saying who did.
+	west, east := &verifyMember{id: "west"}, &verifyMember{id: "east"}
+	v = newV(probe.Event{Step: "connect", Reply: "east"}, probe.Event{Step: "connect", Reply: "east"}, probe.Event{Step: "connect", Reply: "west"})
+	v.client, v.servers = west, []*verifyMember{east, west}
+	if got, err := v.connect(ctx); got != "west" || err != nil || v.failedSoFar() != ", no connection failed, 2 answer(s) from another cluster first" {
+		t.Errorf("local answer %q, %v, %s", got, err, v.failedSoFar())
+	}
+	v = newV(probe.Event{Step: "connect", Reply: "east"})
+	v.client, v.servers = west, []*verifyMember{east, west}
+	if _, err := v.connect(ctx); err == nil || !strings.Contains(err.Error(), "only other clusters answered (1 times), never west") {
+		t.Errorf("no local answer: %v", err)
+	}
+	v = newV(probe.Event{Step: "connect", Reply: "east"})
+	v.client, v.servers = west, []*verifyMember{east}
+	if got, err := v.connect(ctx); got != "east" || err != nil {
+		t.Errorf("across clusters %q, %v", got, err)
+	}
+
 	if _, err := newV(probe.Event{Step: "resolve", Addrs: []string{"10.97.0.9"}}).resolve(ctx); err == nil || !strings.Contains(err.Error(), "not the ClusterSetIP 10.97.0.5") {
 		t.Errorf("another address: %v", err)
 	}

@@ -39,11 +39,13 @@ func TestInstallOnRealNodes(t *testing.T) {
 		roles := map[string]int{}
 		for _, p := range pods.Items {
 			roles[p.Labels["app.kubernetes.io/component"]]++
-			for _, c := range p.Status.ContainerStatuses {
-				if c.RestartCount > 0 {
-					t.Errorf("%s: pod %s container %s restarted %d times", m.Name, p.Name, c.Name, c.RestartCount)
-				}
-			}
+		}
+		restarts, err := Restarts(ctx, m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range restarts {
+			t.Error(r)
 		}
 		if roles["agent"] != 2 || roles["dns"] != 2 || roles["xds"] != 2 || roles["tunnel"] != 1 {
 			t.Errorf("%s: chart pods by role %v, want agent 2, dns 2, xds 2, tunnel 1", m.Name, roles)

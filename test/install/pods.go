@@ -100,3 +100,33 @@ func Eventually(ctx context.Context, t testing.TB, m *cluster.Cluster, pod corev
 		}
 	}
 }
+
+// Restarts describes every restarted container of the chart's pods in m:
+// how its last run ended and the tail of that run's log, so a test that
+// finds a restart says why instead of only that it happened.
+func Restarts(ctx context.Context, m *cluster.Cluster) ([]string, error) {
+	pods, err := m.Client.CoreV1().Pods(Namespace).List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, p := range pods.Items {
+		for _, c := range p.Status.ContainerStatuses {
+			if c.RestartCount == 0 {
+				continue
+			}
+			why := "no last state recorded"
+			if t := c.LastTerminationState.Terminated; t != nil {
+				why = fmt.Sprintf("exit %d (%s) at %s", t.ExitCode, t.Reason, t.FinishedAt.UTC().Format(time.RFC3339))
+			}
+			tail := int64(15)
+			logs, err := m.Client.CoreV1().Pods(Namespace).GetLogs(p.Name, &corev1.PodLogOptions{Container: c.Name, Previous: true, TailLines: &tail}).DoRaw(ctx)
+			if err != nil {
+				logs = []byte("(its log: " + err.Error() + ")")
+			}
+			out = append(out, fmt.Sprintf("%s: pod %s container %s restarted %d times; the last run: %s; its log's end:\n%s",
+				m.Name, p.Name, c.Name, c.RestartCount, why, strings.TrimSpace(string(logs))))
+		}
+	}
+	return out, nil
+}
