@@ -39,14 +39,16 @@ current one by default) a client pod that resolves
 verify.<namespace>.svc.clusterset.local with its own resolver and connects
 to it through the ClusterSetIP every 200 ms. It reports each step with
 how long it took: created, server Ready, imported into the client with a
-ClusterSetIP, resolved in the pod to that ClusterSetIP, answered by a
-server (the answer names the server's cluster).
+ClusterSetIP and a ready endpoint of every server, resolved in the pod to
+that ClusterSetIP, answered by a server (the answer names the server's
+cluster).
 
 With --failover and two --servers, it then deletes the server pod of the
 cluster that answered and reports how long until the other answers. A
---servers cluster may be the client's own: its pod answers first (local
-traffic stays local), and --failover then shows the other cluster take
-over through the tunnel.
+--servers cluster may be the client's own: the connection step then waits
+for its answer (local traffic stays local; answers from the other cluster
+while kube-proxy catches up are counted), and --failover shows the other
+cluster take over through the tunnel.
 
 Everything is made in one namespace (-n, default isthmus-verify) of each
 cluster and deleted at the end, also on Ctrl-C. The pods run the isthmus
