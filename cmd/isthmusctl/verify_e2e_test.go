@@ -91,7 +91,7 @@ func TestVerify(t *testing.T) {
 	})
 
 	t.Run("an image no node has", func(t *testing.T) {
-		steps, r := verify(t, "--servers", "member1", "--client", "member2", "-n", "verify-noimage", "--timeout", "45s",
+		steps, r := verify(t, "--servers", "member1", "--client", "member2", "-n", "verify-noimage", "--timeout", "15s",
 			"--image", "ghcr.io/isthmus-dev/isthmus:no-such-version")
 		if r.code != exitChecksFailed {
 			t.Errorf("exit %d, want %d:\n%s", r.code, exitChecksFailed, r)
