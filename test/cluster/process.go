@@ -81,7 +81,7 @@ func (p *process) start() error {
 	}()
 	if p.afterStart != nil {
 		if err := p.afterStart(cmd.Process.Pid); err != nil {
-			_ = syscall.Kill(cmd.Process.Pid, syscall.SIGKILL)
+			_ = cmd.Process.Kill()
 			return fmt.Errorf("%s: %w", p.name, err)
 		}
 	}
@@ -114,11 +114,15 @@ func (p *process) stop(grace time.Duration) {
 	if cmd == nil {
 		return
 	}
-	_ = syscall.Kill(cmd.Process.Pid, syscall.SIGTERM)
+	// Signalled through os.Process, which holds a pidfd: once the process
+	// has been reaped its PID may belong to another, and a kill by number
+	// would end that one (the machine's pid_max is 32768 and a run starts
+	// processes by the thousand).
+	_ = cmd.Process.Signal(syscall.SIGTERM)
 	select {
 	case <-done:
 	case <-time.After(grace):
-		_ = syscall.Kill(cmd.Process.Pid, syscall.SIGKILL)
+		_ = cmd.Process.Kill()
 		<-done
 	}
 	p.mu.Lock()

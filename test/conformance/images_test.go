@@ -333,11 +333,24 @@ func (n netns) start(t *testing.T, img *unpacked, script string, env ...string) 
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
+	// Waited for at once, so that a listener ending on its own (killed
+	// from outside, or its socat failing) is told apart from the stop.
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
 	var once sync.Once
 	stop := func() {
 		once.Do(func() {
-			_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-			_ = cmd.Wait()
+			var early error
+			select {
+			case err := <-exited:
+				early = fmt.Errorf("the listener ended before it was stopped: %v", err)
+			default:
+				_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+				<-exited
+			}
+			if early != nil {
+				t.Error(early)
+			}
 			if t.Failed() {
 				t.Logf("listener output:\n%s", log.String())
 			}
