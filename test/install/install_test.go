@@ -22,7 +22,7 @@ import (
 // connection going pod → kube-proxy → WireGuard → pod.
 func TestInstallOnRealNodes(t *testing.T) {
 	began := time.Now()
-	s := Start(t, Options{Members: 2})
+	s := sharedSet(t)
 	t.Logf("installed in %v; clusterset memory %d MiB", time.Since(began).Round(time.Millisecond), s.MemoryMiB())
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()

@@ -29,7 +29,8 @@ import (
 // connection (the long-lived loop opens its connection again only after
 // an error on it); the tunnels keep their keys and the broker's records of
 // the export are not rewritten. The longest request shows what each step
-// cost the data path.
+// cost the data path. It runs on the install TestInstallOnRealNodes
+// checked, as a user upgrades the install they have.
 func TestUpgradeKeepsTraffic(t *testing.T) {
 	a, err := Build()
 	if err != nil {
@@ -39,27 +40,41 @@ func TestUpgradeKeepsTraffic(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// The next version's clone and image (after the clusterset's Stop,
-	// registered later, so run first).
 	t.Cleanup(func() { os.RemoveAll(filepath.Dir(next)) })
-	s := Start(t, Options{Members: 2, Images: []string{next}, Values: []string{"image.tag=" + ImageTag(a.Version)}})
+	s := sharedSet(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
 	defer cancel()
 	m1, m2 := s.Members[0], s.Members[1]
+	// The next version's image, imported into the running nodes as a
+	// user's registry would offer it. Its archive also carries the chart's
+	// default tag, which now names the next image; the pods running keep
+	// the image they started from until the upgrade replaces them.
+	for _, m := range s.Members {
+		if err := m.ImportImage(ctx, next); err != nil {
+			t.Fatal(err)
+		}
+	}
 
-	RunTestServer(ctx, t, m1, "default", "web")
+	// Its own namespace: the install test's Services stay in default.
+	const ns = "upgrade"
+	for _, m := range s.Members {
+		if _, err := m.Client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	RunTestServer(ctx, t, m1, ns, "web")
 	mc, err := mcsclient.NewForConfig(m1.Config)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := mc.MulticlusterV1beta1().ServiceExports("default").Create(ctx, &mcsv1beta1.ServiceExport{
+	if _, err := mc.MulticlusterV1beta1().ServiceExports(ns).Create(ctx, &mcsv1beta1.ServiceExport{
 		ObjectMeta: metav1.ObjectMeta{Name: "web"}}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	url := "http://web.default.svc.clusterset.local/"
-	probe := RunTestServer(ctx, t, m2, "default", "probe")
+	url := "http://web." + ns + ".svc.clusterset.local/"
+	probe := RunTestServer(ctx, t, m2, ns, "probe")
 	Eventually(ctx, t, m2, probe, func(out string) bool { return strings.HasPrefix(out, "200 ") }, "/testserver", "get", url)
-	loader := RunTestServer(ctx, t, m2, "default", "load", "load", url)
+	loader := RunTestServer(ctx, t, m2, ns, "load", "load", url)
 
 	// The load runs clean before anything changes.
 	var before loadCounters
