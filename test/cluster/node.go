@@ -239,6 +239,22 @@ func (n *realNode) startDaemons(ctx context.Context) error {
 			return err
 		}
 	}
+	// The kubelet makes its root directory a shared mount at start, by
+	// bind-mounting it onto itself unless it already is one, while its
+	// pods API listener renames a socket into that directory: a rename
+	// begun before the bind mount ends across two mounts ("invalid
+	// cross-device link", the kubelet exits; a CI run of 2026-12-07). Made
+	// shared here first, the kubelet leaves it as it is.
+	root := n.path("kubelet")
+	if err := os.MkdirAll(root, 0o755); err != nil {
+		return err
+	}
+	if err := n.run(ctx, "mount", "--bind", root, root); err != nil {
+		return err
+	}
+	if err := n.run(ctx, "mount", "--make-rshared", root); err != nil {
+		return err
+	}
 	kubeletStarted := time.Now()
 	if err := n.kubelet.start(); err != nil {
 		return err
