@@ -170,18 +170,16 @@ func New(ctx context.Context, opts Options) (_ *Clusterset, err error) {
 		images = append(images, opts.Images...)
 	}
 
-	var ports portSet
-	defer ports.release()
 	var brokerEtcd, memberEtcd *etcd
 	if opts.Broker {
-		if brokerEtcd, err = cs.newEtcd("etcd-broker", bins, &ports); err != nil {
+		if brokerEtcd, err = cs.newEtcd("etcd-broker", bins); err != nil {
 			return nil, err
 		}
 		if cs.Broker, err = cs.newCluster("broker", clusterSpec{
 			serviceCIDR: netip.MustParsePrefix("10.96.0.0/16"),
 			onUnderlay:  opts.RealNodes,
 			profiling:   opts.Profiling,
-		}, bins, brokerEtcd, &ports); err != nil {
+		}, bins, brokerEtcd); err != nil {
 			return nil, err
 		}
 		if opts.RealNodes {
@@ -191,7 +189,7 @@ func New(ctx context.Context, opts Options) (_ *Clusterset, err error) {
 		}
 	}
 	if opts.Members > 0 {
-		if memberEtcd, err = cs.newEtcd("etcd-members", bins, &ports); err != nil {
+		if memberEtcd, err = cs.newEtcd("etcd-members", bins); err != nil {
 			return nil, err
 		}
 	}
@@ -212,7 +210,7 @@ func New(ctx context.Context, opts Options) (_ *Clusterset, err error) {
 		if i <= len(opts.Localities) {
 			spec.locality = opts.Localities[i-1]
 		}
-		c, err := cs.newCluster(fmt.Sprintf("member%d", i), spec, bins, memberEtcd, &ports)
+		c, err := cs.newCluster(fmt.Sprintf("member%d", i), spec, bins, memberEtcd)
 		if err != nil {
 			return nil, err
 		}
@@ -222,7 +220,6 @@ func New(ctx context.Context, opts Options) (_ *Clusterset, err error) {
 		return nil, fmt.Errorf("writing clusterset kubeconfig: %w", err)
 	}
 
-	ports.release()
 	for _, e := range []*etcd{brokerEtcd, memberEtcd} {
 		if e == nil {
 			continue
@@ -239,6 +236,15 @@ func New(ctx context.Context, opts Options) (_ *Clusterset, err error) {
 	}
 	if err := cs.each(func(c *Cluster) error { return c.start(ctx, underlayPID) }); err != nil {
 		return nil, err
+	}
+	// The apiservers answer, but only our own etcds may be behind them: an
+	// etcd that could not bind its port exits, and its apiservers store
+	// into whatever holds the port (another harness's etcd would, under
+	// the same key prefixes).
+	for _, e := range cs.etcds {
+		if done, err := e.exited(); done {
+			return nil, fmt.Errorf("%s exited (%v); the end of its log:\n%s", e.name, err, tail(e.logPath, 20))
+		}
 	}
 	cs.StartDuration = time.Since(began)
 	log.Info("clusterset ready", "took", cs.StartDuration.Round(time.Millisecond))

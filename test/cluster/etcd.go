@@ -5,6 +5,8 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+
+	"github.com/isthmus-dev/isthmus/test/freeport"
 )
 
 // etcd is one etcd server; several apiservers may share it under distinct
@@ -15,12 +17,12 @@ type etcd struct {
 	prefixUsed map[string]bool
 }
 
-func (cs *Clusterset) newEtcd(name string, bins binaries, ports *portSet) (*etcd, error) {
-	client, err := ports.take()
+func (cs *Clusterset) newEtcd(name string, bins binaries) (*etcd, error) {
+	client, err := freeport.Take()
 	if err != nil {
 		return nil, err
 	}
-	peer, err := ports.take()
+	peer, err := freeport.Take()
 	if err != nil {
 		return nil, err
 	}

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/isthmus-dev/isthmus/test/freeport"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -116,7 +117,7 @@ func flagList[T fmt.Stringer](xs []T) string {
 
 // newCluster writes a cluster's certificates and kubeconfigs and prepares
 // (without starting) its processes.
-func (cs *Clusterset) newCluster(name string, spec clusterSpec, bins binaries, db *etcd, ports *portSet) (*Cluster, error) {
+func (cs *Clusterset) newCluster(name string, spec clusterSpec, bins binaries, db *etcd) (*Cluster, error) {
 	dir := filepath.Join(cs.Dir, name)
 	if err := os.MkdirAll(filepath.Join(dir, "apiserver-certs"), 0o700); err != nil {
 		return nil, err
@@ -152,7 +153,7 @@ func (cs *Clusterset) newCluster(name string, spec clusterSpec, bins binaries, d
 	if err := writeServiceAccountKeys(dir); err != nil {
 		return nil, fmt.Errorf("%s: %w", name, err)
 	}
-	apiPort, err := ports.take()
+	apiPort, err := freeport.Take()
 	if err != nil {
 		return nil, err
 	}
@@ -230,7 +231,7 @@ func (cs *Clusterset) newCluster(name string, spec clusterSpec, bins binaries, d
 		}
 	}
 	if spec.member {
-		if err := c.prepareControllers(spec, bins, host, ports); err != nil {
+		if err := c.prepareControllers(spec, bins, host); err != nil {
 			return nil, err
 		}
 	}
@@ -239,7 +240,7 @@ func (cs *Clusterset) newCluster(name string, spec clusterSpec, bins binaries, d
 
 // prepareControllers writes the identities of a member's controllers and
 // prepares kube-controller-manager, kube-scheduler and KWOK.
-func (c *Cluster) prepareControllers(spec clusterSpec, bins binaries, host string, ports *portSet) error {
+func (c *Cluster) prepareControllers(spec clusterSpec, bins binaries, host string) error {
 	kubeconfig := func(file, user string, groups ...string) (string, error) {
 		cfg, err := c.ca.restConfig(host, user, groups...)
 		if err != nil {
@@ -258,7 +259,7 @@ func (c *Cluster) prepareControllers(spec clusterSpec, bins binaries, host strin
 	}
 	var kcmPort, schedPort, kwokPort int
 	for _, p := range []*int{&kcmPort, &schedPort, &kwokPort} {
-		if *p, err = ports.take(); err != nil {
+		if *p, err = freeport.Take(); err != nil {
 			return err
 		}
 	}

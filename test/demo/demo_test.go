@@ -129,8 +129,12 @@ func checkResults(t *testing.T, w *World, res *Results, err error) {
 	if w.mTLS() && (s.ServerID != SPIFFEID("a", echoSA) || s.ClientID != SPIFFEID("c", clientSA)) {
 		t.Errorf("c's gRPC client: %+v, want a presenting %s and seeing %s", s, SPIFFEID("a", echoSA), SPIFFEID("c", clientSA))
 	}
-	if s, _ := res.Step(StepXDSDown); s.ServedBy != "b" || s.Total == 0 {
-		t.Errorf("a's pods down, c's gRPC client: %+v, want b serving after some RPCs", s)
+	// No count of RPCs asked for here: the gRPC client may start none
+	// between the scale-down and its first RPC to b, when b answers that
+	// fast and the RPC before was held by a's terminating pod (a CI run of
+	// 2026-12-07: b first after 135 ms, no RPC started before it).
+	if s, _ := res.Step(StepXDSDown); s.ServedBy != "b" {
+		t.Errorf("a's pods down, c's gRPC client: %+v, want b serving", s)
 	}
 	if s, _ := res.Step(StepXDSBack); s.ServedBy != "a" {
 		t.Errorf("a's pods back, c's gRPC client: %+v, want a serving", s)

@@ -379,14 +379,22 @@ func (w *World) readyErr(ctx context.Context) error {
 			return fmt.Errorf("%s: %d WireGuard peers, want %d", m.ID, n, len(w.Members)-1)
 		}
 	}
-	// kube-proxy has programmed c's ClusterSetIP and the path works.
+	// kube-proxy has programmed c's ClusterSetIP, the path works, and it
+	// leads where the scenario starts from: a, c's own region. Until c's
+	// agent has seen a's ready endpoints it imports b's, the nearest it
+	// knows (a CI run on a busy machine, 2026-12-07, caught that moment),
+	// and kube-proxy follows a second later.
 	c := w.Member("c")
 	vip, err := w.clusterSetIP(ctx, c)
 	if err != nil {
 		return err
 	}
-	if _, err := c.Request(netip.AddrPortFrom(vip, servicePort), 500*time.Millisecond); err != nil {
+	served, err := c.Request(netip.AddrPortFrom(vip, servicePort), 500*time.Millisecond)
+	if err != nil {
 		return fmt.Errorf("c's client through %s: %w", vip, err)
+	}
+	if served != "a" {
+		return fmt.Errorf("c's client through %s is served by %s, not yet by a (same region)", vip, served)
 	}
 	return nil
 }
