@@ -87,10 +87,15 @@ func (c *Controller) ServeCertificates(ctx context.Context, cfg CertificatesConf
 	cas := &caSource{kube: cfg.Kube, ns: cfg.CASecretNamespace, name: cfg.CASecretName, log: c.log}
 	// The first read is retried: in a fresh install it can race the
 	// RBAC created beside the pod, or isthmusctl join writing the Secret.
+	// A Secret that is there but holds no usable CA ends it: waiting does
+	// not mend that, a new join does.
 	for delay := caRetry; ; delay = min(2*delay, maxCARetry) {
 		err := cas.load(ctx)
 		if err == nil {
 			break
+		}
+		if errors.As(err, new(unusableCA)) {
+			return err
 		}
 		c.log.Warn("no intermediate CA yet; retrying", "err", err, "retry_in", delay)
 		select {
@@ -163,7 +168,7 @@ func (s *caSource) load(ctx context.Context) error {
 	}
 	ca, err := identity.LoadCA(sec.Data[identity.CertFile], sec.Data[identity.KeyFile], sec.Data[identity.CAFile])
 	if err != nil {
-		return fmt.Errorf("loading the intermediate CA from Secret %s/%s: %w", s.ns, s.name, err)
+		return unusableCA{fmt.Errorf("loading the intermediate CA from Secret %s/%s (run isthmusctl join for this cluster again): %w", s.ns, s.name, err)}
 	}
 	s.mu.Lock()
 	first := s.ca == nil
@@ -178,6 +183,13 @@ func (s *caSource) load(ctx context.Context) error {
 	}
 	return nil
 }
+
+// unusableCA is a CA Secret that was read but holds no CA we can issue
+// from.
+type unusableCA struct{ err error }
+
+func (e unusableCA) Error() string { return e.err.Error() }
+func (e unusableCA) Unwrap() error { return e.err }
 
 // IssueLeaf issues from the current CA.
 func (s *caSource) IssueLeaf(id string, ttl time.Duration) (*identity.Leaf, error) {

@@ -165,8 +165,23 @@ func TestServeCertificatesWaitsForTheSecret(t *testing.T) {
 		t.Errorf("ServeCertificates once the Secret was written: %v", err)
 	}
 	e.ctrl.mu.Lock()
-	defer e.ctrl.mu.Unlock()
 	if e.ctrl.secrets[0] == nil || !issuerOf(t, e.ctrl.secrets[0].GetTlsCertificate().GetCertificateChain().GetInlineBytes()).Equal(p.ca["a"].Certificate()) {
 		t.Error("the gateway certificate is not issued by the Secret's CA")
+	}
+	e.ctrl.mu.Unlock()
+
+	// A Secret that holds no usable CA is no start-up race: no retry
+	// mends it, so the first read fails at once and says what will.
+	bad := caSecret(t, p.ca["a"], "1")
+	bad.Data[identity.KeyFile] = []byte("not a key")
+	kube = fake.NewClientset(bad)
+	ctx, cancel = context.WithTimeout(context.Background(), 4*caRetry)
+	defer cancel()
+	err = e.ctrl.ServeCertificates(ctx, cfg(kube))
+	if err == nil || !strings.Contains(err.Error(), "isthmusctl join") || errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("ServeCertificates with a Secret that holds no CA = %v, want an error naming isthmusctl join, at once", err)
+	}
+	if n := len(kube.Actions()); n != 1 {
+		t.Errorf("ServeCertificates with a Secret that holds no CA made %d reads, want 1: it retried", n)
 	}
 }
