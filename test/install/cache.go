@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 )
@@ -21,17 +22,27 @@ import (
 //
 // A tree with changes is not a commit: its version is stamped "+dirty" and
 // its contents are nobody's key, so it is built into a directory of its
-// own, every time, as before.
+// own, every time (bin/install-cache/dirty-*, holding the PID of the
+// process that uses it). Such a directory goes once that process has
+// ended: the next build removes it, as it removes other commits'.
 func cached(root string, build func(dir string) (*Artifacts, error)) (*Artifacts, error) {
+	cache := filepath.Join(root, "bin", "install-cache")
 	commit, clean := commitOf(root)
 	if !clean {
-		dir, err := os.MkdirTemp("", "isthmus-install-")
+		if err := os.MkdirAll(cache, 0o755); err != nil {
+			return nil, err
+		}
+		prune(cache, "")
+		dir, err := os.MkdirTemp(cache, dirtyPrefix)
 		if err != nil {
+			return nil, err
+		}
+		if err := os.WriteFile(filepath.Join(dir, ownerFile), []byte(strconv.Itoa(os.Getpid())), 0o644); err != nil {
 			return nil, err
 		}
 		return build(dir)
 	}
-	dir := filepath.Join(root, "bin", "install-cache", commit)
+	dir := filepath.Join(cache, commit)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
 	}
@@ -69,14 +80,21 @@ func cached(root string, build func(dir string) (*Artifacts, error)) (*Artifacts
 	return a, nil
 }
 
+const dirtyPrefix, ownerFile = "dirty-", "owner.pid"
+
 // prune removes other commits' artifacts (an image is tens of MB): a
 // checkout has one HEAD, and a later run of an older commit builds again.
+// A changed tree's build stays while the process that made it runs (a
+// commit made meanwhile must not take its image away mid-test).
 func prune(cache, keep string) {
 	entries, err := os.ReadDir(cache)
 	if err != nil {
 		return
 	}
 	for _, e := range entries {
+		if strings.HasPrefix(e.Name(), dirtyPrefix) && inUse(filepath.Join(cache, e.Name())) {
+			continue
+		}
 		if e.Name() != keep {
 			os.RemoveAll(filepath.Join(cache, e.Name()))
 		}
@@ -95,6 +113,18 @@ func commitOf(root string) (string, bool) {
 		return "", false
 	}
 	return strings.TrimSpace(string(head)), true
+}
+
+// inUse says whether the process that built into a changed tree's
+// directory still runs (a directory without its owner's PID yet is being
+// made).
+func inUse(dir string) bool {
+	b, err := os.ReadFile(filepath.Join(dir, ownerFile))
+	if err != nil {
+		return os.IsNotExist(err)
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	return err == nil && syscall.Kill(pid, 0) == nil
 }
 
 func exists(path string) bool {

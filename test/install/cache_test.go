@@ -4,6 +4,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -71,21 +72,51 @@ func TestCachedBuildsACommitOnce(t *testing.T) {
 		t.Fatalf("after the record was lost: %d builds, want 2", n)
 	}
 
-	// A tree with changes is nobody's commit: built every time, outside the cache.
+	// A tree with changes is nobody's commit: built every time, each
+	// build in a directory of its own.
 	if err := os.WriteFile(filepath.Join(root, "new.go"), []byte("package x\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	var dirs []string
 	for range 2 {
 		a, err := cached(root, build)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if filepath.Dir(filepath.Dir(a.Image)) == filepath.Join(root, "bin", "install-cache") {
-			t.Fatalf("a changed tree's build went into the commit cache: %s", a.Image)
-		}
-		os.RemoveAll(filepath.Dir(a.Image))
+		dirs = append(dirs, filepath.Dir(a.Image))
 	}
 	if n := builds.Load(); n != 4 {
 		t.Fatalf("a changed tree was built %d times in two installs, want 2 more than 2", n)
+	}
+	if dirs[0] == dirs[1] || filepath.Base(dirs[0]) == head || filepath.Base(dirs[1]) == head {
+		t.Fatalf("a changed tree's builds went to %v, want a directory each, not the commit's", dirs)
+	}
+
+	// Each stays while its process runs, and goes after: the first one's
+	// owner is made a process that has ended.
+	ended := exec.Command("true")
+	if err := ended.Run(); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dirs[0], ownerFile), []byte(strconv.Itoa(ended.Process.Pid)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cached(root, build); err != nil {
+		t.Fatal(err)
+	}
+	if exists(dirs[0]) {
+		t.Errorf("%s outlived the process that built it", dirs[0])
+	}
+	if !exists(dirs[1]) {
+		t.Errorf("%s was removed while its process runs", dirs[1])
+	}
+	// A commit's build keeps them too, while their process runs.
+	git("add", "new.go")
+	git("commit", "-q", "-m", "two")
+	if _, err := cached(root, build); err != nil {
+		t.Fatal(err)
+	}
+	if !exists(dirs[1]) {
+		t.Errorf("the next commit's build removed %s, which a running process uses", dirs[1])
 	}
 }
