@@ -24,6 +24,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"sync"
 	"syscall"
@@ -47,7 +48,7 @@ var lockDir = filepath.Join(os.TempDir(), "isthmus-ports")
 var pool struct {
 	mu    sync.Mutex
 	held  []int      // first port of each block this process holds
-	locks []*os.File // their lock files, open (and locked) until exit
+	locks []*os.File // their lock files, kept referenced: a collected File closes its descriptor, and the lock goes with it
 	next  int        // index into the held ports of the next to try
 }
 
@@ -77,17 +78,16 @@ func Take() (int, error) {
 // reserve locks a block no process holds, starting from a random one so
 // that processes starting together spread out.
 func reserve() error {
-	dir := lockDir
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+	if err := os.MkdirAll(lockDir, 0o755); err != nil {
 		return fmt.Errorf("freeport: %w", err)
 	}
 	start := rand.IntN(blocks)
 	for k := range blocks {
 		first := low + (start+k)%blocks*blockSize
-		if held(first) {
+		if slices.Contains(pool.held, first) {
 			continue
 		}
-		f, err := os.OpenFile(filepath.Join(dir, fmt.Sprintf("%d-%d.lock", first, first+blockSize-1)), os.O_CREATE|os.O_RDWR, 0o644)
+		f, err := os.OpenFile(filepath.Join(lockDir, fmt.Sprintf("%d-%d.lock", first, first+blockSize-1)), os.O_CREATE|os.O_RDWR, 0o644)
 		if err != nil {
 			return fmt.Errorf("freeport: %w", err)
 		}
@@ -105,15 +105,6 @@ func reserve() error {
 		return nil
 	}
 	return fmt.Errorf("freeport: every block of ports in [%d, %d) is held by another process or in use", low, high)
-}
-
-func held(first int) bool {
-	for _, h := range pool.held {
-		if h == first {
-			return true
-		}
-	}
-	return false
 }
 
 // Addr returns 127.0.0.1:<port> for a port from Take.
