@@ -157,7 +157,9 @@ func checkWorkload(ctx context.Context, m *Cluster, ns string) error {
 		return err
 	}
 	ips := map[string]bool{}
+	var seen []string
 	for _, p := range pods.Items {
+		seen = append(seen, p.Name+"="+p.Status.PodIP)
 		if p.Status.Phase != corev1.PodRunning || p.Status.PodIP == "" {
 			return fmt.Errorf("pod %s is %s with IP %q", p.Name, p.Status.Phase, p.Status.PodIP)
 		}
@@ -167,7 +169,7 @@ func checkWorkload(ctx context.Context, m *Cluster, ns string) error {
 		ips[p.Status.PodIP] = true
 	}
 	if len(ips) != 3 {
-		return fmt.Errorf("%d running pods with distinct IPs, want 3", len(ips))
+		return fmt.Errorf("%d running pods with distinct IPs, want 3: %v", len(ips), seen)
 	}
 	slices, err := m.Client.DiscoveryV1().EndpointSlices(ns).List(ctx, metav1.ListOptions{LabelSelector: discoveryv1.LabelServiceName + "=web"})
 	if err != nil {

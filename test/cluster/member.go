@@ -238,8 +238,24 @@ func (cs *Clusterset) newCluster(name string, spec clusterSpec, bins binaries, d
 	return c, nil
 }
 
+// kwokOptionsYAML is KWOK's configuration beside its stages. A
+// configuration file's options are not defaulted one by one, so it
+// states KWOK's defaults for those it does not change.
+const kwokOptionsYAML = `apiVersion: config.kwok.x-k8s.io/v1alpha1
+kind: KwokConfiguration
+options:
+  podPlayStageParallelism: 1
+  nodePlayStageParallelism: 4
+  nodeLeaseParallelism: 4
+  podsOnNodeSyncParallelism: 4
+  cidr: 10.0.0.1/24
+  enableDebuggingHandlers: true
+  enableProfilingHandler: true
+`
+
 // prepareControllers writes the identities of a member's controllers and
 // prepares kube-controller-manager, kube-scheduler and KWOK.
+
 func (c *Cluster) prepareControllers(spec clusterSpec, bins binaries, host string) error {
 	kubeconfig := func(file, user string, groups ...string) (string, error) {
 		cfg, err := c.ca.restConfig(host, user, groups...)
@@ -256,6 +272,15 @@ func (c *Cluster) prepareControllers(spec clusterSpec, bins binaries, host strin
 	schedConfig, err := kubeconfig("scheduler.kubeconfig", "system:kube-scheduler")
 	if err != nil {
 		return fmt.Errorf("%s: %w", c.Name, err)
+	}
+	// KWOK plays one pod's stage at a time. With its default of four, the
+	// first pods of a node render their IPs at once, and KWOK v0.8.0 makes
+	// the node's IP pool without a lock: two workers may each make one and
+	// hand out the same first address (a Deployment's first three pods ran
+	// on two IPs, TestClustersetRunsWorkloads in a CI run of 2026-12-07).
+	kwokOptions := filepath.Join(c.Dir, "kwok-options.yaml")
+	if err := os.WriteFile(kwokOptions, []byte(kwokOptionsYAML), 0o600); err != nil {
+		return err
 	}
 	var kcmPort, schedPort, kwokPort int
 	for _, p := range []*int{&kcmPort, &schedPort, &kwokPort} {
@@ -320,6 +345,7 @@ func (c *Cluster) prepareControllers(spec clusterSpec, bins binaries, host strin
 			args: []string{
 				"--kubeconfig=" + c.Kubeconfig,
 				"--config=" + bins.kwokStages,
+				"--config=" + kwokOptions,
 				"--manage-all-nodes=false",
 				"--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
 				"--server-address=127.0.0.1:" + strconv.Itoa(kwokPort),
