@@ -11,12 +11,13 @@ import (
 	"strings"
 	"time"
 
-	"github.com/isthmus-dev/isthmus/test/freeport"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
+
+	"github.com/isthmus-dev/isthmus/test/freeport"
 )
 
 // Cluster is one simulated cluster: the broker hub or a member.
@@ -255,7 +256,6 @@ options:
 
 // prepareControllers writes the identities of a member's controllers and
 // prepares kube-controller-manager, kube-scheduler and KWOK.
-
 func (c *Cluster) prepareControllers(spec clusterSpec, bins binaries, host string) error {
 	kubeconfig := func(file, user string, groups ...string) (string, error) {
 		cfg, err := c.ca.restConfig(host, user, groups...)
