@@ -32,7 +32,7 @@ func cached(root string, build func(dir string) (*Artifacts, error)) (*Artifacts
 		if err := os.MkdirAll(cache, 0o755); err != nil {
 			return nil, err
 		}
-		prune(cache, "")
+		prune(cache, commit) // HEAD's own artifacts stay for its next clean run
 		dir, err := os.MkdirTemp(cache, dirtyPrefix)
 		if err != nil {
 			return nil, err
@@ -101,18 +101,16 @@ func prune(cache, keep string) {
 	}
 }
 
-// commitOf is HEAD and whether the work tree matches it, as Go's VCS
-// stamp judges (`git status --porcelain` empty; bin/ is ignored).
+// commitOf is HEAD ("" outside git) and whether the work tree matches
+// it, as Go's VCS stamp judges (`git status --porcelain` empty; bin/ is
+// ignored).
 func commitOf(root string) (string, bool) {
 	head, err := exec.Command("git", "-C", root, "rev-parse", "HEAD").Output()
 	if err != nil {
 		return "", false
 	}
 	status, err := exec.Command("git", "-C", root, "status", "--porcelain").Output()
-	if err != nil || len(bytes.TrimSpace(status)) > 0 {
-		return "", false
-	}
-	return strings.TrimSpace(string(head)), true
+	return strings.TrimSpace(string(head)), err == nil && len(bytes.TrimSpace(status)) == 0
 }
 
 // inUse says whether the process that built into a changed tree's

@@ -91,6 +91,9 @@ func TestCachedBuildsACommitOnce(t *testing.T) {
 	if dirs[0] == dirs[1] || filepath.Base(dirs[0]) == head || filepath.Base(dirs[1]) == head {
 		t.Fatalf("a changed tree's builds went to %v, want a directory each, not the commit's", dirs)
 	}
+	if !exists(filepath.Join(root, "bin", "install-cache", head, "artifacts.json")) {
+		t.Error("a changed tree's build removed the artifacts of the commit it changes")
+	}
 
 	// Each stays while its process runs, and goes after: the first one's
 	// owner is made a process that has ended.
