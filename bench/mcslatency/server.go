@@ -22,6 +22,9 @@ import (
 // "VERB resource".
 type server struct {
 	count, sec map[string]float64
+	// failed counts the writes answered with an error (a 409 conflict
+	// from a stale cache, mostly): each is a write the path paid for.
+	failed map[string]float64
 }
 
 type servers map[string]server // by cluster name
@@ -36,7 +39,7 @@ func readServers(ctx context.Context, cs *cluster.Clusterset) (servers, error) {
 		if err != nil {
 			return nil, fmt.Errorf("reading %s's apiserver metrics: %w", c.name, err)
 		}
-		s := server{count: map[string]float64{}, sec: map[string]float64{}}
+		s := server{count: map[string]float64{}, sec: map[string]float64{}, failed: map[string]float64{}}
 		if f := fams["apiserver_request_duration_seconds"]; f != nil {
 			for _, m := range f.GetMetric() {
 				verb, res, write := promtext.Write(m)
@@ -46,6 +49,14 @@ func readServers(ctx context.Context, cs *cluster.Clusterset) (servers, error) {
 				k := verb + " " + res
 				s.count[k] += float64(m.GetHistogram().GetSampleCount())
 				s.sec[k] += m.GetHistogram().GetSampleSum()
+			}
+		}
+		if f := fams["apiserver_request_total"]; f != nil {
+			for _, m := range f.GetMetric() {
+				verb, res, write := promtext.Write(m)
+				if write && !strings.HasPrefix(promtext.Label(m, "code"), "2") {
+					s.failed[verb+" "+res] += m.GetCounter().GetValue()
+				}
 			}
 		}
 		out[c.name] = s
@@ -72,7 +83,11 @@ func printServers(samples int, names []string, readings []servers) {
 				n := after[c].count[k] - before[c].count[k]
 				sec := after[c].sec[k] - before[c].sec[k]
 				// Background writes (Leases, Events) show as fractions.
-				parts = append(parts, fmt.Sprintf("%s: %s × %.2f, %.2f ms", c, k, n/float64(samples), 1000*sec/n))
+				part := fmt.Sprintf("%s: %s × %.2f, %.2f ms", c, k, n/float64(samples), 1000*sec/n)
+				if f := after[c].failed[k] - before[c].failed[k]; f > 0 {
+					part += fmt.Sprintf(" (%.2f failed)", f/float64(samples))
+				}
+				parts = append(parts, part)
 			}
 		}
 		fmt.Printf("| %s | %s |\n", name, strings.Join(parts, "; "))

@@ -3,10 +3,12 @@ package agent
 import (
 	"context"
 	"fmt"
+	"maps"
 	"slices"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -56,18 +58,28 @@ func (a *Agent) applyImport(ctx context.Context, p *importPlan) error {
 	}
 
 	api := a.cfg.Local.DiscoveryV1().EndpointSlices(ns)
-	for _, s := range p.Slices {
+	if err := inParallel(slices.Collect(maps.Values(p.Slices)), func(s *discoveryv1.EndpointSlice) error {
 		s.OwnerReferences = []metav1.OwnerReference{owner}
 		if err := a.applySlice(ctx, "local", api, s); err != nil {
 			return fmt.Errorf("writing EndpointSlice %s/%s: %w", ns, s.Name, err)
 		}
+		return nil
+	}); err != nil {
+		return err
 	}
+	var stale []*discoveryv1.EndpointSlice
 	for _, cur := range slicesIn(a.ownSlices, ns+"/"+name) {
 		if p.Slices[cur.Name] == nil {
-			if err := a.deleteOwn(sliceWriteKey(ns, cur.Name), func() error { return api.Delete(ctx, cur.Name, metav1.DeleteOptions{}) }); err != nil {
-				return fmt.Errorf("deleting stale EndpointSlice %s/%s: %w", ns, cur.Name, err)
-			}
+			stale = append(stale, cur)
 		}
+	}
+	if err := inParallel(stale, func(cur *discoveryv1.EndpointSlice) error {
+		if err := a.deleteOwn(sliceWriteKey(ns, cur.Name), func() error { return api.Delete(ctx, cur.Name, metav1.DeleteOptions{}) }); err != nil {
+			return fmt.Errorf("deleting stale EndpointSlice %s/%s: %w", ns, cur.Name, err)
+		}
+		return nil
+	}); err != nil {
+		return err
 	}
 	a.updateImportGauge()
 	return nil

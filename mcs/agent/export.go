@@ -3,6 +3,8 @@ package agent
 import (
 	"context"
 	"fmt"
+	"maps"
+	"slices"
 	"strings"
 
 	corev1 "k8s.io/api/core/v1"
@@ -151,22 +153,25 @@ func (a *Agent) publishSlices(ctx context.Context, ns, name string) error {
 		want[s.Name] = s
 	}
 	api := a.cfg.Broker.DiscoveryV1().EndpointSlices(a.cfg.BrokerNamespace)
-	for _, s := range want {
-		if err := a.applySlice(ctx, "broker", api, s); err != nil {
-			return err
+	if err := inParallel(slices.Collect(maps.Values(want)), func(s *discoveryv1.EndpointSlice) error {
+		return a.applySlice(ctx, "broker", api, s)
+	}); err != nil {
+		return err
+	}
+	var stale []*discoveryv1.EndpointSlice
+	for _, cur := range a.brokerSlicesOf(ns, name) {
+		if cur.Labels[brokerv1.LabelSourceCluster] == a.cfg.ClusterID && want[cur.Name] == nil {
+			stale = append(stale, cur)
 		}
 	}
-	for _, cur := range a.brokerSlicesOf(ns, name) {
-		if cur.Labels[brokerv1.LabelSourceCluster] != a.cfg.ClusterID || want[cur.Name] != nil {
-			continue
-		}
+	return inParallel(stale, func(cur *discoveryv1.EndpointSlice) error {
 		if err := api.Delete(ctx, cur.Name, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
 			a.countWrite("broker", "delete", err)
 			return err
 		}
 		a.countWrite("broker", "delete", nil)
-	}
-	return nil
+		return nil
+	})
 }
 
 // brokerSlice is the broker's copy of a local EndpointSlice: the same

@@ -100,7 +100,14 @@ func (a *Agent) setupInformers() error {
 			}
 			both(key)
 		}, nil},
-		{brokerSliceInf, func(o any) { a.imports.enqueue(brokerSliceServiceKey(o)) }, nil},
+		{brokerSliceInf, func(o any) {
+			// This cluster's import of its own export reads its local
+			// slices (endpointsOf), never their broker copies: the copy
+			// this agent's export just wrote brings the import nothing.
+			if unwrap(o).(metav1.Object).GetLabels()[brokerv1.LabelSourceCluster] != a.cfg.ClusterID {
+				a.imports.enqueue(brokerSliceServiceKey(o))
+			}
+		}, nil},
 		{nsInf, func(o any) { a.importsInNamespace(unwrap(o).(metav1.Object).GetName()) }, nil},
 		{importInf, func(o any) { a.imports.enqueue(objectKey(o)) }, own(importWriteKey)},
 		{ownSliceInf, func(o any) { a.imports.enqueue(ownKey(o)) }, own(sliceWriteKey)},

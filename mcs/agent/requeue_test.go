@@ -232,3 +232,75 @@ func TestOwnDeletesQueueNothing(t *testing.T) {
 		t.Errorf("c reconciled the import %d times for one stray slice, want 1 (the deletion's own event queued another)", n)
 	}
 }
+
+// TestOwnBrokerSlicesQueueNoImport changes the endpoints of a service a
+// exports. a's import of its own export reads a's local slices, never
+// their broker copies, so the copy a's export writes must not queue a's
+// import again: one import reconcile per change. Before, the copy's event
+// ran a second one, which often found its cache without the first one's
+// slice writes and wrote them again into a conflict.
+func TestOwnBrokerSlicesQueueNoImport(t *testing.T) {
+	clusterset(t)
+	ctx := ctxFor(t, 2*time.Minute)
+	ns := "ownbroker"
+	namespace(t, ctx, ns, 0)
+	a := clusters.Members[0].Client
+	if _, err := a.CoreV1().Services(ns).Create(ctx, &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Name: "direct"},
+		Spec:       corev1.ServiceSpec{Ports: []corev1.ServicePort{{Name: "http", Port: 80, Protocol: corev1.ProtocolTCP}}},
+	}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	base := clusters.Members[0].PodCIDR.Addr()
+	addr := func(n int) string {
+		a := base
+		for range n {
+			a = a.Next()
+		}
+		return a.String()
+	}
+	port, pname, ready := int32(8080), "http", true
+	slice, err := a.DiscoveryV1().EndpointSlices(ns).Create(ctx, &discoveryv1.EndpointSlice{
+		ObjectMeta: metav1.ObjectMeta{Name: "direct-1", Labels: map[string]string{
+			discoveryv1.LabelServiceName: "direct", discoveryv1.LabelManagedBy: "test.isthmus.dev"}},
+		AddressType: discoveryv1.AddressTypeIPv4,
+		Endpoints:   []discoveryv1.Endpoint{{Addresses: []string{addr(10)}, Conditions: discoveryv1.EndpointConditions{Ready: &ready}}},
+		Ports:       []discoveryv1.EndpointPort{{Name: &pname, Port: &port}},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	exportService(t, ctx, 0, ns, "direct", nil, nil)
+	imported := func(want string) func() error {
+		return func() error {
+			v, err := viewImport(ctx, t, 0, ns, "direct")
+			if err != nil {
+				return err
+			}
+			if got := v.endpoints[ids[0]]; !slices.Equal(got, []string{want}) {
+				return fmt.Errorf("a's own import lists %v, want [%s]", got, want)
+			}
+			hub, err := clusters.Broker.Client.DiscoveryV1().EndpointSlices(brokerv1.DefaultBrokerNamespace).List(ctx, metav1.ListOptions{
+				LabelSelector: brokerv1.LabelSourceCluster + "=" + ids[0] + "," + brokerv1.LabelServiceName + "=direct"})
+			if err != nil {
+				return err
+			}
+			if len(hub.Items) != 1 || len(hub.Items[0].Endpoints) != 1 || hub.Items[0].Endpoints[0].Addresses[0] != want {
+				return fmt.Errorf("the broker holds %d copies of a's slice, not one listing %s", len(hub.Items), want)
+			}
+			return nil
+		}
+	}
+	eventually(t, propagation, "direct imported in a and published", imported(addr(10)))
+	for i := 11; i <= 13; i++ {
+		before := importsIdle(t, 0)
+		slice.Endpoints[0].Addresses = []string{addr(i)}
+		if slice, err = a.DiscoveryV1().EndpointSlices(ns).Update(ctx, slice, metav1.UpdateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, propagation, "the new address imported in a and published", imported(addr(i)))
+		if n := importsIdle(t, 0) - before; n != 1 {
+			t.Errorf("a reconciled its import %d times for one change of its endpoints, want 1 (the broker copy of its own slice queued it again)", n)
+		}
+	}
+}

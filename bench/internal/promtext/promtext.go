@@ -57,3 +57,13 @@ func Write(m *dto.Metric) (verb, resource string, ok bool) {
 	}
 	return verb, resource, writeVerbs[verb]
 }
+
+// Label is the value of a sample's label name, "" when it has none.
+func Label(m *dto.Metric, name string) string {
+	for _, l := range m.GetLabel() {
+		if l.GetName() == name {
+			return l.GetValue()
+		}
+	}
+	return ""
+}
