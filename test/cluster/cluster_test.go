@@ -91,7 +91,7 @@ func TestClustersetRunsWorkloads(t *testing.T) {
 	}
 	cs.Stop()
 	for _, pid := range pids {
-		if alive(pid) {
+		if Alive(pid) {
 			t.Errorf("process %d still runs after Stop", pid)
 		}
 	}
@@ -261,7 +261,7 @@ func TestSweepStale(t *testing.T) {
 	if _, err := os.Stat(live); err != nil {
 		t.Fatalf("live harness swept: %v", err)
 	}
-	if !alive(sleep.Process.Pid) {
+	if !Alive(sleep.Process.Pid) {
 		t.Fatal("live harness's child was ended")
 	}
 

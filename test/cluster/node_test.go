@@ -122,7 +122,7 @@ func TestRealNodes(t *testing.T) {
 	}
 	cs.Stop()
 	for _, pid := range pids {
-		if alive(pid) {
+		if Alive(pid) {
 			t.Errorf("process %d still runs after Stop", pid)
 		}
 	}

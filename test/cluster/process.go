@@ -225,7 +225,7 @@ func sweepStale(parent string) {
 	dirs, _ := filepath.Glob(filepath.Join(parent, dirPrefix+"*"))
 	for _, dir := range dirs {
 		owner, err := readPID(filepath.Join(dir, ownerFile))
-		if err != nil || alive(owner) {
+		if err != nil || Alive(owner) {
 			continue
 		}
 		data, _ := os.ReadFile(filepath.Join(dir, childrenFile))
@@ -262,8 +262,10 @@ func readPID(path string) (int, error) {
 	return strconv.Atoi(strings.TrimSpace(string(data)))
 }
 
-// alive reports whether process pid still runs.
-func alive(pid int) bool {
+// Alive reports whether process pid still runs: it exists and is not a
+// zombie. The harness, the install tests and the demo ask it of processes
+// they did not start themselves (a PID read from a file).
+func Alive(pid int) bool {
 	if syscall.Kill(pid, 0) != nil {
 		return false
 	}

@@ -11,7 +11,6 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
-	"syscall"
 	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
@@ -414,7 +413,7 @@ func (m *Member) cutNode(ctx context.Context) error {
 func nodeLeftovers(pids []int, harnessDir, demoDir string) []string {
 	var left []string
 	for _, pid := range pids {
-		if syscall.Kill(pid, 0) == nil && !zombie(pid) {
+		if cluster.Alive(pid) {
 			left = append(left, fmt.Sprintf("process %d", pid))
 		}
 	}
@@ -427,15 +426,4 @@ func nodeLeftovers(pids []int, harnessDir, demoDir string) []string {
 		}
 	}
 	return left
-}
-
-// zombie says whether pid has exited and waits for its parent.
-func zombie(pid int) bool {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return true
-	}
-	s := string(b)
-	i := strings.LastIndexByte(s, ')')
-	return i >= 0 && i+2 < len(s) && s[i+2] == 'Z'
 }

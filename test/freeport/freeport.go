@@ -45,11 +45,16 @@ const (
 // locks blocks of its own there).
 var lockDir = filepath.Join(os.TempDir(), "isthmus-ports")
 
+// block is a block of ports this process holds.
+type block struct {
+	first int      // its first port
+	lock  *os.File // its lock file, kept referenced: a collected File closes its descriptor, and the lock goes with it
+}
+
 var pool struct {
-	mu    sync.Mutex
-	held  []int      // first port of each block this process holds
-	locks []*os.File // their lock files, kept referenced: a collected File closes its descriptor, and the lock goes with it
-	next  int        // index into the held ports of the next to try
+	mu   sync.Mutex
+	held []block
+	next int // index into the held ports of the next to try
 }
 
 // Take returns a loopback port that was free for TCP and UDP when
@@ -63,7 +68,7 @@ func Take() (int, error) {
 		for range len(pool.held) * blockSize {
 			i := pool.next
 			pool.next = (pool.next + 1) % (len(pool.held) * blockSize)
-			port := pool.held[i/blockSize] + i%blockSize
+			port := pool.held[i/blockSize].first + i%blockSize
 			if free(port) {
 				return port, nil
 			}
@@ -84,7 +89,7 @@ func reserve() error {
 	start := rand.IntN(blocks)
 	for k := range blocks {
 		first := low + (start+k)%blocks*blockSize
-		if slices.Contains(pool.held, first) {
+		if slices.ContainsFunc(pool.held, func(b block) bool { return b.first == first }) {
 			continue
 		}
 		f, err := os.OpenFile(filepath.Join(lockDir, fmt.Sprintf("%d-%d.lock", first, first+blockSize-1)), os.O_CREATE|os.O_RDWR, 0o644)
@@ -100,8 +105,7 @@ func reserve() error {
 		} else {
 			pool.next = len(pool.held) * blockSize
 		}
-		pool.held = append(pool.held, first)
-		pool.locks = append(pool.locks, f)
+		pool.held = append(pool.held, block{first, f})
 		return nil
 	}
 	return fmt.Errorf("freeport: every block of ports in [%d, %d) is held by another process or in use", low, high)

@@ -10,6 +10,8 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+
+	"github.com/isthmus-dev/isthmus/test/cluster"
 )
 
 // cached returns the artifacts of the checked-out commit from
@@ -122,7 +124,7 @@ func inUse(dir string) bool {
 		return os.IsNotExist(err)
 	}
 	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
-	return err == nil && syscall.Kill(pid, 0) == nil
+	return err == nil && cluster.Alive(pid)
 }
 
 func exists(path string) bool {

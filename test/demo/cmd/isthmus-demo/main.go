@@ -25,6 +25,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/isthmus-dev/isthmus/test/cluster"
 	"github.com/isthmus-dev/isthmus/test/demo"
 )
 
@@ -63,7 +64,7 @@ func up(keep bool, out io.Writer) error {
 		return err
 	}
 	if b, err := os.ReadFile(pidFile); err == nil {
-		if pid, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil && syscall.Kill(pid, 0) == nil {
+		if pid, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil && cluster.Alive(pid) {
 			return fmt.Errorf("a demo already runs (pid %d): isthmus-demo down first", pid)
 		}
 	}
@@ -133,7 +134,7 @@ func down(out io.Writer) error {
 		return fmt.Errorf("stopping the demo (pid %d): %w", pid, err)
 	}
 	for range 600 {
-		if syscall.Kill(pid, 0) != nil {
+		if !cluster.Alive(pid) {
 			fmt.Fprintln(out, "demo stopped")
 			return nil
 		}
