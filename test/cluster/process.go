@@ -224,7 +224,7 @@ const (
 func sweepStale(parent string) {
 	dirs, _ := filepath.Glob(filepath.Join(parent, dirPrefix+"*"))
 	for _, dir := range dirs {
-		owner, err := readPID(filepath.Join(dir, ownerFile))
+		owner, err := ReadPID(filepath.Join(dir, ownerFile))
 		if err != nil || Alive(owner) {
 			continue
 		}
@@ -254,7 +254,10 @@ func sweepStale(parent string) {
 	}
 }
 
-func readPID(path string) (int, error) {
+// ReadPID reads the PID a file holds, as the harness, the install cache
+// and the demo write their owners' (the file's error when it cannot be
+// read).
+func ReadPID(path string) (int, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return 0, err

@@ -3,6 +3,7 @@ package install
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -119,11 +120,10 @@ func commitOf(root string) (string, bool) {
 // directory still runs (a directory without its owner's PID yet is being
 // made).
 func inUse(dir string) bool {
-	b, err := os.ReadFile(filepath.Join(dir, ownerFile))
-	if err != nil {
-		return os.IsNotExist(err)
+	pid, err := cluster.ReadPID(filepath.Join(dir, ownerFile))
+	if errors.Is(err, os.ErrNotExist) {
+		return true
 	}
-	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
 	return err == nil && cluster.Alive(pid)
 }
 

@@ -63,10 +63,8 @@ func up(keep bool, out io.Writer) error {
 	if err := demo.Preflight(); err != nil {
 		return err
 	}
-	if b, err := os.ReadFile(pidFile); err == nil {
-		if pid, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil && cluster.Alive(pid) {
-			return fmt.Errorf("a demo already runs (pid %d): isthmus-demo down first", pid)
-		}
+	if pid, err := cluster.ReadPID(pidFile); err == nil && cluster.Alive(pid) {
+		return fmt.Errorf("a demo already runs (pid %d): isthmus-demo down first", pid)
 	}
 	if err := os.WriteFile(pidFile, []byte(strconv.Itoa(os.Getpid())), 0o600); err != nil {
 		return err
