@@ -91,13 +91,14 @@ func (h hops) second() []time.Duration {
 	return out
 }
 
-// printBreakdown prints each measurement's halves beside the floor's.
-func printBreakdown(floor hops, rows map[string]hops, order []string) {
+// printBreakdown prints each path's halves beside the floor's (the first
+// path).
+func printBreakdown(paths []*path) {
 	fmt.Printf("\n| where the time goes | A → broker p50 / p99 | ÷ floor's p50 | broker → B p50 / p99 | ÷ floor's p50 |\n|---|---|---|---|---|\n")
-	f1, f2 := pct(floor.first, 50), pct(floor.second(), 50)
-	for _, name := range order {
-		h := rows[name]
-		fmt.Printf("| %s | %v / %v | %.2f | %v / %v | %.2f |\n", name,
+	f1, f2 := pct(paths[0].h.first, 50), pct(paths[0].h.second(), 50)
+	for _, p := range paths {
+		h := p.h
+		fmt.Printf("| %s | %v / %v | %.2f | %v / %v | %.2f |\n", p.name,
 			pct(h.first, 50), pct(h.first, 99), float64(pct(h.first, 50))/float64(f1),
 			pct(h.second(), 50), pct(h.second(), 99), float64(pct(h.second(), 50))/float64(f2))
 	}

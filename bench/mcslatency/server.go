@@ -35,7 +35,7 @@ func readServers(ctx context.Context, cs *cluster.Clusterset) (servers, error) {
 		name string
 		cl   *cluster.Cluster
 	}{{"broker", cs.Broker}, {"a", cs.Members[0]}, {"b", cs.Members[1]}} {
-		fams, err := promtext.APIServer(ctx, c.cl.Client.Discovery().RESTClient())
+		fams, err := promtext.APIServer(ctx, c.cl.Client.Discovery().RESTClient(), "apiserver_request_duration_seconds", "apiserver_request_total")
 		if err != nil {
 			return nil, fmt.Errorf("reading %s's apiserver metrics: %w", c.name, err)
 		}
@@ -64,32 +64,61 @@ func readServers(ctx context.Context, cs *cluster.Clusterset) (servers, error) {
 	return out, nil
 }
 
-// printServers prints, per measurement, the writes each apiserver served
-// per sample and their mean server time, from consecutive readings.
-func printServers(samples int, names []string, readings []servers) {
-	fmt.Printf("\n| apiserver writes during | apiserver: VERB resource × per sample, mean server time |\n|---|---|\n")
-	for i, name := range names {
-		before, after := readings[i], readings[i+1]
+func (s servers) sub(o servers) servers { return s.combine(o, -1) }
+func (s servers) add(o servers) servers { return s.combine(o, 1) }
+
+// combine is s + sign × o, apiserver by apiserver and key by key.
+func (s servers) combine(o servers, sign float64) servers {
+	out := servers{}
+	for _, c := range []servers{s, o} {
+		for name := range c {
+			if _, done := out[name]; !done {
+				out[name] = server{count: map[string]float64{}, sec: map[string]float64{}, failed: map[string]float64{}}
+			}
+		}
+	}
+	for name, r := range out {
+		for _, m := range []struct {
+			into     map[string]float64
+			from, by map[string]float64
+		}{{r.count, s[name].count, o[name].count}, {r.sec, s[name].sec, o[name].sec}, {r.failed, s[name].failed, o[name].failed}} {
+			for k, v := range m.from {
+				m.into[k] += v
+			}
+			for k, v := range m.by {
+				m.into[k] += sign * v
+			}
+		}
+	}
+	return out
+}
+
+// printServers prints, per path, the writes each apiserver served per
+// sample and their mean server time.
+func printServers(paths []*path) {
+	fmt.Printf("\n| apiserver writes per sample | apiserver: VERB resource × per sample, mean server time |\n|---|---|\n")
+	for _, p := range paths {
+		samples := float64(len(p.h.total))
 		var parts []string
 		for _, c := range []string{"broker", "a", "b"} {
+			s := p.use.servers[c]
 			var keys []string
-			for k, n := range after[c].count {
-				if n-before[c].count[k] > 0 {
+			for k, n := range s.count {
+				if n > 0 {
 					keys = append(keys, k)
 				}
 			}
 			slices.Sort(keys)
 			for _, k := range keys {
-				n := after[c].count[k] - before[c].count[k]
-				sec := after[c].sec[k] - before[c].sec[k]
+				n := s.count[k]
 				// Background writes (Leases, Events) show as fractions.
-				part := fmt.Sprintf("%s: %s × %.2f, %.2f ms", c, k, n/float64(samples), 1000*sec/n)
-				if f := after[c].failed[k] - before[c].failed[k]; f > 0 {
-					part += fmt.Sprintf(" (%.2f failed)", f/float64(samples))
+				part := fmt.Sprintf("%s: %s × %.2f, %.2f ms", c, k, n/samples, 1000*s.sec[k]/n)
+				if f := s.failed[k]; f > 0 {
+					part += fmt.Sprintf(" (%.2f failed)", f/samples)
 				}
 				parts = append(parts, part)
 			}
 		}
-		fmt.Printf("| %s | %s |\n", name, strings.Join(parts, "; "))
+		fmt.Printf("| %s | %s |\n", p.name, strings.Join(parts, "; "))
 	}
 }
