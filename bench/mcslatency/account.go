@@ -19,7 +19,7 @@ import (
 // apiserver served (server.go), the agents' reconciles, and the CPU time
 // of every process on the machine that takes part: the harness's children
 // (apiservers, etcd, controller managers, KWOK) by program, and this
-// process (the three agents and the bench's own clients and watches). The
+// process (the agents and the bench's own clients and watches). The
 // CPU shows how much work one change sets off across the clusterset, all
 // of it on the same CPUs as the change's own path.
 
@@ -150,11 +150,11 @@ func printCPU(paths []*path) {
 	}
 	slices.Sort(cols)
 	cols = append(cols, thisProcess)
-	fmt.Printf("\n| CPU per sample, ms (the sample and its follow-up work, all 4 clusters) |")
+	fmt.Printf("\n| CPU per sample, ms (the sample and its follow-up work, every cluster) |")
 	for _, c := range cols {
 		name := c
 		if c == thisProcess {
-			name += " (3 agents, the bench)"
+			name += " (the agents, the bench)"
 		}
 		fmt.Printf(" %s |", name)
 	}

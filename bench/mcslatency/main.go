@@ -49,24 +49,29 @@ func main() {
 	samples := flag.Int("samples", 200, "samples per measurement")
 	services := flag.Int("services", 0, "then export this many services × 10 endpoints from each of the three members and report the agents' CPU and memory")
 	flag.DurationVar(&gap, "gap", 250*time.Millisecond, "pause before each sample, so that it starts after the previous one's follow-up work (the source's status, the other members' imports) has settled; 0 runs the samples back to back")
+	members := flag.Int("members", 3, "member clusters (2 or 3): with 2, no third member imports each change on the same CPUs; a diagnosis of how much the clusterset's own fan-out costs the path, not the figure to report")
 	flag.BoolVar(&phased, "phased", false, "take all of one path's samples before the next path's (the floor's first), instead of interleaving them")
 	writes := flag.Bool("writes", false, "instead: time each kind of write the path makes, alone (no agent running)")
 	flag.Parse()
-	run := run
-	if *writes {
-		run = func(samples, _ int) error { return measureWrites(samples) }
+	if *members != 2 && *members != 3 {
+		fmt.Fprintln(os.Stderr, "mcslatency: -members is 2 or 3")
+		os.Exit(2)
 	}
-	if err := run(*samples, *services); err != nil {
+	run := func() error { return run(*samples, *services, *members) }
+	if *writes {
+		run = func() error { return measureWrites(*samples) }
+	}
+	if err := run(); err != nil {
 		fmt.Fprintln(os.Stderr, "mcslatency:", err)
 		os.Exit(1)
 	}
 }
 
-func run(samples, services int) error {
+func run(samples, services, members int) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
 	defer cancel()
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	cs, err := cluster.New(ctx, cluster.Options{Broker: true, Members: 3, Log: log})
+	cs, err := cluster.New(ctx, cluster.Options{Broker: true, Members: members, Log: log})
 	if err != nil {
 		return err
 	}
@@ -122,8 +127,8 @@ func run(samples, services int) error {
 		order = "phased: all of one path's samples, then the next path's"
 	}
 	fmt.Printf("load average at the start of the measurements: %s\n", load0)
-	fmt.Printf("conditions: %d samples each, %s, sequential with %v before each, from member a to member b; broker + 3 members on loopback (real kube-apiserver %s, etcd, KWOK), 3 agents in this process; %d CPUs\n",
-		samples, order, gap, "v1.37.2", runtime.NumCPU())
+	fmt.Printf("conditions: %d samples each, %s, sequential with %v before each, from member a to member b; broker + %d members on loopback (real kube-apiserver %s, etcd, KWOK), %[4]d agents in this process; %[6]d CPUs\n",
+		samples, order, gap, members, "v1.37.2", runtime.NumCPU())
 	fmt.Printf("| measurement | p50 | p99 | p50 / floor p50 | p99 / floor p99 |\n|---|---|---|---|---|\n")
 	floor := paths[0].h.total
 	for _, p := range paths {
@@ -139,7 +144,7 @@ func run(samples, services int) error {
 	printServers(paths)
 	printCPU(paths)
 	fmt.Printf("load average at the end: %s\n", loadavg())
-	fmt.Printf("this process's CPU over the measurements: %v (the three agents, the clients and the watches, the bench's reads between samples); Go heap in use at the end: %d MiB\n",
+	fmt.Printf("this process's CPU over the measurements: %v (the agents, the clients and the watches, the bench's reads between samples); Go heap in use at the end: %d MiB\n",
 		cpu.Round(time.Millisecond), mem.HeapInuse>>20)
 	if services > 0 {
 		return measureScale(ctx, cs, services)
