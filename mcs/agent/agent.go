@@ -260,7 +260,7 @@ func (a *Agent) lead(ctx context.Context) {
 	defer a.leading.Store(false)
 	linked := make(chan struct{})
 	go a.heartbeat(ctx, linked)
-	go a.watchHealth(ctx)
+	go a.watchHealth(ctx, time.Second)
 	// Imports follow the peers' health, and health is judged only once
 	// the first heartbeat has said whether the broker is reached: before
 	// that, a peer that died before this start would count as healthy and

@@ -47,11 +47,18 @@ func (a *Agent) observeLease(obj any, deleted bool) {
 // of the moment the broker was lost; after it returns, each peer is given
 // a full period to renew again.
 func (a *Agent) healthOf(cluster string) brokerv1.Health {
-	if cluster == a.cfg.ClusterID {
-		return brokerv1.Healthy
-	}
-	h, _ := a.heartbeats.Judge(cluster, a.link.Load(), time.Now(), a.cfg.WithdrawAfter)
+	h, _ := a.judge(cluster)
 	return h
+}
+
+// judge is healthOf with the time until that judgement would change (a
+// heartbeat lapsing, a lapsed one withdrawn) though no Lease arrives; 0
+// when none is due.
+func (a *Agent) judge(cluster string) (brokerv1.Health, time.Duration) {
+	if cluster == a.cfg.ClusterID {
+		return brokerv1.Healthy, 0
+	}
+	return a.heartbeats.Judge(cluster, a.link.Load(), time.Now(), a.cfg.WithdrawAfter)
 }
 
 // unreachable reports whether traffic to cluster should go elsewhere now:
@@ -73,8 +80,9 @@ func (a *Agent) unreachable(cluster string) bool {
 
 // recheckHealth recomputes the health of the given clusters, or of every
 // cluster with a Lease when none is given, and queues the imports of the
-// clusters whose health changed.
-func (a *Agent) recheckHealth(only ...string) {
+// clusters whose health changed. It returns how long until the soonest
+// of their judgements is due to change (0 when none is).
+func (a *Agent) recheckHealth(only ...string) time.Duration {
 	clusters := only
 	if len(only) == 0 {
 		for _, o := range a.leases.List() {
@@ -82,12 +90,16 @@ func (a *Agent) recheckHealth(only ...string) {
 		}
 	}
 	var changed []string
+	var soonest time.Duration
 	a.healthMu.Lock()
 	for _, cluster := range clusters {
 		if cluster == "" || cluster == a.cfg.ClusterID {
 			continue
 		}
-		h := a.healthOf(cluster)
+		h, next := a.judge(cluster)
+		if next > 0 && (soonest == 0 || next < soonest) {
+			soonest = next
+		}
 		if old, seen := a.health[cluster]; !seen || old != h {
 			if seen {
 				a.log.Info("cluster health changed", "peer", cluster, "from", old, "to", h)
@@ -98,20 +110,40 @@ func (a *Agent) recheckHealth(only ...string) {
 	}
 	a.healthMu.Unlock()
 	a.importsOf(changed...)
+	return soonest
 }
 
 // watchHealth rechecks health as time passes, since a Lease that stops
-// being renewed sends no event.
-func (a *Agent) watchHealth(ctx context.Context) {
-	t := time.NewTicker(time.Second)
+// being renewed sends no event: when the soonest judgement is due to
+// change, so that a lapsed heartbeat moves traffic and a withdrawal
+// happens at its time and not up to a tick later (and together with the
+// xDS server, which judges by the same rule at the same moments), and
+// every second besides, which also reports health to the broker and
+// learns of clusters first seen since (every is the agent's 1 s).
+func (a *Agent) watchHealth(ctx context.Context, every time.Duration) {
+	t := time.NewTicker(every)
 	defer t.Stop()
+	due := time.NewTimer(time.Hour)
+	due.Stop()
+	defer due.Stop()
+	tick := false
 	for {
+		// A renewal since only pushes a cluster's due time later, so the
+		// timer is never late, only sometimes early: a recheck for nothing.
+		// Past the boundary by a little, as the judgement is strict.
+		if next := a.recheckHealth(); next > 0 {
+			due.Reset(next + 10*time.Millisecond)
+		}
+		if tick {
+			a.reportHealth(ctx)
+		}
 		select {
 		case <-ctx.Done():
 			return
+		case <-due.C:
+			tick = false
 		case <-t.C:
-			a.recheckHealth()
-			a.reportHealth(ctx)
+			tick = true
 		}
 	}
 }

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"log/slog"
@@ -51,5 +52,52 @@ func BenchmarkObserveLease(b *testing.B) {
 	b.ResetTimer()
 	for i := range b.N {
 		a.observeLease(lease(i%n), false)
+	}
+}
+
+// TestHealthJudgedWhenDue: a peer that stops renewing is judged Lapsed,
+// then Withdrawn, when each is due, with no tick to notice it (the tick
+// here comes once an hour): watchHealth rechecks when the soonest
+// judgement is due to change. With the tick alone, failover and
+// withdrawal came up to a tick late, after the xDS server, which judges
+// by the same rule, had already acted.
+func TestHealthJudgedWhenDue(t *testing.T) {
+	a := &Agent{
+		cfg:           Config{ClusterID: "a", WithdrawAfter: 2 * time.Second},
+		log:           slog.New(slog.NewTextHandler(io.Discard, nil)),
+		leases:        cache.NewStore(cache.MetaNamespaceKeyFunc),
+		brokerExports: cache.NewIndexer(cache.MetaNamespaceKeyFunc, cache.Indexers{byCluster: clusterIndex}),
+		health:        map[string]brokerv1.Health{},
+	}
+	a.heartbeats.Default = 30 * time.Second
+	a.link.Store(&brokerv1.BrokerLink{Up: true, Since: time.Now().Add(-time.Minute)})
+	d, now := int32(1), metav1.NewMicroTime(time.Now())
+	l := &coordinationv1.Lease{
+		ObjectMeta: metav1.ObjectMeta{Namespace: brokerv1.DefaultBrokerNamespace, Name: brokerv1.LeaseName("b"),
+			Labels: map[string]string{brokerv1.LabelSourceCluster: "b"}},
+		Spec: coordinationv1.LeaseSpec{LeaseDurationSeconds: &d, RenewTime: &now},
+	}
+	if err := a.leases.Add(l); err != nil {
+		t.Fatal(err)
+	}
+	a.observeLease(l, false)
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	go a.watchHealth(ctx, time.Hour)
+	health := func() brokerv1.Health {
+		a.healthMu.Lock()
+		defer a.healthMu.Unlock()
+		return a.health["b"]
+	}
+	for _, want := range []brokerv1.Health{brokerv1.Lapsed, brokerv1.Withdrawn} {
+		// Generous: this is whether the judgement comes without a tick,
+		// not how punctually (bench/scale measures that).
+		deadline := time.Now().Add(30 * time.Second)
+		for health() != want {
+			if time.Now().After(deadline) {
+				t.Fatalf("peer b is %v 30 s after it was due to be %v, with no tick: nothing rechecked it when due", health(), want)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
 	}
 }
