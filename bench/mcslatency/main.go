@@ -57,11 +57,11 @@ func main() {
 		fmt.Fprintln(os.Stderr, "mcslatency: -members is 2 or 3")
 		os.Exit(2)
 	}
-	run := func() error { return run(*samples, *services, *members) }
+	measureAll := func() error { return run(*samples, *services, *members) }
 	if *writes {
-		run = func() error { return measureWrites(*samples) }
+		measureAll = func() error { return measureWrites(*samples) }
 	}
-	if err := run(); err != nil {
+	if err := measureAll(); err != nil {
 		fmt.Fprintln(os.Stderr, "mcslatency:", err)
 		os.Exit(1)
 	}
