@@ -21,24 +21,8 @@ import (
 // made the agents' idle CPU grow with N², bench/scale).
 func BenchmarkObserveLease(b *testing.B) {
 	const n = 1000
-	a := &Agent{
-		cfg:           Config{ClusterID: "a", WithdrawAfter: 5 * time.Minute},
-		log:           slog.New(slog.NewTextHandler(io.Discard, nil)),
-		leases:        cache.NewStore(cache.MetaNamespaceKeyFunc),
-		brokerExports: cache.NewIndexer(cache.MetaNamespaceKeyFunc, cache.Indexers{byCluster: clusterIndex}),
-		health:        map[string]brokerv1.Health{},
-	}
-	a.heartbeats.Default = 30 * time.Second
-	a.link.Store(&brokerv1.BrokerLink{Up: true, Since: time.Now()})
-	lease := func(i int) *coordinationv1.Lease {
-		id := fmt.Sprintf("sim-%04d", i)
-		d, now := int32(30), metav1.NewMicroTime(time.Now())
-		return &coordinationv1.Lease{
-			ObjectMeta: metav1.ObjectMeta{Namespace: brokerv1.DefaultBrokerNamespace, Name: brokerv1.LeaseName(id),
-				Labels: map[string]string{brokerv1.LabelSourceCluster: id}},
-			Spec: coordinationv1.LeaseSpec{LeaseDurationSeconds: &d, RenewTime: &now},
-		}
-	}
+	a := healthAgent(5*time.Minute, time.Now())
+	lease := func(i int) *coordinationv1.Lease { return heartbeatLease(fmt.Sprintf("sim-%04d", i), 30) }
 	for i := range n {
 		l := lease(i)
 		if err := a.leases.Add(l); err != nil {
@@ -62,21 +46,8 @@ func BenchmarkObserveLease(b *testing.B) {
 // withdrawal came up to a tick late, after the xDS server, which judges
 // by the same rule, had already acted.
 func TestHealthJudgedWhenDue(t *testing.T) {
-	a := &Agent{
-		cfg:           Config{ClusterID: "a", WithdrawAfter: 2 * time.Second},
-		log:           slog.New(slog.NewTextHandler(io.Discard, nil)),
-		leases:        cache.NewStore(cache.MetaNamespaceKeyFunc),
-		brokerExports: cache.NewIndexer(cache.MetaNamespaceKeyFunc, cache.Indexers{byCluster: clusterIndex}),
-		health:        map[string]brokerv1.Health{},
-	}
-	a.heartbeats.Default = 30 * time.Second
-	a.link.Store(&brokerv1.BrokerLink{Up: true, Since: time.Now().Add(-time.Minute)})
-	d, now := int32(1), metav1.NewMicroTime(time.Now())
-	l := &coordinationv1.Lease{
-		ObjectMeta: metav1.ObjectMeta{Namespace: brokerv1.DefaultBrokerNamespace, Name: brokerv1.LeaseName("b"),
-			Labels: map[string]string{brokerv1.LabelSourceCluster: "b"}},
-		Spec: coordinationv1.LeaseSpec{LeaseDurationSeconds: &d, RenewTime: &now},
-	}
+	a := healthAgent(2*time.Second, time.Now().Add(-time.Minute))
+	l := heartbeatLease("b", 1)
 	if err := a.leases.Add(l); err != nil {
 		t.Fatal(err)
 	}
@@ -99,5 +70,30 @@ func TestHealthJudgedWhenDue(t *testing.T) {
 			}
 			time.Sleep(10 * time.Millisecond)
 		}
+	}
+}
+
+// healthAgent is an agent with what judging its peers' health needs:
+// its Lease store, no exports, and a broker link up since linked.
+func healthAgent(withdrawAfter time.Duration, linked time.Time) *Agent {
+	a := &Agent{
+		cfg:           Config{ClusterID: "a", WithdrawAfter: withdrawAfter},
+		log:           slog.New(slog.NewTextHandler(io.Discard, nil)),
+		leases:        cache.NewStore(cache.MetaNamespaceKeyFunc),
+		brokerExports: cache.NewIndexer(cache.MetaNamespaceKeyFunc, cache.Indexers{byCluster: clusterIndex}),
+		health:        map[string]brokerv1.Health{},
+	}
+	a.heartbeats.Default = 30 * time.Second
+	a.link.Store(&brokerv1.BrokerLink{Up: true, Since: linked})
+	return a
+}
+
+// heartbeatLease is cluster id's heartbeat Lease, renewed now.
+func heartbeatLease(id string, seconds int32) *coordinationv1.Lease {
+	now := metav1.NewMicroTime(time.Now())
+	return &coordinationv1.Lease{
+		ObjectMeta: metav1.ObjectMeta{Namespace: brokerv1.DefaultBrokerNamespace, Name: brokerv1.LeaseName(id),
+			Labels: map[string]string{brokerv1.LabelSourceCluster: id}},
+		Spec: coordinationv1.LeaseSpec{LeaseDurationSeconds: &seconds, RenewTime: &now},
 	}
 }
