@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
+
+	"github.com/isthmus-dev/isthmus/bench/internal/procstat"
 )
 
 // server is one DNS server under test, run pinned to CPU 1.
@@ -83,18 +85,10 @@ func (s *server) stop() {
 	}
 }
 
-// cpu is the server's user+system CPU time so far.
+// cpu is the server's user+system CPU time so far (0 once it is gone).
 func (s *server) cpu() time.Duration {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", s.proc.Process.Pid))
-	if err != nil {
-		return 0
-	}
-	// Fields after the command name's closing parenthesis; utime and
-	// stime are fields 14 and 15 of the whole line, in clock ticks (100/s).
-	f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+2:]))
-	ut, _ := strconv.ParseInt(f[11], 10, 64)
-	st, _ := strconv.ParseInt(f[12], 10, 64)
-	return time.Duration(ut+st) * 10 * time.Millisecond
+	_, cpu, _ := procstat.Process(s.proc.Process.Pid)
+	return cpu
 }
 
 func (s *server) rssMB() int { return s.statusMB("VmRSS:") }

@@ -3,14 +3,13 @@ package main
 import (
 	"context"
 	"fmt"
-	"os"
 	"runtime"
 	"slices"
-	"strconv"
 	"strings"
 	"time"
 
 	"github.com/isthmus-dev/isthmus/bench/internal/fleet"
+	"github.com/isthmus-dev/isthmus/bench/internal/procstat"
 	"github.com/isthmus-dev/isthmus/test/cluster"
 )
 
@@ -99,39 +98,13 @@ const thisProcess = "this process"
 // this process. A child that ended meanwhile would make its program's
 // figure fall; none ends during a run.
 func (ac *accountant) cpu() map[string]time.Duration {
-	out := map[string]time.Duration{thisProcess: cpuTime()}
+	out := map[string]time.Duration{thisProcess: procstat.Self()}
 	for _, pid := range ac.cs.PIDs() {
-		comm, t, ok := procCPU(pid)
-		if ok {
-			out[comm] += t
+		if name, t, err := procstat.Process(pid); err == nil {
+			out[name] += t
 		}
 	}
 	return out
-}
-
-// procCPU reads a process's program name and user plus system time from
-// /proc/PID/stat, in clock ticks of 10 ms (Linux's USER_HZ is 100).
-func procCPU(pid int) (string, time.Duration, bool) {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-	if err != nil {
-		return "", 0, false
-	}
-	s := string(b)
-	open, closing := strings.IndexByte(s, '('), strings.LastIndexByte(s, ')')
-	if open < 0 || closing < open || closing+2 > len(s) {
-		return "", 0, false
-	}
-	// After the name: state, then utime and stime are the 12th and 13th.
-	f := strings.Fields(s[closing+2:])
-	if len(f) < 13 {
-		return "", 0, false
-	}
-	utime, err1 := strconv.ParseInt(f[11], 10, 64)
-	stime, err2 := strconv.ParseInt(f[12], 10, 64)
-	if err1 != nil || err2 != nil {
-		return "", 0, false
-	}
-	return s[open+1 : closing], time.Duration(utime+stime) * 10 * time.Millisecond, true
 }
 
 // printCPU prints each path's CPU per sample, by program.

@@ -24,7 +24,6 @@ import (
 	"slices"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -32,6 +31,7 @@ import (
 	"k8s.io/client-go/tools/cache"
 
 	"github.com/isthmus-dev/isthmus/bench/internal/fleet"
+	"github.com/isthmus-dev/isthmus/bench/internal/procstat"
 	"github.com/isthmus-dev/isthmus/test/cluster"
 )
 
@@ -114,11 +114,11 @@ func run(samples, services, members int) error {
 		{name: endpointRow, sample: endpoints},
 	}
 	load0 := loadavg()
-	cpu0 := cpuTime()
+	cpu0 := procstat.Self()
 	if err := measure(ctx, cs, full, paths, samples); err != nil {
 		return err
 	}
-	cpu := cpuTime() - cpu0
+	cpu := procstat.Self() - cpu0
 	var mem runtime.MemStats
 	runtime.ReadMemStats(&mem)
 
@@ -279,12 +279,6 @@ func pct(d []time.Duration, p int) time.Duration {
 	slices.Sort(s)
 	i := (len(s)*p+99)/100 - 1
 	return s[max(i, 0)].Round(10 * time.Microsecond)
-}
-
-func cpuTime() time.Duration {
-	var ru syscall.Rusage
-	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 func loadavg() string {

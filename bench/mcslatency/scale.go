@@ -13,6 +13,7 @@ import (
 	mcsv1beta1 "sigs.k8s.io/mcs-api/pkg/apis/v1beta1"
 	mcsclient "sigs.k8s.io/mcs-api/pkg/client/clientset/versioned"
 
+	"github.com/isthmus-dev/isthmus/bench/internal/procstat"
 	"github.com/isthmus-dev/isthmus/test/cluster"
 )
 
@@ -26,7 +27,7 @@ func measureScale(ctx context.Context, cs *cluster.Clusterset, n int) error {
 	runtime.GC()
 	var before runtime.MemStats
 	runtime.ReadMemStats(&before)
-	cpu0, began := cpuTime(), time.Now()
+	cpu0, began := procstat.Self(), time.Now()
 	for _, m := range cs.Members {
 		if _, err := m.Client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: scaleNS}}, metav1.CreateOptions{}); err != nil {
 			return err
@@ -71,7 +72,7 @@ func measureScale(ctx context.Context, cs *cluster.Clusterset, n int) error {
 		}
 	}
 	converged := time.Since(began)
-	cpu := cpuTime() - cpu0
+	cpu := procstat.Self() - cpu0
 	runtime.GC()
 	var after runtime.MemStats
 	runtime.ReadMemStats(&after)

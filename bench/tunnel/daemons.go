@@ -2,7 +2,6 @@ package main
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -24,6 +23,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/wait"
 
+	"github.com/isthmus-dev/isthmus/bench/internal/procstat"
 	brokerclient "github.com/isthmus-dev/isthmus/mcs/api/broker/generated/clientset/versioned"
 	brokerv1 "github.com/isthmus-dev/isthmus/mcs/api/broker/v1alpha1"
 	"github.com/isthmus-dev/isthmus/mcs/api/crds"
@@ -184,12 +184,12 @@ func (d *daemons) reconcileCost(ctx context.Context, n int) (cost, error) {
 	// The daemon's CPU while nothing changes: probes, status checks, the
 	// device's own handshake retries to the unreachable fake peers, and
 	// any resync falling into the window.
-	cpu0, err := processCPU(d.cmds[0].Process.Pid)
+	_, cpu0, err := procstat.Process(d.cmds[0].Process.Pid)
 	if err != nil {
 		return c, err
 	}
 	time.Sleep(idleWindow)
-	cpu1, err := processCPU(d.cmds[0].Process.Pid)
+	_, cpu1, err := procstat.Process(d.cmds[0].Process.Pid)
 	if err != nil {
 		return c, err
 	}
@@ -282,28 +282,3 @@ func installCRDs(ctx context.Context, c *cluster.Cluster) error {
 
 // idleWindow is how long the daemon's idle CPU is measured.
 const idleWindow = 10 * time.Second
-
-// processCPU is the user and system CPU time pid has used
-// (/proc/<pid>/stat fields 14 and 15, in clock ticks of 1/100 s).
-func processCPU(pid int) (time.Duration, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0, err
-	}
-	// The command name (field 2) may hold spaces; the fields after it
-	// start behind its closing parenthesis.
-	rest := string(b[bytes.LastIndexByte(b, ')')+2:])
-	f := strings.Fields(rest)
-	if len(f) < 13 {
-		return 0, fmt.Errorf("/proc/%d/stat: too few fields", pid)
-	}
-	var ticks int64
-	for _, s := range f[11:13] {
-		n, err := strconv.ParseInt(s, 10, 64)
-		if err != nil {
-			return 0, fmt.Errorf("/proc/%d/stat: %w", pid, err)
-		}
-		ticks += n
-	}
-	return time.Duration(ticks) * 10 * time.Millisecond, nil
-}

@@ -22,7 +22,6 @@ import (
 	"sort"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -36,6 +35,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
+	"github.com/isthmus-dev/isthmus/bench/internal/procstat"
 	"github.com/isthmus-dev/isthmus/xds/server"
 )
 
@@ -186,12 +186,6 @@ type row struct {
 	changeResources []int
 }
 
-func cpu() time.Duration {
-	var ru syscall.Rusage
-	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
-}
-
 // measure runs one configuration with fresh server and clients.
 func measure(kind string, services, endpoints, clients, updates int) (row, error) {
 	ctx, cancel := context.WithCancel(context.Background())
@@ -228,7 +222,7 @@ func measure(kind string, services, endpoints, clients, updates int) (row, error
 
 	r := row{impl: kind, clients: clients}
 	events := make(chan event, 1024)
-	startCPU, start := cpu(), time.Now()
+	startCPU, start := procstat.Self(), time.Now()
 	for i := 0; i < clients; i++ {
 		cmd := exec.Command(os.Args[0], "-client", "-addr", lis.Addr().String(), "-services", strconv.Itoa(services))
 		cmd.Env = append(os.Environ(), "BENCH_NODE=bench-"+strconv.Itoa(i))
@@ -253,7 +247,7 @@ func measure(kind string, services, endpoints, clients, updates int) (row, error
 			last = e.at
 		}
 	}
-	r.initial, r.initialCPU = last.Sub(start), cpu()-startCPU
+	r.initial, r.initialCPU = last.Sub(start), procstat.Self()-startCPU
 	time.Sleep(500 * time.Millisecond) // ACKs settle
 	if profile != "" {
 		f, err := os.Create(profile)
@@ -268,7 +262,7 @@ func measure(kind string, services, endpoints, clients, updates int) (row, error
 	for u := 1; u <= updates; u++ {
 		i := (u * 7919) % services
 		name := ns[i]
-		c0, t0 := cpu(), time.Now()
+		c0, t0 := procstat.Self(), time.Now()
 		if err := im.change(name, assignment(name, i, u, endpoints), all, u); err != nil {
 			return row{}, err
 		}
@@ -286,7 +280,7 @@ func measure(kind string, services, endpoints, clients, updates int) (row, error
 		}
 		r.changeLatency = append(r.changeLatency, last.Sub(t0))
 		time.Sleep(300 * time.Millisecond) // let ACK processing land in this update's CPU
-		r.changeCPU = append(r.changeCPU, cpu()-c0)
+		r.changeCPU = append(r.changeCPU, procstat.Self()-c0)
 		r.changeBytes = append(r.changeBytes, bytes)
 		r.changeResources = append(r.changeResources, res)
 	}
