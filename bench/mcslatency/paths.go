@@ -15,6 +15,7 @@ import (
 	mcsclient "sigs.k8s.io/mcs-api/pkg/client/clientset/versioned"
 	mcsinformers "sigs.k8s.io/mcs-api/pkg/client/informers/externalversions"
 
+	"github.com/isthmus-dev/isthmus/bench/internal/fleet"
 	brokerv1 "github.com/isthmus-dev/isthmus/mcs/api/broker/v1alpha1"
 	"github.com/isthmus-dev/isthmus/test/cluster"
 )
@@ -112,31 +113,9 @@ func setupExports(ctx context.Context, a, b *cluster.Cluster, bs *brokerSeen) (s
 // EndpointSlice; each sample changes the slice's address and times until
 // B's MCS slice lists the new address.
 func setupEndpoints(ctx context.Context, a, b *cluster.Cluster, bs *brokerSeen) (sampler, error) {
-	mcsA, err := mcsclient.NewForConfig(a.Config)
-	if err != nil {
-		return nil, err
-	}
 	const svc = "endpoints"
-	if _, err := a.Client.CoreV1().Services(ns).Create(ctx, &corev1.Service{
-		ObjectMeta: metav1.ObjectMeta{Name: svc},
-		Spec:       corev1.ServiceSpec{Ports: []corev1.ServicePort{{Name: "http", Port: 80}}},
-	}, metav1.CreateOptions{}); err != nil {
-		return nil, err
-	}
-	port, pname, ready := int32(8080), "http", true
-	slice := &discoveryv1.EndpointSlice{
-		ObjectMeta: metav1.ObjectMeta{Name: svc + "-bench", Labels: map[string]string{
-			discoveryv1.LabelServiceName: svc, discoveryv1.LabelManagedBy: "bench.isthmus.dev"}},
-		AddressType: discoveryv1.AddressTypeIPv4,
-		Endpoints:   []discoveryv1.Endpoint{{Addresses: []string{"10.241.100.0"}, Conditions: discoveryv1.EndpointConditions{Ready: &ready}}},
-		Ports:       []discoveryv1.EndpointPort{{Name: &pname, Port: &port}},
-	}
-	created, err := a.Client.DiscoveryV1().EndpointSlices(ns).Create(ctx, slice, metav1.CreateOptions{})
+	created, err := fleet.ExportHandWritten(ctx, a, ns, svc, "10.241.100.0")
 	if err != nil {
-		return nil, err
-	}
-	if _, err := mcsA.MulticlusterV1beta1().ServiceExports(ns).Create(ctx, &mcsv1beta1.ServiceExport{
-		ObjectMeta: metav1.ObjectMeta{Name: svc}}, metav1.CreateOptions{}); err != nil {
 		return nil, err
 	}
 	s := newSeen(func(o any) (string, bool) {

@@ -5,14 +5,12 @@ import (
 	"fmt"
 	"time"
 
-	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
 	mcsv1beta1 "sigs.k8s.io/mcs-api/pkg/apis/v1beta1"
-	mcsclient "sigs.k8s.io/mcs-api/pkg/client/clientset/versioned"
 
 	"github.com/isthmus-dev/isthmus/bench/internal/fleet"
 )
@@ -28,10 +26,6 @@ const endpointService = "endpoints"
 // the broker and the importers, under the simulated members' heartbeats.
 func measureEndpointChanges(ctx context.Context, full []*fleet.Member, samples int) ([]time.Duration, error) {
 	a := full[0].Cluster
-	mcsA, err := mcsclient.NewForConfig(a.Config)
-	if err != nil {
-		return nil, err
-	}
 	var watchers []*firstSeen
 	for _, m := range full[1:] {
 		w, err := watchSliceAddresses(ctx, m.Cluster.Client, benchNamespace, endpointService)
@@ -40,25 +34,8 @@ func measureEndpointChanges(ctx context.Context, full []*fleet.Member, samples i
 		}
 		watchers = append(watchers, w)
 	}
-	if _, err := a.Client.CoreV1().Services(benchNamespace).Create(ctx, &corev1.Service{
-		ObjectMeta: metav1.ObjectMeta{Name: endpointService},
-		Spec:       corev1.ServiceSpec{Ports: []corev1.ServicePort{{Name: "http", Port: 80}}},
-	}, metav1.CreateOptions{}); err != nil {
-		return nil, err
-	}
-	port, pname, ready := int32(8080), "http", true
-	slice, err := a.Client.DiscoveryV1().EndpointSlices(benchNamespace).Create(ctx, &discoveryv1.EndpointSlice{
-		ObjectMeta: metav1.ObjectMeta{Name: endpointService + "-bench", Labels: map[string]string{
-			discoveryv1.LabelServiceName: endpointService, discoveryv1.LabelManagedBy: "bench.isthmus.dev"}},
-		AddressType: discoveryv1.AddressTypeIPv4,
-		Endpoints:   []discoveryv1.Endpoint{{Addresses: []string{"10.241.200.0"}, Conditions: discoveryv1.EndpointConditions{Ready: &ready}}},
-		Ports:       []discoveryv1.EndpointPort{{Name: &pname, Port: &port}},
-	}, metav1.CreateOptions{})
+	slice, err := fleet.ExportHandWritten(ctx, a, benchNamespace, endpointService, "10.241.200.0")
 	if err != nil {
-		return nil, err
-	}
-	if _, err := mcsA.MulticlusterV1beta1().ServiceExports(benchNamespace).Create(ctx, &mcsv1beta1.ServiceExport{
-		ObjectMeta: metav1.ObjectMeta{Name: endpointService}}, metav1.CreateOptions{}); err != nil {
 		return nil, err
 	}
 	for _, w := range watchers {
